@@ -1,0 +1,255 @@
+"""TrainingJob: a Ray training run on GPU node pools (spot included), ending in a registered model."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from mlplane.crds.common import (
+    CAPACITY_DESCRIPTION,
+    Capacity,
+    Condition,
+    FreeFormObject,
+    HeadResources,
+    Name,
+    Resource,
+    Resources,
+    Rule,
+    SpecModel,
+    StatusModel,
+    Timestamp,
+    Toleration,
+    name_rule,
+)
+
+ACCELERATOR = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: ``s3://bucket/prefix`` or a filesystem path (no other scheme is supported yet).
+CHECKPOINT_URI = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|[^:]+)$"
+
+
+class Head(SpecModel):
+    """The Ray head: drivers and GCS. Always on on-demand capacity (losing it loses the job)."""
+
+    resources: HeadResources = Field(default_factory=HeadResources)
+
+
+class WorkerGroup(SpecModel):
+    """A group of identical Ray workers (a KubeRay worker group)."""
+
+    name: Name = Field(..., max_length=30, description="Group name, unique in the job.")
+    replicas: int = Field(1, ge=0, le=1000, description="Workers started with the attempt.")
+    min_replicas: int | None = Field(
+        None, ge=0, le=1000, description="Autoscaling floor (enables Ray's autoscaler)."
+    )
+    max_replicas: int | None = Field(
+        None, ge=1, le=1000, description="Autoscaling ceiling (enables Ray's autoscaler)."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    accelerator: str | None = Field(
+        None,
+        pattern=ACCELERATOR,
+        max_length=63,
+        description="GPU type to schedule on, e.g. nvidia-a100-80gb or nvidia-l4.",
+    )
+    capacity: Capacity = Field("OnDemand", description=CAPACITY_DESCRIPTION)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.minReplicas) || self.minReplicas <= self.replicas",
+            "minReplicas must not exceed replicas",
+            ".minReplicas",
+        ),
+        Rule(
+            "!has(self.maxReplicas) || self.replicas <= self.maxReplicas",
+            "replicas must not exceed maxReplicas",
+            ".maxReplicas",
+        ),
+        Rule(
+            "!has(self.accelerator) || self.resources.gpu > 0",
+            "accelerator is set but resources.gpu is 0: ask for at least one GPU",
+            ".accelerator",
+        ),
+    )
+
+
+class Checkpoint(SpecModel):
+    """Where attempts save checkpoints and resume from them."""
+
+    uri: str = Field(
+        ...,
+        pattern=CHECKPOINT_URI,
+        max_length=1024,
+        description="s3://bucket/prefix or a path on storage shared by all workers.",
+    )
+    keep: int = Field(3, ge=1, le=100, description="How many of the newest checkpoints to keep.")
+
+
+class Preemption(SpecModel):
+    """The spot-preemption budget, separate from the code-failure budget (backoffLimit)."""
+
+    max_preemptions: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Attempts lost to preemption before the job fails (Spot) or its workers "
+        "move to on-demand capacity (SpotWithFallback).",
+    )
+    max_worker_failures: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Worker losses Ray Train absorbs inside one attempt by restoring from the "
+        "newest checkpoint (FailureConfig.max_failures).",
+    )
+
+
+class TrainingMLflow(SpecModel):
+    """Where the run is tracked and what it registers on success."""
+
+    tracking_uri: str | None = Field(
+        None, max_length=1024, description="Defaults to the operator's configured MLflow."
+    )
+    experiment: str | None = Field(
+        None, max_length=256, description="Defaults to <namespace>/<name>."
+    )
+    registered_model: str | None = Field(
+        None,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Register the run's model as a new version of this registered model.",
+    )
+    alias: str | None = Field(
+        None,
+        max_length=255,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$",
+        description="Set this alias (e.g. champion, candidate) on the new version.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.alias) || has(self.registeredModel)",
+            "alias needs registeredModel: only a registered version can carry an alias",
+            ".alias",
+        ),
+    )
+
+
+class TrainingJobSpec(SpecModel):
+    """What to train, on which capacity, and where the result goes."""
+
+    image: str | None = Field(
+        None, max_length=512, description="Ray image with the training code; default from config."
+    )
+    entrypoint: str = Field(
+        ..., min_length=1, max_length=4096, description="Command the Ray job runs."
+    )
+    runtime_env: FreeFormObject | None = Field(
+        None, description="Ray runtime_env (env_vars, pip, working_dir, ...)."
+    )
+    head: Head = Field(default_factory=Head)
+    workers: list[WorkerGroup] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    node_selector: dict[str, str] | None = Field(
+        None, description="Extra node labels every pod of the job must match."
+    )
+    tolerations: list[Toleration] | None = Field(None, max_length=32)
+    checkpoint: Checkpoint | None = None
+    preemption: Preemption = Field(default_factory=Preemption)
+    backoff_limit: int = Field(
+        2, ge=0, le=100, description="Attempts that may fail for code reasons before the job fails."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Wall-clock limit of each attempt."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the finished attempt's Ray cluster after this long."
+    )
+    suspend: bool = Field(False, description="Hold the job (Kueue admits it by clearing this).")
+    queue_name: str | None = Field(
+        None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Kueue queue."
+    )
+    mlflow: TrainingMLflow = Field(default_factory=TrainingMLflow)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.workers.all(w, self.workers.exists_one(x, x.name == w.name))",
+            "worker group names must be unique",
+            ".workers",
+        ),
+        Rule(
+            "has(self.checkpoint) || self.workers.all(w, w.capacity == 'OnDemand')",
+            "checkpoint.uri is required when a worker group uses Spot or SpotWithFallback "
+            "capacity: a preempted attempt resumes from it",
+            ".checkpoint",
+        ),
+    )
+
+
+class CurrentAttempt(StatusModel):
+    number: int = Field(..., ge=1)
+    ray_job: str
+    capacity: Literal["OnDemand", "Spot"]
+    start_time: Timestamp | None = None
+
+
+class LastCheckpoint(StatusModel):
+    uri: str
+    step: int | None = None
+    time: Timestamp | None = None
+
+
+class TrainingMLflowStatus(StatusModel):
+    run_id: str | None = None
+    model_version: str | None = None
+    model_uri: str | None = None
+
+
+class TrainingJobStatus(StatusModel):
+    """What happened, as the operator saw it."""
+
+    phase: (
+        Literal["Pending", "Suspended", "Running", "Retrying", "Registering", "Succeeded", "Failed"]
+        | None
+    ) = None
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = None
+    attempts: int = 0
+    preemptions: int = 0
+    failures: int = 0
+    current_attempt: CurrentAttempt | None = None
+    last_checkpoint: LastCheckpoint | None = None
+    mlflow: TrainingMLflowStatus | None = None
+    start_time: Timestamp | None = None
+    completion_time: Timestamp | None = None
+
+
+class TrainingJob(Resource):
+    kind_name: ClassVar[str] = "TrainingJob"
+    plural: ClassVar[str] = "trainingjobs"
+    singular: ClassVar[str] = "trainingjob"
+    short_names: ClassVar[tuple[str, ...]] = ("tj",)
+    description: ClassVar[str] = (
+        "A Ray training run through KubeRay on GPU node pools, spot capacity included, that "
+        "checkpoints, resumes after preemption and registers its model in MLflow."
+    )
+    printer_columns: ClassVar[tuple[dict, ...]] = (
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+        {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions"},
+        {"name": "Capacity", "type": "string", "jsonPath": ".status.currentAttempt.capacity"},
+        {"name": "Model", "type": "string", "jsonPath": ".status.mlflow.modelVersion",
+         "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = (name_rule(),)
+
+    kind: Literal["TrainingJob"] = "TrainingJob"
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None

@@ -1,0 +1,1 @@
+"""Platforms: where Ray clusters come from (KubeRay on Kubernetes, or this machine)."""

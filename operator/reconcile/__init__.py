@@ -1,0 +1,1 @@
+"""Pure reconcile functions: resource + observed state + now -> desired children + status."""
