@@ -13,8 +13,17 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
 GROUP = "mlplane.dev"
 VERSION = "v1alpha1"
@@ -46,26 +55,39 @@ class Rule:
         return out
 
 
-class SpecModel(BaseModel):
+class _WithRules(BaseModel):
+    """Puts a model's CEL rules into its JSON schema, where the CRD generator finds them."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if cls.cel_rules:
+            target["x-kubernetes-validations"] = [r.as_schema() for r in cls.cel_rules]
+        return schema
+
+
+class SpecModel(_WithRules):
     """Base of everything users write: camelCase names, unknown fields rejected."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=True
     )
-    #: CEL rules on this object's schema node, in the order they are checked.
-    cel_rules: ClassVar[tuple[Rule, ...]] = ()
 
 
-class StatusModel(BaseModel):
+class StatusModel(_WithRules):
     """Base of what the operator writes: camelCase, tolerant of fields from newer operators."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-    cel_rules: ClassVar[tuple[Rule, ...]] = ()
 
 
 # --- scalar types -------------------------------------------------------------------------------
 
-_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 #: A Kubernetes resource quantity: ``2``, ``500m``, ``16Gi``. Integers or strings, as in pods.
 Quantity = Annotated[
@@ -76,21 +98,21 @@ Quantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "x-kubernetes-int-or-string": True,
-            "pattern": _QUANTITY,
+            "pattern": QUANTITY_PATTERN,
         }
     ),
 ]
 
 
 def _check_quantity(value: int | str) -> int | str:
-    if isinstance(value, str) and not re.match(_QUANTITY, value):
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 2, 500m, 16Gi)")
     if isinstance(value, int) and value < 0:
         raise ValueError("must not be negative")
     return value
 
 
-_DECIMAL = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
+DECIMAL_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
 
 
 def decimal_string(
@@ -125,7 +147,7 @@ def decimal_string(
                 raise ValueError(message)
         return value
 
-    schema: dict[str, Any] = {"type": "string", "pattern": _DECIMAL, "maxLength": 20}
+    schema: dict[str, Any] = {"type": "string", "pattern": DECIMAL_PATTERN, "maxLength": 20}
     if checks:
         schema["x-kubernetes-validations"] = [
             {"rule": " && ".join(c for _, _, c in checks), "message": message}
@@ -133,13 +155,13 @@ def decimal_string(
     return Annotated[str, AfterValidator(check), WithJsonSchema(schema)]
 
 
-_DURATION = r"^([0-9]+(ms|s|m|h|d))+$"
+DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
     """Seconds in a duration such as ``90s``, ``1h30m`` or ``14d`` (Go's units plus days)."""
-    if not re.match(_DURATION, text):
+    if not re.match(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration such as 30s, 10m, 1h30m or 14d")
     return float(
         sum(int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+)(ms|s|m|h|d)", text))
@@ -161,7 +183,7 @@ def duration_string(*, min_seconds: float, max_seconds: float) -> Any:
     return Annotated[
         str,
         AfterValidator(check),
-        WithJsonSchema({"type": "string", "pattern": _DURATION, "maxLength": 32}),
+        WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32}),
     ]
 
 
@@ -173,8 +195,14 @@ def _human(seconds: float) -> str:
 
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-#: A DNS-1123 label, as Kubernetes names and container names must be.
-Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
+
+
+def dns_label(max_length: int = 63) -> Any:
+    """A DNS-1123 label (as Kubernetes names are) of at most ``max_length`` characters."""
+    return Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=max_length)]
+
+
+Name = dns_label()
 #: A free-form JSON object passed through untouched (e.g. a Ray runtime_env).
 FreeFormObject = Annotated[
     dict[str, Any],
@@ -259,7 +287,6 @@ def name_rule() -> Rule:
         f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
         f"metadata.name must be at most {MAX_NAME_LENGTH} characters: children such as "
         f"<name>-a<attempt> and KubeRay's own pods append suffixes",
-        ".metadata.name",
     )
 
 

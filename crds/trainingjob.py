@@ -1,4 +1,4 @@
-"""TrainingJob: a Ray training run on GPU node pools (spot included), ending in a registered model."""
+"""TrainingJob: a Ray training run on GPU nodes (spot included) ending in a registered model."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from mlplane.crds.common import (
     Condition,
     FreeFormObject,
     HeadResources,
-    Name,
     Resource,
     Resources,
     Rule,
@@ -20,6 +19,7 @@ from mlplane.crds.common import (
     StatusModel,
     Timestamp,
     Toleration,
+    dns_label,
     name_rule,
 )
 
@@ -37,7 +37,9 @@ class Head(SpecModel):
 class WorkerGroup(SpecModel):
     """A group of identical Ray workers (a KubeRay worker group)."""
 
-    name: Name = Field(..., max_length=30, description="Group name, unique in the job.")
+    name: dns_label(30) = Field(  # type: ignore[valid-type]
+        ..., description="Group name, unique in the job."
+    )
     replicas: int = Field(1, ge=0, le=1000, description="Workers started with the attempt.")
     min_replicas: int | None = Field(
         None, ge=0, le=1000, description="Autoscaling floor (enables Ray's autoscaler)."
@@ -244,8 +246,12 @@ class TrainingJob(Resource):
         {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
         {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions"},
         {"name": "Capacity", "type": "string", "jsonPath": ".status.currentAttempt.capacity"},
-        {"name": "Model", "type": "string", "jsonPath": ".status.mlflow.modelVersion",
-         "priority": 1},
+        {
+            "name": "Model",
+            "type": "string",
+            "jsonPath": ".status.mlflow.modelVersion",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
     cel_rules: ClassVar[tuple[Rule, ...]] = (name_rule(),)

@@ -1,0 +1,246 @@
+"""Check an mlplane object the way the API server and then the operator would, in that order.
+
+1. structure: apiVersion/kind known, no unknown fields (as ``kubectl --validate=strict``);
+2. schema: types, bounds, enums and patterns of the generated CRD, after its defaults;
+3. CEL: the CRD's ``x-kubernetes-validations`` (``crds/cel.py``);
+4. models: what neither can express (durations, decimal bounds), by the pydantic types.
+
+A layer runs only when the one before found nothing, so each problem is reported once, by the
+earliest layer that sees it, with the field named.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import ValidationError
+
+from mlplane.crds import API_VERSION, BY_KIND, Resource
+from mlplane.crds import cel as cel_rules
+from mlplane.crds.common import DECIMAL_PATTERN, DNS_LABEL, DURATION_PATTERN, QUANTITY_PATTERN
+from mlplane.crds.schema import schema_by_kind
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an object: the field (dotted path) and what is wrong with it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class InvalidResource(ValueError):
+    """Raised by :func:`parse`; carries every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@lru_cache(maxsize=1)
+def _schemas() -> dict[str, dict[str, Any]]:
+    return schema_by_kind()
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def unknown_fields(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[Problem]:
+    """Fields the schema does not declare (the API server would prune them silently)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            sub = schema["properties"].get(key)
+            if sub is None:
+                known = ", ".join(schema["properties"])
+                yield Problem(_join(path, key), f"unknown field (known fields: {known})")
+            else:
+                yield from unknown_fields(sub, item, _join(path, key))
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():
+            yield from unknown_fields(schema["additionalProperties"], item, _join(path, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from unknown_fields(schema["items"], item, _join(path, index))
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Fill defaults level by level, as the API server does before validating."""
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in schema["properties"].items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = apply_defaults(sub, value[key])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+#: What a pattern means, in words, for the patterns users meet most.
+PATTERN_HINTS = {
+    DURATION_PATTERN: "must be a duration such as 30s, 10m, 1h30m or 14d",
+    DECIMAL_PATTERN: 'must be a decimal number written as a string, such as "0.05" or "99.9"',
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 2, 500m or 16Gi",
+    DNS_LABEL: "must be a lowercase DNS label: a-z, 0-9 and '-', starting and ending "
+    "with a letter or digit",
+}
+
+
+def _schema_message(error: jsonschema.ValidationError) -> tuple[str, str]:
+    path = ""
+    for key in error.absolute_path:
+        path = _join(path, key)
+    kind = error.validator
+    if kind == "required":
+        missing = str(error.message).split("'")[1]
+        return _join(path, missing), "required field is missing"
+    if kind == "enum":
+        allowed = ", ".join(str(v) for v in error.validator_value)
+        return path, f"must be one of: {allowed} (got {error.instance!r})"
+    if kind in ("minimum", "maximum"):
+        word = "at least" if kind == "minimum" else "at most"
+        return path, f"must be {word} {error.validator_value} (got {error.instance!r})"
+    if kind in ("minLength", "maxLength", "minItems", "maxItems"):
+        word = "at least" if kind.startswith("min") else "at most"
+        unit = "characters" if kind.endswith("Length") else "items"
+        return path, f"must have {word} {error.validator_value} {unit}"
+    if kind == "pattern":
+        hint = PATTERN_HINTS.get(error.validator_value)
+        if hint:
+            return path, f"{hint} (got {error.instance!r})"
+        return path, f"{error.instance!r} does not match the pattern {error.validator_value}"
+    if kind in ("type", "anyOf"):
+        expected = error.validator_value if kind == "type" else "an integer or a string"
+        return path, f"must be {expected} (got {type(error.instance).__name__} {error.instance!r})"
+    return path, error.message
+
+
+def _pydantic_problems(error: ValidationError) -> Iterator[Problem]:
+    for item in error.errors():
+        path = ""
+        for key in item["loc"]:
+            path = _join(path, key)
+        message = item["msg"].removeprefix("Value error, ")
+        yield Problem(path, message)
+
+
+def check(obj: Any) -> list[Problem]:
+    """Every problem with one object (a dict as read from YAML); empty when it is valid."""
+    if not isinstance(obj, dict):
+        return [Problem("", f"expected a mapping (an object), got {type(obj).__name__}")]
+    if obj.get("apiVersion") != API_VERSION:
+        return [Problem("apiVersion", f"must be {API_VERSION} (got {obj.get('apiVersion')!r})")]
+    kind = obj.get("kind")
+    if kind not in BY_KIND:
+        known = ", ".join(BY_KIND)
+        return [Problem("kind", f"unknown kind {kind!r} (mlplane kinds: {known})")]
+    # What users write has no status; what the API server returns does and it is ours.
+    obj = {k: v for k, v in obj.items() if k != "status"}
+    schema = _schemas()[kind]
+
+    problems = list(unknown_fields(schema, obj))
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        problems.append(Problem("metadata.name", "required field is missing"))
+    if problems:
+        return problems
+
+    defaulted = apply_defaults(schema, copy.deepcopy(obj))
+    validator = jsonschema.Draft7Validator(schema)
+    problems = [
+        Problem(*_schema_message(e))
+        for e in sorted(validator.iter_errors(defaulted), key=lambda e: list(e.absolute_path))
+    ]
+    if problems:
+        return problems
+
+    problems = [Problem(f.path, f.message) for f in cel_rules.check(schema, defaulted)]
+    if problems:
+        return problems
+
+    try:
+        BY_KIND[kind].model_validate(defaulted)
+    except ValidationError as exc:
+        return list(_pydantic_problems(exc))
+    return []
+
+
+def parse(obj: Any) -> Resource:
+    """The typed resource, or :class:`InvalidResource` naming every problem."""
+    problems = check(obj)
+    if problems:
+        raise InvalidResource(problems)
+    kind = BY_KIND[obj["kind"]]
+    status = obj.get("status")
+    body = apply_defaults(_schemas()[obj["kind"]], copy.deepcopy(obj))
+    body.pop("status", None)
+    resource = kind.model_validate(body)
+    if status:
+        # The status is ours: read what we can, never reject a resource for it.
+        status_type = kind.model_fields["status"].annotation.__args__[0]  # type: ignore[union-attr]
+        try:
+            resource.status = status_type.model_validate(status)  # type: ignore[attr-defined]
+        except ValidationError:
+            resource.status = None  # type: ignore[attr-defined]
+    return resource
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document of a file: where it came from and what it holds."""
+
+    source: str
+    body: Any
+
+    @property
+    def label(self) -> str:
+        """``file.yaml: Kind/name`` (or the document number when it has no name)."""
+        if isinstance(self.body, dict):
+            meta = self.body.get("metadata") if isinstance(self.body.get("metadata"), dict) else {}
+            name = meta.get("name") or "?"
+            return f"{self.source}: {self.body.get('kind', '?')}/{name}"
+        return self.source
+
+
+def load(path: Path) -> Iterator[Document]:
+    """Every document in a YAML file, or in every ``*.yaml``/``*.yml`` file under a folder.
+
+    Raises ``ValueError`` for unreadable YAML, naming the file and line.
+    """
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+        if path.is_dir()
+        else [path]
+    )
+    if not files:
+        raise ValueError(f"{path}: no .yaml or .yml files found")
+    for file in files:
+        try:
+            documents = list(yaml.safe_load_all(file.read_text()))
+        except FileNotFoundError:
+            raise ValueError(f"{file}: no such file") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ValueError(f"{file}:{where}: not valid YAML: {problem}") from None
+        for index, body in enumerate(documents):
+            if body is None:
+                continue
+            source = str(file) if len(documents) == 1 else f"{file}#{index + 1}"
+            yield Document(source, body)

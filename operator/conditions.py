@@ -1,0 +1,79 @@
+"""Status conditions as the Kubernetes API conventions define them, changed only when they change.
+
+Pure functions over the ``status.conditions`` list of a resource body (camelCase dicts, as
+stored). ``lastTransitionTime`` moves only when ``status`` flips, so watching tools see real
+transitions; an unchanged condition yields an equal list, so the operator writes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def timestamp(now: datetime) -> str:
+    """RFC 3339 in UTC with seconds, as Kubernetes writes times."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of that type, if present."""
+    return next((c for c in conditions or () if c.get("type") == type_), None)
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    """Whether the condition is present with status True."""
+    found = find(conditions, type_)
+    return found is not None and found.get("status") == "True"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    now: datetime,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new list with the condition set; other conditions and their order are kept.
+
+    ``lastTransitionTime`` is ``now`` only if the status differs from before (or it is new).
+    """
+    conditions = [dict(c) for c in conditions or ()]
+    new: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": timestamp(now),
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    for index, old in enumerate(conditions):
+        if old.get("type") == type_:
+            if old.get("status") == status and old.get("lastTransitionTime"):
+                new["lastTransitionTime"] = old["lastTransitionTime"]
+            conditions[index] = new
+            return conditions
+    conditions.append(new)
+    return conditions
+
+
+def remove(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    """A new list without the condition of that type."""
+    return [dict(c) for c in conditions or () if c.get("type") != type_]
+
+
+def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The top-level status fields that differ (a merge patch); empty when nothing changed.
+
+    Fields present before and absent now are set to None so a merge patch removes them.
+    """
+    old = old or {}
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch

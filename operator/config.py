@@ -1,0 +1,53 @@
+"""Operator settings, read once from the environment (the Helm chart sets them).
+
+- ``MLPLANE_MLFLOW_TRACKING_URI``: MLflow for resources that name none
+  (default ``http://127.0.0.1:5000``);
+- ``MLPLANE_CAPACITY_LABELS``: the node-label convention for spot/on-demand capacity,
+  ``eks`` (default), ``karpenter`` or ``gke``;
+- ``MLPLANE_DEFAULT_TRAINING_IMAGE`` / ``MLPLANE_DEFAULT_SERVING_IMAGE``: images of resources
+  that name none (default Ray's ``rayproject/ray:2.60.0-py311``);
+- ``MLPLANE_ARTIFACTS_URI``: where artifacts and default checkpoints go (e.g. ``s3://b/p``);
+- ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+CapacityLabels = Literal["eks", "karpenter", "gke"]
+RAY_IMAGE = "rayproject/ray:2.60.0-py311"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the operator reads from its environment, validated at start."""
+
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    capacity_labels: CapacityLabels = "eks"
+    default_training_image: str = RAY_IMAGE
+    default_serving_image: str = RAY_IMAGE
+    artifacts_uri: str | None = None
+    log_format: Literal["json", "text"] = "text"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        """Read ``MLPLANE_*``; raise ``ValueError`` naming the variable when one is wrong."""
+        env = dict(os.environ if env is None else env)
+        labels = env.get("MLPLANE_CAPACITY_LABELS", "eks")
+        if labels not in ("eks", "karpenter", "gke"):
+            raise ValueError(
+                f"MLPLANE_CAPACITY_LABELS must be eks, karpenter or gke (got {labels!r})"
+            )
+        log_format = env.get("MLPLANE_LOG_FORMAT", "text")
+        if log_format not in ("json", "text"):
+            raise ValueError(f"MLPLANE_LOG_FORMAT must be json or text (got {log_format!r})")
+        return cls(
+            mlflow_tracking_uri=env.get("MLPLANE_MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
+            capacity_labels=labels,  # type: ignore[arg-type]
+            default_training_image=env.get("MLPLANE_DEFAULT_TRAINING_IMAGE", RAY_IMAGE),
+            default_serving_image=env.get("MLPLANE_DEFAULT_SERVING_IMAGE", RAY_IMAGE),
+            artifacts_uri=env.get("MLPLANE_ARTIFACTS_URI") or None,
+            log_format=log_format,  # type: ignore[arg-type]
+        )

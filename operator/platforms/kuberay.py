@@ -1,0 +1,69 @@
+"""The Kubernetes platform: mlplane resources become KubeRay objects (RayJob, RayService).
+
+Objects are built by the pure builders (``operator/builders``) and applied by the Kopf
+handlers; this module holds what talks to the API server directly: whether the cluster is
+ready for mlplane (API reachable, KubeRay's and mlplane's CRDs served).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlplane.operator.platforms.base import ComponentHealth, Platform
+
+KUBERAY_GROUP_VERSION = ("ray.io", "v1")
+KUBERAY_KINDS = ("RayJob", "RayService")
+MLPLANE_GROUP_VERSION = ("mlplane.dev", "v1alpha1")
+MLPLANE_KINDS = ("TrainingJob", "ModelDeployment", "ABTest")
+
+
+class KubeRayPlatform(Platform):
+    """Kubernetes with KubeRay, reached through the kubernetes client's configuration."""
+
+    name = "kuberay"
+
+    def __init__(self, api_client: Any = None) -> None:
+        self._api_client = api_client
+
+    def _client(self) -> Any:
+        if self._api_client is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self._api_client = client.ApiClient()
+        return self._api_client
+
+    def _served_kinds(self, group: str, version: str) -> tuple[bool, set[str], str]:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            resources = client.CustomObjectsApi(self._client()).get_api_resources(group, version)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True, set(), f"{group}/{version} is not served"
+            return False, set(), f"API error {exc.status}: {exc.reason}"
+        except (HTTPError, OSError) as exc:
+            return False, set(), f"API server unreachable: {exc}"
+        return True, {r.kind for r in resources.resources}, ""
+
+    def health(self) -> list[ComponentHealth]:
+        """The API server, KubeRay's CRDs and mlplane's CRDs."""
+        out = []
+        for label, (group, version), kinds, hint in (
+            ("kuberay", KUBERAY_GROUP_VERSION, KUBERAY_KINDS, "install KubeRay 1.7 (helm chart "
+             "kuberay-operator)"),
+            ("mlplane-crds", MLPLANE_GROUP_VERSION, MLPLANE_KINDS, "run `mlplane crds print | "
+             "kubectl apply -f -` or install the chart"),
+        ):  # fmt: skip
+            reachable, served, error = self._served_kinds(group, version)
+            if not reachable:
+                return [ComponentHealth("kubernetes", False, error)]
+            missing = [k for k in kinds if k not in served]
+            detail = "served" if not missing else f"missing {', '.join(missing)}: {hint}"
+            out.append(ComponentHealth(label, not missing, detail, f"{group}/{version}"))
+        return [ComponentHealth("kubernetes", True, "reachable"), *out]

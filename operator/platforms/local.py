@@ -1,0 +1,263 @@
+"""The local platform: a Ray head and an MLflow server on this machine, state in ``.mlplane/``.
+
+This is what a newcomer runs first and what CI exercises for real. Everything binds 127.0.0.1
+(Ray's GCS and raylet still listen on all interfaces: tests run it in a private network
+namespace). Each server is started in its own session; its PID (= process-group id) is
+recorded in ``.mlplane/platform.json`` and stopping it signals that whole group, so
+``local down`` leaves no process behind and touches nothing it did not start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlplane.operator.platforms import processes
+from mlplane.operator.platforms.base import ComponentHealth, Platform
+
+#: Ray keeps unix sockets under its temp dir; their paths must stay under 108 bytes.
+_MAX_RAY_TEMP_DIR = 40
+
+
+class LocalPlatformError(RuntimeError):
+    """Something the user can act on (a busy port, a server that did not start)."""
+
+
+@dataclass
+class Ports:
+    """Loopback ports of the local platform (change them when another program holds one)."""
+
+    ray_gcs: int = 6379
+    ray_dashboard: int = 8265
+    ray_client: int = 10001
+    mlflow: int = 5000
+    serve: int = 8000
+
+
+@dataclass
+class Server:
+    pid: int
+    address: str
+    log: str
+
+
+@dataclass
+class State:
+    """What ``local up`` started, as written to ``platform.json``."""
+
+    started_at: str
+    ports: Ports
+    ray_temp_dir: str
+    servers: dict[str, Server] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> State | None:
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(
+            started_at=raw["started_at"],
+            ports=Ports(**raw["ports"]),
+            ray_temp_dir=raw["ray_temp_dir"],
+            servers={k: Server(**v) for k, v in raw["servers"].items()},
+        )
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200, response.read(4096).decode(errors="replace").strip()
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+
+
+def _executable(name: str) -> str:
+    """A console script of this environment (``ray``, ``mlflow``), found beside Python first."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise LocalPlatformError(
+            f"`{name}` is not installed: install mlplane with the local extra "
+            f"(pip install -e '.[local]')"
+        )
+    return found
+
+
+class LocalPlatform(Platform):
+    """Ray + MLflow on this machine, managed through a state folder."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path = Path(".mlplane"), ports: Ports | None = None) -> None:
+        self.state_dir = state_dir.resolve()
+        self.ports = ports or Ports()
+
+    # --- paths ---------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "platform.json"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.state_dir / "mlflow" / "mlflow.db"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    def _ray_temp_dir(self) -> Path:
+        preferred = self.state_dir / "ray"
+        if len(str(preferred)) <= _MAX_RAY_TEMP_DIR:
+            return preferred
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"mlplane-ray-{digest}"
+
+    def state(self) -> State | None:
+        """What is recorded as started (None before the first ``up`` or after ``down``)."""
+        return State.read(self.state_file)
+
+    @property
+    def mlflow_uri(self) -> str:
+        state = self.state()
+        return state.servers["mlflow"].address if state else f"http://127.0.0.1:{self.ports.mlflow}"
+
+    @property
+    def ray_dashboard(self) -> str:
+        state = self.state()
+        port = state.ports.ray_dashboard if state else self.ports.ray_dashboard
+        return f"http://127.0.0.1:{port}"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def up(self, timeout: float = 120.0, num_cpus: int | None = None) -> State:
+        """Start Ray and MLflow (what is not already running) and wait until both answer.
+
+        Idempotent: a healthy platform is left as it is. Raises :class:`LocalPlatformError`
+        with the server's log tail when one does not come up; what did come up is stopped.
+        """
+        state = self.state()
+        if state and all(c.healthy for c in self.health()):
+            return state
+        if state:  # partly dead: start over cleanly rather than mixing two generations
+            self.down()
+        for label, port in asdict(self.ports).items():
+            if not _port_free(port):
+                raise LocalPlatformError(
+                    f"port {port} ({label}) on 127.0.0.1 is in use by another program: "
+                    f"stop it or choose another port (see `mlplane local up --help`)"
+                )
+        for folder in (self.state_dir, self.mlflow_db.parent, self.artifacts_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        ray_temp = self._ray_temp_dir()
+        ray_temp.mkdir(parents=True, exist_ok=True)
+        state = State(
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ports=self.ports,
+            ray_temp_dir=str(ray_temp),
+        )
+        logs = self.state_dir / "logs"
+        cpus = num_cpus or os.cpu_count() or 1
+        ray_cmd = [
+            _executable("ray"), "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+            f"--port={self.ports.ray_gcs}", f"--dashboard-port={self.ports.ray_dashboard}",
+            f"--ray-client-server-port={self.ports.ray_client}",
+            f"--num-cpus={cpus}", "--disable-usage-stats", f"--temp-dir={ray_temp}",
+        ]  # fmt: skip
+        mlflow_cmd = [
+            _executable("mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{self.mlflow_db}",
+            "--artifacts-destination", str(self.artifacts_dir),
+            "--host", "127.0.0.1", "--port", str(self.ports.mlflow), "--workers", "1",
+        ]  # fmt: skip
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+        for name, command, address in (
+            ("ray", ray_cmd, f"http://127.0.0.1:{self.ports.ray_dashboard}"),
+            ("mlflow", mlflow_cmd, f"http://127.0.0.1:{self.ports.mlflow}"),
+        ):
+            log = logs / f"{name}.log"
+            pid = processes.start(command, log, env)
+            state.servers[name] = Server(pid=pid, address=address, log=str(log))
+            state.write(self.state_file)  # record each PID the moment it exists
+        for name, server in state.servers.items():
+            if not processes.wait_until(
+                lambda s=server, n=name: (
+                    self._component(n, s).healthy or not processes.alive(s.pid)
+                ),
+                timeout,
+            ) or not processes.alive(server.pid):
+                detail = processes.tail(Path(server.log))
+                self.down()
+                raise LocalPlatformError(f"{name} did not come up; the end of its log:\n{detail}")
+        return state
+
+    def down(self) -> list[str]:
+        """Stop every recorded server (whole process groups); return what was stopped."""
+        state = self.state()
+        if state is None:
+            return []
+        stopped = []
+        leftovers = []
+        for name, server in state.servers.items():
+            if processes.group_members(server.pid):
+                if processes.stop_group(server.pid):
+                    stopped.append(name)
+                else:
+                    leftovers.append(name)
+        if leftovers:
+            raise LocalPlatformError(
+                f"could not stop {', '.join(leftovers)}; see `ps -g <pid>` for the recorded PIDs "
+                f"in {self.state_file}"
+            )
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    # --- health --------------------------------------------------------------------------------
+
+    def _component(self, name: str, server: Server) -> ComponentHealth:
+        if not processes.alive(server.pid):
+            return ComponentHealth(name, False, "not running", server.address, server.pid)
+        path = "/api/version" if name == "ray" else "/health"
+        ok, body = _http_ok(server.address + path)
+        if ok and name == "ray":
+            try:
+                body = "Ray " + str(json.loads(body).get("ray_version", "?"))
+            except ValueError:
+                body = "Ray (version unknown)"
+        return ComponentHealth(name, ok, body if ok else f"not answering: {body}", server.address,
+                               server.pid)  # fmt: skip
+
+    def health(self) -> list[ComponentHealth]:
+        """Ray and MLflow: running (by recorded PID) and answering on their health endpoints."""
+        state = self.state()
+        if state is None:
+            return [
+                ComponentHealth("ray", False, "not started (run `mlplane local up`)"),
+                ComponentHealth("mlflow", False, "not started (run `mlplane local up`)"),
+            ]
+        return [self._component(name, server) for name, server in state.servers.items()]
