@@ -40,7 +40,6 @@ class Ports:
     ray_dashboard: int = 8265
     ray_client: int = 10001
     mlflow: int = 5000
-    serve: int = 8000
 
 
 @dataclass
