@@ -110,7 +110,9 @@ class ABTestSpec(SpecModel):
     bucketing: Bucketing = Field(default_factory=Bucketing)
     objective: Objective = Field(default_factory=Objective)
     analysis: Analysis = Field(default_factory=Analysis)
-    guardrails: list[Guardrail] = Field(default_factory=list, max_length=10)
+    guardrails: list[Guardrail] = Field(
+        default_factory=list, max_length=10, json_schema_extra={"default": []}
+    )
     on_conclusion: OnConclusion = Field(default_factory=OnConclusion)
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (

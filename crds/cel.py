@@ -41,7 +41,10 @@ def evaluate(rule: str, value: Any) -> bool:
     Raises ``ValueError`` when the rule cannot be evaluated (the API server reports such a
     rule as a validation error too).
     """
-    result = _program(rule).evaluate({"self": celpy.json_to_cel(value)})
+    try:
+        result = _program(rule).evaluate({"self": celpy.json_to_cel(value)})
+    except celpy.CELEvalError as exc:
+        raise ValueError(f"rule {rule!r} could not be evaluated: {exc.args[0]}") from None
     if isinstance(result, celpy.CELEvalError):
         raise ValueError(f"rule {rule!r} could not be evaluated: {result.args[0]}")
     return bool(result)

@@ -153,7 +153,11 @@ class TrainingJobSpec(SpecModel):
     workers: list[WorkerGroup] = Field(
         default_factory=list,
         max_length=8,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "default": [],
+        },
     )
     node_selector: dict[str, str] | None = Field(
         None, description="Extra node labels every pod of the job must match."
