@@ -213,30 +213,39 @@ def _replay_table(
     exp = table.experiment_codes
     n_exp = len(table.experiment_names)
     n_var = max(len(table.variant_names), 1)
+    # Each experiment's variants in order of first appearance, with their row counts.
+    pairs, first, counts = np.unique(
+        exp * n_var + table.variant_codes, return_index=True, return_counts=True
+    )
+    pair_exp, pair_var = pairs // n_var, pairs % n_var
+    by_arrival = np.lexsort((first, pair_exp))
+    pair_exp, pair_var, counts = pair_exp[by_arrival], pair_var[by_arrival], counts[by_arrival]
+    per_exp = np.bincount(pair_exp, minlength=n_exp)
     # Every experiment needs two variants: check them all before yielding anything.
-    pairs = np.unique(exp * n_var + table.variant_codes)
-    per_exp = np.bincount(pairs // n_var, minlength=n_exp)
     if n_exp and (per_exp < 2).any():
         lonely = table.experiment_names[int(np.flatnonzero(per_exp < 2)[0])]
         raise ValueError(
             f"experiment {lonely!r} has a single variant; an A/B test needs a control and at "
             "least one treatment"
         )
+    pair_bounds = np.concatenate([[0], np.cumsum(per_exp)])
     order = np.argsort(exp, kind="stable")  # rows grouped by experiment, arrival order kept
     bounds = np.concatenate([[0], np.cumsum(np.bincount(exp, minlength=n_exp))])
     need = max(int(min_samples), 2)
+    local = np.empty(n_var, dtype=np.int64)
     for e in range(n_exp):
+        variants = pair_var[pair_bounds[e] : pair_bounds[e + 1]]
+        names = [table.variant_names[c] for c in variants]
+        totals = counts[pair_bounds[e] : pair_bounds[e + 1]]
+        if totals.min() < need:  # the test never starts: nothing to compute row by row
+            yield _result(table.experiment_names[e], "Continue", None, None, names, totals, None)
+            continue
         rows = order[bounds[e] : bounds[e + 1]]
-        codes = table.variant_codes[rows]
-        uniq, first = np.unique(codes, return_index=True)
-        by_arrival = uniq[np.argsort(first)]
-        local = np.empty(n_var, dtype=np.int64)
-        local[by_arrival] = np.arange(len(by_arrival))
-        names = [table.variant_names[c] for c in by_arrival]
+        local[variants] = np.arange(len(variants))
         yield _replay_experiment(
             table.experiment_names[e],
             names,
-            local[codes],
+            local[table.variant_codes[rows]],
             table.outcome[rows],
             alpha,
             kind,
