@@ -62,6 +62,7 @@ __all__ = [
     "confidence_radius",
     "fixed_horizon_sample_size",
     "mixture_log_lr",
+    "moments_from_histogram",
     "p_value_from_log_lr",
     "running_interval",
     "running_p_value",
@@ -307,3 +308,34 @@ def fixed_horizon_sample_size(
     spread = math.sqrt(p_control * (1 - p_control) + p_treatment * (1 - p_treatment))
     top = z_a * math.sqrt(2 * p_bar * (1 - p_bar)) + z_b * spread
     return math.ceil((top / (p_treatment - p_control)) ** 2)
+
+
+def moments_from_histogram(
+    upper_bounds: ArrayLike, cumulative_counts: ArrayLike, total_sum: float | None = None
+) -> tuple[int, float, float]:
+    """Approximate ``(n, sum, sum_sq)`` of a Prometheus histogram (e.g. request latency).
+
+    A histogram exports cumulative bucket counts (``le``), ``_count`` and ``_sum`` but no sum of
+    squares, which the test needs for a variance. Each bucket's observations are placed at its
+    midpoint (the first bucket spans ``[0, le]``: latencies are non-negative; the ``+Inf``
+    bucket at the largest finite bound, an underestimate, so keep the top bucket above the
+    usual tail). ``total_sum`` (the exact ``_sum``), when given, replaces the approximate sum.
+    Coarse buckets blur the variance (by about ``width^2 / 12`` per bucket, Sheppard); export
+    the sum of squares from the source where the objective is a mean and precision matters.
+    """
+    bounds = np.asarray(upper_bounds, dtype=np.float64)
+    cum = np.asarray(cumulative_counts, dtype=np.float64)
+    if bounds.shape != cum.shape or bounds.ndim != 1 or len(bounds) == 0:
+        raise ValueError("upper_bounds and cumulative_counts must be 1-D and of one length")
+    if np.any(np.diff(bounds) <= 0) or np.any(np.diff(cum) < 0):
+        raise ValueError("bucket bounds must increase and cumulative counts must not decrease")
+    finite = bounds[np.isfinite(bounds)]
+    if len(finite) == 0:
+        raise ValueError("a histogram needs at least one finite bucket bound")
+    counts = np.diff(cum, prepend=0.0)
+    lower = np.concatenate([[0.0], bounds[:-1]])
+    mid = np.where(np.isfinite(bounds), 0.5 * (lower + bounds), finite[-1])
+    n = round(float(cum[-1]))
+    approx_sum = float(np.sum(counts * mid))
+    sum_sq = float(np.sum(counts * mid * mid))
+    return n, approx_sum if total_sum is None else float(total_sum), sum_sq

@@ -18,6 +18,7 @@ from mlplane.monitoring.sequential import (
     confidence_radius,
     fixed_horizon_sample_size,
     mixture_log_lr,
+    moments_from_histogram,
     p_value_from_log_lr,
     running_interval,
     running_p_value,
@@ -235,3 +236,17 @@ def test_bad_parameters():
         arm_variance(10, 5.0, None, "mean")
     with pytest.raises(ValueError, match="kind"):
         arm_variance(10, 5.0, None, "median")  # type: ignore[arg-type]
+
+
+def test_moments_from_a_latency_histogram():
+    rng = np.random.default_rng(23)
+    latency = rng.gamma(16.0, 0.0125, size=200_000)  # seconds: mean 0.2, sd 0.05
+    bounds = np.array([*np.arange(0.01, 0.6, 0.01), np.inf])
+    cumulative = np.searchsorted(np.sort(latency), bounds, side="right")
+    n, total, total_sq = moments_from_histogram(bounds, cumulative, float(latency.sum()))
+    assert n == len(latency)
+    assert total == pytest.approx(latency.sum())
+    var = arm_variance(n, total, total_sq, "mean")
+    assert var == pytest.approx(latency.var(ddof=1), rel=0.05)
+    with pytest.raises(ValueError, match="increase"):
+        moments_from_histogram([0.1, 0.05], [1, 2])
