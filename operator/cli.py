@@ -174,11 +174,10 @@ def render(
     ] = None,
 ) -> None:
     """Print, as YAML, the Kubernetes objects the operator would create for each resource."""
-    from mlplane.operator.builders import render as build
     from mlplane.operator.config import OperatorConfig
 
     config = OperatorConfig.from_env()
-    objects: list[dict[str, Any]] = []
+    resources = []
     for document in _documents(files):
         problems = check(document.body)
         if problems:
@@ -186,7 +185,12 @@ def render(
                 f" (and {len(problems) - 1} more; run `mlplane validate`)" if len(problems) > 1
                 else ""
             ))  # fmt: skip
-        objects.extend(build(parse(document.body), config, model_version=model_version))
+        resources.append(parse(document.body))
+    from mlplane.operator.builders import render as build
+
+    objects: list[dict[str, Any]] = []
+    for resource in resources:
+        objects.extend(build(resource, config, model_version=model_version))
     sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, width=100))
 
 

@@ -1,0 +1,103 @@
+"""The command line as users meet it: one line per problem, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MLPLANE = str(Path(sys.executable).parent / "mlplane")
+INVALID = sorted((REPO / "tests" / "crds" / "invalid").glob("*.yaml"))
+
+
+def mlplane(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MLPLANE, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+
+
+def test_validate_accepts_every_example():
+    result = mlplane("validate", "-f", "crds/examples")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": valid") == len(list((REPO / "crds/examples").glob("*.yaml")))
+
+
+def test_validate_rejects_the_whole_invalid_corpus_one_line_per_problem():
+    result = mlplane("validate", "-f", "tests/crds/invalid")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"error: {len(INVALID)} of {len(INVALID)} resources are invalid"
+    for path in INVALID:
+        expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+        mine = [line for line in lines if line.startswith(f"tests/crds/invalid/{path.name}: ")]
+        assert mine, f"no line for {path.name}"
+        assert any(expected in line for line in mine), (expected, mine)
+
+
+def test_validate_mixed_files_exit_non_zero(tmp_path):
+    good = yaml.safe_load((REPO / "crds/examples/abtest.yaml").read_text())
+    bad = {**good, "metadata": {"name": "bad"}, "spec": {**good["spec"], "deployment": "Bad_Name"}}
+    stream = tmp_path / "both.yaml"
+    stream.write_text(yaml.safe_dump_all([good, bad]))
+    result = mlplane("validate", "-f", str(stream))
+    assert result.returncode == 1
+    assert "both.yaml#1: ABTest/churn-candidate: valid" in result.stdout
+    assert (
+        "both.yaml#2: ABTest/bad: spec.deployment: must be a lowercase DNS label" in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("validate", "-f", "no/such/file.yaml"), "error: no/such/file.yaml: no such file"),
+        (("crds", "print", "--kind", "Nope"), "error: unknown kind 'Nope'"),
+        (("operator",), "error: say where to watch"),
+    ],
+)
+def test_errors_are_one_clear_line(args, message):
+    result = mlplane(*args)
+    assert result.returncode == 1
+    assert result.stderr.strip() == result.stderr.strip().splitlines()[0]
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("spec: [\n")
+    result = mlplane("validate", "-f", str(bad))
+    assert result.returncode == 1
+    assert "not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_crds_generate_check_passes_on_the_committed_files():
+    result = mlplane("crds", "generate", "--check")
+    assert result.returncode == 0, result.stderr
+
+
+def test_crds_print_is_applyable_yaml():
+    result = mlplane("crds", "print")
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert [d["spec"]["names"]["kind"] for d in docs] == [
+        "TrainingJob",
+        "ModelDeployment",
+        "ABTest",
+    ]
+
+
+def test_local_status_before_up_says_how_to_start(tmp_path):
+    result = mlplane("local", "status", "--state-dir", str(tmp_path / "state"), "--json")
+    assert result.returncode == 1
+    assert "run `mlplane local up`" in result.stdout
+
+
+def test_render_refuses_invalid_input_with_the_field():
+    result = mlplane("render", "-f", "tests/crds/invalid/md-min-over-max.yaml")
+    assert result.returncode == 1
+    assert "spec.replicas.min: replicas.min must not exceed replicas.max" in result.stderr
