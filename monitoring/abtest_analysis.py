@@ -335,17 +335,21 @@ def decide(
         if timed_out:
             return result("NoDifference", f"maxDuration reached with {waiting}")
         return result("Continue", f"waiting for samples: {waiting}")
-    best_p = min(r.p_value_adjusted or 1.0 for r in compared)
+    # Here no treatment is significantly better; report the undecided ones' best p-value.
+    losers = [r.name for r in compared if r.significant]
+    undecided = [r.p_value_adjusted for r in compared if not r.significant]
+    best_p = min(1.0 if p is None else p for p in undecided)
+    worse = f"; significantly worse: {', '.join(losers)}" if losers else ""
     if timed_out:
         return result(
             "NoDifference",
             f"maxDuration reached without a conclusive difference (smallest adjusted "
-            f"always-valid p-value {best_p:.3g}, alpha {alpha:g})",
+            f"always-valid p-value {best_p:.3g}, alpha {alpha:g}{worse})",
         )
     return result(
         "Continue",
         f"no conclusive difference yet (smallest adjusted always-valid p-value {best_p:.3g}, "
-        f"alpha {alpha:g})",
+        f"alpha {alpha:g}{worse})",
     )
 
 

@@ -156,7 +156,9 @@ def test_several_treatments():
     best = decide([control, conv("good", 3000, 0.13), conv("great", 3000, 0.17)])
     assert (best.decision, best.winner) == ("Promote", "great")
     assert decide([control, worse, conv("worse2", 3000, 0.06)]).decision == "Rollback"
-    assert decide([control, worse, neutral]).decision == "Continue"
+    waiting = decide([control, worse, neutral])
+    assert waiting.decision == "Continue"
+    assert "significantly worse: worse" in waiting.reason
 
 
 def test_bonferroni_adjusts_the_p_values():
