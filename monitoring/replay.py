@@ -183,9 +183,10 @@ def replay(
     winner's (Promote), the largest (Rollback: every treatment is worse) or the smallest
     (Continue). There is no maximum duration here, so no ``NoDifference``.
 
-    The whole file is read and checked before the first result: a ValueError names the line,
-    column or experiment at fault (missing columns, empty or non-numeric outcomes, outcomes
-    other than 0/1 for ``conversion``, an experiment with a single variant).
+    The whole file is read and checked by the call itself, before any result: a ValueError
+    (raised by ``replay(...)``, not by the first ``next``) names the line, column or
+    experiment at fault (missing columns, empty or non-numeric outcomes, outcomes other than
+    0/1 for ``conversion``, an experiment with a single variant).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -221,7 +222,8 @@ def _replay_table(
     by_arrival = np.lexsort((first, pair_exp))
     pair_exp, pair_var, counts = pair_exp[by_arrival], pair_var[by_arrival], counts[by_arrival]
     per_exp = np.bincount(pair_exp, minlength=n_exp)
-    # Every experiment needs two variants: check them all before yielding anything.
+    # Every experiment needs two variants: checked here, eagerly, so that `replay()` itself
+    # raises before the caller prints anything.
     if n_exp and (per_exp < 2).any():
         lonely = table.experiment_names[int(np.flatnonzero(per_exp < 2)[0])]
         raise ValueError(
@@ -233,27 +235,33 @@ def _replay_table(
     bounds = np.concatenate([[0], np.cumsum(np.bincount(exp, minlength=n_exp))])
     need = max(int(min_samples), 2)
     local = np.empty(n_var, dtype=np.int64)
-    for e in range(n_exp):
-        variants = pair_var[pair_bounds[e] : pair_bounds[e + 1]]
-        names = [table.variant_names[c] for c in variants]
-        totals = counts[pair_bounds[e] : pair_bounds[e + 1]]
-        if totals.min() < need:  # the test never starts: nothing to compute row by row
-            yield _result(table.experiment_names[e], "Continue", None, None, names, totals, None)
-            continue
-        rows = order[bounds[e] : bounds[e + 1]]
-        local[variants] = np.arange(len(variants))
-        yield _replay_experiment(
-            table.experiment_names[e],
-            names,
-            local[table.variant_codes[rows]],
-            table.outcome[rows],
-            alpha,
-            kind,
-            need,
-            direction,
-            mixture,
-            chunk_rows,
-        )
+
+    def run() -> Iterator[dict[str, Any]]:
+        for e in range(n_exp):
+            variants = pair_var[pair_bounds[e] : pair_bounds[e + 1]]
+            names = [table.variant_names[c] for c in variants]
+            totals = counts[pair_bounds[e] : pair_bounds[e + 1]]
+            if totals.min() < need:  # the test never starts: nothing to compute row by row
+                yield _result(
+                    table.experiment_names[e], "Continue", None, None, names, totals, None
+                )
+                continue
+            rows = order[bounds[e] : bounds[e + 1]]
+            local[variants] = np.arange(len(variants))
+            yield _replay_experiment(
+                table.experiment_names[e],
+                names,
+                local[table.variant_codes[rows]],
+                table.outcome[rows],
+                alpha,
+                kind,
+                need,
+                direction,
+                mixture,
+                chunk_rows,
+            )
+
+    return run()
 
 
 def _replay_experiment(

@@ -187,7 +187,7 @@ def test_bad_input_is_a_value_error_that_says_where(tmp_path, text, kwargs, mess
     path = tmp_path / "bad.csv"
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
-        list(replay(path, **kwargs))
+        replay(path, **kwargs)  # eagerly: before the caller has printed anything
 
 
 def test_mean_metric_accepts_any_numbers(tmp_path):
