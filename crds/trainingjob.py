@@ -214,6 +214,16 @@ class TrainingMLflowStatus(StatusModel):
     model_uri: str | None = None
 
 
+class Disruption(StatusModel):
+    """One preemption the operator counted (the newest are kept, for users to see why)."""
+
+    attempt: int
+    pod: str | None = None
+    node: str | None = None
+    reason: str
+    time: Timestamp | None = None
+
+
 class TrainingJobStatus(StatusModel):
     """What happened, as the operator saw it."""
 
@@ -232,6 +242,8 @@ class TrainingJobStatus(StatusModel):
     current_attempt: CurrentAttempt | None = None
     last_checkpoint: LastCheckpoint | None = None
     mlflow: TrainingMLflowStatus | None = None
+    #: The most recent counted preemptions (bounded), so a retry never counts one twice.
+    disruptions: list[Disruption] = Field(default_factory=list, max_length=50)
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
 

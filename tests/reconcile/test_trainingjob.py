@@ -1,0 +1,298 @@
+"""The TrainingJob reconcile core: attempts, budgets, fallback, registration, idempotence."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from mlplane.crds.validate import parse
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.reconcile.trainingjob import (
+    Observed,
+    ObservedAttempt,
+    ObservedDisruption,
+    ObservedRun,
+    Plan,
+    reconcile,
+)
+
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+CONFIG = OperatorConfig()
+UID = "0b7c-uid"
+RUN = ObservedRun(run_id="run123")
+
+
+def trainingjob(capacity: str = "SpotWithFallback", **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "churn", "namespace": "ml", "uid": UID, "generation": 1},
+        "spec": {
+            "entrypoint": "python train.py",
+            "workers": [{"name": "gpu", "replicas": 2, "capacity": capacity,
+                         "resources": {"gpu": 1}, "accelerator": "nvidia-a10g"}],
+            "checkpoint": {"uri": "s3://ckpt/churn"},
+            "preemption": {"maxPreemptions": 2},
+            "backoffLimit": 1,
+            "mlflow": {"registeredModel": "churn", "alias": "candidate"},
+            **spec,
+        },
+    }  # fmt: skip
+    return body
+
+
+class Job:
+    """Drives reconcile like a handler would: status carried over between calls."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.now = T0
+        self.plans: list[Plan] = []
+
+    def step(self, observed: Observed, minutes: float = 1) -> Plan:
+        self.now += timedelta(minutes=minutes)
+        plan = reconcile(parse(self.body), observed, self.now, CONFIG, uid=UID)
+        self.body["status"] = plan.status
+        self.plans.append(plan)
+        return plan
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.body["status"]
+
+    def condition(self, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status.get("conditions", []) if c["type"] == type_), None)
+
+
+def attempt(n: int, capacity: str = "Spot", job: str | None = "RUNNING", **kw: Any):
+    return ObservedAttempt(number=n, capacity=capacity, job_status=job, **kw)  # type: ignore[arg-type]
+
+
+def test_first_reconcile_asks_for_the_run_and_creates_nothing():
+    job = Job(trainingjob())
+    plan = job.step(Observed())
+    assert plan.ensure_run
+    assert plan.create == []
+    assert job.status["phase"] == "Pending"
+
+
+def test_attempt_one_goes_to_spot_with_the_run_id():
+    job = Job(trainingjob())
+    plan = job.step(Observed(run=RUN))
+    (rayjob,) = plan.create
+    assert rayjob["metadata"]["name"] == "churn-a1"
+    assert job.status["currentAttempt"]["capacity"] == "Spot"
+    assert job.status["attempts"] == 1
+    assert "run123" in rayjob["spec"]["runtimeEnvYAML"]
+    assert [e.reason for e in plan.events] == ["AttemptCreated"]
+
+
+def test_on_demand_only_jobs_start_on_demand():
+    job = Job(trainingjob(capacity="OnDemand"))
+    job.step(Observed(run=RUN))
+    assert job.status["currentAttempt"]["capacity"] == "OnDemand"
+
+
+def test_reconcile_is_idempotent_while_nothing_changes():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    running = Observed(attempts=(attempt(1),), run=RUN)
+    first = job.step(running)
+    status = dict(job.status)
+    again = job.step(running, minutes=5)
+    assert again.create == [] and first.create == []
+    assert job.status == status  # nothing to write: the handler patches nothing
+    assert again.events == []
+
+
+def test_missing_recorded_attempt_is_recreated_with_the_same_name():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    plan = job.step(Observed(run=RUN))  # the create did not land (e.g. a restart in between)
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a1"]
+    assert job.status["attempts"] == 1
+
+
+def test_success_registers_then_succeeds():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    done = Observed(attempts=(attempt(1, job="SUCCEEDED", end_time="2026-11-29T12:30:00Z"),),
+                    run=RUN)  # fmt: skip
+    plan = job.step(done)
+    assert job.status["phase"] == "Registering"
+    assert plan.register is not None
+    assert plan.register.source == "runs:/run123/model"
+    assert plan.register.alias == "candidate"
+    registered = Observed(attempts=done.attempts,
+                          run=ObservedRun("run123", registered_version="4"))  # fmt: skip
+    plan = job.step(registered)
+    assert plan.register is None
+    assert job.status["phase"] == "Succeeded"
+    assert job.status["mlflow"] == {"runId": "run123", "modelVersion": "4",
+                                    "modelUri": "models:/churn/4"}  # fmt: skip
+    assert job.status["completionTime"] == "2026-11-29T12:30:00Z"
+    assert job.condition("Succeeded")["status"] == "True"
+    assert {e.reason for e in plan.events} == {"ModelRegistered", "Succeeded"}
+    assert plan.requeue_after is None
+    assert job.step(registered).events == []  # terminal: nothing more happens
+
+
+def test_two_preemptions_then_success_resume_on_spot():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    for n in (1, 2):
+        lost = ObservedDisruption(attempt=n, reason="DisruptionTarget", pod=f"churn-a{n}-w1",
+                                  node="spot-1", time="2026-11-29T12:10:00Z")  # fmt: skip
+        failed = attempt(n, job="FAILED", end_time="2026-11-29T12:11:00Z")
+        plan = job.step(Observed(attempts=(failed,), disruptions=(lost,), run=RUN))
+        assert [o["metadata"]["name"] for o in plan.create] == [f"churn-a{n + 1}"]
+    assert job.status["preemptions"] == 2
+    assert job.status["failures"] == 0  # a preemption never spends the code-failure budget
+    # budget spent (2 of 2): SpotWithFallback moves the third attempt to on-demand
+    assert job.status["currentAttempt"]["capacity"] == "OnDemand"
+    assert job.status["phase"] == "Retrying"
+    assert job.condition("Preempted")["status"] == "True"
+    reasons = [e.reason for p in job.plans for e in p.events]
+    assert reasons.count("Preempted") == 2
+    assert "FallbackToOnDemand" in reasons
+
+
+def test_fallback_rayjob_has_workers_on_on_demand():
+    job = Job(trainingjob(preemption={"maxPreemptions": 0}))
+    job.step(Observed(run=RUN))
+    lost = ObservedDisruption(1, "SpotInterruption", node="spot-1")
+    plan = job.step(Observed(attempts=(attempt(1, job="FAILED"),), disruptions=(lost,), run=RUN))
+    (rayjob,) = plan.create
+    text = str(rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"])
+    assert "ON_DEMAND" in text
+    assert "'SPOT'" not in text
+
+
+def test_pure_spot_fails_when_the_budget_is_spent():
+    job = Job(trainingjob(capacity="Spot", preemption={"maxPreemptions": 1}))
+    job.step(Observed(run=RUN))
+    lost = ObservedDisruption(1, "DisruptionTarget", pod="p1")
+    plan = job.step(Observed(attempts=(attempt(1, job="FAILED"),), disruptions=(lost,), run=RUN))
+    assert plan.create == []
+    assert job.status["phase"] == "Failed"
+    assert job.condition("Succeeded")["reason"] == "PreemptionBudgetExhausted"
+    assert plan.requeue_after is None
+
+
+def test_code_failures_spend_backoff_limit_not_preemptions():
+    job = Job(trainingjob(backoffLimit=1))
+    job.step(Observed(run=RUN))
+    plan = job.step(Observed(attempts=(attempt(1, job="FAILED", message="ZeroDivisionError"),),
+                             run=RUN))  # fmt: skip
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a2"]
+    assert job.status["currentAttempt"]["capacity"] == "Spot"  # code failure: stay on spot
+    plan = job.step(Observed(attempts=(attempt(2, job="FAILED", message="ZeroDivisionError"),),
+                             run=RUN))  # fmt: skip
+    assert plan.create == []
+    assert job.status["failures"] == 2
+    assert job.status["preemptions"] == 0
+    assert job.status["phase"] == "Failed"
+    condition = job.condition("Succeeded")
+    assert condition["reason"] == "BackoffLimitExceeded"
+    assert "ZeroDivisionError" in condition["message"]
+
+
+def test_worker_preemption_inside_a_running_attempt_is_counted_once():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    lost = ObservedDisruption(1, "DisruptionTarget", pod="churn-a1-w1", node="spot-1")
+    running = Observed(attempts=(attempt(1),), disruptions=(lost,), run=RUN)
+    job.step(running)
+    job.step(running)  # seen again (a restart, a re-list): not counted twice
+    assert job.status["preemptions"] == 1
+    assert job.status["phase"] == "Running"
+    assert job.status["disruptions"] == [{
+        "attempt": 1, "reason": "DisruptionTarget", "pod": "churn-a1-w1", "node": "spot-1",
+        "time": job.status["disruptions"][0]["time"],
+    }]  # fmt: skip
+
+
+def test_old_disruption_does_not_turn_a_later_code_failure_into_a_preemption():
+    job = Job(trainingjob(backoffLimit=3))
+    job.step(Observed(run=RUN))
+    lost = ObservedDisruption(1, "DisruptionTarget", pod="w1", time="2026-11-29T12:05:00Z")
+    job.step(Observed(attempts=(attempt(1),), disruptions=(lost,), run=RUN))
+    failed = attempt(1, job="FAILED", end_time="2026-11-29T14:00:00Z", message="OOM")
+    job.step(Observed(attempts=(failed,), disruptions=(lost,), run=RUN))
+    assert job.status["failures"] == 1
+    assert job.status["preemptions"] == 1
+
+
+def test_deadline_exceeded_is_a_failure_of_the_attempt():
+    job = Job(trainingjob(backoffLimit=0))
+    job.step(Observed(run=RUN))
+    over = ObservedAttempt(1, "Spot", job_status="RUNNING", deployment_status="Failed",
+                           reason="DeadlineExceeded")  # fmt: skip
+    job.step(Observed(attempts=(over,), run=RUN))
+    assert job.status["phase"] == "Failed"
+    assert "DeadlineExceeded" in job.condition("Succeeded")["message"]
+
+
+def test_mlflow_unreachable_is_reported_and_nothing_created():
+    job = Job(trainingjob())
+    plan = job.step(Observed(registry_error="connection refused to http://mlflow:5000"))
+    assert plan.create == []
+    assert not plan.ensure_run
+    cond = job.condition("RegistryAvailable")
+    assert cond["status"] == "False"
+    assert cond["reason"] == "MLflowUnreachable"
+    job.step(Observed(run=RUN))
+    assert job.condition("RegistryAvailable")["status"] == "True"
+
+
+def test_checkpoint_progress_reaches_status():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    run = ObservedRun("run123", checkpoint_uri="s3://ckpt/churn/step-40", checkpoint_step=40,
+                      checkpoint_time="2026-11-29T12:20:00Z")  # fmt: skip
+    job.step(Observed(attempts=(attempt(1),), run=run))
+    assert job.status["lastCheckpoint"] == {"uri": "s3://ckpt/churn/step-40", "step": 40,
+                                            "time": "2026-11-29T12:20:00Z"}  # fmt: skip
+
+
+def test_suspend_is_passed_to_the_attempt():
+    body = trainingjob(suspend=True)
+    job = Job(body)
+    plan = job.step(Observed(run=RUN))
+    assert plan.create[0]["spec"]["suspend"] is True
+    assert job.status["phase"] == "Suspended"
+    body["spec"]["suspend"] = False
+    plan = job.step(Observed(attempts=(ObservedAttempt(1, "Spot", deployment_status="Suspended"),),
+                             run=RUN))  # fmt: skip
+    assert plan.suspend == ("churn-a1", False)
+
+
+def test_observed_generation_follows_the_spec():
+    body = trainingjob()
+    job = Job(body)
+    job.step(Observed(run=RUN))
+    body["metadata"]["generation"] = 2
+    job.step(Observed(attempts=(attempt(1),), run=RUN))
+    assert job.status["observedGeneration"] == 2
+    assert all(c["observedGeneration"] == 2 for c in job.status["conditions"]
+               if c["type"] == "Running")  # fmt: skip
+
+
+@pytest.mark.parametrize("status", ["PENDING", None])
+def test_pending_attempt_is_not_running(status):
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1, job=status, deployment_status="Initializing"),),
+                      run=RUN))  # fmt: skip
+    assert job.status["phase"] == "Pending"
+    assert job.condition("Running")["status"] == "False"
+
+
+def test_observed_attempt_reads_rayjob_labels_and_status():
+    job = Job(trainingjob())
+    rayjob = job.step(Observed(run=RUN)).create[0]
+    rayjob["status"] = {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed",
+                        "reason": "AppFailed", "message": "boom"}  # fmt: skip
+    seen = ObservedAttempt.from_rayjob(rayjob)
+    assert (seen.number, seen.capacity, seen.failed) == (1, "Spot", True)
