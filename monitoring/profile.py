@@ -41,10 +41,12 @@ and ``len(counts) == len(edges) + 1``::
 
 Numeric vs categorical is decided by dtype (bool, string, object and pandas categorical are
 categorical; integer and float are numeric; datetimes are refused, since a timestamp column always
-"drifts"), overridable per column. Categories are compared as strings (``str(value)``; integral
-floats are written as integers so that ``3`` and ``3.0`` are the same category).
+"drifts"), overridable per column. Categories are compared as string labels: ``str(value)``,
+except that integral floats are written as integers (``3``, ``3.0`` and ``"3"`` are one category,
+as JSON payloads and CSV readers blur them) and booleans as ``True``/``False``.
 
-This module is pure (numpy only; pandas objects are accepted but pandas is not imported).
+This module is pure: no I/O, no clock. It needs numpy only; when pandas is importable its
+hash-based ``factorize`` speeds up categorical columns (the numpy fallback sorts instead).
 """
 
 from __future__ import annotations
@@ -226,33 +228,91 @@ def _object_missing(arr: np.ndarray) -> np.ndarray:
     return mask
 
 
-def as_strings(values: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """A categorical column as (unicode array, missing mask); see the module doc for the rules."""
-    if _is_pandas(values):
-        missing = np.asarray(values.isna().to_numpy(), dtype=bool)
-        kind = _pandas_kind(values)
-        if kind in "iuf":
-            arr = values.to_numpy(dtype="float64", na_value=np.nan)
-        elif kind == "b":
-            arr = values.to_numpy(dtype=object, na_value=None)
-        else:
-            arr = values.to_numpy(dtype=object)
-    else:
-        arr = np.asarray(values)
-        if arr.ndim != 1:
-            raise ValueError(f"feature {name!r}: expected a 1-d column, got shape {arr.shape}")
-        if arr.dtype.kind == "f":
-            missing = np.isnan(arr)
-        elif arr.dtype.kind == "O":
-            missing = _object_missing(arr)
-        else:
-            missing = np.zeros(arr.shape[0], dtype=bool)
+def _pandas() -> Any | None:
+    """pandas if installed (hash-based factorize), else None and numpy's sort-based path."""
+    if not _USE_PANDAS:
+        return None
+    try:
+        import pandas
+    except ImportError:  # pragma: no cover - depends on the image
+        return None
+    return pandas
+
+
+#: Tests switch this off to exercise the numpy-only path that images without pandas take.
+_USE_PANDAS = True
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "True" if value else "False"
+    if isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value):
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _labels(uniques: np.ndarray) -> np.ndarray:
+    """Category labels of distinct values (see the module doc); vectorised for numeric arrays."""
+    kind = uniques.dtype.kind
+    if kind == "U":
+        return uniques
+    if kind in "iu":
+        return uniques.astype(str)
+    if kind == "f":
+        integral = np.isfinite(uniques) & (uniques == np.floor(uniques))
+        integral &= np.abs(uniques) < 2**53
+        as_int = np.where(integral, uniques, 0).astype(np.int64).astype(str)
+        return np.where(integral, as_int, uniques.astype(str))
+    if kind == "b":
+        return np.where(uniques, "True", "False")
+    pd = _pandas()
+    if pd is not None and uniques.size and pd.api.types.infer_dtype(uniques) == "string":
+        return uniques.astype(str)
+    # Mixed objects: one Python call per *distinct* value, never per row.
+    return (
+        np.array([_label(v) for v in uniques], dtype=str) if uniques.size else uniques.astype(str)
+    )
+
+
+def factorize_labels(values: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, labels)``: ``labels[codes[i]]`` is row i's category label, -1 marks missing.
+
+    Hash-based ``pandas.factorize`` when pandas is importable (O(n)), else ``np.unique``
+    (O(n log n)); either way labels are made only for the distinct values, so a million rows
+    of a low-cardinality column never become a million Python strings.
+    """
+    pd = _pandas()
+    if pd is not None:
+        src = values if _is_pandas(values) else np.asarray(values)
+        if getattr(src, "ndim", 1) != 1:
+            raise ValueError(f"feature {name!r}: expected a 1-d column, got shape {src.shape}")
+        codes, uniques = pd.factorize(src, use_na_sentinel=True)
+        uniq = np.asarray(uniques)
+        if uniq.dtype.kind == "O" and pd.api.types.is_numeric_dtype(
+            getattr(uniques, "dtype", None)
+        ):
+            uniq = uniq.astype(np.float64)
+        return np.asarray(codes, dtype=np.int64), _labels(uniq)
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"feature {name!r}: expected a 1-d column, got shape {arr.shape}")
     if arr.dtype.kind == "f":
-        finite = np.where(missing, 0.0, arr)
-        if np.all(finite == np.floor(finite)) and np.all(np.abs(finite) < 2**53):
-            arr = finite.astype(np.int64)
-    strings = arr.astype(str) if arr.dtype.kind != "U" else arr
-    return strings, missing
+        missing = np.isnan(arr)
+    elif arr.dtype.kind == "O":
+        missing = _object_missing(arr)
+    else:
+        missing = np.zeros(arr.shape[0], dtype=bool)
+    valid = arr[~missing]
+    try:
+        uniq, inverse = np.unique(valid, return_inverse=True)
+    except TypeError:  # mixed types that do not compare (e.g. str and int)
+        uniq, inverse = np.unique(np.array([_label(v) for v in valid], dtype=str),
+                                  return_inverse=True)  # fmt: skip
+    codes = np.full(arr.shape[0], -1, dtype=np.int64)
+    codes[~missing] = inverse.reshape(-1)
+    return codes, _labels(uniq)
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,19 +479,18 @@ class CategoricalFeature:
     def codes(self, values: Any) -> np.ndarray:
         """Category index per value, ``K`` for other, ``K + 1`` for missing; vectorised.
 
-        A sorted copy of the categories and ``np.searchsorted`` map n values in O(n log K)
-        without a Python loop or a hash table.
+        The column is factorized, only its distinct labels are looked up (``np.searchsorted``
+        in a sorted copy of the categories), and the rows take their label's code by indexing.
         """
-        strings, missing = as_strings(values, self.name)
+        fcodes, labels = factorize_labels(values, self.name)
         k = len(self.categories)
-        codes = np.full(strings.shape[0], k, dtype=np.int64)
-        if k:
-            pos = np.searchsorted(self._sorted, strings)
-            pos_c = np.minimum(pos, k - 1)
-            hit = self._sorted[pos_c] == strings
-            codes[hit] = self._order[pos_c[hit]]
-        codes[missing] = k + 1
-        return codes
+        lut = np.full(labels.shape[0] + 1, k, dtype=np.int64)
+        if k and labels.size:
+            pos = np.minimum(np.searchsorted(self._sorted, labels), k - 1)
+            hit = self._sorted[pos] == labels
+            lut[:-1][hit] = self._order[pos[hit]]
+        lut[-1] = k + 1  # code -1 (missing) indexes the last entry
+        return lut[fcodes]
 
     def same_bins(self, other: FeatureProfile) -> bool:
         return (
@@ -673,8 +732,15 @@ def _build_categorical(
         k = len(like.categories)
         full = np.bincount(codes, minlength=k + 2)
         return CategoricalFeature(name, like.categories, full[: k + 1], int(full[k + 1]))
-    strings, missing = as_strings(values, name)
-    uniq, counts = np.unique(strings[~missing], return_counts=True)
+    fcodes, labels = factorize_labels(values, name)
+    present = fcodes >= 0
+    per_value = np.bincount(fcodes[present], minlength=labels.shape[0])
+    # Distinct values may share a label (3 and 3.0): add them up per label.
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse.reshape(-1), weights=per_value, minlength=uniq.size).astype(
+        np.int64
+    )
+    missing_count = int(fcodes.size - present.sum())
     # Most frequent first; ties by value (uniq is sorted and the sort is stable) for determinism.
     order = np.argsort(-counts, kind="stable")
     top = order[:top_k]
@@ -683,7 +749,7 @@ def _build_categorical(
         name,
         tuple(str(c) for c in uniq[top]),
         np.append(counts[top], rest),
-        int(missing.sum()),
+        missing_count,
     )
 
 

@@ -15,7 +15,10 @@ Properties the rest of the system relies on:
   at most ``keep_closed`` closed ones.
 * **Vectorised.** ``add`` maps a whole column to bin codes with ``np.searchsorted`` and counts
   them with one ``np.bincount``; there is no Python loop over values, only over features (and the
-  handful of windows a batch spans).
+  handful of windows a batch spans). The cost is therefore a fixed ~30 µs per feature per call
+  plus a few ns per value (measured: 50 features, 1-row call ~1.7 ms, 1000-row call ~4.6 ms):
+  a serving tap should buffer requests and call ``add`` once per ~second or ~1000 rows, passing
+  per-row timestamps so rows still land in the right window.
 * **Pure.** Time is an argument (a scalar for the batch or one timestamp per row, in seconds);
   nothing here reads a clock. Windows are aligned: window ``k`` is
   ``[origin + k*window_seconds, origin + (k+1)*window_seconds)``.
@@ -256,7 +259,10 @@ def sketch_once(
 
 
 class DriftSketch:
-    """Rolling per-window histograms of live inputs on a reference profile's bins."""
+    """Rolling per-window histograms of live inputs on a reference profile's bins.
+
+    Not thread-safe: keep one per replica (event loop), or guard ``add``/``advance`` with a lock.
+    """
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mlplane.monitoring import profile as profile_module
 from mlplane.monitoring.profile import (
     PROFILE_FORMAT,
     CategoricalFeature,
@@ -122,7 +123,14 @@ def test_all_missing_numeric_column_has_one_bin():
     assert f.mean is None
 
 
-def test_categorical_top_k_other_and_missing():
+@pytest.fixture(params=["pandas", "numpy-only"])
+def factorizer(request, monkeypatch):
+    """Categorical columns go through pandas.factorize, or np.unique in images without pandas."""
+    monkeypatch.setattr(profile_module, "_USE_PANDAS", request.param == "pandas")
+    return request.param
+
+
+def test_categorical_top_k_other_and_missing(factorizer):
     values = np.array(["a"] * 50 + ["b"] * 30 + ["c"] * 10 + ["d"] * 10 + [None] * 5, dtype=object)
     f = build_profile({"c": values}, top_k=2)["c"]
     assert isinstance(f, CategoricalFeature)
@@ -138,7 +146,7 @@ def test_categorical_top_k_other_and_missing():
     assert codes.tolist() == [1, 2, 3, 0, 3]
 
 
-def test_categories_compare_as_strings_and_integral_floats_match_ints():
+def test_categories_compare_as_strings_and_integral_floats_match_ints(factorizer):
     f = build_profile({"k": np.array([1, 2, 2, 3])}, categorical=["k"])["k"]
     assert set(f.categories) == {"1", "2", "3"}
     # Serving may send the same category as a float (JSON) or a string.
@@ -150,6 +158,23 @@ def test_categories_compare_as_strings_and_integral_floats_match_ints():
     assert f.codes(["1", "7"]).tolist() == [f.categories.index("1"), 3]
     s = pd.Series([1, None, 2], dtype="Int64")
     assert f.codes(s).tolist() == [f.categories.index("1"), 4, f.categories.index("2")]
+    # Mixed Python objects: 3, "3" and 3.0 are one label; their counts add up.
+    mixed = np.array([3, "3", 3.0, None, 2.5, "x"], dtype=object)
+    g = build_profile({"m": mixed})["m"]
+    assert dict(zip(g.categories, g.counts[:-1].tolist(), strict=True)) == {
+        "3": 3,
+        "2.5": 1,
+        "x": 1,
+    }
+    assert g.null_count == 1
+    assert g.codes(mixed).tolist() == [
+        0,
+        0,
+        0,
+        4,
+        g.categories.index("2.5"),
+        g.categories.index("x"),
+    ]
     b = build_profile({"b": np.array([True, False, True])})["b"]
     assert b.codes(pd.Series([True, None], dtype="boolean")).tolist() == [
         b.categories.index("True"),
