@@ -221,7 +221,10 @@ def slo_targets_from_documents(documents: Iterable[Any]) -> list[SLOTarget]:
 def load_slo_targets(path: str | Path) -> list[SLOTarget]:
     """Read :func:`slo_targets_from_documents` input from a (multi-document) YAML/JSON file."""
     with open(path, encoding="utf-8") as fh:
-        return slo_targets_from_documents(list(yaml.safe_load_all(fh)))
+        targets = slo_targets_from_documents(list(yaml.safe_load_all(fh)))
+    if not targets:
+        raise ValueError(f"{path}: no ModelDeployment or deployment entry found")
+    return targets
 
 
 @dataclass(frozen=True)
@@ -693,13 +696,14 @@ def rule_groups(
 ) -> list[dict[str, Any]]:
     """All rule groups: SLI records, SLO, drift, training and operator alerts."""
     options = options or RuleOptions()
-    return [
+    groups = [
         *sli_recording_groups(targets, options),
         slo_alert_group(targets, options),
         drift_alert_group(options),
         training_alert_group(options),
         operator_alert_group(options),
     ]
+    return [g for g in groups if g["rules"]]  # an empty target list leaves no SLO alerts
 
 
 def rules_file(groups: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -755,6 +759,30 @@ def to_yaml(document: Mapping[str, Any], header: str | None = None) -> str:
     """Stable YAML (keys in insertion order) with an optional comment header."""
     body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
     return (header or "") + body
+
+
+def render_rules(
+    targets: Sequence[SLOTarget] | None = None,
+    *,
+    kind: str = "rules",
+    name: str = "mlplane",
+    namespace: str | None = "mlplane-system",
+    labels: Mapping[str, str] | None = None,
+    options: RuleOptions | None = None,
+) -> str:
+    """YAML text of the rules (``mlplane monitoring rules [--deployments FILE]``).
+
+    ``kind="rules"``: a Prometheus rule file; ``kind="prometheusrule"``: a PrometheusRule named
+    ``name`` in ``namespace`` with ``labels``. ``targets`` (see :func:`load_slo_targets`)
+    inlines objectives per deployment instead of reading the target gauges.
+    """
+    groups = rule_groups(targets, options)
+    header = GENERATED_HEADER.format(source="rules.py")
+    if kind == "rules":
+        return to_yaml(rules_file(groups), header)
+    if kind == "prometheusrule":
+        return to_yaml(prometheus_rule(groups, name, namespace, labels), header)
+    raise ValueError(f"kind must be 'rules' or 'prometheusrule', not {kind!r}")
 
 
 RULES_FILE = "mlplane-rules.yaml"

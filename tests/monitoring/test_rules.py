@@ -391,3 +391,29 @@ def test_runbooks_state_the_same_severity_as_the_rules():
     for a in alerts(r.rule_groups()):
         section = text.split(f"## {a['alert']}\n", 1)[1].split("\n## ", 1)[0]
         assert f"**Severity:** {a['labels']['severity']}." in section, a["alert"]
+
+
+def test_render_rules_for_the_cli(tmp_path):
+    plain = yaml.safe_load(r.render_rules())
+    assert plain == r.rules_file(r.rule_groups())
+    obj = yaml.safe_load(
+        r.render_rules(
+            TARGETS[:1], kind="prometheusrule", name="x", namespace="mon", labels={"a": "b"}
+        )
+    )
+    assert obj["metadata"]["name"] == "x"
+    assert obj["metadata"]["namespace"] == "mon"
+    assert obj["metadata"]["labels"]["a"] == "b"
+    assert obj["spec"]["groups"] == r.rule_groups(TARGETS[:1])
+    with pytest.raises(ValueError, match="kind"):
+        r.render_rules(kind="json")
+
+
+def test_empty_target_list(tmp_path):
+    groups = r.rule_groups([])
+    check_rule_groups(groups)
+    assert "mlplane-slo-alerts" not in [g["name"] for g in groups]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("---\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no ModelDeployment"):
+        r.load_slo_targets(empty)
