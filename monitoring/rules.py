@@ -18,6 +18,10 @@ What is generated, and why this shape:
   objective has a fixed 1 % budget (it is "99 % of requests faster than X", X being applied
   by the router), so it needs no gauge at all. Where no operator exports targets, pass an
   explicit list of :class:`SLOTarget`: the constants are then inlined per deployment.
+- The alerts join the gauge through a recorded budget, ``1 - max by (namespace, deployment)
+  (last_over_time(target[10m]))``: ``max by`` because the gauge carries the operator pod's
+  ``job``/``instance`` (a restart or a second replica must not break the one-to-one join),
+  ``last_over_time`` so that an operator restart does not blind the burn-rate alerts.
 - Drift, training and operator alerts with thresholds in :class:`RuleOptions`.
 
 Every alert carries ``severity`` (``page`` | ``ticket`` | ``warning``), ``summary``,
