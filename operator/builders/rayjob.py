@@ -1,0 +1,290 @@
+"""TrainingJob attempt → KubeRay ``ray.io/v1`` RayJob (its own Ray cluster, deleted at the end).
+
+One RayJob per attempt, named ``<name>-a<attempt>``. Choices, and why:
+
+- ``submissionMode: SidecarMode``. KubeRay injects the submitter as a container of the head
+  pod, so (1) no separate submitter pod has to be scheduled: in ``K8sJobMode`` that pod could
+  land on a spot node and be preempted, failing the attempt for nothing, and it is one more
+  image pull before training starts; (2) the submitter lives and dies with the on-demand head,
+  and KubeRay disables head restarts in this mode, so losing the head ends the attempt instead
+  of KubeRay silently re-running the job from scratch inside the same RayJob: attempts stay
+  mlplane's to count; (3) unlike ``HTTPMode`` nothing depends on the KubeRay operator reaching
+  the head's dashboard over the network.
+- ``backoffLimit: 0``: mlplane manages attempts (separate budgets for preemptions and code
+  failures); KubeRay retrying on its own would hide failures from both.
+- ``shutdownAfterJobFinishes: true`` with the spec's ``ttlSecondsAfterFinished`` (default 0):
+  a finished attempt releases its GPUs. Kueue requires it as well.
+- The head always runs on on-demand capacity. Worker groups run where their ``capacity`` says,
+  except that ``SpotWithFallback`` follows the attempt's capacity (``OnDemand`` once the
+  preemption budget is spent). A ``Spot`` group never falls back.
+- The head advertises ``num-cpus: "0"`` whenever the job has worker groups that can hold pods,
+  so no task or actor (training workers, Ray Data) is scheduled on it: the head is the one pod
+  whose loss ends the attempt, and it is sized for GCS and the driver, not for work. The driver
+  and Ray Train's controller need no CPU reservation. Without workers, the head keeps its CPUs
+  so that a small job can run on it alone.
+- ``enableInTreeAutoscaling`` when any group sets ``minReplicas`` or ``maxReplicas`` (a missing
+  bound defaults to ``replicas``), except under Kueue: Kueue reserves quota for the pods it
+  admits and rejects autoscaling RayJobs (unless elastic workload slicing is enabled), so with
+  ``queueName`` every group runs at exactly ``replicas``.
+- With ``queueName`` the RayJob carries ``kueue.x-k8s.io/queue-name`` and is created suspended;
+  from then on Kueue owns ``spec.suspend`` (it unsuspends on admission), so the operator must not
+  patch ``suspend`` back on an existing RayJob.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+
+from mlplane.crds import TrainingJob
+from mlplane.crds.trainingjob import WorkerGroup
+from mlplane.operator.builders import labels as lbl
+from mlplane.operator.builders.placement import NodeCapacity, head_placement, place
+from mlplane.operator.builders.pods import (
+    HEAD_CONTAINER,
+    RAY_VERSION,
+    WORKER_CONTAINER,
+    int32,
+    pod_template,
+    ray_container,
+)
+from mlplane.operator.config import OperatorConfig
+
+AttemptCapacity = Literal["OnDemand", "Spot"]
+SUBMISSION_MODE = "SidecarMode"
+#: Kueue turns a RayJob into a Workload of at most 8 pod sets: the head and 7 worker groups.
+KUEUE_MAX_WORKER_GROUPS = 7
+DEFAULT_NAMESPACE = "default"
+
+#: Environment of the training runtime (``mlplane.training``) inside the Ray job.
+ENV_CHECKPOINT_URI = "MLPLANE_CHECKPOINT_URI"
+ENV_CHECKPOINT_KEEP = "MLPLANE_CHECKPOINT_KEEP"
+ENV_ATTEMPT = "MLPLANE_ATTEMPT"
+ENV_MAX_WORKER_FAILURES = "MLPLANE_MAX_WORKER_FAILURES"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_RUN_ID = "MLFLOW_RUN_ID"
+ENV_EXPERIMENT = "MLPLANE_MLFLOW_EXPERIMENT"
+ENV_TRAININGJOB = "MLPLANE_TRAININGJOB"
+ENV_TRAININGJOB_UID = "MLPLANE_TRAININGJOB_UID"
+
+
+def first_attempt_capacity(tj: TrainingJob) -> AttemptCapacity:
+    """``Spot`` when any worker group may use spot, else ``OnDemand``."""
+    return "Spot" if any(w.capacity != "OnDemand" for w in tj.spec.workers) else "OnDemand"
+
+
+def worker_capacity(group: WorkerGroup, attempt: AttemptCapacity) -> NodeCapacity:
+    """Where a group's workers run in an attempt of the given capacity."""
+    if group.capacity == "SpotWithFallback":
+        return attempt
+    return group.capacity  # type: ignore[return-value]
+
+
+def namespace_of(tj: TrainingJob) -> str:
+    """The resource's namespace (``default`` for a file that names none, as kubectl does)."""
+    return tj.metadata.namespace or DEFAULT_NAMESPACE
+
+
+def checkpoint_uri(tj: TrainingJob, config: OperatorConfig) -> str | None:
+    """The spec's checkpoint URI, else ``<artifacts>/checkpoints/<namespace>/<name>``, else none."""
+    if tj.spec.checkpoint is not None:
+        return tj.spec.checkpoint.uri
+    if config.artifacts_uri:
+        base = config.artifacts_uri.rstrip("/")
+        return f"{base}/checkpoints/{namespace_of(tj)}/{tj.metadata.name}"
+    return None
+
+
+def training_env(
+    tj: TrainingJob,
+    attempt: int,
+    config: OperatorConfig,
+    *,
+    run_id: str | None,
+    owner_uid: str | None,
+) -> dict[str, str]:
+    """The variables the training runtime reads (they override the user's of the same name)."""
+    env = {
+        ENV_ATTEMPT: str(attempt),
+        ENV_MAX_WORKER_FAILURES: str(tj.spec.preemption.max_worker_failures),
+        ENV_TRACKING_URI: tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri,
+        ENV_EXPERIMENT: tj.spec.mlflow.experiment or f"{namespace_of(tj)}/{tj.metadata.name}",
+        ENV_TRAININGJOB: f"{namespace_of(tj)}/{tj.metadata.name}",
+        ENV_CHECKPOINT_KEEP: str(tj.spec.checkpoint.keep if tj.spec.checkpoint else 3),
+    }
+    uri = checkpoint_uri(tj, config)
+    if uri:
+        env[ENV_CHECKPOINT_URI] = uri
+    if run_id:
+        env[ENV_RUN_ID] = run_id
+    if owner_uid:
+        env[ENV_TRAININGJOB_UID] = owner_uid
+    return env
+
+
+def runtime_env(
+    tj: TrainingJob,
+    attempt: int,
+    config: OperatorConfig,
+    *,
+    run_id: str | None,
+    owner_uid: str | None,
+) -> dict[str, Any]:
+    """The user's ``runtimeEnv`` with mlplane's variables added to ``env_vars``."""
+    user = dict(tj.spec.runtime_env or {})
+    user_vars = user.get("env_vars") or {}
+    if not isinstance(user_vars, dict):
+        raise ValueError("spec.runtimeEnv.env_vars must be a mapping of names to strings")
+    env: dict[str, str] = {}
+    for name, value in user_vars.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(
+                f"spec.runtimeEnv.env_vars.{name} must be a string (got {type(value).__name__})"
+            )
+        env[str(name)] = str(value)
+    env.update(training_env(tj, attempt, config, run_id=run_id, owner_uid=owner_uid))
+    user["env_vars"] = dict(sorted(env.items()))
+    return user
+
+
+def _bounds(group: WorkerGroup, autoscaling: bool) -> tuple[int, int]:
+    if not autoscaling:
+        return group.replicas, group.replicas
+    low = group.min_replicas if group.min_replicas is not None else group.replicas
+    high = group.max_replicas if group.max_replicas is not None else group.replicas
+    return low, high
+
+
+def _check_kueue(tj: TrainingJob) -> None:
+    if len(tj.spec.workers) > KUEUE_MAX_WORKER_GROUPS:
+        raise ValueError(
+            f"with queueName, at most {KUEUE_MAX_WORKER_GROUPS} worker groups: Kueue admits a "
+            f"RayJob as at most 8 pod sets, one of them the head (got {len(tj.spec.workers)})"
+        )
+    if any(w.name == "head" for w in tj.spec.workers):
+        raise ValueError("with queueName, no worker group may be named 'head' (Kueue reserves it)")
+
+
+def _rayjob(
+    tj: TrainingJob,
+    attempt: int,
+    capacity: AttemptCapacity,
+    config: OperatorConfig,
+    *,
+    run_id: str | None,
+    owner_uid: str | None,
+) -> dict[str, Any]:
+    if capacity not in ("OnDemand", "Spot"):
+        raise ValueError(f"an attempt's capacity is OnDemand or Spot (got {capacity!r})")
+    spec = tj.spec
+    name = str(tj.metadata.name)
+    queued = spec.queue_name is not None
+    if queued:
+        _check_kueue(tj)
+    autoscaling = not queued and any(
+        w.min_replicas is not None or w.max_replicas is not None for w in spec.workers
+    )
+    labels = lbl.trainingjob_labels(name, attempt, capacity)
+    image = spec.image or config.default_training_image
+    conv = config.capacity_labels
+
+    workers = []
+    for group in spec.workers:
+        low, high = _bounds(group, autoscaling)
+        placement = place(
+            conv,
+            worker_capacity(group, capacity),
+            accelerator=group.accelerator,
+            gpus=group.resources.gpu,
+            node_selector=spec.node_selector,
+            tolerations=spec.tolerations,
+        )
+        container = ray_container(
+            WORKER_CONTAINER,
+            image,
+            cpu=group.resources.cpu,
+            memory=group.resources.memory,
+            gpus=group.resources.gpu,
+        )
+        workers.append(
+            {
+                "groupName": group.name,
+                "replicas": int32(group.replicas, f"workers[{group.name}].replicas"),
+                "minReplicas": int32(low, f"workers[{group.name}].minReplicas"),
+                "maxReplicas": int32(high, f"workers[{group.name}].maxReplicas"),
+                "rayStartParams": {},
+                "template": pod_template(labels, container, placement),
+            }
+        )
+    has_worker_capacity = any(w["maxReplicas"] > 0 for w in workers)
+    head = {
+        "rayStartParams": {"num-cpus": "0"} if has_worker_capacity else {},
+        "template": pod_template(
+            labels,
+            ray_container(
+                HEAD_CONTAINER,
+                image,
+                cpu=spec.head.resources.cpu,
+                memory=spec.head.resources.memory,
+            ),
+            head_placement(conv, node_selector=spec.node_selector, tolerations=spec.tolerations),
+        ),
+    }
+    metadata_labels = dict(labels)
+    if queued:
+        metadata_labels[lbl.KUEUE_QUEUE] = str(spec.queue_name)
+    metadata: dict[str, Any] = {
+        "name": lbl.rayjob_name(name, attempt),
+        "namespace": namespace_of(tj),
+        "labels": metadata_labels,
+    }
+    if owner_uid is not None:
+        metadata["ownerReferences"] = [lbl.owner_reference("TrainingJob", name, owner_uid)]
+    job_spec: dict[str, Any] = {
+        "entrypoint": spec.entrypoint,
+        "runtimeEnvYAML": yaml.safe_dump(
+            runtime_env(tj, attempt, config, run_id=run_id, owner_uid=owner_uid),
+            sort_keys=True,
+            default_flow_style=False,
+        ),
+        "submissionMode": SUBMISSION_MODE,
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": int32(
+            spec.ttl_seconds_after_finished or 0, "ttlSecondsAfterFinished"
+        ),
+        "backoffLimit": 0,
+        "suspend": spec.suspend or queued,
+        "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "enableInTreeAutoscaling": autoscaling,
+            "headGroupSpec": head,
+            "workerGroupSpecs": workers,
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = int32(
+            spec.active_deadline_seconds, "activeDeadlineSeconds"
+        )
+    return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": job_spec}
+
+
+def build_rayjob(
+    tj: TrainingJob,
+    attempt: int,
+    capacity: AttemptCapacity,
+    config: OperatorConfig,
+    *,
+    run_id: str | None,
+    owner_uid: str,
+) -> dict[str, Any]:
+    """The RayJob of attempt ``attempt`` (from 1) of a validated TrainingJob.
+
+    ``capacity`` is the attempt's: ``Spot`` puts spot-capable worker groups on spot nodes,
+    ``OnDemand`` moves ``SpotWithFallback`` groups to on-demand. ``run_id`` is the MLflow run
+    shared by all attempts once known; ``owner_uid`` the TrainingJob's ``metadata.uid``.
+
+    Raises ``ValueError`` (including ``PlacementConflict``) for a spec KubeRay or Kueue would
+    reject: a permanent error, not worth retrying.
+    """
+    return _rayjob(tj, attempt, capacity, config, run_id=run_id, owner_uid=owner_uid)

@@ -1,0 +1,324 @@
+"""ModelDeployment → RayService: version changes touch serveConfigV2 only; Serve config; sizing."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from builder_strategies import configs, modeldeployments
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kuberay_crds import assert_valid, label_maps
+
+from mlplane.crds.validate import parse
+from mlplane.operator.builders import Variant, abtest_variants, build_rayservice, render
+from mlplane.operator.builders import quantities as q
+from mlplane.operator.builders.rayservice import ROUTER_NUM_CPUS
+from mlplane.operator.config import OperatorConfig
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
+UID = "6a1f3c2e-0000-4000-8000-000000000002"
+CONFIG = OperatorConfig(mlflow_tracking_uri="http://mlflow.mlflow:5000")
+#: KubeRay 1.7's RayServiceUpgradeType values (ray-operator/apis/ray/v1/rayservice_types.go);
+#: the CRD schema itself has no enum for the field.
+UPGRADE_TYPES = {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
+
+
+def _body(**spec_changes):
+    body = yaml.safe_load((EXAMPLES / "modeldeployment-autoscaled-drift.yaml").read_text())
+    body["spec"].update(spec_changes)
+    return body
+
+
+def _md(**spec_changes):
+    return parse(_body(**spec_changes))
+
+
+def _build(md=None, version=3, config=CONFIG, **kwargs):
+    return build_rayservice(md or _md(), version, config, owner_uid=UID, **kwargs)
+
+
+def _serve(rayservice):
+    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def _diff(a, b, path=""):
+    """Paths where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            p for k in sorted(a.keys() | b.keys()) for p in _diff(a.get(k), b.get(k), f"{path}.{k}")
+        ]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            p
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for p in _diff(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [path]
+
+
+def test_version_change_touches_serve_config_only():
+    assert _diff(_build(version=3), _build(version=4)) == [".spec.serveConfigV2"]
+
+
+@settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    body=modeldeployments(),
+    config=configs(),
+    version=st.integers(1, 1000),
+    step=st.integers(1, 5),
+    ab=st.booleans(),
+)
+def test_version_change_touches_serve_config_only_for_any_spec(body, config, version, step, ab):
+    md = parse(body)
+
+    def build(v):
+        variants = [Variant("control", v, 80), Variant("candidate", v + 1, 20)] if ab else None
+        return build_rayservice(md, v, config, owner_uid=UID, variants=variants)
+
+    assert _diff(build(version), build(version + step)) == [".spec.serveConfigV2"]
+    parent = body["metadata"].get("labels", {})
+    for path, mapping in label_maps(build(version)):
+        if not path.endswith("nodeSelector"):
+            assert not {k for k in parent if k in mapping and k != "app.kubernetes.io/managed-by"}
+
+
+def test_metadata_owner_and_labels():
+    body = _body()
+    body["metadata"]["labels"] = {"app.kubernetes.io/instance": "ml-apps", "team": "churn"}
+    rayservice = _build(parse(body))
+    assert rayservice["metadata"] == {
+        "name": "churn",
+        "namespace": "ml-team",
+        "labels": {
+            "app.kubernetes.io/managed-by": "mlplane",
+            "mlplane.dev/modeldeployment": "churn",
+        },
+        "ownerReferences": [
+            {
+                "apiVersion": "mlplane.dev/v1alpha1",
+                "kind": "ModelDeployment",
+                "name": "churn",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    for template in (
+        cluster["headGroupSpec"]["template"],
+        cluster["workerGroupSpecs"][0]["template"],
+    ):
+        assert template["metadata"]["labels"] == rayservice["metadata"]["labels"]
+
+
+def test_serve_config_is_the_mlplane_app():
+    serve = _serve(_build(version=12))
+    assert serve["proxy_location"] == "EveryNode"
+    (app,) = serve["applications"]
+    assert app["import_path"] == "mlplane.serving.app:build_app"
+    assert app["route_prefix"] == "/"
+    assert app["args"] == {
+        "deployment": "ml-team/churn",
+        "model_name": "churn-classifier",
+        "model_version": 12,
+        "tracking_uri": "http://mlflow.mlflow:5000",
+        "variants": [
+            {
+                "name": "primary",
+                "deployment": "model-0",
+                "version": 12,
+                "model_uri": "models:/churn-classifier/12",
+                "weight": 100,
+            }
+        ],
+        "bucketing_header": None,
+        "abtest": None,
+        "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        "slo_latency_p99_ms": 200,
+        "drift": {
+            "enabled": True,
+            "method": "StatisticalTest",
+            "threshold": 0.01,
+            "window_s": 3600.0,
+            "min_samples": 2000,
+        },
+    }
+    router, model = app["deployments"]
+    assert router["name"] == "router"
+    assert router["autoscaling_config"]["min_replicas"] == 1
+    assert router["autoscaling_config"]["max_replicas"] == 4
+    assert model == {
+        "name": "model-0",
+        "max_ongoing_requests": 16,
+        "autoscaling_config": {
+            "min_replicas": 1,
+            "max_replicas": 4,
+            "target_ongoing_requests": 4,
+            "upscale_delay_s": 30,
+            "downscale_delay_s": 300,
+        },
+        "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0, "memory": 4 * 2**30},
+    }
+
+
+def test_drift_threshold_defaults_by_method():
+    for method, default in (("PSI", 0.1), ("JensenShannon", 0.1), ("StatisticalTest", 0.01)):
+        md = _md(monitoring={"drift": {"enabled": True, "method": method}})
+        assert _serve(_build(md))["applications"][0]["args"]["drift"]["threshold"] == default
+
+
+def test_ab_variants_become_one_deployment_each():
+    variants = [Variant("control", 3, 90), Variant("candidate", 4, 10)]
+    rayservice = _build(version=3, variants=variants, bucketing_header="x-user-id", abtest="ab1")
+    app = _serve(rayservice)["applications"][0]
+    assert [
+        (v["name"], v["deployment"], v["version"], v["weight"], v["model_uri"])
+        for v in app["args"]["variants"]
+    ] == [
+        ("control", "model-0", 3, 90, "models:/churn-classifier/3"),
+        ("candidate", "model-1", 4, 10, "models:/churn-classifier/4"),
+    ]
+    assert app["args"]["bucketing_header"] == "x-user-id"
+    assert app["args"]["abtest"] == "ab1"
+    assert [d["name"] for d in app["deployments"]] == ["router", "model-0", "model-1"]
+    (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (2, 8)
+    assert_valid(rayservice)
+
+
+@pytest.mark.parametrize(
+    "variants",
+    [
+        [Variant("a", 3, 90), Variant("b", 4, 20)],
+        [Variant("a", 3, 50), Variant("a", 4, 50)],
+        [Variant("a", 0, 100)],
+    ],
+)
+def test_invalid_variants_are_refused(variants):
+    with pytest.raises(ValueError, match=r"variant|versions"):
+        _build(variants=variants)
+
+
+def test_abtest_variants_resolve_aliases():
+    abtest = parse(yaml.safe_load((EXAMPLES / "abtest.yaml").read_text()))
+    assert abtest_variants(abtest, {"champion": 3, "candidate": 5}) == [
+        Variant("control", 3, 90),
+        Variant("candidate", 5, 10),
+    ]
+    with pytest.raises(ValueError, match="alias 'candidate' is not resolved"):
+        abtest_variants(abtest, {"champion": 3})
+
+
+def test_cluster_upgrade_and_head():
+    spec = _build()["spec"]
+    assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+    assert spec["upgradeStrategy"]["type"] in UPGRADE_TYPES
+    assert spec["excludeHeadPodFromServeSvc"] is True
+    cluster = spec["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["rayVersion"] == "2.60.0"
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"] == {"num-cpus": "0"}
+    assert head["template"]["spec"]["nodeSelector"] == {
+        "eks.amazonaws.com/capacityType": "ON_DEMAND"
+    }
+    assert [c["name"] for c in head["template"]["spec"]["containers"]] == ["ray-head"]
+
+
+@pytest.mark.parametrize(
+    ("capacity", "selector", "preferred"),
+    [
+        ("OnDemand", "ON_DEMAND", False),
+        ("Spot", "SPOT", False),
+        ("SpotWithFallback", None, True),
+    ],
+)
+def test_worker_capacity(capacity, selector, preferred):
+    md = _md(
+        capacity=capacity,
+        resources={"cpu": "4", "memory": "16Gi", "gpu": 1},
+        accelerator="nvidia-l4",
+    )
+    group = _build(md)["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"].get("eks.amazonaws.com/capacityType") == selector
+    assert pod["nodeSelector"]["mlplane.dev/accelerator"] == "nvidia-l4"
+    assert ("affinity" in pod) == preferred
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    serve = _serve(_build(md))["applications"][0]["deployments"][1]
+    assert serve["ray_actor_options"]["num_gpus"] == 1
+
+
+@settings(
+    max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(body=modeldeployments(), config=configs(), n=st.integers(1, 3))
+def test_worker_pods_hold_a_replica_and_a_router(body, config, n):
+    md = parse(body)
+    weights = {1: [100], 2: [50, 50], 3: [34, 33, 33]}[n]
+    variants = [Variant(f"v{i}", 1 + i, w) for i, w in enumerate(weights)]
+    rayservice = build_rayservice(md, 1, config, owner_uid=UID, variants=variants)
+    app = _serve(rayservice)["applications"][0]
+    (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    # What Ray sees in the pod: KubeRay rounds the CPU limit up, memory is the limit.
+    ray_cpus = math.ceil(q.parse(limits["cpu"]))
+    ray_memory = q.parse(limits["memory"])
+    options = app["deployments"][1]["ray_actor_options"]
+    assert options["num_cpus"] + ROUTER_NUM_CPUS <= ray_cpus
+    object_store = int(group["rayStartParams"]["object-store-memory"])
+    assert options["memory"] + object_store < ray_memory
+    assert int(limits.get("nvidia.com/gpu", 0)) == options["num_gpus"] == md.spec.resources.gpu
+    # One pod per replica of every variant, at the floor and at the ceiling.
+    assert group["minReplicas"] == md.spec.replicas.min * n
+    assert group["maxReplicas"] == md.spec.replicas.max * n
+    assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert group["replicas"] >= 1
+    for deployment in app["deployments"][1:]:
+        scaling = deployment["autoscaling_config"]
+        assert (scaling["min_replicas"], scaling["max_replicas"]) == (
+            md.spec.replicas.min,
+            md.spec.replicas.max,
+        )
+        assert scaling["target_ongoing_requests"] == md.spec.autoscaling.target_ongoing_requests
+        assert deployment["max_ongoing_requests"] >= scaling["target_ongoing_requests"]
+        if md.spec.batching:
+            assert deployment["max_ongoing_requests"] >= md.spec.batching.max_batch_size
+    assert_valid(rayservice)
+
+
+def test_render_needs_a_version_for_an_alias():
+    md = _md()
+    with pytest.raises(ValueError, match="--model-version"):
+        render(md, CONFIG)
+    (rayservice,) = render(md, CONFIG, model_version=9)
+    assert "ownerReferences" not in rayservice["metadata"]
+    assert _serve(rayservice)["applications"][0]["args"]["model_version"] == 9
+
+
+def test_render_pinned_version():
+    pinned = _body(model={"name": "churn-classifier", "version": 5})
+    (rayservice,) = render(parse(pinned), CONFIG)
+    assert _serve(rayservice)["applications"][0]["args"]["model_version"] == 5
+    assert render(parse(pinned), CONFIG, model_version=5) == [rayservice]
+    with pytest.raises(ValueError, match="pins model version 5"):
+        render(parse(pinned), CONFIG, model_version=6)
+    with_uid = copy.deepcopy(pinned)
+    with_uid["metadata"]["uid"] = UID
+    assert render(parse(with_uid), CONFIG) == [_build(parse(pinned), version=5)]
+
+
+def test_abtest_does_not_render_alone():
+    abtest = parse(yaml.safe_load((EXAMPLES / "abtest.yaml").read_text()))
+    with pytest.raises(ValueError, match="ModelDeployment 'churn'"):
+        render(abtest, CONFIG)
