@@ -1,0 +1,128 @@
+"""RBAC is exactly what the operator needs: exact verbs on exact resources, no more.
+
+The expected permissions below are the contract between the operator and the chart (what Kopf
+and mlplane's handlers call). A permission added to the chart without a reason here fails, and
+so does one the operator needs that the chart lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import NAMESPACE, by_kind, one, template
+
+Perms = dict[tuple[str, str], set[str]]
+
+READ = {"get", "list", "watch"}
+NAMESPACED: Perms = {
+    ("mlplane.dev", "trainingjobs"): READ | {"patch", "create"},
+    ("mlplane.dev", "modeldeployments"): READ | {"patch"},
+    ("mlplane.dev", "abtests"): READ | {"patch"},
+    ("mlplane.dev", "trainingjobs/status"): {"patch"},
+    ("mlplane.dev", "modeldeployments/status"): {"patch"},
+    ("mlplane.dev", "abtests/status"): {"patch"},
+    ("ray.io", "rayjobs"): READ | {"create", "patch", "update", "delete"},
+    ("ray.io", "rayservices"): READ | {"create", "patch", "update", "delete"},
+    ("", "pods"): READ,
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+CLUSTER: Perms = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
+    ("", "nodes"): READ,
+}
+#: Kopf lists/watches namespaces only when it serves a list of namespaces (not cluster-wide).
+NAMESPACES: Perms = {("", "namespaces"): {"list", "watch"}}
+
+#: Verbs that would let the operator grant itself more, or read what it must not.
+DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "approve", "sign", "*"}
+
+
+def permissions(rules: list[dict[str, Any]]) -> Perms:
+    perms: Perms = {}
+    for rule in rules:
+        assert not rule.get("resourceNames"), "resourceNames are not expected"
+        assert not rule.get("nonResourceURLs"), "nonResourceURLs are not expected"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                perms.setdefault((group, resource), set()).update(rule["verbs"])
+    return perms
+
+
+def rbac_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] in {"ClusterRole", "Role"}]
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_no_wildcards_no_secrets_no_escalation(render: str, request: pytest.FixtureRequest) -> None:
+    objects = request.getfixturevalue(render)
+    roles = rbac_objects(objects)
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert all("*" not in item for item in rule[field]), f"wildcard in {field}"
+            assert not {"secrets", "configmaps", "serviceaccounts"} & set(rule["resources"])
+            assert not DANGEROUS_VERBS & set(rule["verbs"])
+            assert not any(r.startswith(("roles", "clusterroles")) for r in rule["resources"])
+
+
+def test_cluster_wide_mode_has_exactly_the_contract(rendered_default: list[dict[str, Any]]) -> None:
+    role = one(rendered_default, "ClusterRole")
+    assert permissions(role["rules"]) == NAMESPACED | CLUSTER
+    assert not by_kind(rendered_default, "Role")
+    binding = one(rendered_default, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+
+
+def test_namespaced_mode_scopes_the_namespaced_rules(rendered_all: list[dict[str, Any]]) -> None:
+    cluster_role = one(rendered_all, "ClusterRole")
+    assert permissions(cluster_role["rules"]) == CLUSTER | NAMESPACES
+    roles = by_kind(rendered_all, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-research", "ml-team"]
+    for role in roles:
+        assert permissions(role["rules"]) == NAMESPACED
+    bindings = by_kind(rendered_all, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-research", "ml-team"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_bindings_point_at_the_operator_service_account(
+    render: str, request: pytest.FixtureRequest
+) -> None:
+    objects = request.getfixturevalue(render)
+    account = one(objects, "ServiceAccount")
+    deployment = one(objects, "Deployment")
+    name = account["metadata"]["name"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == name
+    for binding in by_kind(objects, "ClusterRoleBinding") + by_kind(objects, "RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}
+        ]
+
+
+def test_service_account_annotations_for_irsa(rendered_all: list[dict[str, Any]]) -> None:
+    account = one(rendered_all, "ServiceAccount")
+    assert account["metadata"]["name"] == "mlplane-sa"
+    assert account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/mlplane-operator"
+    }
+
+
+def test_rbac_and_service_account_can_be_left_to_the_user() -> None:
+    objects = template(
+        "--set", "rbac.create=false",
+        "--set", "serviceAccount.create=false",
+        "--set", "serviceAccount.name=platform-operator",
+    )  # fmt: skip
+    assert not [o for o in objects if "Role" in o["kind"] or o["kind"] == "ServiceAccount"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "platform-operator"

@@ -1,0 +1,274 @@
+"""The operator Deployment: Pod Security "restricted", how it runs, its config, its network.
+
+The restricted profile is checked field by field as the Pod Security Standards define it
+(https://kubernetes.io/docs/concepts/security/pod-security-standards/), on every pod spec the
+chart renders, plus what the chart promises on top (read-only root, requests and limits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import by_kind, one, pod_specs, template
+
+ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
+RESTRICTED_VOLUME_TYPES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What in a pod spec breaks the restricted profile (or the chart's extra promises)."""
+    problems = []
+    pod_ctx = pod.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            problems.append(f"{field} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']} of type {kinds}")
+    if pod_ctx.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append("pod seccompProfile is not RuntimeDefault")
+    containers = pod.get("initContainers", []) + pod["containers"]
+    for c in containers:
+        ctx = c.get("securityContext", {})
+        name = c["name"]
+        if ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if ctx.get("runAsUser", pod_ctx.get("runAsUser")) == 0:
+            problems.append(f"{name}: runs as uid 0")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        if ctx.get("privileged"):
+            problems.append(f"{name}: privileged")
+        caps = ctx.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(caps.get("add", [])) - ALLOWED_ADDED_CAPABILITIES:
+            problems.append(f"{name}: adds capabilities {caps['add']}")
+        seccomp = ctx.get("seccompProfile", pod_ctx.get("seccompProfile", {}))
+        if seccomp.get("type") not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{name}: no seccomp profile")
+        if ctx.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{name}: root filesystem is writable")
+        for port in c.get("ports", []):
+            if "hostPort" in port:
+                problems.append(f"{name}: hostPort {port['hostPort']}")
+        resources = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in resources.get(kind, {}):
+                    problems.append(f"{name}: no {resource} {kind[:-1]}")
+    return problems
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_every_pod_meets_pss_restricted(render: str, request: pytest.FixtureRequest) -> None:
+    pods = pod_specs(request.getfixturevalue(render))
+    assert pods
+    for name, pod in pods:
+        assert restricted_violations(pod) == [], name
+
+
+def test_the_restricted_check_can_fail(rendered_default: list[dict[str, Any]]) -> None:
+    import copy
+
+    pod = copy.deepcopy(pod_specs(rendered_default)[0][1])
+    container = pod["containers"][0]
+    container["securityContext"]["allowPrivilegeEscalation"] = True
+    container["securityContext"]["capabilities"] = {"add": ["SYS_ADMIN"]}
+    del container["resources"]["limits"]
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    found = restricted_violations(pod)
+    assert len(found) == 6, found
+
+
+def test_tmp_is_a_writable_empty_dir(rendered_default: list[dict[str, Any]]) -> None:
+    pod = one(rendered_default, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+
+# --- how the operator runs ------------------------------------------------------------------
+
+
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_one_standalone_replica_replaced_by_recreate(
+    rendered_default: list[dict[str, Any]],
+) -> None:
+    deployment = one(rendered_default, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = _container(rendered_default)
+    assert container["command"] == ["mlplane"]
+    assert container["args"] == [
+        "operator",
+        "--standalone",
+        "--all-namespaces",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+    ]
+
+
+def test_watch_namespaces_become_namespace_flags(rendered_all: list[dict[str, Any]]) -> None:
+    args = _container(rendered_all)["args"]
+    assert "--all-namespaces" not in args
+    assert args[:6] == [
+        "operator",
+        "--standalone",
+        "--namespace",
+        "ml-team",
+        "--namespace",
+        "ml-research",
+    ]
+    assert args[-2:] == ["--liveness", "http://0.0.0.0:8081/healthz"]
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_probes_hit_the_liveness_port(render: str, request: pytest.FixtureRequest) -> None:
+    container = _container(request.getfixturevalue(render))
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    liveness_url = container["args"][container["args"].index("--liveness") + 1]
+    assert liveness_url.endswith(f":{ports['health']}/healthz")
+    assert ports["metrics"] == 9090
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_image_tag_defaults_to_app_version_and_digest_wins(
+    rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]]
+) -> None:
+    assert _container(rendered_default)["image"] == "ghcr.io/mlplane/mlplane-operator:0.1.0"
+    assert _container(rendered_all)["image"] == (
+        "registry.example.com/ml/mlplane-operator@sha256:"
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
+    container = _container(objects)
+    name = container["envFrom"][0]["configMapRef"]["name"]
+    [config] = [o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == name]
+    return config["data"]
+
+
+def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
+    assert _config(rendered_default) == {
+        "MLPLANE_MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc.cluster.local:5000",
+        "MLPLANE_CAPACITY_LABELS": "eks",
+        "MLPLANE_DEFAULT_TRAINING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
+        "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
+        "MLPLANE_LOG_FORMAT": "json",
+    }
+
+
+def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
+    assert _config(rendered_all) == {
+        "MLPLANE_MLFLOW_TRACKING_URI": "https://mlflow.example.com",
+        "MLPLANE_CAPACITY_LABELS": "karpenter",
+        "MLPLANE_DEFAULT_TRAINING_IMAGE": "registry.example.com/ml/train:2.0.0",
+        "MLPLANE_DEFAULT_SERVING_IMAGE": "registry.example.com/ml/serve:2.0.0",
+        "MLPLANE_ARTIFACTS_URI": "s3://ml-artifacts/mlplane",
+        "MLPLANE_LOG_FORMAT": "text",
+    }
+    env = {e["name"] for e in _container(rendered_all)["env"]}
+    assert env == {"AWS_REGION", "POD_NAME"}
+
+
+def test_config_change_rolls_the_pod(rendered_default: list[dict[str, Any]]) -> None:
+    def checksum(objects: list[dict[str, Any]]) -> str:
+        meta = one(objects, "Deployment")["spec"]["template"]["metadata"]
+        return meta["annotations"]["checksum/config"]
+
+    changed = template("--set", "operator.logFormat=text")
+    assert checksum(changed) != checksum(rendered_default)
+    assert checksum(template()) == checksum(rendered_default)
+
+
+def test_pod_metadata_and_scheduling(rendered_all: list[dict[str, Any]]) -> None:
+    pod_template = one(rendered_all, "Deployment")["spec"]["template"]
+    assert pod_template["metadata"]["labels"]["team"] == "ml-platform"
+    assert pod_template["metadata"]["annotations"]["example.com/owner"] == "ml-platform"
+    spec = pod_template["spec"]
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["tolerations"][0]["key"] == "dedicated"
+    assert "nodeAffinity" in spec["affinity"]
+    assert spec["priorityClassName"] == "system-cluster-critical"
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["terminationGracePeriodSeconds"] == 60
+
+
+# --- network policy ----------------------------------------------------------------------------
+
+
+def _policy(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "NetworkPolicy")["spec"]
+
+
+def _ports(rule: dict[str, Any]) -> set[tuple[Any, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for p in rule["ports"]}
+
+
+def test_network_policy_selects_the_operator(rendered_default: list[dict[str, Any]]) -> None:
+    policy = _policy(rendered_default)
+    labels = one(rendered_default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in policy["podSelector"]["matchLabels"].items())
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_ingress_only_to_metrics_and_health(render: str, request: pytest.FixtureRequest) -> None:
+    objects = request.getfixturevalue(render)
+    policy = _policy(objects)
+    container_ports = {p["name"] for p in _container(objects)["ports"]}
+    opened = set().union(*(_ports(rule) for rule in policy["ingress"]))
+    assert opened == {("metrics", "TCP"), ("health", "TCP")}
+    assert {name for name, _ in opened} <= container_ports
+    for rule in policy["ingress"]:
+        assert rule["ports"], "an ingress rule without ports opens every port"
+
+
+def test_default_egress_dns_api_server_mlflow(rendered_default: list[dict[str, Any]]) -> None:
+    egress = _policy(rendered_default)["egress"]
+    assert [_ports(rule) for rule in egress] == [
+        {(53, "UDP"), (53, "TCP")},
+        {(443, "TCP"), (6443, "TCP")},
+        {(5000, "TCP")},
+    ]
+    dns = egress[0]["to"][0]
+    assert dns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    for rule in egress:
+        assert rule["ports"], "an egress rule without ports opens every port"
+
+
+def test_all_egress_adds_artifacts_and_extra_rules(rendered_all: list[dict[str, Any]]) -> None:
+    egress = _policy(rendered_all)["egress"]
+    assert len(egress) == 5
+    assert egress[1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    assert _ports(egress[3]) == {(443, "TCP")} and "to" not in egress[3]
+    assert _ports(egress[4]) == {(9090, "TCP")}
+    ingress = _policy(rendered_all)["ingress"]
+    assert ingress[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+
+
+def test_network_policy_can_be_disabled() -> None:
+    assert not by_kind(template("--set", "networkPolicy.enabled=false"), "NetworkPolicy")
