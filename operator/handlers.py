@@ -1,0 +1,260 @@
+"""The Kopf layer: how Kubernetes events reach mlplane's core, and how its verdicts go back.
+
+Importing this module registers, in Kopf's default registry (what ``kopf run`` and
+``mlplane operator`` use):
+
+- :func:`configure`, a startup handler: the finalizer ``mlplane.dev/finalizer``; Kopf's progress
+  and last-handled configuration kept in ``mlplane.dev/...`` annotations — never in
+  ``status``, which is structural and ours (Kopf also marks objects with
+  ``mlplane.dev/kopf-managed``); Events for ``kopf.info``/``kopf.warn`` only, not for log lines
+  (Kopf cuts an Event's message to 1 KiB; the condition keeps it whole); standalone, no
+  peering: run one replica.
+- for each kind (TrainingJob, ModelDeployment, ABTest), one handler on create, update and resume
+  (id ``reconcile``): it validates the object with :func:`validated` and, when the object is
+  valid, hands the typed resource to the reconcilers registered for that kind with
+  :func:`reconciler`. An invalid object is settled, not retried: there is nothing to retry
+  until the spec changes, and a spec change is an update that runs the handler again.
+
+Validation is ``mlplane.crds.validate.check``, exactly what ``mlplane validate`` runs: the
+schema, the CEL rules and the model checks. On a cluster the API server has already applied the
+schema and the CEL rules, so this catches what only the models can (and everything, when the
+CRDs were installed without validation or an older CRD version is served).
+
+The verdict in ``status``, for every kind:
+
+- invalid: condition ``InvalidSpec`` True (reason ``InvalidSpec``, the message lists every
+  problem as ``field: what is wrong`` joined by ``"; "``), ``phase: Failed`` (every kind's
+  phase enum has it and it is what a human scanning ``kubectl get mlplane`` must see),
+  ``observedGeneration`` = ``metadata.generation``; and one Warning Event with the same message
+  when the verdict is new (a new generation, or other problems). Nothing else is created.
+- valid: the ``InvalidSpec`` condition is removed if present, and a ``phase: Failed`` that it
+  caused goes back to ``Pending`` (the kind's reconciler moves it on from there).
+  ``observedGeneration`` of a valid object is the reconciler's to write, when it has acted.
+
+Status is written only when it changes (:func:`mlplane.operator.conditions.status_patch`), so a
+resume or a repeated event costs no write. The operator never writes ``spec``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kopf
+
+from mlplane.crds import BY_KIND, GROUP, KINDS, VERSION, Resource
+from mlplane.crds.validate import InvalidResource, Problem, check, parse
+from mlplane.operator import conditions
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "mlplane.dev/finalizer"
+#: Prefix of the annotations where Kopf keeps its progress and last-handled configuration.
+ANNOTATIONS_PREFIX = "mlplane.dev"
+INVALID_SPEC = "InvalidSpec"
+#: The Kopf handler id (and so the progress annotation ``mlplane.dev/reconcile``).
+HANDLER_ID = "reconcile"
+#: Conditions have room for 32 KiB; a spec with hundreds of problems is cut to this.
+MAX_MESSAGE = 8192
+
+#: A reconciler: ``fn(resource, *, body, patch, logger, now, api_resource, **kwargs)``, sync or
+#: async: the typed, valid resource first, then Kopf's keyword arguments (Kopf's own ``resource``,
+#: the API reference, comes as ``api_resource``); it writes status into ``patch``.
+Reconciler = Callable[..., Awaitable[None] | None]
+R = TypeVar("R", bound=Reconciler)
+
+_RECONCILERS: dict[str, list[Reconciler]] = {kind.kind_name: [] for kind in KINDS}
+
+
+def reconciler(kind: str | type[Resource]) -> Callable[[R], R]:
+    """Register ``fn`` to run for ``kind`` after validation passes, in registration order.
+
+    The extension point for the per-kind logic (TrainingJob → RayJob, ...). ``fn`` is called as
+    ``fn(resource, body=..., patch=..., logger=..., now=..., api_resource=..., **kopf_kwargs)``
+    (see :data:`Reconciler`): raise
+    ``kopf.TemporaryError`` for what may heal (the whole handler, validation included, is
+    retried) and ``kopf.PermanentError`` for what will not.
+    """
+    name = kind if isinstance(kind, str) else kind.kind_name
+    if name not in _RECONCILERS:
+        raise ValueError(f"unknown kind {name!r} (mlplane kinds: {', '.join(_RECONCILERS)})")
+
+    def register(fn: R) -> R:
+        if fn not in _RECONCILERS[name]:
+            _RECONCILERS[name].append(fn)
+        return fn
+
+    return register
+
+
+def reconcilers(kind: str) -> tuple[Reconciler, ...]:
+    """The reconcilers registered for a kind, in the order they run."""
+    return tuple(_RECONCILERS.get(kind, ()))
+
+
+# --- the verdict (pure: no Kopf, no I/O, no clock) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What validating one body means for the object.
+
+    ``status`` is the merge patch for ``status`` (empty when nothing changes); ``warning`` the
+    message of the Warning Event to post (None when there is nothing new to say).
+    """
+
+    resource: Resource | None
+    problems: tuple[Problem, ...] = ()
+    status: dict[str, Any] = field(default_factory=dict)
+    warning: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.resource is not None
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy made of dicts and lists (Kopf's bodies are read-only mapping views)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def message_of(problems: list[Problem] | tuple[Problem, ...]) -> str:
+    """Every problem as ``field: what is wrong``, joined by ``"; "``, cut to fit a condition."""
+    text = "; ".join(str(p) for p in problems)
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 20] + " … (message cut)"
+    return text
+
+
+def _problems(kind: str, body: Any) -> list[Problem]:
+    if isinstance(body, dict) and body.get("kind") not in (None, kind):
+        return [Problem("kind", f"must be {kind} (got {body.get('kind')!r})")]
+    try:
+        return check(body)
+    except Exception as exc:  # a validator bug must not become a crash loop or a live object
+        log.exception("validating a %s failed", kind)
+        return [Problem("", f"the operator could not validate this object ({exc!r})")]
+
+
+def assess(kind: str | type[Resource], body: Any, now: datetime) -> Assessment:
+    """Validate ``body`` (as read from the API server) and say what its status must become."""
+    kind = kind if isinstance(kind, str) else kind.kind_name
+    body = _plain(body)
+    obj = body if isinstance(body, dict) else {}
+    old = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    generation = meta.get("generation") if isinstance(meta.get("generation"), int) else None
+    found = old.get("conditions")
+    current = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
+
+    problems = _problems(kind, body)
+    resource: Resource | None = None
+    if not problems:
+        try:
+            resource = parse(body)
+        except InvalidResource as exc:  # check() and parse() disagree: trust the problems
+            problems = exc.problems
+        except Exception as exc:
+            log.exception("parsing a %s failed", kind)
+            problems = [Problem("", f"the operator could not read this object ({exc!r})")]
+
+    new = dict(old)
+    if problems:
+        message = message_of(problems)
+        new["conditions"] = conditions.set_condition(
+            current, INVALID_SPEC, "True", INVALID_SPEC, message, now=now, generation=generation
+        )
+        new["phase"] = "Failed"
+        new["observedGeneration"] = generation
+        patch = conditions.status_patch(old, new)
+        return Assessment(None, tuple(problems), patch, message if patch else None)
+
+    if conditions.find(current, INVALID_SPEC) is not None:
+        if conditions.is_true(current, INVALID_SPEC) and old.get("phase") == "Failed":
+            new["phase"] = "Pending"
+        new["conditions"] = conditions.remove(current, INVALID_SPEC)
+    return Assessment(resource, (), conditions.status_patch(old, new), None)
+
+
+# --- the Kopf edge ------------------------------------------------------------------------------
+
+
+def validated(
+    kind: str | type[Resource],
+    body: Any,
+    patch: kopf.Patch,
+    now: datetime | None = None,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> Resource | None:
+    """The typed resource when ``body`` is valid; None when it is not (the verdict is written).
+
+    For use inside Kopf handlers: the status change goes into ``patch`` (Kopf applies it after
+    the handler) and a new verdict is posted as a Warning Event. Never raises for bad input.
+    """
+    result = assess(kind, body, now or datetime.now(UTC))
+    if result.status:
+        patch.setdefault("status", {}).update(result.status)
+    if result.warning is not None:
+        kopf.warn(body, reason=INVALID_SPEC, message=result.warning)
+        (logger or log).warning("invalid spec: %s", result.warning)
+    return result.resource
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Kopf's settings for mlplane (see the module docstring for why each)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATIONS_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.posting.loggers = False
+    settings.posting.reporting_component = "mlplane-operator"
+    settings.posting.event_name_prefix = "mlplane-"
+    settings.peering.standalone = True
+    settings.peering.mandatory = False
+
+
+async def handle(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **kwargs: Any) -> None:
+    """Create, update and resume of any mlplane kind: validate, then the kind's reconcilers."""
+    kind = body.get("kind")
+    if not isinstance(kind, str) or kind not in BY_KIND:
+        kind = _kind_of(kwargs.get("resource"))  # the body's kind is garbage: trust the URL
+    now = datetime.now(UTC)
+    resource = validated(kind, body, patch, now=now, logger=logger)
+    if resource is None:
+        return
+    api_resource = kwargs.pop("resource", None)
+    for fn in reconcilers(kind):
+        result = fn(
+            resource,
+            body=body,
+            patch=patch,
+            logger=logger,
+            now=now,
+            api_resource=api_resource,
+            **kwargs,
+        )
+        if inspect.isawaitable(result):
+            await result
+
+
+def _kind_of(resource: Any) -> str:
+    plural = getattr(resource, "plural", None)
+    return next((k.kind_name for k in KINDS if k.plural == plural), "?")
+
+
+for _kind in KINDS:
+    for _on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        _on(group=GROUP, version=VERSION, plural=_kind.plural, id=HANDLER_ID)(handle)
