@@ -52,4 +52,4 @@ EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 ENTRYPOINT ["mlplane"]
-CMD ["operator", "--standalone", "--all-namespaces", "--liveness", "http://0.0.0.0:8080/healthz"]
+CMD ["operator", "--all-namespaces", "--liveness", "http://0.0.0.0:8080/healthz", "--metrics-port", "9090"]

@@ -217,14 +217,15 @@ def values_schema() -> dict[str, Any]:
                 defaultTrainingImage=string("MLPLANE_DEFAULT_TRAINING_IMAGE (empty: rayImage)."),
                 defaultServingImage=string("MLPLANE_DEFAULT_SERVING_IMAGE (empty: rayImage)."),
                 logFormat={"description": "MLPLANE_LOG_FORMAT.", "enum": ["json", "text"]},
-                healthPort=port("Port of Kopf's liveness endpoint (not 9090: metrics).")
-                | {"minimum": 1024, "not": {"const": 9090}},
+                healthPort=port("Port of Kopf's liveness endpoint /healthz.") | {"minimum": 1024},
+                metricsPort=port("Port of the Prometheus endpoint /metrics.") | {"minimum": 1024},
                 extraEnv=array("Extra environment variables.", k8s("EnvVar")),
             ),
             "mlflowTrackingUri",
             "capacityLabels",
             "logFormat",
             "healthPort",
+            "metricsPort",
         ),
         serviceAccount=obj(
             "The operator's ServiceAccount.",

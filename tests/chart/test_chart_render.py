@@ -296,7 +296,7 @@ def test_podmonitor_finds_the_pod(rendered_all: list[dict[str, Any]]) -> None:
     assert _selects(monitor["spec"]["selector"]["matchLabels"], _pod_labels(rendered_all))
     ports = _container_ports(rendered_all)
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= set(ports)
-    assert ports["metrics"] == 9090
+    assert ports["metrics"] == 9191  # values-all's operator.metricsPort
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 

@@ -70,7 +70,7 @@ def test_default_and_all_values_validate() -> None:
         (["--set", "operator.capacityLabels=aws"], "capacityLabels"),
         (["--set", "image.tag=latest"], "tag"),
         (["--set", "image.digest=sha256:nothex"], "digest"),
-        (["--set", "operator.healthPort=9090"], "healthPort"),
+        (["--set", "operator.healthPort=80"], "healthPort"),
         (["--set-json", 'tolerations=[{"key":"a","efect":"NoSchedule"}]'], "'efect' not allowed"),
         (["--set-json", 'affinity={"nodeAfinity":{}}'], "'nodeAfinity' not allowed"),
         (["--set", "resources.limits=null"], "limits"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import by_kind, one, pod_specs, template
+from conftest import HelmError, by_kind, one, pod_specs, template
 
 ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
 RESTRICTED_VOLUME_TYPES = {
@@ -107,9 +107,8 @@ def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
-def test_one_standalone_replica_replaced_by_recreate(
-    rendered_default: list[dict[str, Any]],
-) -> None:
+def test_one_replica_replaced_by_recreate(rendered_default: list[dict[str, Any]]) -> None:
+    """Kopf runs standalone (no peering): never two operators at once, even during a rollout."""
     deployment = one(rendered_default, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -117,25 +116,54 @@ def test_one_standalone_replica_replaced_by_recreate(
     assert container["command"] == ["mlplane"]
     assert container["args"] == [
         "operator",
-        "--standalone",
         "--all-namespaces",
         "--liveness",
         "http://0.0.0.0:8080/healthz",
+        "--metrics-port",
+        "9090",
     ]
 
 
 def test_watch_namespaces_become_namespace_flags(rendered_all: list[dict[str, Any]]) -> None:
     args = _container(rendered_all)["args"]
     assert "--all-namespaces" not in args
-    assert args[:6] == [
+    assert args == [
         "operator",
-        "--standalone",
         "--namespace",
         "ml-team",
         "--namespace",
         "ml-research",
+        "--liveness",
+        "http://0.0.0.0:8081/healthz",
+        "--metrics-port",
+        "9191",
     ]
-    assert args[-2:] == ["--liveness", "http://0.0.0.0:8081/healthz"]
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_the_cli_accepts_the_chart_arguments(render: str, request: pytest.FixtureRequest) -> None:
+    """Parse the rendered command line with mlplane's own CLI (without running it)."""
+    import typer
+
+    from mlplane.operator.cli import app
+
+    container = _container(request.getfixturevalue(render))
+    assert container["command"] == ["mlplane"]
+    group = typer.main.get_command(app)
+    subcommand, *rest = container["args"]
+    with group.make_context("mlplane", [subcommand, *rest], resilient_parsing=True) as ctx:
+        command = group.get_command(ctx, subcommand)
+        assert command is not None, f"mlplane has no {subcommand!r} command"
+        parsed = command.make_context(subcommand, list(rest), parent=ctx).params
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert parsed["metrics_port"] == ports["metrics"]
+    assert parsed["liveness"] == f"http://0.0.0.0:{ports['health']}/healthz"
+    assert parsed["all_namespaces"] or parsed["namespace"]
+
+
+def test_health_and_metrics_ports_must_differ() -> None:
+    with pytest.raises(HelmError, match="must differ"):
+        template("--set", "operator.healthPort=9090")
 
 
 @pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
@@ -144,7 +172,6 @@ def test_probes_hit_the_liveness_port(render: str, request: pytest.FixtureReques
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     liveness_url = container["args"][container["args"].index("--liveness") + 1]
     assert liveness_url.endswith(f":{ports['health']}/healthz")
-    assert ports["metrics"] == 9090
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
 

@@ -197,11 +197,29 @@ def test_operator_entrypoint_matches_the_chart() -> None:
     runtime = parse(OPERATOR)[-1]
     assert exec_form(runtime.args("ENTRYPOINT")[0]) == ["mlplane"]
     cmd = exec_form(runtime.args("CMD")[0])
-    assert cmd[:2] == ["operator", "--standalone"] and "--all-namespaces" in cmd
+    assert cmd[0] == "operator" and "--all-namespaces" in cmd
     assert cmd[cmd.index("--liveness") + 1] == "http://0.0.0.0:8080/healthz"
+    assert cmd[cmd.index("--metrics-port") + 1] == "9090"
     assert 'command: ["mlplane"]' in (CHART / "templates" / "deployment.yaml").read_text()
     [script] = [v for k, v in PYPROJECT["project"]["scripts"].items() if k == "mlplane"]
     assert script == "mlplane.operator.cli:main"
+
+
+def test_the_cli_accepts_the_default_command() -> None:
+    """Parse the image's CMD with mlplane's own CLI (without running it)."""
+    import typer
+
+    from mlplane.operator.cli import app
+
+    runtime = parse(OPERATOR)[-1]
+    subcommand, *rest = exec_form(runtime.args("CMD")[0])
+    group = typer.main.get_command(app)
+    with group.make_context("mlplane", [subcommand, *rest], resilient_parsing=True) as ctx:
+        command = group.get_command(ctx, subcommand)
+        assert command is not None
+        params = command.make_context(subcommand, list(rest), parent=ctx).params
+    assert params["all_namespaces"] is True
+    assert params["metrics_port"] == 9090
 
 
 def test_operator_healthcheck_probes_the_liveness_endpoint() -> None:
