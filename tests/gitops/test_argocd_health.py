@@ -142,7 +142,7 @@ def test_argocd_cm_is_current_and_holds_the_scripts() -> None:
 
 # --- properties over arbitrary (schema-shaped) statuses ----------------------------------------
 
-CONDITION_TYPES = ["Succeeded", "Ready", "Drifted", "InvalidSpec", "Suspended", "Progressing"]
+CONDITION_TYPES = ["Succeeded", "Ready", "Drifted", "InvalidSpec", "Running", "Retrying"]
 _condition = st.fixed_dictionaries(
     {
         "type": st.sampled_from(CONDITION_TYPES),

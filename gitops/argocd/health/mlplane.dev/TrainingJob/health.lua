@@ -62,8 +62,10 @@ end
 if succeeded ~= nil and succeeded.status == "False" then
   return { status = "Degraded", message = describe(succeeded, "Training failed") }
 end
+-- The Running condition carries the attempt's progress ("attempt 2 is running").
+local running = find_condition(status, "Running")
 if phase == "Suspended" then
-  return { status = "Suspended", message = describe(find_condition(status, "Suspended"), "TrainingJob is suspended") }
+  return { status = "Suspended", message = describe(running, "TrainingJob is suspended") }
 end
 
 local message = "Phase " .. phase
@@ -73,7 +75,7 @@ end
 if status.preemptions ~= nil and status.preemptions > 0 then
   message = message .. ", " .. tostring(status.preemptions) .. " preemption(s)"
 end
-local detail = describe(succeeded, nil)
+local detail = describe(running, describe(succeeded, nil))
 if detail ~= nil then
   message = message .. ": " .. detail
 end
