@@ -226,7 +226,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.mandatory = False
 
 
-async def handle(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **kwargs: Any) -> None:
+async def handle(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    logger: logging.Logger | logging.LoggerAdapter,
+    **kwargs: Any,
+) -> None:
     """Create, update and resume of any mlplane kind: validate, then the kind's reconcilers."""
     kind = body.get("kind")
     if not isinstance(kind, str) or kind not in BY_KIND:

@@ -17,7 +17,8 @@ where mlplane's operator depends on it:
 - merge patches and JSON patches; a failed JSON-patch ``test`` (Kopf's optimistic lock on
   ``/metadata/resourceVersion``) answers 422, a stale ``metadata.resourceVersion`` 409.
 - a write that changes nothing bumps nothing and emits no watch event (as the API server).
-- PUT replaces an object (also ``/status``), with the same optimistic-concurrency check.
+- PUT replaces an object (also ``/status``), with the same optimistic-concurrency check; it is
+  answered directly, so kmock reactions a test adds do not intercept it.
 - DELETE honours finalizers (``deletionTimestamp`` first, gone when the last one is removed) and
   collects dependents whose ``ownerReferences`` name the deleted object's uid (background
   cascading deletion, which on a cluster is the garbage collector's job).
