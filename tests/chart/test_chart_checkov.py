@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import VALUES_ALL, locate, pod_specs, template
+from chart_support import VALUES_ALL, locate, pod_specs, template
 
 #: A reason must say something: at least a few words.
 MIN_REASON = 20

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import NAMESPACE, by_kind, one, template
+from chart_support import NAMESPACE, by_kind, one, template
 
 Perms = dict[tuple[str, str], set[str]]
 

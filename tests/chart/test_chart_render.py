@@ -15,7 +15,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import (
+from chart_support import (
     CHART,
     NAMESPACE,
     VALUES_ALL,

@@ -13,7 +13,7 @@ from typing import Any
 
 import kubernetes_validate
 import yaml
-from conftest import CHART, REPO, template
+from chart_support import CHART, REPO, template
 
 CRD_FILES = {
     "mlplane.dev_trainingjobs.yaml",

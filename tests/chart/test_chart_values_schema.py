@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from conftest import CHART, REPO, VALUES_ALL, HelmError, template
+from chart_support import CHART, REPO, VALUES_ALL, HelmError, template
 
 _spec = importlib.util.spec_from_file_location(
     "_values_schema", REPO / "helm/tools/values_schema.py"

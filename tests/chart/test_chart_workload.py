@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import HelmError, by_kind, one, pod_specs, template
+from chart_support import HelmError, by_kind, one, pod_specs, template
 
 ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
 RESTRICTED_VOLUME_TYPES = {
