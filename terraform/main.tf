@@ -309,7 +309,11 @@ module "platform" {
   cluster_name         = module.eks.cluster_name
   region               = local.region
   system_node_selector = local.system_selector
-  api_server_cidrs     = length(local.vpc_cidr_blocks) > 0 ? local.vpc_cidr_blocks : ["0.0.0.0/0"]
+  # The API server as the operator's pod may see it: the "kubernetes" Service's ClusterIP
+  # (first address of the service CIDR) and the control plane's endpoints inside the VPC.
+  api_server_cidrs = length(local.vpc_cidr_blocks) == 0 ? ["0.0.0.0/0"] : concat(
+    ["${cidrhost(module.eks.cluster_service_cidr, 1)}/32"], local.vpc_cidr_blocks
+  )
 
   kuberay_chart_version              = var.kuberay_chart_version
   install_nvidia_device_plugin       = var.install_nvidia_device_plugin

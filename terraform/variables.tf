@@ -268,8 +268,8 @@ variable "bucket_name" {
   default     = null
 
   validation {
-    condition     = var.bucket_name == null || can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
-    error_message = "bucket_name must be null or a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)."
+    condition     = var.bucket_name == null || can(regex("^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", coalesce(var.bucket_name, "-")))
+    error_message = "bucket_name must be null or 3-63 lowercase letters, digits or hyphens (no dots: they break TLS to S3)."
   }
 }
 

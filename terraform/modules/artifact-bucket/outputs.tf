@@ -10,7 +10,7 @@ output "bucket_arn" {
 
 output "bucket_region" {
   description = "Region the bucket lives in (S3 clients outside that region need it)."
-  value       = aws_s3_bucket.this.bucket_region
+  value       = aws_s3_bucket.this.region
 }
 
 output "kms_key_arn" {

@@ -1,10 +1,10 @@
 variable "bucket_name" {
-  description = "Name of the S3 bucket that holds mlplane checkpoints and artifacts. Globally unique, 3-63 characters, lowercase."
+  description = "Name of the S3 bucket that holds mlplane checkpoints and artifacts. Globally unique, 3-63 lowercase letters, digits and hyphens. No dots: they break TLS for virtual-hosted-style requests and are not allowed in the KMS alias named after the bucket."
   type        = string
 
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name)) && !can(regex("\\.\\.|^xn--|-s3alias$|--ol-s3$", var.bucket_name))
-    error_message = "bucket_name must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots or hyphens, starting and ending with a letter or digit."
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", var.bucket_name)) && !can(regex("^xn--|-s3alias$|--ol-s3$", var.bucket_name))
+    error_message = "bucket_name must be 3-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit (no dots)."
   }
 }
 
