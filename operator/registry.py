@@ -1,0 +1,186 @@
+"""MLflow, as the operator uses it: one run per TrainingJob, registration, alias lookups.
+
+Everything here is found by what it is, never remembered: the run by the TrainingJob's uid tag,
+the registered version by its run. So a restart or a retry after any partial failure finds
+what exists instead of creating a second run or version. MLflow errors surface as
+:class:`RegistryUnavailable` (worth retrying) or :class:`RegistryError` (a clear, permanent
+answer such as an unknown alias).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from mlplane.operator.reconcile.trainingjob import ObservedRun, Registration
+
+#: Tags mlplane writes on runs and model versions.
+TAG_UID = "mlplane.trainingjob.uid"
+TAG_TRAININGJOB = "mlplane.trainingjob"
+#: Tags the training runtime writes as it checkpoints (see ``mlplane.training``).
+TAG_CHECKPOINT_URI = "mlplane.checkpoint.uri"
+TAG_CHECKPOINT_STEP = "mlplane.checkpoint.step"
+TAG_CHECKPOINT_TIME = "mlplane.checkpoint.time"
+
+# mlflow.register_model resolves `runs:/` URIs (MLflow 3 logged models included) but only
+# through the process-wide tracking URI; registrations are rare, so they take turns.
+_GLOBAL_URI = threading.Lock()
+
+
+class RegistryError(RuntimeError):
+    """MLflow answered, and the answer is no (unknown model or alias, bad request)."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """MLflow could not be reached or failed: worth trying again later."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    version: int
+    run_id: str | None
+    source: str | None
+
+
+def _classify(exc: Exception, what: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException) and exc.get_http_status_code() in (400, 404):
+        return RegistryError(f"{what}: {exc.message}")
+    return RegistryUnavailable(f"{what}: {exc}")
+
+
+#: MLflow's HTTP client retries for minutes by default; a reconciler would rather fail fast
+#: and be retried by its own loop (Kopf's TemporaryError, the runner's next pass).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+class Registry:
+    """One MLflow tracking server (and its model registry)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # --- TrainingJob runs ----------------------------------------------------------------------
+
+    def _find_run(self, uid: str) -> Any | None:
+        runs = self.client.search_runs(
+            experiment_ids=[e.experiment_id for e in self.client.search_experiments()],
+            filter_string=f"tags.`{TAG_UID}` = '{uid}'",
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def ensure_run(self, experiment: str, uid: str, trainingjob: str) -> str:
+        """The run of this TrainingJob, created (once) in ``experiment`` if there is none."""
+        try:
+            run = self._find_run(uid)
+            if run is not None:
+                return str(run.info.run_id)
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = (
+                found.experiment_id if found else self.client.create_experiment(experiment)
+            )
+            created = self.client.create_run(
+                experiment_id,
+                tags={TAG_UID: uid, TAG_TRAININGJOB: trainingjob},
+                run_name=trainingjob.replace("/", "-"),
+            )
+            return str(created.info.run_id)
+        except (RegistryError, RegistryUnavailable):
+            raise
+        except Exception as exc:  # MLflow raises many types; all mean "try again" or "no"
+            raise _classify(exc, f"MLflow at {self.tracking_uri}") from None
+
+    def observe_run(self, uid: str, model: str | None) -> ObservedRun | None:
+        """What training reported on the run, and the version registered from it, if any."""
+        try:
+            run = self._find_run(uid)
+            if run is None:
+                return None
+            tags = run.data.tags
+            step = tags.get(TAG_CHECKPOINT_STEP)
+            registered = None
+            if model:
+                versions = self.client.search_model_versions(
+                    f"name = '{model}' and run_id = '{run.info.run_id}'"
+                )
+                if versions:
+                    registered = str(min(int(v.version) for v in versions))
+            return ObservedRun(
+                run_id=str(run.info.run_id),
+                checkpoint_uri=tags.get(TAG_CHECKPOINT_URI),
+                checkpoint_step=int(step) if step and step.isdigit() else None,
+                checkpoint_time=tags.get(TAG_CHECKPOINT_TIME),
+                registered_version=registered,
+            )
+        except Exception as exc:
+            raise _classify(exc, f"MLflow at {self.tracking_uri}") from None
+
+    def register(self, registration: Registration) -> str:
+        """Register the run's model (once) and set the alias; return the version."""
+        import mlflow
+
+        try:
+            existing = self.client.search_model_versions(
+                f"name = '{registration.model}' and run_id = '{registration.run_id}'"
+            )
+            if existing:
+                version = str(min(int(v.version) for v in existing))
+            else:
+                with _GLOBAL_URI:
+                    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+                    mlflow.set_tracking_uri(self.tracking_uri)
+                    mlflow.set_registry_uri(self.tracking_uri)
+                    try:
+                        created = mlflow.register_model(
+                            registration.source,
+                            registration.model,
+                            tags={TAG_UID: registration.trainingjob_uid},
+                        )
+                    finally:
+                        mlflow.set_tracking_uri(previous[0])
+                        mlflow.set_registry_uri(previous[1])
+                version = str(created.version)
+            if registration.alias:
+                self.client.set_registered_model_alias(
+                    registration.model, registration.alias, version
+                )
+            return version
+        except Exception as exc:
+            raise _classify(exc, f"registering {registration.model}") from None
+
+    # --- model lookups -------------------------------------------------------------------------
+
+    def resolve(
+        self, name: str, *, alias: str | None = None, version: int | None = None
+    ) -> ResolvedModel:
+        """The version an alias points at now (or check a pinned version exists)."""
+        try:
+            if alias is not None:
+                found = self.client.get_model_version_by_alias(name, alias)
+            else:
+                found = self.client.get_model_version(name, str(version))
+        except Exception as exc:
+            what = f"model {name!r} " + (f"alias {alias!r}" if alias else f"version {version}")
+            raise _classify(exc, what) from None
+        return ResolvedModel(name, int(found.version), found.run_id, found.source)
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Point ``alias`` at ``version`` (what an ABTest's promotion does)."""
+        try:
+            self.client.set_registered_model_alias(name, alias, str(version))
+        except Exception as exc:
+            raise _classify(exc, f"moving alias {alias!r} of {name!r}") from None
