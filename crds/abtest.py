@@ -17,7 +17,7 @@ from mlplane.crds.common import (
     decimal_string,
     dns_label,
     duration_string,
-    name_rule,
+    name_rules,
 )
 from mlplane.crds.modeldeployment import ALIAS
 
@@ -178,7 +178,7 @@ class ABTest(Resource):
         {"name": "Winner", "type": "string", "jsonPath": ".status.winner"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
-    cel_rules: ClassVar[tuple[Rule, ...]] = (name_rule(),)
+    cel_rules: ClassVar[tuple[Rule, ...]] = name_rules()
 
     kind: Literal["ABTest"] = "ABTest"
     spec: ABTestSpec

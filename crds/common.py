@@ -281,12 +281,18 @@ class Metadata(BaseModel):
     namespace: str | None = None
 
 
-def name_rule() -> Rule:
-    """Keep parent names short enough for the children's suffixes."""
-    return Rule(
-        f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-        f"metadata.name must be at most {MAX_NAME_LENGTH} characters: children such as "
-        f"<name>-a<attempt> and KubeRay's own pods append suffixes",
+def name_rules() -> tuple[Rule, ...]:
+    """Names KubeRay can derive its children's names from: short, starting with a letter."""
+    return (
+        Rule(
+            f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+            f"metadata.name must be at most {MAX_NAME_LENGTH} characters: children such as "
+            f"<name>-a<attempt> and KubeRay's own pods append suffixes",
+        ),
+        Rule(
+            "self.metadata.name.matches('^[a-z]')",
+            "metadata.name must start with a letter: KubeRay names services after it",
+        ),
     )
 
 

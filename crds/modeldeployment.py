@@ -19,7 +19,7 @@ from mlplane.crds.common import (
     Toleration,
     decimal_string,
     duration_string,
-    name_rule,
+    name_rules,
 )
 from mlplane.crds.trainingjob import ACCELERATOR, TrainingJobSpec
 
@@ -220,7 +220,7 @@ class ModelDeployment(Resource):
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }
-    cel_rules: ClassVar[tuple[Rule, ...]] = (name_rule(),)
+    cel_rules: ClassVar[tuple[Rule, ...]] = name_rules()
 
     kind: Literal["ModelDeployment"] = "ModelDeployment"
     spec: ModelDeploymentSpec

