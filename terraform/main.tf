@@ -135,12 +135,21 @@ locals {
   # taints its nodes would have, so it cannot tell that a pending pod asking for
   # mlplane.dev/accelerator=nvidia-a10g on SPOT capacity fits the gpu-spot group. EKS does not
   # copy node group labels to the Auto Scaling group; these node-template tags do.
-  autoscaler_template_tags = var.install_cluster_autoscaler ? merge([
-    for group, ng in local.node_groups : merge(
-      { for k, v in ng.labels : "${group}|k8s.io/cluster-autoscaler/node-template/label/${k}" => { group = group, key = "k8s.io/cluster-autoscaler/node-template/label/${k}", value = v } },
-      { "${group}|capacity" = { group = group, key = "k8s.io/cluster-autoscaler/node-template/label/eks.amazonaws.com/capacityType", value = ng.capacity_type } },
-      { for _, t in ng.taints : "${group}|k8s.io/cluster-autoscaler/node-template/taint/${t.key}" => { group = group, key = "k8s.io/cluster-autoscaler/node-template/taint/${t.key}", value = "${t.value}:${local.taint_effects[t.effect]}" } },
+  autoscaler_node_templates = {
+    for group, ng in local.node_groups : group => concat(
+      [for k, v in ng.labels : { key = "label/${k}", value = v }],
+      [{ key = "label/eks.amazonaws.com/capacityType", value = ng.capacity_type }],
+      [for t in values(ng.taints) : { key = "taint/${t.key}", value = "${t.value}:${local.taint_effects[t.effect]}" }],
     ) if ng.create
+  }
+  autoscaler_template_tags = var.install_cluster_autoscaler ? merge([
+    for group, tags in local.autoscaler_node_templates : {
+      for tag in tags : "${group}|${tag.key}" => {
+        group = group
+        key   = "k8s.io/cluster-autoscaler/node-template/${tag.key}"
+        value = tag.value
+      }
+    }
   ]...) : {}
 
   # Fixed key layout, the operator's convention: it is given s3://<bucket> as its artifacts URI

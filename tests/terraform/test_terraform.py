@@ -364,9 +364,12 @@ def test_spot_group_validations_demand_diversity_and_one_gpu_model():
 
 
 def test_scale_from_zero_tags_cover_labels_capacity_and_taints():
-    template = expr(locals_of(ROOT)["autoscaler_template_tags"])
-    assert template is not None
-    for part in ("node-template/label/", "eks.amazonaws.com/capacityType", "node-template/taint/"):
+    values = locals_of(ROOT)
+    template = (
+        f"{expr(values['autoscaler_node_templates'])} {expr(values['autoscaler_template_tags'])}"
+    )
+    parts = ("cluster-autoscaler/node-template/", "label/", "capacityType", "taint/")
+    for part in parts:
         assert part in template
     tag = typed(ROOT, "resource")[("aws_autoscaling_group_tag", "node_template")]
     assert tag["for_each"] == "${local.autoscaler_template_tags}"
