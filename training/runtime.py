@@ -1,0 +1,171 @@
+"""The training loop's companion: resume, report, checkpoint every K steps, log the model.
+
+A loop written against :class:`TrainingSession` survives a spot preemption without knowing
+about it: on (re)start it asks :meth:`TrainingSession.restore` for the newest complete
+checkpoint (a previous attempt's, or the same attempt's before a worker was lost) and carries
+on from its step; :meth:`TrainingSession.checkpoint` writes, prunes to ``keep`` and publishes
+the ``mlplane.checkpoint.*`` tags in that order, so the tags never point at a checkpoint that
+is not complete yet.
+
+The session is picklable (context, reporter and store are plain values whose clients are built
+lazily), so the driver can open it and ship it to the Ray task or actor that trains::
+
+    session = TrainingSession.start(params={"lr": 0.1})
+
+    @ray.remote(max_retries=session.context.max_worker_failures, resources=...)
+    def train(session):
+        state = session.restore()
+        step0, model = (state.step, pickle.loads(state.files["model.pkl"])) if state else (0, new())
+        for step in range(step0 + 1, steps + 1):
+            ...
+            session.report(step, {"loss": loss})
+            if session.due(step, every=10):
+                session.checkpoint(step, {"model.pkl": pickle.dumps(model)})
+        return model
+
+For Ray Train (data-parallel workers, restarts inside an attempt) see
+:mod:`mlplane.training.ray_train`: Ray Train keeps its own checkpoints, and its callback writes
+the same tags.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlplane.monitoring.profile import Profile
+from mlplane.training.checkpoints import CheckpointInfo, CheckpointStore, open_store
+from mlplane.training.context import TrainingContext
+from mlplane.training.mlflow_run import RunReporter, open_run
+
+log = logging.getLogger(__name__)
+
+
+def _best_effort(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("MLflow progress update %s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The state a loop resumes from: the checkpoint's step, its files, and where it was."""
+
+    step: int
+    files: Mapping[str, bytes]
+    info: CheckpointInfo
+
+
+class TrainingSession:
+    """Context + MLflow run + checkpoint store of one attempt (see the module docstring)."""
+
+    def __init__(
+        self,
+        context: TrainingContext,
+        reporter: RunReporter | None,
+        store: CheckpointStore | None,
+    ) -> None:
+        self.context = context
+        self.reporter = reporter
+        self.store = store
+
+    @classmethod
+    def start(
+        cls,
+        context: TrainingContext | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        mlflow: bool = True,
+    ) -> TrainingSession:
+        """Read the environment, resume (or create) the MLflow run, open the checkpoint store.
+
+        ``mlflow=False`` gives a session that only checkpoints (a quick local experiment).
+        """
+        ctx = context or TrainingContext.from_env()
+        reporter = open_run(ctx) if mlflow else None
+        store = open_store(ctx.checkpoint_uri) if ctx.checkpoint_uri else None
+        session = cls(ctx, reporter, store)
+        if params and reporter is not None:
+            reporter.log_params(params)
+        return session
+
+    @property
+    def run_id(self) -> str | None:
+        return self.reporter.run_id if self.reporter else None
+
+    # --- resume and checkpoint ----------------------------------------------------------------
+
+    def restore(self) -> Restored | None:
+        """The newest complete checkpoint's files, or None (no store, or nothing saved yet).
+
+        Called at every (re)start of the loop: attempt > 1 resumes from the previous attempt,
+        and a retried task inside an attempt resumes from what the lost worker saved.
+        """
+        if self.store is None:
+            return None
+        info = self.store.latest()
+        if info is None:
+            return None
+        files = self.store.read_all(info)
+        log.info("resuming from checkpoint %s (step %d)", info.uri, info.step)
+        if self.reporter is not None:
+            _best_effort(self.reporter.resumed, info.step)
+        return Restored(info.step, files, info)
+
+    @staticmethod
+    def due(step: int, every: int, *, last_step: int | None = None) -> bool:
+        """True every ``every`` steps, and at ``last_step`` so the final state is always saved."""
+        return (every > 0 and step % every == 0) or (last_step is not None and step == last_step)
+
+    def checkpoint(
+        self,
+        step: int,
+        files: Mapping[str, bytes],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> CheckpointInfo | None:
+        """Save, prune to ``keep``, then publish the checkpoint tags (None without a store)."""
+        if self.store is None:
+            return None
+        info = self.store.save(step, files, attempt=self.context.attempt, metadata=metadata)
+        try:
+            self.store.prune(self.context.checkpoint_keep)
+        except OSError as exc:  # cleanup is best effort: the next prune retries it
+            log.warning("pruning old checkpoints failed: %s", exc)
+        if self.reporter is not None:
+            _best_effort(self.reporter.checkpoint_saved, info.uri, info.step, info.time)
+        return info
+
+    # --- MLflow ---------------------------------------------------------------------------------
+
+    def report(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Metrics of one step (no-op without MLflow).
+
+        Best effort, like the checkpoint tags: MLflow's client already retries for a while, and
+        an MLflow outage must not cost hours of training; the next report writes fresh values.
+        """
+        if self.reporter is not None:
+            _best_effort(self.reporter.log_metrics, step, metrics)
+
+    def log_model(self, flavor: Any, model: Any, *, input_example: Any, **kwargs: Any) -> Any:
+        """See :meth:`RunReporter.log_model`; requires MLflow."""
+        if self.reporter is None:
+            raise RuntimeError("this session has no MLflow run (started with mlflow=False)")
+        return self.reporter.log_model(flavor, model, input_example=input_example, **kwargs)
+
+    def log_reference_profile(self, frame: Any, **options: Any) -> Profile:
+        """See :meth:`RunReporter.log_reference_profile`; requires MLflow."""
+        if self.reporter is None:
+            raise RuntimeError("this session has no MLflow run (started with mlflow=False)")
+        meta = {"attempt": self.context.attempt}
+        if self.context.trainingjob:
+            meta["trainingjob"] = self.context.trainingjob
+        meta.update(options.pop("metadata", None) or {})
+        return self.reporter.log_reference_profile(frame, metadata=meta, **options)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.reporter is not None:
+            self.reporter.finish(status)
