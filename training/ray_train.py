@@ -78,7 +78,8 @@ class MlflowProgressCallback(UserCallback):
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         ranks = ", ".join(str(r) for r in sorted(worker_exceptions))
         first = next(iter(worker_exceptions.values()), None)
-        detail = f"{rfc3339()} ranks {ranks}: {type(first).__name__}: {first}"
+        message = (str(first).strip().splitlines() or [""])[0][:300]
+        detail = f"{rfc3339()} ranks {ranks}: {type(first).__name__}: {message}"
         try:
             self.reporter.set_tags({TAG_LAST_WORKER_FAILURE: detail})
         except Exception as exc:

@@ -125,7 +125,7 @@ def probability_model(logits: nn.Sequential) -> nn.Sequential:
 
 def tensors(frame: pd.DataFrame, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return (
-        torch.as_tensor(frame[FEATURES].to_numpy(dtype=np.float32)),
+        torch.tensor(frame[FEATURES].to_numpy(dtype=np.float32)),
         torch.as_tensor(label, dtype=torch.float32),
     )
 
@@ -190,7 +190,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loss.backward()
         optimizer.step()
 
-        metrics: dict[str, Any] = {"step": step, "train_loss": float(loss)}
+        metrics: dict[str, Any] = {"step": step, "train_loss": loss.item()}
         if rank == 0:
             model.eval()
             metrics.update(evaluate(model, x_val, y_val))
@@ -242,7 +242,7 @@ def log_results(
 
     def predict(batch: pd.DataFrame) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.as_tensor(batch[FEATURES].to_numpy(dtype=np.float32))).numpy()
+            return model(torch.tensor(batch[FEATURES].to_numpy(dtype=np.float32))).numpy()
 
     session.log_model(
         mlflow.pytorch,
