@@ -83,16 +83,27 @@ class Registry:
         )
         return runs[0] if runs else None
 
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self.client.create_experiment(name))
+        except MlflowException:
+            found = self.client.get_experiment_by_name(name)  # created meanwhile by another
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
     def ensure_run(self, experiment: str, uid: str, trainingjob: str) -> str:
         """The run of this TrainingJob, created (once) in ``experiment`` if there is none."""
         try:
             run = self._find_run(uid)
             if run is not None:
                 return str(run.info.run_id)
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
-            )
+            experiment_id = self._experiment_id(experiment)
             created = self.client.create_run(
                 experiment_id,
                 tags={TAG_UID: uid, TAG_TRAININGJOB: trainingjob},

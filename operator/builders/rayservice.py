@@ -2,11 +2,19 @@
 
 What changes where, and why it matters:
 
-- The model version lives **only in** ``serveConfigV2``. KubeRay applies a ``serveConfigV2``
-  change to the running cluster in place (Serve redeploys the application, rolling its
-  replicas), so following an alias from version 3 to 4 needs no second cluster and no doubled
-  GPUs. Nothing else in the RayService (labels, annotations, cluster spec) depends on the
-  version; a test diffs two builds to hold that.
+- The model version lives **only in** ``serveConfigV2``, and there only in the ``user_config``
+  of the deployments: ``model-<i>`` gets ``{model_uri, version}``, the ``router`` gets the
+  variants, weights, bucketing header and A/B test. KubeRay applies a ``serveConfigV2`` change
+  to the running cluster in place, and Serve applies a change that touches only ``user_config``
+  by calling ``reconfigure()`` on the running replicas — no restart: the model replicas load the
+  new version in the background and swap it in atomically while the old one keeps serving, the
+  router switches weights between two requests. So following an alias from version 3 to 4 needs
+  no second cluster, no doubled GPUs and fails no request, and A/B weight changes restart
+  nothing. The application ``args`` hold only what shapes the app (which model deployments
+  exist, batching, SLO, drift): Serve hashes them into every deployment's code version, so a
+  change there restarts all replicas (rolling) — it happens when the spec changes or an A/B
+  test adds or removes a model deployment. Nothing else in the RayService (labels, annotations,
+  cluster spec) depends on the version; a test diffs two builds to hold that.
 - Cluster changes (image, resources, placement) go through KubeRay's zero-downtime upgrade:
   ``upgradeStrategy.type: NewCluster`` starts a new RayCluster, moves traffic when it serves,
   then deletes the old one. (``NewClusterWithIncrementalUpgrade`` would need the Gateway API and
@@ -20,8 +28,8 @@ What changes where, and why it matters:
   hold every replica and the router, so the head's CPUs would only attract load to the one pod
   that must not fall over.)
 - One worker group, ``serve``, one pod per model replica: each pod holds one replica
-  (``resources`` of the CR) plus room for a router replica, the Serve proxy, the raylet and a
-  small object store. ``minReplicas``/``maxReplicas`` are the CR's ``replicas`` times the number
+  (``resources`` of the CR) plus room for a router replica, the app's single ``monitor``
+  replica (0.1 CPU, on one of the pods), the Serve proxy, the raylet and a small object store. ``minReplicas``/``maxReplicas`` are the CR's ``replicas`` times the number
   of variants; Ray's autoscaler (``enableInTreeAutoscaling``) adds and removes pods as Serve's
   autoscaler adds and removes replicas.
 
@@ -56,6 +64,8 @@ APPLICATION = "mlplane"
 IMPORT_PATH = "mlplane.serving.app:build_app"
 ROUTE_PREFIX = "/"
 ROUTER_DEPLOYMENT = "router"
+#: The app's single aggregation replica: totals, feedback ledger, drift tap, /metrics.
+MONITOR_DEPLOYMENT = "monitor"
 #: The variant of a deployment without an A/B test.
 PRIMARY_VARIANT = "primary"
 UPGRADE_STRATEGY = "NewCluster"
@@ -63,6 +73,8 @@ WORKER_GROUP = "serve"
 
 #: Logical CPUs a router replica reserves; routers only await the model deployments.
 ROUTER_NUM_CPUS = 0.25
+#: Logical CPUs of the monitor replica (one per app; it merges counts a few times a second).
+MONITOR_NUM_CPUS = 0.1
 #: A router replica handles this many times a model replica's target of ongoing requests.
 ROUTER_FAN_IN = 8
 #: Added to each worker pod beyond the replica's own resources: a router replica, the Serve
@@ -133,31 +145,20 @@ def abtest_variants(abtest: ABTest, aliases: Mapping[str, int]) -> list[Variant]
 
 def serve_args(
     md: ModelDeployment,
-    model_version: int,
     config: OperatorConfig,
     variants: Sequence[Variant],
-    *,
-    bucketing_header: str | None = None,
-    abtest: str | None = None,
 ) -> dict[str, Any]:
     """The ``args`` Serve passes to ``mlplane.serving.app:build_app(args: dict)``.
 
-    Exactly these keys (the serving app must accept them all and may ignore none silently)::
+    Only what shapes the application; Serve restarts every replica when these change. Exactly
+    these keys (the serving app refuses unknown or missing ones)::
 
-        deployment: str            # "<namespace>/<name>" of the ModelDeployment (metric label)
+        deployment: str            # "<namespace>/<name>" of the ModelDeployment (metric labels)
         model_name: str            # registered model name in MLflow
-        model_version: int         # the version the ModelDeployment resolved (alias or pin)
         tracking_uri: str          # MLflow tracking URI (the operator's configured one)
-        variants:                  # one per Serve model deployment, in order; weights sum to 100
-          - name: str              # "primary" without an A/B test, else the ABTest's variant name
-            deployment: str        # Serve deployment name: "model-0", "model-1", ...
-            version: int           # model version this variant serves
-            model_uri: str         # "models:/<model_name>/<version>"
-            weight: int            # percent of traffic, 0..100
-        bucketing_header: str|None # request header hashed for sticky assignment (A/B only)
-        abtest: str|None           # name of the active ABTest (metric label), or None
+        model_deployments: [str]   # Serve deployments of the variants: ["model-0", "model-1", ...]
         batching: None | {max_batch_size: int, batch_wait_timeout_s: float}   # @serve.batch
-        slo_latency_p99_ms: int|None   # latency objective (histogram buckets, headers)
+        slo_latency_p99_ms: int|None   # latency objective (mlplane_requests_slow_total)
         drift:
           enabled: bool
           method: "StatisticalTest" | "PSI" | "JensenShannon"
@@ -165,9 +166,11 @@ def serve_args(
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
 
-    ``build_app`` must bind an ingress deployment named ``router`` and one deployment per
-    variant named as in ``variants[i].deployment``: ``serveConfigV2`` sets their autoscaling
-    and actor options by those names, and Serve rejects options for names the app lacks.
+    What changes without a restart is in the deployments' ``user_config`` (see
+    :func:`router_user_config`, :func:`model_user_config`). ``build_app`` binds an ingress
+    deployment named ``router``, one deployment per name in ``model_deployments`` and one named
+    ``monitor``: ``serveConfigV2`` sets their options by those names, and Serve rejects options
+    for names the app lacks.
     """
     drift = md.spec.monitoring.drift
     threshold = (
@@ -179,20 +182,8 @@ def serve_args(
     return {
         "deployment": f"{md.metadata.namespace or 'default'}/{md.metadata.name}",
         "model_name": md.spec.model.name,
-        "model_version": model_version,
         "tracking_uri": config.mlflow_tracking_uri,
-        "variants": [
-            {
-                "name": v.name,
-                "deployment": model_deployment_name(i),
-                "version": v.version,
-                "model_uri": model_uri(md.spec.model.name, v.version),
-                "weight": v.weight,
-            }
-            for i, v in enumerate(variants)
-        ],
-        "bucketing_header": bucketing_header,
-        "abtest": abtest,
+        "model_deployments": [model_deployment_name(i) for i in range(len(variants))],
         "batching": None
         if batching is None
         else {
@@ -210,24 +201,70 @@ def serve_args(
     }
 
 
+def router_user_config(
+    model_name: str,
+    variants: Sequence[Variant],
+    *,
+    bucketing_header: str | None = None,
+    abtest: str | None = None,
+    objective: str | None = None,
+) -> dict[str, Any]:
+    """The router's ``user_config``: the traffic split, applied without a restart::
+
+        variants:                  # in order; variants[i] is served by "model-<i>"
+          - name: str              # "primary" without an A/B test, else the ABTest's variant name
+            deployment: str        # "model-0", "model-1", ...
+            version: int           # model version this variant serves
+            model_uri: str         # "models:/<model_name>/<version>"
+            weight: int            # percent of traffic, 0..100; weights sum to 100
+        bucketing_header: str|None # request header hashed for sticky assignment (A/B only)
+        abtest: str|None           # name of the active ABTest (metric label, hash salt)
+        objective: str|None        # the ABTest's objective metric; "Conversion" → outcomes 0/1
+    """
+    return {
+        "variants": [
+            {
+                "name": v.name,
+                "deployment": model_deployment_name(i),
+                "version": v.version,
+                "model_uri": model_uri(model_name, v.version),
+                "weight": v.weight,
+            }
+            for i, v in enumerate(variants)
+        ],
+        "bucketing_header": bucketing_header,
+        "abtest": abtest,
+        "objective": objective,
+    }
+
+
+def model_user_config(model_name: str, variant: Variant) -> dict[str, Any]:
+    """A ``model-<i>`` deployment's ``user_config``: ``{model_uri, version}``.
+
+    Changing it makes the running replicas load the new version and swap it in (zero downtime).
+    """
+    return {"model_uri": model_uri(model_name, variant.version), "version": variant.version}
+
+
 def _num_cpus(value: int | str) -> float:
     return q.millicores(value) / 1000
 
 
 def serve_config(
     md: ModelDeployment,
-    model_version: int,
     config: OperatorConfig,
     variants: Sequence[Variant],
     *,
     bucketing_header: str | None = None,
     abtest: str | None = None,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     """The Serve config (``serveConfigV2`` before YAML): one application, its deployments."""
     scaling = md.spec.autoscaling
     target = scaling.target_ongoing_requests
     batch = md.spec.batching.max_batch_size if md.spec.batching else 1
     resources = md.spec.resources
+    model_name = md.spec.model.name
     delays = {
         "upscale_delay_s": scaling.upscale_delay_seconds,
         "downscale_delay_s": scaling.downscale_delay_seconds,
@@ -245,9 +282,23 @@ def serve_config(
                 **delays,
             },
             "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
-        }
+            "user_config": router_user_config(
+                model_name,
+                variants,
+                bucketing_header=bucketing_header,
+                abtest=abtest,
+                objective=objective,
+            ),
+        },
+        {
+            # Exactly one: the totals and the feedback ledger must live in one place.
+            "name": MONITOR_DEPLOYMENT,
+            "num_replicas": 1,
+            "max_ongoing_requests": 256,
+            "ray_actor_options": {"num_cpus": MONITOR_NUM_CPUS},
+        },
     ]
-    for index in range(len(variants)):
+    for index, variant in enumerate(variants):
         deployments.append(
             {
                 "name": model_deployment_name(index),
@@ -264,6 +315,7 @@ def serve_config(
                     "num_gpus": resources.gpu,
                     "memory": q.num_bytes(resources.memory),
                 },
+                "user_config": model_user_config(model_name, variant),
             }
         )
     return {
@@ -273,14 +325,7 @@ def serve_config(
                 "name": APPLICATION,
                 "route_prefix": ROUTE_PREFIX,
                 "import_path": IMPORT_PATH,
-                "args": serve_args(
-                    md,
-                    model_version,
-                    config,
-                    variants,
-                    bucketing_header=bucketing_header,
-                    abtest=abtest,
-                ),
+                "args": serve_args(md, config, variants),
                 "deployments": deployments,
             }
         ],
@@ -331,6 +376,7 @@ def _rayservice(
     variants: Sequence[Variant] | None,
     bucketing_header: str | None,
     abtest: str | None,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     if model_version < 1:
         raise ValueError(f"model versions start at 1 (got {model_version})")
@@ -353,7 +399,12 @@ def _rayservice(
     if owner_uid is not None:
         metadata["ownerReferences"] = [lbl.owner_reference("ModelDeployment", name, owner_uid)]
     serve = serve_config(
-        md, model_version, config, chosen, bucketing_header=bucketing_header, abtest=abtest
+        md,
+        config,
+        chosen,
+        bucketing_header=bucketing_header,
+        abtest=abtest,
+        objective=objective,
     )
     return {
         "apiVersion": "ray.io/v1",
@@ -393,12 +444,13 @@ def build_rayservice(
     variants: Sequence[Variant] | None = None,
     bucketing_header: str | None = None,
     abtest: str | None = None,
+    objective: str | None = None,
 ) -> dict[str, Any]:
     """The RayService of a validated ModelDeployment serving ``model_version``.
 
     ``variants`` (from :func:`abtest_variants`) replace the single ``primary`` variant while an
-    ABTest runs; ``bucketing_header`` and ``abtest`` come from that ABTest. ``owner_uid`` is the
-    ModelDeployment's ``metadata.uid``.
+    ABTest runs; ``bucketing_header``, ``abtest`` and ``objective`` (its ``objective.metric``)
+    come from that ABTest. ``owner_uid`` is the ModelDeployment's ``metadata.uid``.
 
     Raises ``ValueError`` (including ``PlacementConflict``) for what KubeRay would reject.
     """
@@ -410,4 +462,5 @@ def build_rayservice(
         variants=variants,
         bucketing_header=bucketing_header,
         abtest=abtest,
+        objective=objective,
     )

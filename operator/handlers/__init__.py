@@ -263,3 +263,6 @@ def _kind_of(resource: Any) -> str:
 for _kind in KINDS:
     for _on in (kopf.on.create, kopf.on.update, kopf.on.resume):
         _on(group=GROUP, version=VERSION, plural=_kind.plural, id=HANDLER_ID)(handle)
+
+# The kinds' own handlers register on import; they extend this module, so they come last.
+from mlplane.operator.handlers import trainingjob as trainingjob  # noqa: E402

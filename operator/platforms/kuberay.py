@@ -17,8 +17,16 @@ MLPLANE_GROUP_VERSION = ("mlplane.dev", "v1alpha1")
 MLPLANE_KINDS = ("TrainingJob", "ModelDeployment", "ABTest")
 
 
+#: Plurals of the custom kinds the operator writes.
+PLURALS = {"RayJob": "rayjobs", "RayService": "rayservices", "TrainingJob": "trainingjobs"}
+
+
 class KubeRayPlatform(Platform):
-    """Kubernetes with KubeRay, reached through the kubernetes client's configuration."""
+    """Kubernetes with KubeRay, reached through the kubernetes client's configuration.
+
+    Writes are idempotent by name: creating an object that exists is not an error (children
+    have deterministic names, so "exists" means a previous try already made it).
+    """
 
     name = "kuberay"
 
@@ -35,6 +43,38 @@ class KubeRayPlatform(Platform):
                 config.load_kube_config()
             self._api_client = client.ApiClient()
         return self._api_client
+
+    def _api(self) -> Any:
+        from kubernetes import client
+
+        return client.CustomObjectsApi(self._client())
+
+    @staticmethod
+    def _where(obj: dict[str, Any]) -> tuple[str, str, str, str]:
+        group, version = obj["apiVersion"].split("/")
+        return group, version, obj["metadata"]["namespace"], PLURALS[obj["kind"]]
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create a namespaced custom object; False when one of that name already exists."""
+        from kubernetes.client.exceptions import ApiException
+
+        group, version, namespace, plural = self._where(obj)
+        try:
+            self._api().create_namespaced_custom_object(group, version, namespace, plural, obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> None:
+        """Merge-patch a namespaced custom object (never the status: that is its owner's)."""
+        group, version = api_version.split("/")
+        self._api().patch_namespaced_custom_object(
+            group, version, namespace, PLURALS[kind], name, body
+        )
 
     def _served_kinds(self, group: str, version: str) -> tuple[bool, set[str], str]:
         from kubernetes import client

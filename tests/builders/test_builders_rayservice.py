@@ -16,7 +16,7 @@ from kuberay_crds import assert_valid, label_maps
 from mlplane.crds.validate import parse
 from mlplane.operator.builders import Variant, abtest_variants, build_rayservice, render
 from mlplane.operator.builders import quantities as q
-from mlplane.operator.builders.rayservice import ROUTER_NUM_CPUS
+from mlplane.operator.builders.rayservice import MONITOR_NUM_CPUS, ROUTER_NUM_CPUS
 from mlplane.operator.config import OperatorConfig
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
@@ -43,6 +43,16 @@ def _build(md=None, version=3, config=CONFIG, **kwargs):
 
 def _serve(rayservice):
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def _deployments(rayservice):
+    return {d["name"]: d for d in _serve(rayservice)["applications"][0]["deployments"]}
+
+
+def _models(rayservice):
+    """The model deployments' entries in order (model-0, model-1, ...)."""
+    deployments = _deployments(rayservice)
+    return [deployments[f"model-{i}"] for i in range(len(deployments) - 2)]
 
 
 def _diff(a, b, path=""):
@@ -88,6 +98,30 @@ def test_version_change_touches_serve_config_only_for_any_spec(body, config, ver
             assert not {k for k in parent if k in mapping and k != "app.kubernetes.io/managed-by"}
 
 
+def test_version_change_is_a_user_config_change_only():
+    """Serve reconfigures running replicas for user_config-only changes: no restart at all."""
+    before, after = _serve(_build(version=3)), _serve(_build(version=4))
+    assert _diff(before, after) == [
+        ".applications[0].deployments[0].user_config.variants[0].model_uri",
+        ".applications[0].deployments[0].user_config.variants[0].version",
+        ".applications[0].deployments[2].user_config.model_uri",
+        ".applications[0].deployments[2].user_config.version",
+    ]
+    # args feed Serve's code version: equal args, no rolling restart.
+    assert before["applications"][0]["args"] == after["applications"][0]["args"]
+
+
+def test_ab_weight_change_touches_the_router_user_config_only():
+    def build(weights):
+        variants = [Variant("control", 3, weights[0]), Variant("candidate", 4, weights[1])]
+        return _serve(_build(variants=variants, bucketing_header="x-user-id", abtest="ab1"))
+
+    assert _diff(build((90, 10)), build((80, 20))) == [
+        ".applications[0].deployments[0].user_config.variants[0].weight",
+        ".applications[0].deployments[0].user_config.variants[1].weight",
+    ]
+
+
 def test_metadata_owner_and_labels():
     body = _body()
     body["metadata"]["labels"] = {"app.kubernetes.io/instance": "ml-apps", "team": "churn"}
@@ -127,8 +161,23 @@ def test_serve_config_is_the_mlplane_app():
     assert app["args"] == {
         "deployment": "ml-team/churn",
         "model_name": "churn-classifier",
-        "model_version": 12,
         "tracking_uri": "http://mlflow.mlflow:5000",
+        "model_deployments": ["model-0"],
+        "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005},
+        "slo_latency_p99_ms": 200,
+        "drift": {
+            "enabled": True,
+            "method": "StatisticalTest",
+            "threshold": 0.01,
+            "window_s": 3600.0,
+            "min_samples": 2000,
+        },
+    }
+    router, monitor, model = app["deployments"]
+    assert router["name"] == "router"
+    assert router["autoscaling_config"]["min_replicas"] == 1
+    assert router["autoscaling_config"]["max_replicas"] == 4
+    assert router["user_config"] == {
         "variants": [
             {
                 "name": "primary",
@@ -140,20 +189,14 @@ def test_serve_config_is_the_mlplane_app():
         ],
         "bucketing_header": None,
         "abtest": None,
-        "batching": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005},
-        "slo_latency_p99_ms": 200,
-        "drift": {
-            "enabled": True,
-            "method": "StatisticalTest",
-            "threshold": 0.01,
-            "window_s": 3600.0,
-            "min_samples": 2000,
-        },
+        "objective": None,
     }
-    router, model = app["deployments"]
-    assert router["name"] == "router"
-    assert router["autoscaling_config"]["min_replicas"] == 1
-    assert router["autoscaling_config"]["max_replicas"] == 4
+    assert monitor == {
+        "name": "monitor",
+        "num_replicas": 1,
+        "max_ongoing_requests": 256,
+        "ray_actor_options": {"num_cpus": 0.1},
+    }
     assert model == {
         "name": "model-0",
         "max_ongoing_requests": 16,
@@ -165,6 +208,7 @@ def test_serve_config_is_the_mlplane_app():
             "downscale_delay_s": 300,
         },
         "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0, "memory": 4 * 2**30},
+        "user_config": {"model_uri": "models:/churn-classifier/12", "version": 12},
     }
 
 
@@ -176,18 +220,28 @@ def test_drift_threshold_defaults_by_method():
 
 def test_ab_variants_become_one_deployment_each():
     variants = [Variant("control", 3, 90), Variant("candidate", 4, 10)]
-    rayservice = _build(version=3, variants=variants, bucketing_header="x-user-id", abtest="ab1")
+    rayservice = _build(
+        version=3,
+        variants=variants,
+        bucketing_header="x-user-id",
+        abtest="ab1",
+        objective="Conversion",
+    )
     app = _serve(rayservice)["applications"][0]
+    router = app["deployments"][0]["user_config"]
     assert [
         (v["name"], v["deployment"], v["version"], v["weight"], v["model_uri"])
-        for v in app["args"]["variants"]
+        for v in router["variants"]
     ] == [
         ("control", "model-0", 3, 90, "models:/churn-classifier/3"),
         ("candidate", "model-1", 4, 10, "models:/churn-classifier/4"),
     ]
-    assert app["args"]["bucketing_header"] == "x-user-id"
-    assert app["args"]["abtest"] == "ab1"
-    assert [d["name"] for d in app["deployments"]] == ["router", "model-0", "model-1"]
+    assert router["bucketing_header"] == "x-user-id"
+    assert router["abtest"] == "ab1"
+    assert router["objective"] == "Conversion"
+    assert app["args"]["model_deployments"] == ["model-0", "model-1"]
+    assert [d["name"] for d in app["deployments"]] == ["router", "monitor", "model-0", "model-1"]
+    assert [m["user_config"]["version"] for m in _models(rayservice)] == [3, 4]
     (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert (group["minReplicas"], group["maxReplicas"]) == (2, 8)
     assert_valid(rayservice)
@@ -255,7 +309,7 @@ def test_worker_capacity(capacity, selector, preferred):
         "tolerations"
     ]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    serve = _serve(_build(md))["applications"][0]["deployments"][1]
+    (serve,) = _models(_build(md))
     assert serve["ray_actor_options"]["num_gpus"] == 1
 
 
@@ -268,14 +322,16 @@ def test_worker_pods_hold_a_replica_and_a_router(body, config, n):
     weights = {1: [100], 2: [50, 50], 3: [34, 33, 33]}[n]
     variants = [Variant(f"v{i}", 1 + i, w) for i, w in enumerate(weights)]
     rayservice = build_rayservice(md, 1, config, owner_uid=UID, variants=variants)
-    app = _serve(rayservice)["applications"][0]
     (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     # What Ray sees in the pod: KubeRay rounds the CPU limit up, memory is the limit.
     ray_cpus = math.ceil(q.parse(limits["cpu"]))
     ray_memory = q.parse(limits["memory"])
-    options = app["deployments"][1]["ray_actor_options"]
-    assert options["num_cpus"] + ROUTER_NUM_CPUS <= ray_cpus
+    models = _models(rayservice)
+    assert len(models) == n
+    options = models[0]["ray_actor_options"]
+    # A model replica, a router replica and (on one pod) the monitor fit in a pod.
+    assert options["num_cpus"] + ROUTER_NUM_CPUS + MONITOR_NUM_CPUS <= ray_cpus
     object_store = int(group["rayStartParams"]["object-store-memory"])
     assert options["memory"] + object_store < ray_memory
     assert int(limits.get("nvidia.com/gpu", 0)) == options["num_gpus"] == md.spec.resources.gpu
@@ -284,7 +340,7 @@ def test_worker_pods_hold_a_replica_and_a_router(body, config, n):
     assert group["maxReplicas"] == md.spec.replicas.max * n
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     assert group["replicas"] >= 1
-    for deployment in app["deployments"][1:]:
+    for deployment in models:
         scaling = deployment["autoscaling_config"]
         assert (scaling["min_replicas"], scaling["max_replicas"]) == (
             md.spec.replicas.min,
@@ -303,13 +359,13 @@ def test_render_needs_a_version_for_an_alias():
         render(md, CONFIG)
     (rayservice,) = render(md, CONFIG, model_version=9)
     assert "ownerReferences" not in rayservice["metadata"]
-    assert _serve(rayservice)["applications"][0]["args"]["model_version"] == 9
+    assert _models(rayservice)[0]["user_config"]["version"] == 9
 
 
 def test_render_pinned_version():
     pinned = _body(model={"name": "churn-classifier", "version": 5})
     (rayservice,) = render(parse(pinned), CONFIG)
-    assert _serve(rayservice)["applications"][0]["args"]["model_version"] == 5
+    assert _models(rayservice)[0]["user_config"]["version"] == 5
     assert render(parse(pinned), CONFIG, model_version=5) == [rayservice]
     with pytest.raises(ValueError, match="pins model version 5"):
         render(parse(pinned), CONFIG, model_version=6)

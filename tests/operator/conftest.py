@@ -1,7 +1,12 @@
 """Operator tests run the real Kopf operator against the in-memory API server of ``tests/k8s``."""
 
+import os
 import sys
 from pathlib import Path
+
+# Timers read their interval at import: look every second, not every five, in tests.
+os.environ.setdefault("MLPLANE_RECONCILE_INTERVAL", "1")
+os.environ.setdefault("MLPLANE_RETRY_DELAY", "2")
 
 # ``tests/`` holds the shared ``k8s`` harness package; make it importable from this folder.
 _TESTS = str(Path(__file__).resolve().parents[1])

@@ -65,10 +65,12 @@ def spec_writes(emulator: Emulator, obj):
     return out
 
 
-async def test_valid_examples_are_left_alone(emulator, operator):
+async def test_valid_examples_are_left_alone_by_validation(emulator, operator):
+    """Validation itself writes nothing for valid objects (kinds whose reconcilers act on
+    them — TrainingJob — are covered by their own tests)."""
     objs = [
         await create(emulator, example(name))
-        for name in ("trainingjob-gpu-spot", "modeldeployment-autoscaled-drift", "abtest")
+        for name in ("modeldeployment-autoscaled-drift", "abtest")
     ]
     for obj in objs:
         await wait_for(handled(emulator, obj), message=f"{obj['kind']} to be handled")

@@ -1,0 +1,280 @@
+"""TrainingJob on Kubernetes: observe, call the pure reconcile, carry out its plan.
+
+What the operator watches, and how it reaches the reconcile without an API call per look:
+
+- RayJobs it made (label ``app.kubernetes.io/managed-by=mlplane`` and a TrainingJob label) are
+  kept in a Kopf index by owner;
+- pods of those Ray clusters and all nodes feed a :class:`DisruptionLedger` from watch events,
+  so a preempted pod that KubeRay replaces seconds later is still counted: evidence is kept
+  until the TrainingJob's status has recorded it (an operator restart loses only evidence of
+  pods that are gone by then);
+- the MLflow run is read through :class:`mlplane.operator.registry.Registry`.
+
+A timer per TrainingJob (``MLPLANE_RECONCILE_INTERVAL`` seconds, default 5) runs the reconcile;
+the change handlers (create, update, resume) validate and run it too, so a new job starts at
+once. Both are idempotent (``reconcile/trainingjob.py`` says why), so overlapping runs can only
+try to create what already exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from mlplane.crds import GROUP, VERSION, TrainingJob
+from mlplane.operator import conditions
+from mlplane.operator.builders import labels as lbl
+from mlplane.operator.builders.evidence import node_evidence, pod_disruption
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.reconcile.trainingjob import (
+    Observed,
+    ObservedAttempt,
+    ObservedDisruption,
+    Plan,
+    reconcile,
+)
+from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
+#: Seconds before retrying after MLflow could not be reached.
+RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
+_OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.TRAININGJOB: kopf.PRESENT}
+
+
+class DisruptionLedger:
+    """Preemption evidence per TrainingJob, kept from watch events until status records it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], dict[tuple[Any, ...], ObservedDisruption]] = {}
+        self._pods_on_node: dict[str, set[tuple[str, str, int, str]]] = {}
+        self._terminating_nodes: dict[str, str] = {}
+
+    def pod(self, pod: Mapping[str, Any]) -> None:
+        """Record a pod's disruption (and where it runs, for node evidence)."""
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        namespace, job = meta.get("namespace", ""), labels.get(lbl.TRAININGJOB)
+        attempt = labels.get(lbl.ATTEMPT, "")
+        if not job or not attempt.isdigit():
+            return
+        node = (pod.get("spec") or {}).get("nodeName")
+        key = (namespace, job, int(attempt), meta.get("name", ""))
+        with self._lock:
+            if node:
+                self._pods_on_node.setdefault(node, set()).add(key)
+            found = pod_disruption(pod)
+            if found is not None:
+                self._add(namespace, job, ObservedDisruption(
+                    int(attempt), found.reason, found.pod, found.node, found.time))  # fmt: skip
+            if node and node in self._terminating_nodes:
+                self._add(namespace, job, ObservedDisruption(
+                    int(attempt), self._terminating_nodes[node], key[3], node))  # fmt: skip
+
+    def node(self, node: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """A spot node that is going away (or went away) disrupts every pod on it."""
+        evidence = node_evidence(node)
+        if not evidence.spot or not (evidence.terminating or deleted):
+            return
+        reason = "SpotNodeDeleted" if deleted else f"NodeTerminating:{evidence.taints[0]}"
+        with self._lock:
+            self._terminating_nodes[evidence.name] = reason
+            for namespace, job, attempt, pod in self._pods_on_node.get(evidence.name, ()):
+                self._add(namespace, job,
+                          ObservedDisruption(attempt, reason, pod, evidence.name))  # fmt: skip
+
+    def _add(self, namespace: str, job: str, disruption: ObservedDisruption) -> None:
+        self._seen.setdefault((namespace, job), {}).setdefault(disruption.key(), disruption)
+
+    def take(self, namespace: str, job: str) -> tuple[ObservedDisruption, ...]:
+        """Everything seen for a TrainingJob (kept until :meth:`forget`)."""
+        with self._lock:
+            return tuple(self._seen.get((namespace, job), {}).values())
+
+    def forget(self, namespace: str, job: str, recorded: list[dict[str, Any]]) -> None:
+        """Drop evidence the status now holds, and everything of a deleted job."""
+        with self._lock:
+            seen = self._seen.get((namespace, job))
+            if not seen:
+                return
+            for item in recorded:
+                key = (item.get("attempt"), item.get("pod"),
+                       None if item.get("pod") else item.get("node"))  # fmt: skip
+                seen.pop(key, None)
+
+
+LEDGER = DisruptionLedger()
+
+#: Kopf runs a resource's change handlers and its timer concurrently (in threads): one lock per
+#: TrainingJob makes them take turns, so two rounds never race to create the same MLflow run.
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((namespace, name), threading.Lock())
+
+
+@kopf.index("ray.io", "v1", "rayjobs", labels=_OWNED)
+def rayjobs_by_trainingjob(
+    body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], ObservedAttempt]:
+    """Each attempt's RayJob, under (namespace, TrainingJob name)."""
+    return {(namespace, labels[lbl.TRAININGJOB]): ObservedAttempt.from_rayjob(dict(body))}
+
+
+@kopf.on.event("", "v1", "pods", labels={lbl.TRAININGJOB: kopf.PRESENT})
+def pod_event(body: kopf.Body, **_: Any) -> None:
+    """Pods of training clusters: disruption conditions and the node they run on."""
+    LEDGER.pod(body)
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Nodes: spot capacity being reclaimed (taints) or gone (deleted)."""
+    LEDGER.node(body, deleted=type == "DELETED")
+
+
+# --- the reconcile loop ---------------------------------------------------------------------
+
+
+def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
+    return Registry(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+
+
+def _observe(
+    tj: TrainingJob, uid: str, index: Any, config: OperatorConfig
+) -> tuple[Observed, Registry]:
+    namespace, name = tj.metadata.namespace or "default", tj.metadata.name or ""
+    attempts = tuple(index.get((namespace, name), ())) if index is not None else ()
+    registry = _registry(tj, config)
+    try:
+        run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
+    except (RegistryUnavailable, RegistryError) as exc:
+        return Observed(attempts, LEDGER.take(namespace, name), None, str(exc)), registry
+    return Observed(attempts, LEDGER.take(namespace, name), run), registry
+
+
+def _execute(
+    tj: TrainingJob,
+    uid: str,
+    plan: Plan,
+    registry: Registry,
+    body: kopf.Body,
+    platform: KubeRayPlatform,
+) -> bool:
+    """Carry out the plan's actions; True when MLflow changed (observe again)."""
+    for obj in plan.create:
+        created = platform.create(obj)
+        log.info("%s %s", "created" if created else "found existing", obj["metadata"]["name"])
+    if plan.suspend is not None:
+        name, suspend = plan.suspend
+        platform.patch("ray.io/v1", "RayJob", tj.metadata.namespace or "default", name,
+                       {"spec": {"suspend": suspend}})  # fmt: skip
+    for event in plan.events:
+        (kopf.warn if event.type == "Warning" else kopf.info)(
+            body, reason=event.reason, message=event.message
+        )
+    try:
+        if plan.ensure_run:
+            experiment = tj.spec.mlflow.experiment or f"{tj.metadata.namespace}/{tj.metadata.name}"
+            registry.ensure_run(experiment, uid, f"{tj.metadata.namespace}/{tj.metadata.name}")
+            return True
+        if plan.register is not None:
+            registry.register(plan.register)
+            return True
+    except RegistryUnavailable as exc:
+        raise kopf.TemporaryError(f"MLflow: {exc}", delay=RETRY_DELAY) from None
+    except RegistryError as exc:
+        raise kopf.PermanentError(f"MLflow refused: {exc}") from None
+    return False
+
+
+def run_reconcile(
+    tj: TrainingJob,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    index: Any,
+    platform: KubeRayPlatform | None = None,
+) -> Plan:
+    """Observe, reconcile, act; again after an MLflow action (at most three rounds)."""
+    with _lock(tj.metadata.namespace or "default", tj.metadata.name or ""):
+        return _run_reconcile(tj, body, patch, now, index, platform)
+
+
+def _run_reconcile(
+    tj: TrainingJob,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    index: Any,
+    platform: KubeRayPlatform | None,
+) -> Plan:
+    config = OperatorConfig.from_env()
+    platform = platform or KubeRayPlatform()
+    uid = body["metadata"]["uid"]
+    current = tj
+    old = plain(body.get("status"))
+    for _ in range(3):
+        observed, registry = _observe(current, uid, index, config)
+        plan = reconcile(current, observed, now, config, uid=uid)
+        changed = _execute(current, uid, plan, registry, body, platform)
+        current = TrainingJob.model_validate(
+            {**current.model_dump(by_alias=True, exclude_none=True), "status": plan.status}
+        )
+        if not changed:
+            break
+    patch_status = conditions.status_patch(old, plan.status)
+    if patch_status:
+        patch.setdefault("status", {}).update(patch_status)
+    LEDGER.forget(current.metadata.namespace or "default", current.metadata.name or "",
+                  plan.status.get("disruptions", []))  # fmt: skip
+    if observed.registry_error:
+        raise kopf.TemporaryError(f"MLflow unreachable: {observed.registry_error}", delay=RETRY_DELAY)
+    return plan
+
+
+def plain(value: Any) -> dict[str, Any]:
+    """A plain-dict deep copy of a Kopf body's status (its views are read-only)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}  # type: ignore[misc]
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]  # type: ignore[return-value]
+    return value  # type: ignore[return-value]
+
+
+@reconciler("TrainingJob")
+def on_change(
+    resource: TrainingJob,
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    rayjobs_by_trainingjob: Any = None,
+    **_: Any,
+) -> None:
+    """Create, update, resume: act at once rather than at the next timer tick."""
+    run_reconcile(resource, body, patch, now, rayjobs_by_trainingjob)
+
+
+@kopf.timer(GROUP, VERSION, "trainingjobs", interval=INTERVAL, id="observe")
+def on_timer(body: kopf.Body, patch: kopf.Patch, rayjobs_by_trainingjob: Any, **_: Any) -> None:
+    """Follow the attempts. Invalid objects are the change handlers' to report, not ours."""
+    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return
+    now = datetime.now(UTC)
+    verdict = assess("TrainingJob", body, now)
+    if verdict.resource is None or verdict.status:
+        return  # invalid, or a verdict change pending: the change handler writes it
+    run_reconcile(verdict.resource, body, patch, now, rayjobs_by_trainingjob)  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""TrainingJob through the real Kopf operator: the test plays KubeRay (RayJob status, pods)
+and the training code (it logs the model into the run); MLflow is real (SQLite).
+
+Covers what issue 3 asks: success and registration; two preemptions then success, resuming
+on on-demand after SpotWithFallback's budget; a code failure exhausting backoffLimit while
+preemptions did not count; a restart mid-attempt creating no duplicate; deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import mlflow
+import pytest
+import yaml
+from k8s.harness import create, events_for, example, run_operator, stored, wait_for
+from mlflow.tracking import MlflowClient
+from sklearn.linear_model import LogisticRegression
+
+RAYJOBS = "ray.io/v1/rayjobs"
+TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLPLANE_MLFLOW_TRACKING_URI")
+    os.environ["MLPLANE_MLFLOW_TRACKING_URI"] = uri
+    MlflowClient(uri).search_experiments()  # create the schema once, before any operator call
+    yield uri
+    if old is None:
+        os.environ.pop("MLPLANE_MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLPLANE_MLFLOW_TRACKING_URI"] = old
+
+
+def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
+    body = example("trainingjob-gpu-spot")
+    body["metadata"] = {"name": name, "namespace": "ml"}
+    body["spec"]["mlflow"] = {"registeredModel": name, "alias": "candidate"}
+    body["spec"].update(spec)
+    return body
+
+
+def rayjob(emulator, name: str) -> dict[str, Any] | None:
+    return emulator.get_object(RAYJOBS, "ml", name)
+
+
+def status(emulator, obj) -> dict[str, Any]:
+    return (stored(emulator, obj) or {}).get("status") or {}
+
+
+def run_id_of(job: dict[str, Any]) -> str:
+    return yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_RUN_ID"]
+
+
+async def set_job_status(emulator, name: str, job_status: str, deployment: str) -> None:
+    await emulator.patch_object(RAYJOBS, "ml", name,
+                                {"status": {"jobStatus": job_status,
+                                            "jobDeploymentStatus": deployment}},
+                                subresource="status")  # fmt: skip
+
+
+async def train(uri: str, run_id: str, step: int = 10) -> None:
+    """What the training runtime does: checkpoint tags and the model, in the shared run."""
+
+    def work() -> None:
+        client = MlflowClient(uri)
+        client.set_tag(run_id, "mlplane.checkpoint.uri", f"s3://ckpt/step-{step}")
+        client.set_tag(run_id, "mlplane.checkpoint.step", str(step))
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run(run_id=run_id):
+            model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+            mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+
+    await asyncio.to_thread(work)
+
+
+async def preempt(emulator, job: str, attempt: int) -> None:
+    """A worker pod of the attempt gets DisruptionTarget (spot reclaim), then the job fails."""
+    await emulator.create_object("v1/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job}-a{attempt}-worker-x", "namespace": "ml",
+                     "labels": {"mlplane.dev/trainingjob": job, "mlplane.dev/attempt": str(attempt),
+                                "ray.io/node-type": "worker"}},
+        "spec": {"nodeName": "spot-node-1", "containers": [{"name": "ray-worker", "image": "r"}]},
+    })  # fmt: skip
+    await emulator.patch_object("v1/pods", "ml", f"{job}-a{attempt}-worker-x",
+                                {"status": {"conditions": [{
+                                    "type": "DisruptionTarget", "status": "True",
+                                    "reason": "DeletionByTaintManager"}]}},
+                                subresource="status")  # fmt: skip
+    obj = {"apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+           "metadata": {"name": job, "namespace": "ml"}}  # fmt: skip
+    await wait_for(lambda: status(emulator, obj).get("preemptions", 0) >= attempt,
+                   timeout=TIMEOUT, message=f"preemption {attempt} to be counted",
+                   seen=lambda: status(emulator, obj))  # fmt: skip
+    await set_job_status(emulator, f"{job}-a{attempt}", "FAILED", "Failed")
+
+
+async def test_success_registers_one_version(emulator, operator, mlflow_uri):
+    obj = await create(emulator, trainingjob("tj-ok"))
+    job = await wait_for(lambda: rayjob(emulator, "tj-ok-a1"), timeout=TIMEOUT,
+                         message="attempt 1's RayJob")  # fmt: skip
+    assert job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert job["spec"]["backoffLimit"] == 0
+    await set_job_status(emulator, "tj-ok-a1", "RUNNING", "Running")
+    await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                   message="phase Running", seen=lambda: status(emulator, obj))  # fmt: skip
+    await train(mlflow_uri, run_id_of(job))
+    await set_job_status(emulator, "tj-ok-a1", "SUCCEEDED", "Complete")
+    final = await wait_for(lambda: status(emulator, obj).get("phase") == "Succeeded"
+                           and status(emulator, obj), timeout=TIMEOUT, message="Succeeded",
+                           seen=lambda: status(emulator, obj))  # fmt: skip
+    assert final["mlflow"]["modelVersion"] == "1"
+    assert final["mlflow"]["modelUri"] == "models:/tj-ok/1"
+    assert final["lastCheckpoint"] == {"uri": "s3://ckpt/step-10", "step": 10}
+    assert (final["attempts"], final["preemptions"], final["failures"]) == (1, 0, 0)
+    client = MlflowClient(mlflow_uri)
+    assert str(client.get_model_version_by_alias("tj-ok", "candidate").version) == "1"
+    await asyncio.sleep(2.5)  # two more timer ticks: nothing may be registered again
+    assert len(client.search_model_versions("name = 'tj-ok'")) == 1
+    reasons = {e["reason"] for e in events_for(emulator, obj)}
+    assert {"AttemptCreated", "Running", "ModelRegistered", "Succeeded"} <= reasons
+    assert [j["metadata"]["name"] for j in emulator.list_objects(RAYJOBS, "ml")
+            if j["metadata"]["name"].startswith("tj-ok-")] == ["tj-ok-a1"]  # fmt: skip
+
+
+async def test_two_preemptions_then_fallback_to_on_demand(emulator, operator, mlflow_uri):
+    obj = await create(emulator, trainingjob("tj-spot"))  # SpotWithFallback, maxPreemptions 2
+    for attempt in (1, 2):
+        job = await wait_for(lambda a=attempt: rayjob(emulator, f"tj-spot-a{a}"),
+                             timeout=TIMEOUT, message=f"attempt {attempt}")  # fmt: skip
+        assert job["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
+        await set_job_status(emulator, f"tj-spot-a{attempt}", "RUNNING", "Running")
+        await preempt(emulator, "tj-spot", attempt)
+    third = await wait_for(lambda: rayjob(emulator, "tj-spot-a3"), timeout=TIMEOUT,
+                           message="attempt 3", seen=lambda: status(emulator, obj))  # fmt: skip
+    assert third["metadata"]["labels"]["mlplane.dev/capacity"] == "OnDemand"
+    workers = str(third["spec"]["rayClusterSpec"]["workerGroupSpecs"])
+    assert "ON_DEMAND" in workers
+    assert "'SPOT'" not in workers
+    env = yaml.safe_load(third["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env["MLPLANE_ATTEMPT"] == "3"
+    assert env["MLPLANE_CHECKPOINT_URI"] == "s3://ml-team-checkpoints/churn-classifier"
+    await train(mlflow_uri, run_id_of(third), step=30)
+    await set_job_status(emulator, "tj-spot-a3", "SUCCEEDED", "Complete")
+    final = await wait_for(lambda: status(emulator, obj).get("phase") == "Succeeded"
+                           and status(emulator, obj), timeout=TIMEOUT, message="Succeeded",
+                           seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (final["attempts"], final["preemptions"], final["failures"]) == (3, 2, 0)
+    assert final["currentAttempt"]["capacity"] == "OnDemand"
+    assert [d["attempt"] for d in final["disruptions"]] == [1, 2]
+    reasons = [e["reason"] for e in events_for(emulator, obj)]
+    assert "FallbackToOnDemand" in reasons
+    assert reasons.count("Preempted") == 2
+
+
+async def test_code_failures_exhaust_backoff_limit_not_preemptions(emulator, operator,
+                                                                  mlflow_uri):  # fmt: skip
+    obj = await create(emulator, trainingjob("tj-bug", backoffLimit=1))
+    for attempt in (1, 2):
+        await wait_for(lambda a=attempt: rayjob(emulator, f"tj-bug-a{a}"), timeout=TIMEOUT,
+                       message=f"attempt {attempt}")  # fmt: skip
+        await set_job_status(emulator, f"tj-bug-a{attempt}", "FAILED", "Failed")
+    final = await wait_for(lambda: status(emulator, obj).get("phase") == "Failed"
+                           and status(emulator, obj), timeout=TIMEOUT, message="Failed",
+                           seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (final["failures"], final["preemptions"]) == (2, 0)
+    succeeded = next(c for c in final["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "BackoffLimitExceeded")
+    await asyncio.sleep(2)
+    assert rayjob(emulator, "tj-bug-a3") is None
+    assert events_for(emulator, obj, "Warning")
+
+
+async def test_restart_mid_attempt_creates_no_duplicate(emulator, kubeconfig, mlflow_uri):
+    async with run_operator():
+        obj = await create(emulator, trainingjob("tj-restart"))
+        await wait_for(lambda: rayjob(emulator, "tj-restart-a1"), timeout=TIMEOUT,
+                       message="attempt 1")  # fmt: skip
+        await set_job_status(emulator, "tj-restart-a1", "RUNNING", "Running")
+        await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                       message="Running")  # fmt: skip
+    async with run_operator():
+        await asyncio.sleep(3)  # the resumed operator's timers run a few times
+        jobs = [j for j in emulator.list_objects(RAYJOBS, "ml")
+                if j["metadata"]["name"].startswith("tj-restart-")]  # fmt: skip
+        assert [j["metadata"]["name"] for j in jobs] == ["tj-restart-a1"]
+        assert status(emulator, obj)["attempts"] == 1
+        assert status(emulator, obj)["phase"] == "Running"
+    runs = MlflowClient(mlflow_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()],
+        filter_string=f"tags.`mlplane.trainingjob.uid` = '{obj['metadata']['uid']}'",
+    )
+    assert len(runs) == 1
+
+
+async def test_deletion_removes_the_attempts(emulator, operator, mlflow_uri):
+    obj = await create(emulator, trainingjob("tj-gone"))
+    await wait_for(lambda: rayjob(emulator, "tj-gone-a1"), timeout=TIMEOUT, message="attempt 1")
+    await emulator.delete_object("mlplane.dev/v1alpha1/trainingjobs", "ml", "tj-gone")
+    await wait_for(lambda: stored(emulator, obj) is None, timeout=TIMEOUT,
+                   message="the TrainingJob to be gone")  # fmt: skip
+    await wait_for(lambda: rayjob(emulator, "tj-gone-a1") is None, timeout=TIMEOUT,
+                   message="its RayJob to be gone")  # fmt: skip
+
+
+async def test_unreachable_mlflow_is_reported_then_recovers(emulator, operator, mlflow_uri):
+    body = trainingjob("tj-nomlflow")
+    body["spec"]["mlflow"]["trackingUri"] = "http://127.0.0.1:9"  # nothing listens there
+    obj = await create(emulator, body)
+    condition = await wait_for(
+        lambda: next((c for c in status(emulator, obj).get("conditions", [])
+                      if c["type"] == "RegistryAvailable"), None),
+        timeout=TIMEOUT, message="the RegistryAvailable condition",
+    )  # fmt: skip
+    assert condition["status"] == "False"
+    assert condition["reason"] == "MLflowUnreachable"
+    assert rayjob(emulator, "tj-nomlflow-a1") is None  # nothing starts without the run
+    await emulator.patch_object("mlplane.dev/v1alpha1/trainingjobs", "ml", "tj-nomlflow",
+                                {"spec": {"mlflow": {"trackingUri": mlflow_uri}}})  # fmt: skip
+    await wait_for(lambda: rayjob(emulator, "tj-nomlflow-a1"), timeout=TIMEOUT,
+                   message="attempt 1 once MLflow answers")  # fmt: skip
+    await wait_for(
+        lambda: any(c["type"] == "RegistryAvailable" and c["status"] == "True"
+                    for c in status(emulator, obj).get("conditions", [])),
+        timeout=TIMEOUT, message="RegistryAvailable True", seen=lambda: status(emulator, obj),
+    )  # fmt: skip
