@@ -717,6 +717,26 @@ def abtest_dashboard() -> dict[str, Any]:
             [(f"sum by ({by}) (rate({n.ABTEST_OUTCOMES_TOTAL}{{{sel}}}{rate}))", legend)],
             unit="reqps",
         ),
+        stat(
+            "Outcome standard deviation by variant, over the time range",
+            [
+                (
+                    "sqrt(\n"
+                    f"  sum by ({by}) (increase({n.ABTEST_OUTCOME_SUM_SQUARES}{{{sel}}}"
+                    "[$__range]))\n"
+                    f"  / sum by ({by}) (increase({n.ABTEST_OUTCOMES_TOTAL}{{{sel}}}[$__range]))\n"
+                    f"  - (sum by ({by}) (increase({n.ABTEST_OUTCOME_SUM}{{{sel}}}[$__range]))\n"
+                    f"  / sum by ({by}) (increase({n.ABTEST_OUTCOMES_TOTAL}{{{sel}}}[$__range])))"
+                    " ^ 2\n)",
+                    legend,
+                )
+            ],
+            decimals=4,
+            kind="bargauge",
+            width=12,
+            height=8,
+            description="Spread of numeric outcomes (Mean objectives), from the sum of squares.",
+        ),
     ]
     analysis = [
         timeseries(

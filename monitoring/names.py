@@ -18,6 +18,7 @@ Serving router, A/B tests; labels ``namespace, abtest, variant``:
     mlplane_abtest_errors_total                  counter
     mlplane_abtest_outcomes_total                counter
     mlplane_abtest_outcome_sum                   counter*
+    mlplane_abtest_outcome_sum_squares           counter*
     mlplane_abtest_latency_seconds               histogram
 
 Operator, A/B analysis:
@@ -73,7 +74,9 @@ Semantics the rules rely on:
 - ``*`` ``mlplane_abtest_outcome_sum`` only grows (the sum of non-negative outcome values, e.g.
   conversions or revenue) and is read with ``rate()``; its name has no ``_total``, and a
   ``prometheus_client.Counter`` would append one, so :func:`build` exports it through a gauge
-  that is only ever ``inc()``-ed.
+  that is only ever ``inc()``-ed. ``mlplane_abtest_outcome_sum_squares`` (the sum of squared
+  outcome values) is the same kind; with the count and the sum it gives a variant's outcome
+  variance, which the sequential test needs for a ``Mean`` objective.
 - The operator is scraped by the job ``mlplane-operator`` (:data:`OPERATOR_JOB`); its ``up``
   series is what the operator-down alert watches.
 """
@@ -96,6 +99,7 @@ ABTEST_REQUESTS_TOTAL = "mlplane_abtest_requests_total"
 ABTEST_ERRORS_TOTAL = "mlplane_abtest_errors_total"
 ABTEST_OUTCOMES_TOTAL = "mlplane_abtest_outcomes_total"
 ABTEST_OUTCOME_SUM = "mlplane_abtest_outcome_sum"
+ABTEST_OUTCOME_SUM_SQUARES = "mlplane_abtest_outcome_sum_squares"
 ABTEST_LATENCY_SECONDS = "mlplane_abtest_latency_seconds"
 ABTEST_P_VALUE = "mlplane_abtest_p_value"
 ABTEST_DECISION = "mlplane_abtest_decision"
@@ -240,6 +244,13 @@ METRICS: Mapping[str, Metric] = {
             _AB,
             "serving router",
             "Sum of outcome values (non-negative), by variant.",
+        ),
+        Metric(
+            ABTEST_OUTCOME_SUM_SQUARES,
+            "counter",
+            _AB,
+            "serving router",
+            "Sum of squared outcome values, by variant (variance for Mean objectives).",
         ),
         Metric(
             ABTEST_LATENCY_SECONDS,
@@ -389,5 +400,5 @@ def build(name: str, registry: Any = None) -> Any:
         return pc.Histogram(metric.name, metric.help, buckets=metric.buckets, **kwargs)
     if metric.type == "counter" and metric.name.endswith("_total"):
         return pc.Counter(metric.name.removesuffix("_total"), metric.help, **kwargs)
-    # Gauges, and the one counter whose name has no _total (increase it, never set it).
+    # Gauges, and the counters whose names have no _total (increase them, never set them).
     return pc.Gauge(metric.name, metric.help, **kwargs)

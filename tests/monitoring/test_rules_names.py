@@ -20,6 +20,7 @@ def test_the_brief_names_exactly():
         "mlplane_abtest_errors_total",
         "mlplane_abtest_outcomes_total",
         "mlplane_abtest_outcome_sum",
+        "mlplane_abtest_outcome_sum_squares",
         "mlplane_abtest_latency_seconds",
         "mlplane_abtest_p_value",
         "mlplane_abtest_decision",
@@ -72,7 +73,10 @@ def test_docstring_lists_every_metric_with_its_type():
 def test_types_and_naming_conventions():
     for name, m in n.METRICS.items():
         if m.type == "counter":
-            assert name.endswith("_total") or name == n.ABTEST_OUTCOME_SUM
+            assert name.endswith("_total") or name in {
+                n.ABTEST_OUTCOME_SUM,
+                n.ABTEST_OUTCOME_SUM_SQUARES,
+            }
         else:
             assert not name.endswith("_total")
         if m.type == "histogram":
@@ -120,6 +124,7 @@ def test_build_exposes_exactly_the_contract_series():
     for metric in n.METRICS.values():
         for series in metric.series:
             assert exposed[series] == set(metric.labels), series
-    # The only counter without _total keeps its name (a Counter would add _total).
-    assert "mlplane_abtest_outcome_sum" in exposed
-    assert "mlplane_abtest_outcome_sum_total" not in exposed
+    # The counters without _total keep their names (a Counter would add _total).
+    for name in ("mlplane_abtest_outcome_sum", "mlplane_abtest_outcome_sum_squares"):
+        assert name in exposed
+        assert f"{name}_total" not in exposed
