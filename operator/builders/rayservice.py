@@ -29,12 +29,14 @@ What changes where, and why it matters:
   that must not fall over.)
 - One worker group, ``serve``, one pod per model replica: each pod holds one replica
   (``resources`` of the CR) plus room for a router replica, the app's single ``monitor``
-  replica (0.1 CPU, on one of the pods), the Serve proxy, the raylet and a small object store. ``minReplicas``/``maxReplicas`` are the CR's ``replicas`` times the number
-  of variants; Ray's autoscaler (``enableInTreeAutoscaling``) adds and removes pods as Serve's
-  autoscaler adds and removes replicas.
+  replica (0.1 CPU, on one of the pods), the Serve proxy, the raylet and a small object store.
+  ``minReplicas``/``maxReplicas`` are the CR's ``replicas`` times the number of variants;
+  Ray's autoscaler (``enableInTreeAutoscaling``) adds and removes pods as Serve's autoscaler
+  adds and removes replicas.
 
 The Serve application (``mlplane.serving.app:build_app``) is the contract with the serving
-package; :func:`serve_args` documents its arguments.
+package; :func:`serve_args`, :func:`router_user_config` and :func:`model_user_config` document
+its arguments and the deployments' ``user_config``.
 """
 
 from __future__ import annotations
@@ -209,17 +211,19 @@ def router_user_config(
     abtest: str | None = None,
     objective: str | None = None,
 ) -> dict[str, Any]:
-    """The router's ``user_config``: the traffic split, applied without a restart::
+    """The router's ``user_config``: the traffic split, applied without a restart.
+
+    Keys::
 
         variants:                  # in order; variants[i] is served by "model-<i>"
-          - name: str              # "primary" without an A/B test, else the ABTest's variant name
+          - name: str              # "primary" without an A/B test, else the ABTest's variant
             deployment: str        # "model-0", "model-1", ...
             version: int           # model version this variant serves
             model_uri: str         # "models:/<model_name>/<version>"
             weight: int            # percent of traffic, 0..100; weights sum to 100
         bucketing_header: str|None # request header hashed for sticky assignment (A/B only)
         abtest: str|None           # name of the active ABTest (metric label, hash salt)
-        objective: str|None        # the ABTest's objective metric; "Conversion" → outcomes 0/1
+        objective: str|None        # the ABTest's objective metric; "Conversion": outcomes 0/1
     """
     return {
         "variants": [
