@@ -241,7 +241,9 @@ def _run_reconcile(
     LEDGER.forget(current.metadata.namespace or "default", current.metadata.name or "",
                   plan.status.get("disruptions", []))  # fmt: skip
     if observed.registry_error:
-        raise kopf.TemporaryError(f"MLflow unreachable: {observed.registry_error}", delay=RETRY_DELAY)
+        raise kopf.TemporaryError(
+            f"MLflow unreachable: {observed.registry_error}", delay=RETRY_DELAY
+        )
     return plan
 
 

@@ -9,23 +9,36 @@ recorded in ``.mlplane/platform.json`` and stopping it signals that whole group,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from mlplane.operator.platforms import processes
 from mlplane.operator.platforms.base import ComponentHealth, Platform
 
+#: The runner is unhealthy when its last pass is older than this.
+RUNNER_STALE_SECONDS = 60.0
 #: Ray keeps unix sockets under its temp dir; their paths must stay under 108 bytes.
 _MAX_RAY_TEMP_DIR = 40
+
+
+def _iso(epoch_ms: int | None) -> str | None:
+    if not epoch_ms:
+        return None
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class LocalPlatformError(RuntimeError):
@@ -122,6 +135,11 @@ class LocalPlatform(Platform):
         return self.state_dir / "platform.json"
 
     @property
+    def heartbeat_file(self) -> Path:
+        """Touched by the runner after every pass over the resources."""
+        return self.state_dir / "runner.heartbeat"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.state_dir / "mlflow" / "mlflow.db"
 
@@ -194,10 +212,18 @@ class LocalPlatform(Platform):
             "--artifacts-destination", str(self.artifacts_dir),
             "--host", "127.0.0.1", "--port", str(self.ports.mlflow), "--workers", "1",
         ]  # fmt: skip
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Job entrypoints say `python ...`: make it this environment's, which has mlplane.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        runner_cmd = [sys.executable, "-m", "mlplane.operator.runner", "--state-dir",
+                      str(self.state_dir)]  # fmt: skip
         for name, command, address in (
             ("ray", ray_cmd, f"http://127.0.0.1:{self.ports.ray_dashboard}"),
             ("mlflow", mlflow_cmd, f"http://127.0.0.1:{self.ports.mlflow}"),
+            ("runner", runner_cmd, str(self.heartbeat_file)),
         ):
             log = logs / f"{name}.log"
             pid = processes.start(command, log, env)
@@ -236,11 +262,86 @@ class LocalPlatform(Platform):
         self.state_file.unlink(missing_ok=True)
         return stopped
 
+    # --- Ray jobs (what a RayJob becomes here) ---------------------------------------------------
+
+    def _jobs(self) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.ray_dashboard)
+
+    @staticmethod
+    def submission_id(namespace: str, rayjob_name: str) -> str:
+        """The Ray job of a RayJob: its namespace and name (unique, and the same every time)."""
+        return f"{namespace}-{rayjob_name}"
+
+    def submit(self, rayjob: dict[str, Any]) -> bool:
+        """Run a RayJob's entrypoint through the Jobs API; False if that job already exists.
+
+        The submission id is the RayJob's deterministic name, so a retry can never start a
+        second copy of an attempt. A suspended RayJob is not started (nothing runs it here).
+        """
+        if rayjob["spec"].get("suspend"):
+            return False
+        meta = rayjob["metadata"]
+        runtime_env = yaml.safe_load(rayjob["spec"].get("runtimeEnvYAML") or "{}") or {}
+        try:
+            self._jobs().submit_job(
+                entrypoint=rayjob["spec"]["entrypoint"],
+                submission_id=self.submission_id(meta["namespace"], meta["name"]),
+                runtime_env=runtime_env,
+                metadata={"mlplane.dev/rayjob": meta["name"]},
+            )
+        except RuntimeError as exc:
+            if "already exists" in str(exc):
+                return False
+            raise
+        return True
+
+    def job(self, namespace: str, rayjob_name: str) -> dict[str, Any] | None:
+        """A Ray job's state in a RayJob's status shape (None when there is no such job)."""
+        try:
+            info = self._jobs().get_job_info(self.submission_id(namespace, rayjob_name))
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return None
+            raise
+        status = info.status.value if hasattr(info.status, "value") else str(info.status)
+        return {
+            "jobStatus": status,
+            "jobDeploymentStatus": {
+                "SUCCEEDED": "Complete",
+                "FAILED": "Failed",
+                "STOPPED": "Failed",
+            }.get(status, "Running"),
+            "message": info.message,
+            "startTime": _iso(info.start_time),
+            "endTime": _iso(info.end_time),
+        }
+
+    def stop_job(self, namespace: str, rayjob_name: str) -> None:
+        """Stop a running attempt (when its TrainingJob is deleted)."""
+        with contextlib.suppress(RuntimeError):
+            self._jobs().stop_job(self.submission_id(namespace, rayjob_name))
+
+    def dead_nodes(self, resource: str = "spot") -> list[dict[str, Any]]:
+        """Ray worker nodes carrying ``resource`` (the local stand-in for spot) that died."""
+        from ray.util.state import list_nodes
+
+        nodes = list_nodes(address=self.ray_dashboard, filters=[("state", "=", "DEAD")],
+                           detail=True, raise_on_missing_output=False)  # fmt: skip
+        return [
+            {"node_id": n.node_id, "end_time_ms": n.end_time_ms, "message": n.state_message}
+            for n in nodes
+            if resource in (n.resources_total or {})
+        ]
+
     # --- health --------------------------------------------------------------------------------
 
     def _component(self, name: str, server: Server) -> ComponentHealth:
         if not processes.alive(server.pid):
             return ComponentHealth(name, False, "not running", server.address, server.pid)
+        if name == "runner":
+            return self._runner_health(server)
         path = "/api/version" if name == "ray" else "/health"
         ok, body = _http_ok(server.address + path)
         if ok and name == "ray":
@@ -251,6 +352,15 @@ class LocalPlatform(Platform):
         return ComponentHealth(name, ok, body if ok else f"not answering: {body}", server.address,
                                server.pid)  # fmt: skip
 
+    def _runner_health(self, server: Server) -> ComponentHealth:
+        try:
+            age = time.time() - self.heartbeat_file.stat().st_mtime
+        except FileNotFoundError:
+            return ComponentHealth("runner", False, "no pass finished yet", None, server.pid)
+        ok = age < RUNNER_STALE_SECONDS
+        detail = f"last pass {age:.0f}s ago" if ok else f"stuck: last pass {age:.0f}s ago"
+        return ComponentHealth("runner", ok, detail, None, server.pid)
+
     def health(self) -> list[ComponentHealth]:
         """Ray and MLflow: running (by recorded PID) and answering on their health endpoints."""
         state = self.state()
@@ -258,5 +368,6 @@ class LocalPlatform(Platform):
             return [
                 ComponentHealth("ray", False, "not started (run `mlplane local up`)"),
                 ComponentHealth("mlflow", False, "not started (run `mlplane local up`)"),
+                ComponentHealth("runner", False, "not started (run `mlplane local up`)"),
             ]
         return [self._component(name, server) for name, server in state.servers.items()]

@@ -1,0 +1,173 @@
+"""The local platform's operator: the same reconcile cores, acting on this machine's Ray.
+
+``mlplane local up`` starts it as a server (``python -m mlplane.operator.runner``); it passes
+over the stored resources (``platforms/store.py``) every ``--interval`` seconds:
+
+- TrainingJob: the pure ``reconcile/trainingjob.py`` decides; a planned RayJob becomes a Ray
+  job submitted through the Jobs API under the RayJob's deterministic name; a dead Ray worker
+  node with the ``spot`` resource is the local stand-in for a reclaimed spot node; MLflow is
+  the local server. The ledger of counted disruptions is the status, as on Kubernetes.
+
+Each resource is handled on its own: one that fails (MLflow down, a bug) is reported in its
+status and the others go on. The heartbeat file says the loop is alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlplane.crds import TrainingJobStatus
+from mlplane.crds.validate import check, parse
+from mlplane.operator import conditions
+from mlplane.operator.builders.labels import rayjob_name
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.platforms.local import LocalPlatform
+from mlplane.operator.platforms.store import Store
+from mlplane.operator.reconcile.trainingjob import (
+    Observed,
+    ObservedAttempt,
+    ObservedDisruption,
+    reconcile,
+)
+from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable
+
+log = logging.getLogger("mlplane.runner")
+
+
+def local_config(platform: LocalPlatform) -> OperatorConfig:
+    """The operator settings of the local platform: its MLflow, checkpoints in the state dir."""
+    return OperatorConfig(
+        mlflow_tracking_uri=platform.mlflow_uri,
+        artifacts_uri=str(platform.state_dir),
+    )
+
+
+class Runner:
+    """One pass at a time over every stored resource."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.platform = LocalPlatform(state_dir)
+        self.store = Store(state_dir)
+
+    def pass_once(self, now: datetime | None = None) -> None:
+        """Reconcile everything once; never raises for one resource's trouble."""
+        now = now or datetime.now(UTC)
+        config = local_config(self.platform)
+        for body in self.store.list("TrainingJob"):
+            meta = body["metadata"]
+            try:
+                self.trainingjob(body, now, config)
+            except Exception as exc:  # one resource's failure must not stop the others
+                log.error("TrainingJob %s/%s: %s", meta["namespace"], meta["name"],
+                          "".join(traceback.format_exception_only(exc)).strip())  # fmt: skip
+        self.platform.heartbeat_file.touch()
+
+    # --- TrainingJob ---------------------------------------------------------------------------
+
+    def trainingjob(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
+        old = body.get("status") or {}
+        problems = check(body)
+        if problems:
+            message = "; ".join(str(p) for p in problems)
+            status = {**old, "phase": "Failed",
+                      "observedGeneration": body["metadata"].get("generation")}  # fmt: skip
+            status["conditions"] = conditions.set_condition(
+                old.get("conditions"), "InvalidSpec", "True", "InvalidSpec", message, now=now,
+                generation=body["metadata"].get("generation"),
+            )  # fmt: skip
+            if status != old:
+                self.store.add_event(body, "Warning", "InvalidSpec", message)
+                self.store.write_status(body, status)
+            return
+        if old.get("phase") in ("Succeeded", "Failed"):
+            return
+        tj = parse(body)
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        registry = Registry(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+        for _ in range(3):  # again after an MLflow action, as the Kopf handler does
+            observed = self._observe_trainingjob(tj, registry, uid)
+            plan = reconcile(tj, observed, now, config, uid=uid)
+            for rayjob in plan.create:
+                self.platform.submit(rayjob)
+            for event in plan.events:
+                self.store.add_event(body, event.type, event.reason, event.message)
+            acted = False
+            try:
+                if plan.ensure_run:
+                    experiment = tj.spec.mlflow.experiment or f"{namespace}/{name}"
+                    registry.ensure_run(experiment, uid, f"{namespace}/{name}")
+                    acted = True
+                elif plan.register is not None:
+                    registry.register(plan.register)
+                    acted = True
+            except (RegistryUnavailable, RegistryError) as exc:
+                log.warning("TrainingJob %s/%s: MLflow: %s", namespace, name, exc)
+            self.store.write_status(body, plan.status)
+            tj = tj.model_copy(update={"status": TrainingJobStatus.model_validate(plan.status)})
+            if not acted:
+                break
+
+    def _observe_trainingjob(self, tj: Any, registry: Registry, uid: str) -> Observed:
+        namespace, name = tj.metadata.namespace or "default", tj.metadata.name
+        status = tj.status
+        attempts: list[ObservedAttempt] = []
+        current = status.current_attempt if status else None
+        if current is not None:
+            for number in range(1, current.number + 1):
+                job = self.platform.job(namespace, rayjob_name(name, number))
+                if job is None:
+                    continue
+                capacity = current.capacity if number == current.number else "OnDemand"
+                attempts.append(ObservedAttempt(
+                    number, capacity, job["jobStatus"], job["jobDeploymentStatus"], None,
+                    job["message"], job["startTime"], job["endTime"],
+                ))  # fmt: skip
+        disruptions = self._disruptions(current)
+        try:
+            run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
+        except (RegistryUnavailable, RegistryError) as exc:
+            return Observed(tuple(attempts), disruptions, None, str(exc))
+        return Observed(tuple(attempts), disruptions, run)
+
+    def _disruptions(self, current: Any) -> tuple[ObservedDisruption, ...]:
+        """Spot-resource Ray nodes that died while the current attempt ran."""
+        if current is None or not current.start_time:
+            return ()
+        started = datetime.fromisoformat(current.start_time.replace("Z", "+00:00"))
+        out = []
+        for node in self.platform.dead_nodes():
+            died = node["end_time_ms"]
+            if died and datetime.fromtimestamp(died / 1000, UTC) >= started:
+                out.append(ObservedDisruption(
+                    current.number, "RayNodeDied", node=node["node_id"][:16],
+                    time=datetime.fromtimestamp(died / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                ))  # fmt: skip
+        return tuple(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mlplane.operator.runner --state-dir .mlplane``: loop until stopped."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, default=Path(".mlplane"))
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    runner = Runner(args.state_dir)
+    while True:
+        started = time.monotonic()
+        runner.pass_once()
+        if args.once:
+            return
+        time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+
+
+if __name__ == "__main__":
+    main()
