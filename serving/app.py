@@ -1,0 +1,330 @@
+"""The Ray Serve application: ``mlplane.serving.app:build_app`` (the ``import_path`` KubeRay and
+the local platform deploy).
+
+Deployments (names are the contract with ``serveConfigV2``, which sets their options)::
+
+    router      ingress (HTTP), RouterCore: variants, request ids, feedback, stats shipping
+    model-<i>   one per model deployment in args.model_deployments: ModelCore, one MLflow model
+                version each, swapped in place by reconfigure(user_config)
+    monitor     exactly one replica: totals, feedback ledger, drift tap, /metrics
+
+Zero-downtime changes (see :mod:`mlplane.serving.config`): a new model version is a new
+user_config of ``model-<i>`` (the replicas load it in the background and swap); new weights, a
+new bucketing header or A/B test are a new user_config of ``router``. Serve applies both to the
+running replicas through ``reconfigure`` without restarting anything. Only a change of the
+application args (another set of model deployments, batching, SLO, drift settings) restarts the
+replicas, rolling.
+
+The classes here are thin: everything testable without Ray lives in the cores they wrap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mlplane.serving.config import AppSettings
+from mlplane.serving.drift_tap import load_reference_profile
+from mlplane.serving.model import ModelCore
+from mlplane.serving.monitor import MonitorCore
+from mlplane.serving.request_id import RequestIdSigner, generate_key, key_from_env
+from mlplane.serving.router import (
+    FLUSH_INTERVAL_S,
+    MODEL_TIMEOUT_S,
+    BodyTooLarge,
+    ModelUnavailable,
+    RouterCore,
+)
+
+__all__ = ["Model", "Monitor", "Router", "build_app", "resolve_feedback_key"]
+
+log = logging.getLogger("mlplane.serving.app")
+
+ROUTER = "router"
+MONITOR = "monitor"
+#: Defaults for running the app outside the operator's serveConfigV2 (which overrides them).
+DEFAULT_NUM_CPUS = 0.25
+MONITOR_NUM_CPUS = 0.1
+_KV_NAMESPACE = "mlplane"
+
+
+def resolve_feedback_key(deployment: str) -> bytes:
+    """``MLPLANE_FEEDBACK_KEY``, else one random key per app kept in the Ray cluster's KV.
+
+    Stored with ``overwrite=False`` and read back, so concurrent router replicas agree on the
+    first key written, and a redeploy of the app finds it again. Trade-offs: see
+    :mod:`mlplane.serving.request_id`.
+    """
+    key = key_from_env()
+    if key is not None:
+        return key
+    name = f"feedback-key/{deployment}"
+    try:
+        from ray.experimental.internal_kv import (
+            _internal_kv_get,
+            _internal_kv_initialized,
+            _internal_kv_put,
+        )
+
+        if _internal_kv_initialized():
+            _internal_kv_put(name, generate_key().hex(), overwrite=False, namespace=_KV_NAMESPACE)
+            stored = _internal_kv_get(name, namespace=_KV_NAMESPACE)
+            if stored:
+                return bytes.fromhex(stored.decode())
+    except Exception as exc:  # private API: degrade rather than fail the replica
+        log.warning("cannot keep the feedback key in Ray's KV: %r", exc)
+    log.warning(
+        "MLPLANE_FEEDBACK_KEY is unset and Ray's KV is unavailable: this router replica signs "
+        "request ids with its own key; feedback reaching another replica will be refused"
+    )
+    return generate_key()
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return f"pid-{os.getpid()}"
+
+
+async def _bounded(response: DeploymentResponse, timeout: float) -> Any:
+    """Await a handle call for at most ``timeout`` s, cancelling it on expiry."""
+    try:
+        return await asyncio.wait_for(_resolve(response), timeout)
+    except TimeoutError:
+        response.cancel()
+        raise
+
+
+async def _resolve(response: DeploymentResponse) -> Any:
+    return await response
+
+
+@serve.deployment(
+    name="model",
+    ray_actor_options={"num_cpus": DEFAULT_NUM_CPUS},
+    max_ongoing_requests=16,
+    health_check_period_s=10,
+)
+class Model:
+    """A ``model-<i>`` deployment (bound under that name by :func:`build_app`)."""
+
+    async def __init__(self, args: dict[str, Any]) -> None:
+        settings = AppSettings.parse(args)
+        self.core = ModelCore(settings.tracking_uri)
+        self.batching = settings.batching
+        if self.batching is not None:
+            self._predict_batched.set_max_batch_size(self.batching.max_batch_size)
+            self._predict_batched.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the configured version in a thread (requests keep flowing), then swap."""
+        await asyncio.to_thread(self.core.reconfigure, user_config)
+
+    async def predict(self, columns: dict[str, list[Any]], n_rows: int) -> dict[str, Any]:
+        if self.batching is not None:
+            return await self._predict_batched((columns, n_rows))
+        (answer,) = await asyncio.to_thread(self.core.predict, [(columns, n_rows)])
+        return answer
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _predict_batched(self, items: list[tuple[dict, int]]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.core.predict, items)
+
+    async def info(self) -> dict[str, Any]:
+        return {**self.core.info(), "replica": _replica_id()}
+
+
+@serve.deployment(
+    name=MONITOR,
+    num_replicas=1,
+    ray_actor_options={"num_cpus": MONITOR_NUM_CPUS},
+    max_ongoing_requests=256,
+)
+class Monitor:
+    """The app's single aggregation point (see :mod:`mlplane.serving.monitor`)."""
+
+    async def __init__(self, args: dict[str, Any]) -> None:
+        self.settings = AppSettings.parse(args)
+        self.core = MonitorCore(self.settings, time.time())
+        self._drift_lock = asyncio.Lock()
+        self._loading = False
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(self._tick_forever())
+
+    def _load_profile(self, version: int) -> Any:
+        return load_reference_profile(self.settings.tracking_uri, self.settings.model_name, version)
+
+    async def _ensure_reference(self) -> None:
+        version = self.core.needs_reference()
+        if version is None or self._loading:
+            return
+        self._loading = True
+        try:
+            async with self._drift_lock:
+                await asyncio.to_thread(self.core.load_reference, version, self._load_profile)
+        except Exception as exc:
+            log.warning("reference profile of version %s not loaded (will retry): %r", version, exc)
+        finally:
+            self._loading = False
+
+    async def _tick_forever(self) -> None:
+        period = min(5.0, max(0.5, self.settings.drift.window_s / 10))
+        while self.settings.drift.enabled:
+            await asyncio.sleep(period)
+            try:
+                await self._ensure_reference()
+                async with self._drift_lock:
+                    await asyncio.to_thread(self.core.tap.advance, time.time())
+            except Exception:
+                log.exception("drift tick failed")
+
+    async def push(self, router_id: str, seq: int, payload: dict[str, Any]) -> None:
+        rows = self.core.apply_push(router_id, seq, payload)
+        if rows is None:
+            return
+        if self.core.needs_reference() is not None:
+            self.core.tap.dropped_rows += len(rows["timestamps"])  # profile not loaded yet
+            asyncio.get_running_loop().create_task(self._ensure_reference())
+            return
+        async with self._drift_lock:
+            await asyncio.to_thread(self.core.add_rows, rows, time.time())
+
+    async def feedback(self, info: dict[str, Any], value: float) -> tuple[str, str]:
+        return self.core.feedback(info, value, time.time())
+
+    async def stats(self, abtest: str | None, all_tests: bool) -> dict[str, Any]:
+        return self.core.stats_report(abtest, all_tests)
+
+    async def drift(self) -> dict[str, Any]:
+        return self.core.tap.report()
+
+    async def metrics(self) -> bytes:
+        return self.core.metrics_text()
+
+
+class _MonitorHandle:
+    """The router's view of the monitor deployment (bounded calls)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def push(self, router_id: str, seq: int, payload: dict[str, Any]) -> None:
+        await self._handle.push.remote(router_id, seq, payload)
+
+    async def feedback(self, info: dict[str, Any], value: float) -> tuple[str, str]:
+        verdict, reason = await self._handle.feedback.remote(info, value)
+        return verdict, reason
+
+    async def stats(self, abtest: str | None, all_tests: bool) -> dict[str, Any]:
+        return await self._handle.stats.remote(abtest, all_tests)
+
+    async def drift(self) -> dict[str, Any]:
+        return await self._handle.drift.remote()
+
+    async def metrics(self) -> bytes:
+        return await self._handle.metrics.remote()
+
+
+@serve.deployment(
+    name=ROUTER,
+    ray_actor_options={"num_cpus": DEFAULT_NUM_CPUS},
+    max_ongoing_requests=64,
+)
+class Router:
+    """The ingress deployment (see :mod:`mlplane.serving.router`)."""
+
+    async def __init__(
+        self,
+        args: dict[str, Any],
+        models: dict[str, DeploymentHandle],
+        monitor: DeploymentHandle,
+    ) -> None:
+        settings = AppSettings.parse(args)
+        key = await asyncio.to_thread(resolve_feedback_key, settings.deployment)
+        self._models = models
+        self.core = RouterCore(
+            settings,
+            RequestIdSigner(key, settings.deployment),
+            self._call_model,
+            self._call_info,
+            _MonitorHandle(monitor),
+            router_id=_replica_id(),
+        )
+        self._flusher = asyncio.get_running_loop().create_task(
+            self.core.run_flusher(FLUSH_INTERVAL_S)
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.core.configure(user_config)
+
+    async def _call_model(
+        self, deployment: str, columns: dict[str, list[Any]], n_rows: int
+    ) -> dict[str, Any]:
+        handle = self._models[deployment]
+        for attempt in range(2):
+            try:
+                return await _bounded(handle.predict.remote(columns, n_rows), MODEL_TIMEOUT_S)
+            except TimeoutError:
+                raise ModelUnavailable(
+                    504, f"the model did not answer within {MODEL_TIMEOUT_S:g} s"
+                ) from None
+            except BackPressureError:
+                raise ModelUnavailable(503, "the model is overloaded, retry") from None
+            except (RayActorError, DeploymentUnavailableError) as exc:
+                # A replica died under the request (predict is idempotent): one retry.
+                if attempt == 1:
+                    raise ModelUnavailable(503, f"the model is unavailable: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def _call_info(self, deployment: str) -> dict[str, Any]:
+        return await self._models[deployment].info.remote()
+
+    async def __call__(self, request: Request) -> Response:
+        async def read_body(limit: int) -> bytes:
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        answer = await self.core.handle(
+            request.method, request.url.path, request.url.query, headers, read_body
+        )
+        return Response(
+            answer.body,
+            status_code=answer.status,
+            headers=answer.headers,
+            media_type=answer.media_type,
+        )
+
+    async def __del__(self) -> None:
+        """Ship the last counts before the replica goes (best effort, bounded)."""
+        self._flusher.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.core.flush(), 2.0)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The application for ``args`` (see ``serve_args`` of the RayService builder)."""
+    settings = AppSettings.parse(args)
+    models = {name: Model.options(name=name).bind(args) for name in settings.model_deployments}
+    monitor = Monitor.bind(args)
+    return Router.bind(args, models, monitor)
