@@ -476,24 +476,28 @@ class RouterCore:
         return out
 
     async def flush(self) -> bool:
-        """Ship pending counts to the monitor; True when nothing is left to ship."""
+        """Ship pending counts to the monitor; True when nothing is left to ship.
+
+        A batch that failed before is re-sent first, unchanged; then what accumulated since.
+        """
         async with self._flush_lock:
-            if self._pending is None:
-                rows = self._drain_rows()
-                if self._delta.is_empty() and rows is None:
-                    return True
-                self._seq += 1
-                self._pending = (self._seq, {"stats": self._delta.to_wire(), "drift": rows})
-                self._delta = TrafficStats()
-            seq, payload = self._pending
-            try:
-                await asyncio.wait_for(
-                    self.monitor.push(self.router_id, seq, payload), MONITOR_TIMEOUT_S
-                )
-            except Exception as exc:
-                log.warning("could not ship counts to the monitor (will retry): %r", exc)
-                return False
-            self._pending = None
+            for _ in range(2):  # the retried batch, then the fresh one
+                if self._pending is None:
+                    rows = self._drain_rows()
+                    if self._delta.is_empty() and rows is None:
+                        return True
+                    self._seq += 1
+                    self._pending = (self._seq, {"stats": self._delta.to_wire(), "drift": rows})
+                    self._delta = TrafficStats()
+                seq, payload = self._pending
+                try:
+                    await asyncio.wait_for(
+                        self.monitor.push(self.router_id, seq, payload), MONITOR_TIMEOUT_S
+                    )
+                except Exception as exc:
+                    log.warning("could not ship counts to the monitor (will retry): %r", exc)
+                    return False
+                self._pending = None
             return self._delta.is_empty() and not self._rows
 
     async def run_flusher(self, interval: float = FLUSH_INTERVAL_S) -> None:
