@@ -47,8 +47,9 @@ app.add_typer(dashboards_app, name="dashboards")
 app.add_typer(drift_app, name="drift")
 app.add_typer(abtest_app, name="abtest")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped output (CI logs, `| less`) gets wide tables instead of an 80-column guess.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 220)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 220)
 F = TypeVar("F", bound=Callable[..., Any])
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -282,6 +283,223 @@ def local_status(
         out.print(table)
     if not healthy:
         raise typer.Exit(1)
+
+
+# --- resources on the local platform -----------------------------------------------------------
+
+KIND_ALIASES = {
+    "tj": "TrainingJob", "trainingjob": "TrainingJob", "trainingjobs": "TrainingJob",
+    "md": "ModelDeployment", "modeldeployment": "ModelDeployment",
+    "modeldeployments": "ModelDeployment",
+    "abt": "ABTest", "abtest": "ABTest", "abtests": "ABTest",
+}  # fmt: skip
+TERMINAL = {"TrainingJob": ("Succeeded", "Failed"), "ModelDeployment": ("Ready", "Failed"),
+            "ABTest": ("Concluded", "Failed")}  # fmt: skip
+
+
+def _kind(name: str) -> str:
+    kind = KIND_ALIASES.get(name.lower())
+    if kind is None:
+        raise UserError(f"unknown kind {name!r} (use tj, md, abt or their full names)")
+    return kind
+
+
+def _store(state_dir: Path) -> Any:
+    from mlplane.operator.platforms.store import Store
+
+    return Store(state_dir)
+
+
+def _age(timestamp: str | None) -> str:
+    from datetime import UTC, datetime
+
+    if not timestamp:
+        return ""
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _row(kind: str, body: dict[str, Any]) -> list[str]:
+    status = body.get("status") or {}
+    meta = body["metadata"]
+    if kind == "TrainingJob":
+        checkpoint = (status.get("lastCheckpoint") or {}).get("step")
+        model = (status.get("mlflow") or {}).get("modelUri") or ""
+        return [meta["name"], status.get("phase", "Pending"), str(status.get("attempts", 0)),
+                str(status.get("preemptions", 0)),
+                (status.get("currentAttempt") or {}).get("capacity", ""),
+                "" if checkpoint is None else str(checkpoint), model,
+                _age(meta.get("creationTimestamp"))]  # fmt: skip
+    if kind == "ModelDeployment":
+        return [meta["name"], body["spec"]["model"]["name"], str(status.get("servedVersion", "")),
+                status.get("phase", "Pending"), str(status.get("replicas", "")),
+                status.get("endpoint", ""), _age(meta.get("creationTimestamp"))]  # fmt: skip
+    return [meta["name"], body["spec"]["deployment"], status.get("phase", "Pending"),
+            status.get("decision", ""), status.get("winner", ""),
+            _age(meta.get("creationTimestamp"))]  # fmt: skip
+
+
+COLUMNS = {
+    "TrainingJob": ["NAME", "PHASE", "ATTEMPTS", "PREEMPTIONS", "CAPACITY", "CHECKPOINT",
+                    "MODEL", "AGE"],
+    "ModelDeployment": ["NAME", "MODEL", "VERSION", "PHASE", "REPLICAS", "ENDPOINT", "AGE"],
+    "ABTest": ["NAME", "DEPLOYMENT", "PHASE", "DECISION", "WINNER", "AGE"],
+}  # fmt: skip
+
+
+@app.command()
+@one_line_errors
+def apply(
+    files: Annotated[list[Path], typer.Option("-f", "--filename", help="A YAML file or folder.")],
+    wait: Annotated[
+        bool, typer.Option(help="Follow progress until each resource finishes or is ready.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 900.0,
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """Create or update resources on the local platform (validated first, like kubectl)."""
+    documents = _documents(files)
+    bad = [(d, check(d.body)) for d in documents]
+    bad = [(d, p) for d, p in bad if p]
+    for document, problems in bad:
+        for problem in problems:
+            err.print(f"{document.label}: {problem}", highlight=False)
+    if bad:
+        raise UserError(f"{len(bad)} of {len(documents)} resources are invalid; nothing applied")
+    store = _store(state_dir)
+    applied = []
+    for document in documents:
+        result = store.apply(document.body)
+        meta = document.body["metadata"]
+        applied.append((document.body["kind"], meta.get("namespace") or "default", meta["name"]))
+        out.print(f"{document.body['kind']}/{meta['name']} {result}", highlight=False)
+    if wait:
+        _wait(store, applied, timeout, state_dir)
+
+
+def _wait(store: Any, applied: list[tuple[str, str, str]], timeout: float, state_dir: Path) -> None:
+    """Print each change of the resources' progress until all are finished or ready."""
+    import time
+
+    from mlplane.operator.platforms.local import LocalPlatform
+
+    if not LocalPlatform(state_dir).state():
+        raise UserError("the local platform is not running: start it with `mlplane local up`")
+    deadline = time.monotonic() + timeout
+    last: dict[tuple[str, str, str], str] = {}
+    pending = set(applied)
+    while pending:
+        for key in sorted(pending):
+            kind, namespace, name = key
+            body = store.get(kind, namespace, name)
+            status = body.get("status") or {}
+            pairs = zip(COLUMNS[kind][1:], _row(kind, body)[1:], strict=True)
+            line = " ".join(f"{c.lower()}={v}" for c, v in pairs if v and c != "AGE")
+            if line != last.get(key):
+                last[key] = line
+                out.print(f"{kind}/{name}: {line}", highlight=False)
+            if status.get("phase") in TERMINAL[kind]:
+                pending.discard(key)
+                if status.get("phase") == "Failed":
+                    failed = [c for c in status.get("conditions", []) if c["status"] == "False"
+                              or c["type"] == "InvalidSpec"]  # fmt: skip
+                    why = failed[-1]["message"] if failed else "see `mlplane describe`"
+                    raise UserError(f"{kind}/{name} failed: {why}")
+        if pending and time.monotonic() > deadline:
+            raise UserError(f"still not done after {timeout:.0f}s: " + ", ".join(
+                f"{k}/{n}" for k, _, n in sorted(pending)))  # fmt: skip
+        if pending:
+            time.sleep(1.0)
+
+
+@app.command()
+@one_line_errors
+def get(
+    kind: Annotated[str, typer.Argument(help="tj, md or abt.")],
+    name: Annotated[str | None, typer.Argument(help="One resource (default: all).")] = None,
+    namespace: Annotated[str, typer.Option("-n", "--namespace")] = "default",
+    output: Annotated[str, typer.Option("-o", "--output", help="table or yaml.")] = "table",
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """List resources on the local platform (like kubectl get)."""
+    from mlplane.operator.platforms.store import NotFound
+
+    kind = _kind(kind)
+    store = _store(state_dir)
+    try:
+        bodies = [store.get(kind, namespace, name)] if name else store.list(kind, namespace)
+    except NotFound as exc:
+        raise UserError(str(exc)) from None
+    if output == "yaml":
+        sys.stdout.write(yaml.safe_dump_all(bodies, sort_keys=False))
+        return
+    if output != "table":
+        raise UserError(f"--output must be table or yaml (got {output!r})")
+    table = Table(*COLUMNS[kind], box=None, pad_edge=False)
+    for body in bodies:
+        table.add_row(*_row(kind, body))
+    out.print(table)
+
+
+@app.command()
+@one_line_errors
+def describe(
+    kind: Annotated[str, typer.Argument(help="tj, md or abt.")],
+    name: Annotated[str, typer.Argument()],
+    namespace: Annotated[str, typer.Option("-n", "--namespace")] = "default",
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """Status, conditions and events of one resource on the local platform."""
+    from mlplane.operator.platforms.store import NotFound
+
+    kind = _kind(kind)
+    store = _store(state_dir)
+    try:
+        body = store.get(kind, namespace, name)
+    except NotFound as exc:
+        raise UserError(str(exc)) from None
+    status = dict(body.get("status") or {})
+    found = status.pop("conditions", [])
+    out.print(f"[bold]{kind}/{name}[/bold] (namespace {namespace})")
+    sys.stdout.write(yaml.safe_dump({"status": status}, sort_keys=False))
+    table = Table("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE", box=None, title="Conditions")
+    for c in found:
+        table.add_row(c["type"], c["status"], c["reason"], c.get("message", ""),
+                      _age(c.get("lastTransitionTime")))  # fmt: skip
+    out.print(table)
+    events = Table("TYPE", "REASON", "AGE", "MESSAGE", box=None, title="Events")
+    for e in store.events(kind, namespace, name):
+        events.add_row(e["type"], e["reason"], _age(e["time"]), e["message"])
+    out.print(events)
+
+
+@app.command()
+@one_line_errors
+def delete(
+    kind: Annotated[str, typer.Argument(help="tj, md or abt.")],
+    name: Annotated[str, typer.Argument()],
+    namespace: Annotated[str, typer.Option("-n", "--namespace")] = "default",
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """Delete a resource from the local platform and stop what runs for it."""
+    from mlplane.operator.builders.labels import rayjob_name
+    from mlplane.operator.platforms.local import LocalPlatform
+    from mlplane.operator.platforms.store import NotFound
+
+    kind = _kind(kind)
+    try:
+        body = _store(state_dir).delete(kind, namespace, name)
+    except NotFound as exc:
+        raise UserError(str(exc)) from None
+    platform = LocalPlatform(state_dir)
+    if kind == "TrainingJob" and platform.state():
+        for attempt in range(1, (body.get("status") or {}).get("attempts", 0) + 1):
+            platform.stop_job(namespace, rayjob_name(name, attempt))
+    out.print(f"{kind}/{name} deleted")
 
 
 # --- monitoring ----------------------------------------------------------------------------------

@@ -76,6 +76,24 @@ class KubeRayPlatform(Platform):
             group, version, namespace, PLURALS[kind], name, body
         )
 
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read a namespaced custom object as stored now (None when there is none).
+
+        For when a watch-fed index may lag: a create answered 409, a patch answered 409.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        group, version = api_version.split("/")
+        try:
+            found = self._api().get_namespaced_custom_object(
+                group, version, namespace, PLURALS[kind], name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(found)
+
     def _served_kinds(self, group: str, version: str) -> tuple[bool, set[str], str]:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException

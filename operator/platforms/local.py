@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -97,9 +98,12 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+def _http_ok(
+    url: str, timeout: float = 2.0, headers: dict[str, str] | None = None
+) -> tuple[bool, str]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status == 200, response.read(4096).decode(errors="replace").strip()
     except (urllib.error.URLError, OSError) as exc:
         return False, str(getattr(exc, "reason", exc))
@@ -133,6 +137,28 @@ class LocalPlatform(Platform):
     @property
     def state_file(self) -> Path:
         return self.state_dir / "platform.json"
+
+    @property
+    def auth_token_file(self) -> Path:
+        """Ray's token (token authentication is on: its GCS listens beyond loopback)."""
+        return self.state_dir / "ray_auth_token"
+
+    def ray_env(self) -> dict[str, str]:
+        """What a Ray client of this platform needs in its environment to authenticate."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.auth_token_file)}
+
+    def ray_headers(self) -> dict[str, str]:
+        """HTTP headers for Ray's dashboard and Jobs API."""
+        try:
+            token = self.auth_token_file.read_text().strip()
+        except FileNotFoundError:
+            return {}
+        return {"Authorization": f"Bearer {token}"}
+
+    def _ensure_token(self) -> None:
+        if not self.auth_token_file.exists():
+            self.auth_token_file.touch(mode=0o600)
+            self.auth_token_file.write_text(secrets.token_hex(32))
 
     @property
     def heartbeat_file(self) -> Path:
@@ -190,6 +216,7 @@ class LocalPlatform(Platform):
                 )
         for folder in (self.state_dir, self.mlflow_db.parent, self.artifacts_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._ensure_token()
         ray_temp = self._ray_temp_dir()
         ray_temp.mkdir(parents=True, exist_ok=True)
         state = State(
@@ -217,6 +244,7 @@ class LocalPlatform(Platform):
             "RAY_USAGE_STATS_ENABLED": "0",
             # Job entrypoints say `python ...`: make it this environment's, which has mlplane.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **self.ray_env(),
         }
         runner_cmd = [sys.executable, "-m", "mlplane.operator.runner", "--state-dir",
                       str(self.state_dir)]  # fmt: skip
@@ -267,7 +295,7 @@ class LocalPlatform(Platform):
     def _jobs(self) -> Any:
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.ray_dashboard)
+        return JobSubmissionClient(self.ray_dashboard, headers=self.ray_headers())
 
     @staticmethod
     def submission_id(namespace: str, rayjob_name: str) -> str:
@@ -327,6 +355,7 @@ class LocalPlatform(Platform):
         """Ray worker nodes carrying ``resource`` (the local stand-in for spot) that died."""
         from ray.util.state import list_nodes
 
+        os.environ.update(self.ray_env())  # the state API reads the token from there
         nodes = list_nodes(address=self.ray_dashboard, filters=[("state", "=", "DEAD")],
                            detail=True, raise_on_missing_output=False)  # fmt: skip
         return [
@@ -343,7 +372,9 @@ class LocalPlatform(Platform):
         if name == "runner":
             return self._runner_health(server)
         path = "/api/version" if name == "ray" else "/health"
-        ok, body = _http_ok(server.address + path)
+        ok, body = _http_ok(
+            server.address + path, headers=self.ray_headers() if name == "ray" else None
+        )
         if ok and name == "ray":
             try:
                 body = "Ray " + str(json.loads(body).get("ray_version", "?"))

@@ -587,13 +587,14 @@ def reconcile(
     # A RayService exists: change it if mlplane wants something else, then say how it is.
     st["endpoint"] = endpoint_of(rs_name, namespace)
     served = served_config(rs)
+    wanted = served_config(desired) if desired is not None else None
     if desired is not None:
         plan.patch, plan.changed = rayservice_patch(rs, desired, uid)
         if plan.changed:
-            _announce_update(s, served, served_config(desired), plan.changed, rs_name)
+            _announce_update(s, served, wanted, plan.changed, rs_name)
     health = service_health(rs)
     _served_fields(s, md, served, health)
-    return _follow(s, plan, md, observed.model, health, served, build_error)
+    return _follow(s, plan, md, observed.model, health, served, wanted, build_error)
 
 
 def _announce_update(
@@ -640,6 +641,7 @@ def _follow(
     model: ResolvedModel | Unresolved,
     health: ServiceHealth,
     served: ServedConfig | None,
+    wanted: ServedConfig | None,
     build_error: str | None,
 ) -> Plan:
     st = s.new
@@ -648,16 +650,22 @@ def _follow(
     rolling = any(c.startswith("spec.") for c in plan.changed)
     in_motion = rolling or not health.current or health.upgrading or not health.running
     problem = health.problem
+    ref = md.spec.model
+    following = f"alias {ref.alias}" if ref.alias else f"version {ref.version}"
     user_problem = None
     if isinstance(model, Unresolved) and not model.transient:
-        user_problem = f"keeps {serving_text}: {model.message}"
+        user_problem = f"not following {following}: {model.message}"
     elif build_error is not None:
-        user_problem = f"keeps {serving_text}: {build_error}"
+        user_problem = f"the spec is not applied: {build_error}"
 
     if health.serving:
         notes = []
         if rolling:
-            notes.append("rolling out " + ", ".join(plan.changed))
+            new = wanted.version if wanted else None
+            if new is not None and str(new) != version:
+                notes.append(f"rolling out version {new}")
+            else:
+                notes.append("applying " + ", ".join(plan.changed))
         elif health.upgrading:
             notes.append("zero-downtime upgrade in progress")
         elif not health.current or not health.running:
@@ -666,7 +674,7 @@ def _follow(
             if extra:
                 notes.append(extra)
         if isinstance(model, Unresolved) and model.transient:
-            notes.append(f"keeps {serving_text}: {model.message}")
+            notes.append(f"{following} not looked up: {model.message}")
         message = serving_text + ("; " + "; ".join(notes) if notes else "")
         s.condition("Ready", "True", "Serving", message)
         if problem or user_problem:

@@ -1,0 +1,309 @@
+"""ModelDeployment on Kubernetes: resolve the model, call the pure reconcile, carry out its plan.
+
+- RayServices mlplane made (labels ``app.kubernetes.io/managed-by=mlplane`` and
+  ``mlplane.dev/modeldeployment``) are kept in a Kopf index by owner, so a look costs no API
+  call. The index may lag behind a write by a moment: a create answered 409 or a patch answered
+  409/404 reads the RayService directly and reconciles again (at most three rounds).
+- The model is resolved through :class:`~mlplane.operator.registry.Registry`
+  (:func:`resolve_model` tells a missing model from a missing alias or version, and both from
+  an unreachable MLflow).
+- The change handler (create, update, resume — ``kubectl scale`` writes ``spec.replicas.min``,
+  which is an update) resolves afresh and acts at once. A timer per ModelDeployment
+  (``MLPLANE_RECONCILE_INTERVAL`` seconds, default 5) follows KubeRay's status, and asks MLflow
+  again when its last answer is older than ``MLPLANE_RESOLVE_INTERVAL`` seconds (default 30):
+  moving ``champion`` rolls the deployment in place within that interval; an alias that does
+  not exist yet is looked for again at the same pace, and a deployment waiting for it is not
+  failed for good.
+- MLflow unreachable: the change handler raises ``kopf.TemporaryError`` (retried after
+  ``MLPLANE_RETRY_DELAY`` seconds); the timer only writes the status and looks again after that
+  delay. Either way what serves keeps serving (see ``reconcile/modeldeployment.py``).
+
+Handlers and the timer of one ModelDeployment take turns (a lock each), so two rounds never
+race to create or patch the same RayService. The operator writes the RayService and the
+ModelDeployment's status, never its spec; status only when it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from mlplane.crds import GROUP, VERSION, ModelDeployment
+from mlplane.crds.modeldeployment import ModelRef
+from mlplane.operator import conditions
+from mlplane.operator.builders import labels as lbl
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.handlers.trainingjob import plain
+from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.reconcile.modeldeployment import Observed, Plan, Unresolved, reconcile
+from mlplane.operator.registry import (
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+    ResolvedModel,
+)
+
+log = logging.getLogger(__name__)
+
+#: How often the timer looks at KubeRay's status (seconds).
+OBSERVE_INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
+#: How old an MLflow answer may be before the timer asks again (seconds).
+RESOLVE_INTERVAL = float(os.environ.get("MLPLANE_RESOLVE_INTERVAL", "30"))
+#: Seconds before trying again after MLflow could not be reached.
+RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
+RAYSERVICE_API = "ray.io/v1"
+ROUNDS = 3
+_OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.MODELDEPLOYMENT: kopf.PRESENT}
+
+Resolution = ResolvedModel | Unresolved
+
+# --- MLflow -----------------------------------------------------------------------------------
+
+_REGISTRIES: dict[str, Registry] = {}
+_REGISTRIES_GUARD = threading.Lock()
+
+
+def registry_for(tracking_uri: str) -> Registry:
+    """One client per MLflow server for the operator's life (a client per look is costly)."""
+    with _REGISTRIES_GUARD:
+        if tracking_uri not in _REGISTRIES:
+            _REGISTRIES[tracking_uri] = Registry(tracking_uri)
+        return _REGISTRIES[tracking_uri]
+
+
+def _said_no(exc: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() in (400, 404)
+
+
+def resolve_model(registry: Registry, ref: ModelRef) -> Resolution:
+    """The version ``ref`` names now, or why there is none (for the pure reconcile).
+
+    When MLflow says no, a second question (does the registered model exist?) tells
+    ``ModelNotFound`` from ``AliasNotFound``/``VersionNotFound``.
+    """
+    where = f"MLflow at {registry.tracking_uri}"
+    try:
+        return registry.resolve(ref.name, alias=ref.alias, version=ref.version)
+    except RegistryUnavailable as exc:
+        return Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
+    except RegistryError as exc:
+        answer = str(exc)
+    try:
+        registry.client.get_registered_model(ref.name)
+    except Exception as exc:
+        if _said_no(exc):
+            return Unresolved(
+                "ModelNotFound", f"registered model {ref.name!r} does not exist in {where}"
+            )
+        return Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
+    if ref.alias is not None:
+        return Unresolved(
+            "AliasNotFound",
+            f"registered model {ref.name!r} has no alias {ref.alias!r} in {where} ({answer}); "
+            "set it (MlflowClient().set_registered_model_alias) and the deployment follows",
+        )
+    return Unresolved(
+        "VersionNotFound",
+        f"registered model {ref.name!r} has no version {ref.version} in {where} ({answer})",
+    )
+
+
+class _Resolutions:
+    """The last MLflow answer per ModelDeployment, so the timer asks only every interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[float, tuple[Any, ...], Resolution]] = {}
+
+    def get(self, key: tuple[str, str], question: tuple[Any, ...], now: float) -> Resolution | None:
+        with self._lock:
+            found = self._seen.get(key)
+        if found is None or found[1] != question:
+            return None
+        at, _, answer = found
+        max_age = RETRY_DELAY if isinstance(answer, Unresolved) and answer.transient else None
+        return answer if now - at < (max_age or RESOLVE_INTERVAL) else None
+
+    def put(self, key: tuple[str, str], question: tuple[Any, ...], answer: Resolution) -> None:
+        with self._lock:
+            self._seen[key] = (time.monotonic(), question, answer)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._seen.pop(key, None)
+
+
+RESOLUTIONS = _Resolutions()
+
+
+def _resolve(md: ModelDeployment, config: OperatorConfig, *, fresh: bool) -> Resolution:
+    key = (md.metadata.namespace or "default", md.metadata.name or "")
+    ref = md.spec.model
+    question = (config.mlflow_tracking_uri, ref.name, ref.alias, ref.version)
+    if not fresh:
+        cached = RESOLUTIONS.get(key, question, time.monotonic())
+        if cached is not None:
+            return cached
+    answer = resolve_model(registry_for(config.mlflow_tracking_uri), ref)
+    RESOLUTIONS.put(key, question, answer)
+    return answer
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------
+
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((namespace, name), threading.Lock())
+
+
+@kopf.index("ray.io", "v1", "rayservices", labels=_OWNED)
+def rayservices_by_modeldeployment(
+    body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each RayService mlplane made, whole (KubeRay's status included), under its owner."""
+    return {(namespace, labels[lbl.MODELDEPLOYMENT]): plain(body)}
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+def forget_deleted(type: str | None, namespace: str, name: str, **_: Any) -> None:
+    """Drop what is kept per ModelDeployment once it is gone."""
+    if type == "DELETED":
+        RESOLUTIONS.forget((namespace, name))
+        with _LOCKS_GUARD:
+            _LOCKS.pop((namespace, name), None)
+
+
+def _indexed(index: Any, namespace: str, name: str, rs_name: str) -> dict[str, Any] | None:
+    if index is None:
+        return None
+    found = [rs for rs in index.get((namespace, name), ()) if rs["metadata"]["name"] == rs_name]
+    return found[0] if found else None
+
+
+def _api_status(exc: Exception) -> int | None:
+    from kubernetes.client.exceptions import ApiException
+
+    return exc.status if isinstance(exc, ApiException) else None
+
+
+def run_reconcile(
+    md: ModelDeployment,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    index: Any,
+    *,
+    fresh: bool,
+    platform: KubeRayPlatform | None = None,
+) -> Plan:
+    """Resolve (``fresh``: ask MLflow now), reconcile, act; write status and events."""
+    with _lock(md.metadata.namespace or "default", md.metadata.name or ""):
+        return _run_reconcile(md, body, patch, now, index, fresh, platform)
+
+
+def _run_reconcile(
+    md: ModelDeployment,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    index: Any,
+    fresh: bool,
+    platform: KubeRayPlatform | None,
+) -> Plan:
+    config = OperatorConfig.from_env()
+    platform = platform or KubeRayPlatform()
+    uid = body["metadata"]["uid"]
+    namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
+    rs_name = lbl.rayservice_name(name)
+    model = _resolve(md, config, fresh=fresh)
+    rayservice = _indexed(index, namespace, name, rs_name)
+    done = False
+    for _ in range(ROUNDS):
+        plan = reconcile(md, Observed(model, rayservice), now, config, uid=uid)
+        try:
+            if plan.create and plan.desired is not None:
+                if not platform.create(plan.desired):
+                    log.info("RayService %s/%s exists already: reading it", namespace, rs_name)
+                    rayservice = platform.get(RAYSERVICE_API, "RayService", namespace, rs_name)
+                    continue
+                log.info("created RayService %s/%s", namespace, rs_name)
+            elif plan.patch is not None:
+                platform.patch(RAYSERVICE_API, "RayService", namespace, rs_name, plan.patch)
+                log.info("patched RayService %s/%s: %s", namespace, rs_name,
+                         ", ".join(plan.changed) or "metadata")  # fmt: skip
+        except Exception as exc:
+            if _api_status(exc) not in (404, 409):
+                raise
+            # Changed or deleted since the index saw it: look at it as it is now.
+            rayservice = platform.get(RAYSERVICE_API, "RayService", namespace, rs_name)
+            continue
+        done = True
+        break
+    old = plain(body.get("status"))
+    patch_status = conditions.status_patch(old, plan.status)
+    if patch_status:
+        patch.setdefault("status", {}).update(patch_status)
+    if not done:
+        raise kopf.TemporaryError(
+            f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1
+        )
+    for event in plan.events:
+        (kopf.warn if event.type == "Warning" else kopf.info)(
+            body, reason=event.reason, message=event.message
+        )
+    return plan
+
+
+@reconciler("ModelDeployment")
+def on_change(
+    resource: ModelDeployment,
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    rayservices_by_modeldeployment: Any = None,
+    **_: Any,
+) -> None:
+    """Create, update (``kubectl scale`` too), resume: resolve afresh and act at once."""
+    plan = run_reconcile(resource, body, patch, now, rayservices_by_modeldeployment, fresh=True)
+    resolved = conditions.find(plan.status.get("conditions"), "ModelResolved") or {}
+    if resolved.get("reason") == "RegistryUnavailable":
+        raise kopf.TemporaryError(resolved.get("message", "MLflow unreachable"), delay=RETRY_DELAY)
+
+
+@kopf.timer(GROUP, VERSION, "modeldeployments", interval=OBSERVE_INTERVAL, id="follow")
+def on_timer(
+    body: kopf.Body, patch: kopf.Patch, rayservices_by_modeldeployment: Any, **_: Any
+) -> None:
+    """Follow KubeRay's status; re-resolve the model every ``MLPLANE_RESOLVE_INTERVAL``.
+
+    Invalid objects are the change handlers' to report, not ours.
+    """
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    now = datetime.now(UTC)
+    verdict = assess("ModelDeployment", body, now)
+    if verdict.resource is None or verdict.status:
+        return  # invalid, or a verdict change pending: the change handler writes it
+    run_reconcile(
+        verdict.resource,  # type: ignore[arg-type]
+        body,
+        patch,
+        now,
+        rayservices_by_modeldeployment,
+        fresh=False,
+    )
