@@ -351,18 +351,21 @@ class LocalPlatform(Platform):
         with contextlib.suppress(RuntimeError):
             self._jobs().stop_job(self.submission_id(namespace, rayjob_name))
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Ray's nodes (state API over HTTP: ALIVE or DEAD, resources, start and end times)."""
+        request = urllib.request.Request(
+            f"{self.ray_dashboard}/api/v0/nodes?limit=1000&detail=1", headers=self.ray_headers()
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = json.loads(response.read())
+        return list(payload["data"]["result"]["result"])
+
     def dead_nodes(self, resource: str = "spot") -> list[dict[str, Any]]:
         """Ray worker nodes carrying ``resource`` (the local stand-in for spot) that died."""
-        from ray.util.state import list_nodes
-
-        os.environ.update(self.ray_env())  # the state API reads the token from there
-        nodes = list_nodes(address=self.ray_dashboard, filters=[("state", "=", "DEAD")],
-                           detail=True, raise_on_missing_output=False)  # fmt: skip
         return [
-            {"node_id": n.node_id, "end_time_ms": n.end_time_ms, "message": n.state_message}
-            for n in nodes
-            if resource in (n.resources_total or {})
-        ]
+            n for n in self.nodes()
+            if n["state"] == "DEAD" and resource in (n.get("resources_total") or {})
+        ]  # fmt: skip
 
     # --- health --------------------------------------------------------------------------------
 

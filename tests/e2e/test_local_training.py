@@ -1,0 +1,190 @@
+"""TrainingJobs on the local platform, for real: Ray, MLflow, S3 (moto), the runner.
+
+1. A worker node (the local stand-in for a spot node: it carries the ``spot`` resource) is
+   SIGKILLed mid-run; Ray retries the training task on a replacement node, which resumes from
+   the newest S3 checkpoint: at most one checkpoint interval of steps is repeated; the runner
+   counts the preemption; exactly one model version is registered, with the alias.
+2. An attempt that fails outright (the driver exits) is retried as attempt 2, which resumes
+   from the checkpoint; the failure spends backoffLimit, not the preemption budget.
+
+Runs inside a private network namespace (.ci/run does it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlplane.operator.platforms import processes
+from mlplane.operator.platforms.local import LocalPlatform, Ports
+from mlplane.operator.platforms.store import Store
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+BIN = Path(sys.executable).parent
+CHECKPOINT_EVERY = 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until ``condition()`` is truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
+    ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
+                  mlflow=free_port())  # fmt: skip
+    local = LocalPlatform(tmp_path_factory.mktemp("platform") / "state", ports)
+    local.up(num_cpus=1)  # the head: drivers only; training runs on the "spot" workers
+    try:
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[dict[str, str]]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    pid = processes.start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            client.list_buckets()
+        except Exception:
+            return False
+        return True
+
+    wait(ready, 30, "the moto S3 server")
+    client.create_bucket(Bucket="ckpt")
+    try:
+        yield env
+    finally:
+        processes.stop_group(pid, grace=5)
+
+
+class WorkerNode:
+    """A Ray worker node with the ``spot`` resource, in its own process group (killable)."""
+
+    def __init__(self, platform: LocalPlatform, log: Path) -> None:
+        state = platform.state()
+        assert state is not None
+        env = {**platform.ray_env(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        self.platform = platform
+        self.pid = processes.start([
+            str(BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{state.ports.ray_gcs}",
+            "--node-ip-address=127.0.0.1", "--num-cpus=1", '--resources={"spot": 1}',
+            "--disable-usage-stats",
+        ], log, env)  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL, as a reclaimed VM: no goodbye to the head."""
+        os.killpg(self.pid, signal.SIGKILL)
+        processes.wait_until(lambda: not processes.group_members(self.pid), 15)
+
+
+def alive_spot_nodes(platform: LocalPlatform) -> int:
+    return sum(1 for n in platform.nodes()
+               if n["state"] == "ALIVE" and "spot" in (n.get("resources_total") or {}))  # fmt: skip
+
+
+def trainingjob(name: str, args: str, env: dict[str, str], checkpoint: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "entrypoint": f"python -m mlplane.training.examples.sklearn_tabular {args}",
+            "runtimeEnv": {"env_vars": env},
+            "checkpoint": {"uri": checkpoint, "keep": 2},
+            "backoffLimit": 1,
+            "mlflow": {"experiment": "e2e", "registeredModel": name, "alias": "champion"},
+        },
+    }  # fmt: skip
+
+
+def status(platform: LocalPlatform, name: str) -> dict[str, Any]:
+    return Store(platform.state_dir).get("TrainingJob", "default", name).get("status") or {}
+
+
+def repeated_steps(client: MlflowClient, run_id: str) -> int:
+    """Step executions beyond one per step: the work redone after a loss."""
+    history = client.get_metric_history(run_id, "val_accuracy")
+    return len(history) - len({m.step for m in history})
+
+
+def test_worker_node_killed_mid_run_resumes_from_s3_checkpoint(platform, s3, tmp_path):
+    first = WorkerNode(platform, tmp_path / "worker-a.log")
+    replacement: WorkerNode | None = None
+    try:
+        wait(lambda: alive_spot_nodes(platform) == 1, 60, "the spot worker node to join")
+        env = {**s3, "MLPLANE_WORKER_RESOURCES": json.dumps({"spot": 0.1})}
+        args = f"--steps 40 --checkpoint-every {CHECKPOINT_EVERY} --step-seconds 0.4 --cpus 0.5"
+        Store(platform.state_dir).apply(trainingjob("spotty", args, env, "s3://ckpt/spotty"))
+        wait(lambda: (status(platform, "spotty").get("lastCheckpoint") or {}).get("step", 0)
+             >= 10, 180, "the checkpoint at step 10")  # fmt: skip
+        first.kill()
+        replacement = WorkerNode(platform, tmp_path / "worker-b.log")  # KubeRay's new pod
+        final = wait(lambda: status(platform, "spotty").get("phase") in ("Succeeded", "Failed")
+                     and status(platform, "spotty"), 420, "the job to finish")  # fmt: skip
+        assert final["phase"] == "Succeeded", final
+        assert final["preemptions"] == 1, final
+        assert (final["attempts"], final["failures"]) == (1, 0)
+        client = MlflowClient(platform.mlflow_uri)
+        assert repeated_steps(client, final["mlflow"]["runId"]) <= CHECKPOINT_EVERY
+        versions = client.search_model_versions("name = 'spotty'")
+        assert len(versions) == 1
+        assert str(client.get_model_version_by_alias("spotty", "champion").version) == "1"
+        objects = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"],
+                               region_name="us-east-1", aws_access_key_id="test",
+                               aws_secret_access_key="test").list_objects_v2(
+            Bucket="ckpt", Prefix="spotty/")  # fmt: skip
+        assert objects.get("KeyCount", 0) > 0, "checkpoints were written to S3"
+    finally:
+        for node in (first, replacement):
+            if node is not None:
+                processes.stop_group(node.pid, grace=5)
+
+
+def test_failed_attempt_resumes_in_the_next_attempt(platform, s3, tmp_path):
+    args = (f"--no-ray --steps 20 --checkpoint-every {CHECKPOINT_EVERY} --crash-at-step 12 "
+            "--step-seconds 0.1")  # fmt: skip
+    Store(platform.state_dir).apply(trainingjob("crashy", args, dict(s3), "s3://ckpt/crashy"))
+    final = wait(lambda: status(platform, "crashy").get("phase") in ("Succeeded", "Failed")
+                 and status(platform, "crashy"), 300, "the job to finish")  # fmt: skip
+    assert final["phase"] == "Succeeded", final
+    assert (final["attempts"], final["failures"], final["preemptions"]) == (2, 1, 0)
+    client = MlflowClient(platform.mlflow_uri)
+    # attempt 1 ran steps 1-12 and checkpointed at 10; attempt 2 resumed at 11
+    assert 0 < repeated_steps(client, final["mlflow"]["runId"]) <= CHECKPOINT_EVERY
+    assert len(client.search_model_versions("name = 'crashy'")) == 1
+    assert subprocess.run([str(BIN / "mlplane"), "get", "tj", "crashy", "--state-dir",
+                           str(platform.state_dir)], capture_output=True, text=True,
+                          check=False).stdout.count("Succeeded") == 1  # fmt: skip
