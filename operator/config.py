@@ -7,6 +7,8 @@
 - ``MLPLANE_DEFAULT_TRAINING_IMAGE`` / ``MLPLANE_DEFAULT_SERVING_IMAGE``: images of resources
   that name none (default Ray's ``rayproject/ray:2.60.0-py311``);
 - ``MLPLANE_ARTIFACTS_URI``: where artifacts and default checkpoints go (e.g. ``s3://b/p``);
+- ``MLPLANE_TRAINING_SERVICE_ACCOUNT`` / ``MLPLANE_SERVING_SERVICE_ACCOUNT``: the service
+  account of training and serving Ray pods (bound to cloud roles, e.g. IRSA); default none;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default).
 """
 
@@ -29,6 +31,8 @@ class OperatorConfig:
     default_training_image: str = RAY_IMAGE
     default_serving_image: str = RAY_IMAGE
     artifacts_uri: str | None = None
+    training_service_account: str | None = None
+    serving_service_account: str | None = None
     log_format: Literal["json", "text"] = "text"
 
     @classmethod
@@ -49,5 +53,7 @@ class OperatorConfig:
             default_training_image=env.get("MLPLANE_DEFAULT_TRAINING_IMAGE", RAY_IMAGE),
             default_serving_image=env.get("MLPLANE_DEFAULT_SERVING_IMAGE", RAY_IMAGE),
             artifacts_uri=env.get("MLPLANE_ARTIFACTS_URI") or None,
+            training_service_account=env.get("MLPLANE_TRAINING_SERVICE_ACCOUNT") or None,
+            serving_service_account=env.get("MLPLANE_SERVING_SERVICE_ACCOUNT") or None,
             log_format=log_format,  # type: ignore[arg-type]
         )

@@ -40,13 +40,20 @@ def ray_container(
 
 
 def pod_template(
-    labels: Mapping[str, str], container: dict[str, Any], placement: Placement
+    labels: Mapping[str, str],
+    container: dict[str, Any],
+    placement: Placement,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
-    """A pod template with one Ray container, its labels and its placement."""
-    return {
-        "metadata": {"labels": dict(labels)},
-        "spec": {"containers": [container], **placement.pod_spec_fields()},
-    }
+    """A pod template with one Ray container, its labels, its placement and identity.
+
+    ``service_account`` is how Ray pods get cloud credentials without static keys (IRSA or
+    Pod Identity bind a role to it); without one they run as the namespace's default.
+    """
+    spec: dict[str, Any] = {"containers": [container], **placement.pod_spec_fields()}
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    return {"metadata": {"labels": dict(labels)}, "spec": spec}
 
 
 def int32(value: int, field: str) -> int:

@@ -214,7 +214,9 @@ def _rayjob(
                 "minReplicas": int32(low, f"workers[{group.name}].minReplicas"),
                 "maxReplicas": int32(high, f"workers[{group.name}].maxReplicas"),
                 "rayStartParams": {},
-                "template": pod_template(labels, container, placement),
+                "template": pod_template(
+                    labels, container, placement, config.training_service_account
+                ),
             }
         )
     has_worker_capacity = any(w["maxReplicas"] > 0 for w in workers)
@@ -229,6 +231,7 @@ def _rayjob(
                 memory=spec.head.resources.memory,
             ),
             head_placement(conv, node_selector=spec.node_selector, tolerations=spec.tolerations),
+            config.training_service_account,
         ),
     }
     metadata_labels = dict(labels)

@@ -308,3 +308,17 @@ def test_render_is_attempt_one_without_owner_unless_the_uid_is_known():
     del no_namespace["metadata"]["namespace"]
     (rayjob,) = render(parse(no_namespace), CONFIG)
     assert rayjob["metadata"]["namespace"] == "default"
+
+
+def test_training_pods_use_the_configured_service_account():
+    config = OperatorConfig.from_env({"MLPLANE_TRAINING_SERVICE_ACCOUNT": "mlplane-training"})
+    rayjob = build_rayjob(parse(_body()), 1, "Spot", config, run_id=None, owner_uid="u")
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+    assert {t["spec"]["serviceAccountName"] for t in templates} == {"mlplane-training"}
+    assert_valid(rayjob)
+    plain = build_rayjob(parse(_body()), 1, "Spot", OperatorConfig(), run_id=None, owner_uid="u")
+    head = plain["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert "serviceAccountName" not in head
