@@ -102,7 +102,9 @@ class TrainingSession:
         """The newest complete checkpoint's files, or None (no store, or nothing saved yet).
 
         Called at every (re)start of the loop: attempt > 1 resumes from the previous attempt,
-        and a retried task inside an attempt resumes from what the lost worker saved.
+        and a retried task inside an attempt resumes from what the lost worker saved. The files
+        are read into memory; for large checkpoints use ``store.latest()`` and
+        ``store.download(info, folder)`` instead.
         """
         if self.store is None:
             return None
