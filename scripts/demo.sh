@@ -12,13 +12,14 @@ echo "== starting the local platform (Ray + MLflow on 127.0.0.1)"
 $M local up
 echo "== validating the example resources (schema, CEL rules, models)"
 $M validate -f crds/examples
-echo "== local platform status"
-$M local status
+echo "== training: a TrainingJob on the local Ray, checkpointed, registered in MLflow"
+$M apply -f crds/examples/trainingjob-local-sklearn.yaml --wait
+$M get tj
 cat <<TXT
 
 The local platform is running:
-  MLflow UI       http://127.0.0.1:5000
+  MLflow UI       http://127.0.0.1:5000   (experiment "churn", model "churn" @champion)
   Ray dashboard   http://127.0.0.1:8265
-Try:   .venv/bin/mlplane validate -f tests/crds/invalid/abt-weights-sum.yaml
+Look:  .venv/bin/mlplane describe tj churn-local      (conditions, events)
 Stop:  .venv/bin/mlplane local down
 TXT
