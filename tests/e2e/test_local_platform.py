@@ -43,7 +43,7 @@ def test_up_status_down(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         recorded = json.loads((state / "platform.json").read_text())
         pids = {name: server["pid"] for name, server in recorded["servers"].items()}
-        assert set(pids) == {"ray", "mlflow"}
+        assert set(pids) == {"ray", "mlflow", "runner"}
         assert all(processes.group_members(pid) for pid in pids.values())
 
         status = cli("local", "status", "--state-dir", str(state), "--json")
@@ -53,6 +53,7 @@ def test_up_status_down(tmp_path):
         assert health["ray"]["detail"].startswith("Ray 2.")
         assert health["mlflow"]["healthy"], health
         assert health["mlflow"]["address"] == f"http://127.0.0.1:{ports[3]}"
+        assert health["runner"]["healthy"], health
 
         again = cli("local", "up", *flags)  # idempotent: nothing new is started
         assert again.returncode == 0, again.stderr
@@ -60,7 +61,7 @@ def test_up_status_down(tmp_path):
     finally:
         down = cli("local", "down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
-    assert "stopped: ray, mlflow" in down.stdout
+    assert "stopped: ray, mlflow, runner" in down.stdout
     for name, pid in pids.items():
         assert processes.group_members(pid) == [], f"{name} left processes behind"
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True,
