@@ -13,7 +13,8 @@ user_config of ``model-<i>`` (the replicas load it in the background and swap); 
 new bucketing header or A/B test are a new user_config of ``router``. Serve applies both to the
 running replicas through ``reconfigure`` without restarting anything. Only a change of the
 application args (another set of model deployments, batching, SLO, drift settings) restarts the
-replicas, rolling.
+replicas, rolling, with one surge replica each (``max_surge_percent``) so that no deployment
+drops to zero replicas meanwhile.
 
 The classes here are thin: everything testable without Ray lives in the cores they wrap.
 """
@@ -56,6 +57,10 @@ MONITOR = "monitor"
 #: Defaults for running the app outside the operator's serveConfigV2 (which overrides them).
 DEFAULT_NUM_CPUS = 0.25
 MONITOR_NUM_CPUS = 0.1
+#: Restarts (a change of the app's args) start one replacement before stopping an old replica,
+#: so router and models never drop to zero replicas (the monitor, a single writer, does not
+#: surge: its restart stops the old one first and the routers re-send what it missed).
+MAX_SURGE_PERCENT = 1
 _KV_NAMESPACE = "mlplane"
 
 
@@ -115,6 +120,7 @@ async def _resolve(response: DeploymentResponse) -> Any:
     name="model",
     ray_actor_options={"num_cpus": DEFAULT_NUM_CPUS},
     max_ongoing_requests=16,
+    max_surge_percent=MAX_SURGE_PERCENT,
     health_check_period_s=10,
 )
 class Model:
@@ -241,6 +247,7 @@ class _MonitorHandle:
     name=ROUTER,
     ray_actor_options={"num_cpus": DEFAULT_NUM_CPUS},
     max_ongoing_requests=64,
+    max_surge_percent=MAX_SURGE_PERCENT,
 )
 class Router:
     """The ingress deployment (see :mod:`mlplane.serving.router`)."""

@@ -35,6 +35,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -208,12 +209,40 @@ class DriftTap:
             current = self._sketch.current if self._sketch is not None else None
             return current.rows if current is not None else 0
 
+    def _summary(self, latest: Evaluation | None) -> dict[str, Any]:
+        """The fields of a ModelDeployment's ``status.drift``, from the latest window.
+
+        ``score`` is the largest effect size over the features: Jensen-Shannon distance for the
+        ``JensenShannon`` method, PSI otherwise (the statistical test's own statistics are not
+        comparable across numeric and categorical features; PSI is, and it is what dashboards
+        show beside the verdict).
+        """
+        if latest is None:
+            return {
+                "score": None,
+                "driftedFeatures": [],
+                "consecutiveDriftedWindows": self._consecutive,
+                "lastEvaluated": None,
+            }
+        key = "js" if self.settings.method == "JensenShannon" else "psi"
+        values = [getattr(r, key) for r in latest.results if getattr(r, key) is not None]
+        return {
+            "score": max(values) if values else None,
+            "scoreMethod": key,
+            "driftedFeatures": latest.drifted,
+            "consecutiveDriftedWindows": self._consecutive,
+            "lastEvaluated": datetime.fromtimestamp(latest.evaluated_at, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+        }
+
     def report(self) -> dict[str, Any]:
-        """What ``GET /v1/drift`` answers (the operator copies it into ``status.drift``)."""
+        """What ``GET /v1/drift`` answers; ``summary`` is shaped like ``status.drift``."""
         with self._lock:
             current = self._sketch.current if self._sketch is not None else None
             latest = self._history[-1] if self._history else None
             return {
+                "summary": self._summary(latest),
                 "enabled": self.settings.enabled,
                 "status": self._status,
                 "reason": self._reason,

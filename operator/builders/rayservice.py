@@ -30,9 +30,10 @@ What changes where, and why it matters:
 - One worker group, ``serve``, one pod per model replica: each pod holds one replica
   (``resources`` of the CR) plus room for a router replica, the app's single ``monitor``
   replica (0.1 CPU, on one of the pods), the Serve proxy, the raylet and a small object store.
-  ``minReplicas``/``maxReplicas`` are the CR's ``replicas`` times the number of variants;
-  Ray's autoscaler (``enableInTreeAutoscaling``) adds and removes pods as Serve's autoscaler
-  adds and removes replicas.
+  ``minReplicas``/``maxReplicas`` are the CR's ``replicas`` times the number of variants
+  (plus one pod per variant for the surge replica of a rolling restart, see
+  :data:`MAX_SURGE_PERCENT`); Ray's autoscaler (``enableInTreeAutoscaling``) adds and removes
+  pods as Serve's autoscaler adds and removes replicas.
 
 The Serve application (``mlplane.serving.app:build_app``) is the contract with the serving
 package; :func:`serve_args`, :func:`router_user_config` and :func:`model_user_config` document
@@ -84,6 +85,12 @@ ROUTER_FAN_IN = 8
 POD_EXTRA_MILLICORES = 500
 POD_EXTRA_MEMORY = 2**30
 OBJECT_STORE_BYTES = 512 * 2**20
+#: Serve's ``max_surge_percent`` for the router and the model deployments: when their replicas
+#: must restart (a change of the app's args, e.g. an A/B test adding a model deployment),
+#: Serve starts ceil(1 % of the target) = ONE replacement before stopping an old replica, so
+#: a deployment never drops to zero replicas and requests never wait for a model to load. The
+#: worker group has one pod of headroom per model deployment for that surge replica.
+MAX_SURGE_PERCENT = 1
 #: Default drift thresholds by method (see the ModelDeployment API).
 DEFAULT_DRIFT_THRESHOLD = {"StatisticalTest": 0.01, "PSI": 0.1, "JensenShannon": 0.1}
 _CAPACITY: dict[str, NodeCapacity] = {
@@ -285,6 +292,7 @@ def serve_config(
                 "target_ongoing_requests": router_target,
                 **delays,
             },
+            "max_surge_percent": MAX_SURGE_PERCENT,
             "ray_actor_options": {"num_cpus": ROUTER_NUM_CPUS},
             "user_config": router_user_config(
                 model_name,
@@ -295,7 +303,8 @@ def serve_config(
             ),
         },
         {
-            # Exactly one: the totals and the feedback ledger must live in one place.
+            # Exactly one: the totals and the feedback ledger must live in one place (no surge
+            # either: a restart stops the old one first; routers re-send what it missed).
             "name": MONITOR_DEPLOYMENT,
             "num_replicas": 1,
             "max_ongoing_requests": 256,
@@ -314,6 +323,7 @@ def serve_config(
                     "target_ongoing_requests": target,
                     **delays,
                 },
+                "max_surge_percent": MAX_SURGE_PERCENT,
                 "ray_actor_options": {
                     "num_cpus": _num_cpus(resources.cpu),
                     "num_gpus": resources.gpu,
@@ -341,7 +351,8 @@ def _worker_group(
 ) -> dict[str, Any]:
     spec = md.spec
     low = spec.replicas.min * n_variants
-    high = spec.replicas.max * n_variants
+    # One pod of headroom per model deployment for its surge replica (MAX_SURGE_PERCENT).
+    high = spec.replicas.max * n_variants + n_variants
     resources = spec.resources
     cpu = q.cpu(q.millicores(resources.cpu) + POD_EXTRA_MILLICORES)
     memory = q.memory(q.num_bytes(resources.memory) + POD_EXTRA_MEMORY + OBJECT_STORE_BYTES)

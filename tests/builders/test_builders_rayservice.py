@@ -177,6 +177,7 @@ def test_serve_config_is_the_mlplane_app():
     assert router["name"] == "router"
     assert router["autoscaling_config"]["min_replicas"] == 1
     assert router["autoscaling_config"]["max_replicas"] == 4
+    assert router["max_surge_percent"] == 1
     assert router["user_config"] == {
         "variants": [
             {
@@ -207,6 +208,7 @@ def test_serve_config_is_the_mlplane_app():
             "upscale_delay_s": 30,
             "downscale_delay_s": 300,
         },
+        "max_surge_percent": 1,
         "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0, "memory": 4 * 2**30},
         "user_config": {"model_uri": "models:/churn-classifier/12", "version": 12},
     }
@@ -243,7 +245,7 @@ def test_ab_variants_become_one_deployment_each():
     assert [d["name"] for d in app["deployments"]] == ["router", "monitor", "model-0", "model-1"]
     assert [m["user_config"]["version"] for m in _models(rayservice)] == [3, 4]
     (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
-    assert (group["minReplicas"], group["maxReplicas"]) == (2, 8)
+    assert (group["minReplicas"], group["maxReplicas"]) == (2, 8 + 2)  # + surge headroom
     assert_valid(rayservice)
 
 
@@ -335,9 +337,10 @@ def test_worker_pods_hold_a_replica_and_a_router(body, config, n):
     object_store = int(group["rayStartParams"]["object-store-memory"])
     assert options["memory"] + object_store < ray_memory
     assert int(limits.get("nvidia.com/gpu", 0)) == options["num_gpus"] == md.spec.resources.gpu
-    # One pod per replica of every variant, at the floor and at the ceiling.
+    # One pod per replica of every variant, at the floor and at the ceiling, plus one per
+    # variant for the surge replica of a rolling restart.
     assert group["minReplicas"] == md.spec.replicas.min * n
-    assert group["maxReplicas"] == md.spec.replicas.max * n
+    assert group["maxReplicas"] == md.spec.replicas.max * n + n
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     assert group["replicas"] >= 1
     for deployment in models:
@@ -348,6 +351,7 @@ def test_worker_pods_hold_a_replica_and_a_router(body, config, n):
         )
         assert scaling["target_ongoing_requests"] == md.spec.autoscaling.target_ongoing_requests
         assert deployment["max_ongoing_requests"] >= scaling["target_ongoing_requests"]
+        assert deployment["max_surge_percent"] == 1
         if md.spec.batching:
             assert deployment["max_ongoing_requests"] >= md.spec.batching.max_batch_size
     assert_valid(rayservice)

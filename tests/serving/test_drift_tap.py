@@ -43,6 +43,8 @@ def test_windows_close_on_time_and_consecutive_drift_counts():
     (first,) = tap.advance(61.0)
     assert (first.window_start, first.window_end, first.rows) == (0.0, 60.0, 500)
     assert first.drifted == ["age"]
+    assert tap.report()["summary"]["driftedFeatures"] == ["age"]
+    assert tap.report()["summary"]["score"] > 0.1
     tap.add(3, batch(500, shift=0.5, seed=2), [70.0] * 500, now=70.0)
     tap.add(3, batch(500, seed=3), [130.0] * 500, now=130.0)  # closes [60, 120): drifted again
     report = tap.report()
@@ -53,6 +55,10 @@ def test_windows_close_on_time_and_consecutive_drift_counts():
     report = tap.report()
     assert report["consecutiveDriftedWindows"] == 0
     assert [h["anyDrifted"] for h in report["history"]] == [True, True, False]
+    summary = report["summary"]  # the shape of a ModelDeployment's status.drift
+    assert summary["driftedFeatures"] == [] and summary["consecutiveDriftedWindows"] == 0
+    assert summary["lastEvaluated"] == "1970-01-01T00:03:20Z"
+    assert summary["scoreMethod"] == "psi" and 0 <= summary["score"] < 0.1  # PSI bias at n=500
     assert report["lastEvaluation"]["features"][0]["feature"] == "age"
     assert report["status"] == "Ok" and report["referenceVersion"] == 3
 

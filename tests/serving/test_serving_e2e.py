@@ -12,6 +12,7 @@ Run inside a private network namespace (Ray listens on every interface)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -108,6 +109,26 @@ def http(method: str, url: str, body=None, headers=None, raw: bytes | None = Non
         return Answer(exc.code, exc.read(), dict(exc.headers))
 
 
+def post_oversized(base: str, path: str, size: int) -> int:
+    """Status of a POST whose body the server refuses before reading it all.
+
+    The server may answer 413 and close while the body is still being sent, which makes a
+    plain client fail with a broken pipe; read the answer from the socket regardless.
+    """
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n"
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head.encode() + b"x" * size)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
 # --- fixtures ----------------------------------------------------------------------------------
 
 
@@ -116,7 +137,10 @@ def workdir():
     # Short: Ray's unix socket paths must stay under ~107 characters.
     path = Path(tempfile.mkdtemp(prefix="mlps-", dir="/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if os.environ.get("MLPLANE_E2E_KEEP"):  # keep Ray's and Serve's logs for debugging
+        print(f"e2e files kept in {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _frame(rng: np.random.Generator, n: int, shift: float = 0.0):
@@ -174,7 +198,7 @@ def registry(workdir):
 @pytest.fixture(scope="module")
 def ray_cluster(workdir):
     """A Ray head with the dashboard (Serve REST API); yields (dashboard URL, HTTP port)."""
-    ports = {name: free_port() for name in ("gcs", "dashboard", "client", "http")}
+    ports = {name: free_port() for name in ("gcs", "dashboard", "client")}
     token = secrets.token_hex(32)
     patch = pytest.MonkeyPatch()
     patch.setenv("RAY_AUTH_TOKEN", token)
@@ -211,10 +235,11 @@ def ray_cluster(workdir):
             "the Ray dashboard's Serve API",
             interval=1.0,
         )
-        yield dashboard, ports["http"]
+        # Chosen now, not before Ray started: Ray takes random ports of its own.
+        yield dashboard, free_port()
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 10
         while group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
         if group_alive(process.pid):
@@ -233,6 +258,7 @@ def _md():
             "model": {"name": MODEL, "alias": "champion"},
             "replicas": {"min": 1, "max": 1},
             "resources": {"cpu": "250m", "memory": "512Mi"},
+            "batching": {"maxBatchSize": 4, "batchWaitTimeoutMs": 5},
             "slo": {"availability": "99.9", "latencyP99Ms": 250},
             "monitoring": {"drift": {"enabled": True, "window": "1m", "minSamples": 20}},
         },
@@ -336,7 +362,7 @@ def test_malformed_and_oversized_bodies(app):
     url = f"{app.base}/v1/predict"
     assert http("POST", url, raw=b"{not json").status == 400
     assert http("POST", url, {"rows": []}).status == 400
-    assert http("POST", url, raw=b"x" * (2**20 + 10)).status == 413
+    assert post_oversized(app.base, "/v1/predict", 2**20 + 10) == 413
     assert app.predict(rows(1) * 10_001).status == 413
     assert http("GET", f"{app.base}/v1/nothing").status == 404
     # The replica survived all of it.
@@ -345,40 +371,57 @@ def test_malformed_and_oversized_bodies(app):
 
 def test_version_change_is_in_place_with_zero_failed_requests(app):
     before = http("GET", f"{app.base}/v1/models").json()["variants"][0]["replica"]
-    seen: list[tuple[int, int]] = []
-    stop = threading.Event()
-
-    def loop(seed: int) -> None:
-        i = 0
-        while not stop.is_set() and len(seen) < 5000:
-            answer = app.predict(rows(1, seed=seed * 100_000 + i))
-            seen.append((answer.status, answer.json().get("version")))
-            i += 1
-
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: len(seen) >= 20, 60, "traffic before the change")
-        config = app.serve_config(2)
+    config = app.serve_config(2)
+    with Traffic(app) as traffic:
         put_applications(app.dashboard, config)
         wait_for(
-            lambda: sum(1 for _, v in seen[-20:] if v == 2) == 20,
+            lambda: sum(1 for _, v in traffic.seen[-20:] if v == 2) == 20,
             DEPLOY_TIMEOUT,
             "20 answers in a row from version 2",
         )
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=120)
-    failures = [s for s, _ in seen if s != 200]
-    assert failures == [], f"{len(failures)} failed requests of {len(seen)}"
-    versions = [v for _, v in seen]
+    failures = traffic.failures()
+    assert failures == [], f"{len(failures)} failed requests of {len(traffic.seen)}"
+    versions = [v for _, v in traffic.seen]
     assert versions[0] == 1 and versions[-1] == 2
     assert set(versions) == {1, 2}
     wait_running(app.dashboard, config, timeout=60)
     after = http("GET", f"{app.base}/v1/models").json()["variants"][0]
     assert (after["servedVersion"], after["replica"]) == (2, before), "replica was restarted"
+
+
+class Traffic:
+    """A bounded background request loop recording every status and served version."""
+
+    def __init__(self, app: App, threads: int = 2) -> None:
+        self.app = app
+        self.seen: list[tuple[int, int | None]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(k,)) for k in range(threads)]
+
+    def _loop(self, seed: int) -> None:
+        i = 0
+        while not self._stop.is_set() and len(self.seen) < 5000:
+            answer = self.app.predict(rows(1, seed=seed * 100_000 + i))
+            body = answer.json() if answer.body.startswith(b"{") else {}
+            self.seen.append((answer.status, body.get("version")))
+            if answer.status != 200:
+                self.errors.append(answer.body[:300].decode(errors="replace"))
+            i += 1
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        wait_for(lambda: len(self.seen) >= 20, 60, "traffic before the change")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=120)
+
+    def failures(self) -> list[int]:
+        return [s for s, _ in self.seen if s != 200]
 
 
 @pytest.fixture(scope="module")
@@ -388,9 +431,20 @@ def ab(app):
     config = app.serve_config(
         2, app.ab_variants((50, 50)), bucketing_header="x-user-id", abtest="ab-e2e"
     )
-    app.deploy(config)
+    with Traffic(app) as traffic:
+        app.deploy(config)
+    app.redeploy_traffic = traffic
+    # Counts from here on: wait until the redeploy traffic has been shipped to the monitor.
+    app.baseline = wait_for(lambda: stable_scrape(app.base), 60, "settled counters")
     app.sent = 0
     return app
+
+
+def test_starting_an_ab_test_fails_no_request(ab):
+    """Adding a model deployment changes the app's args: Serve restarts replicas, rolling."""
+    failures = ab.redeploy_traffic.failures()
+    traffic = ab.redeploy_traffic
+    assert failures == [], f"{len(failures)} failed of {len(traffic.seen)}: {traffic.errors}"
 
 
 def _predict_counted(app, headers=None, n=1, seed=0) -> Answer:
@@ -459,6 +513,15 @@ def _scrape(base: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
+def stable_scrape(base: str):
+    """A scrape whose request total did not move over two flush intervals (else None)."""
+    first = _scrape(base)
+    time.sleep(1.2)  # the routers ship counts every 0.5 s
+    second = _scrape(base)
+    same = _total(first, "mlplane_requests_total") == _total(second, "mlplane_requests_total")
+    return second if same else None
+
+
 def _total(samples, name, **labels) -> float:
     return sum(
         v
@@ -471,20 +534,25 @@ def test_metrics_and_stats_count_every_request_once(ab):
     for k in range(20):
         _predict_counted(ab, {"x-user-id": f"m-{k}"}, seed=k)
 
+    def new(samples, name, **labels) -> float:
+        return _total(samples, name, **labels) - _total(ab.baseline, name, **labels)
+
     def counted():
         samples = _scrape(ab.base)
-        return samples if _total(samples, "mlplane_requests_total") == ab.sent else None
+        return samples if new(samples, "mlplane_requests_total") == ab.sent else None
 
-    samples = wait_for(counted, 30, f"{ab.sent} requests in mlplane_requests_total")
+    samples = wait_for(counted, 30, f"{ab.sent} more requests in mlplane_requests_total")
     dep = {"namespace": "e2e", "deployment": "churn"}
-    assert _total(samples, "mlplane_requests_total", code="2xx", **dep) == ab.sent
-    assert _total(samples, "mlplane_request_duration_seconds_count", **dep) == ab.sent
+    assert new(samples, "mlplane_requests_total", code="2xx", **dep) == ab.sent
+    assert new(samples, "mlplane_request_duration_seconds_count", **dep) == ab.sent
     assert "mlplane_requests_slow_total" in {n for n, _ in samples}
-    assert _total(samples, "mlplane_abtest_requests_total", abtest="ab-e2e") == ab.sent
-    assert _total(samples, "mlplane_abtest_outcomes_total", abtest="ab-e2e") == 1
+    assert new(samples, "mlplane_abtest_requests_total", abtest="ab-e2e") == ab.sent
+    assert new(samples, "mlplane_abtest_outcomes_total", abtest="ab-e2e") == 1
     assert _total(samples, "mlplane_abtest_errors_total", abtest="ab-e2e") == 0
     stats = http("GET", f"{ab.base}/v1/stats").json()
-    assert sum(row["requests"] for row in stats["variants"]) == ab.sent
+    assert sum(row["requests"] for row in stats["variants"]) == _total(
+        samples, "mlplane_abtest_requests_total", abtest="ab-e2e"
+    )
     assert {row["weight"] for row in stats["variants"]} == {30, 70}
     assert all(row["latencyP99Ms"] > 0 for row in stats["variants"])
 
