@@ -7,6 +7,8 @@ from pathlib import Path
 # Timers read their interval at import: look every second, not every five, in tests.
 os.environ.setdefault("MLPLANE_RECONCILE_INTERVAL", "1")
 os.environ.setdefault("MLPLANE_RETRY_DELAY", "2")
+# ModelDeployments ask MLflow again every second, so a moved alias shows within a test.
+os.environ.setdefault("MLPLANE_RESOLVE_INTERVAL", "1")
 
 # ``tests/`` holds the shared ``k8s`` harness package; make it importable from this folder.
 _TESTS = str(Path(__file__).resolve().parents[1])

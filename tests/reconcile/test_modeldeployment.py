@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from mlplane.crds.validate import parse
 from mlplane.operator import conditions
-from mlplane.operator.builders.rayservice import Variant
+from mlplane.operator.builders.rayservice import Variant, build_rayservice
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile.modeldeployment import (
     APPLIED,
@@ -426,7 +426,7 @@ def test_alias_removed_after_deploy_keeps_serving_the_version():
     assert (mr["status"], mr["reason"]) == ("False", "AliasNotFound")
     ready = d.condition("Ready")
     assert ready["status"] == "True"  # as KubeRay says
-    assert "keeps serving" in ready["message"] and "champion" in ready["message"]
+    assert "not following alias champion" in ready["message"]
     assert d.status["phase"] == "Degraded"
     assert set(d.events(plan)) == {"AliasNotFound", "Degraded"}
     assert d.step(ALIAS_GONE).events == []
@@ -521,7 +521,10 @@ def test_scale_moves_worker_bounds_and_serve_autoscaling():
     plan = d.step(resolved(1))
     assert set(plan.changed) == {"spec.serveConfigV2", "spec.rayClusterConfig"}
     group = d.server.rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
-    assert (group["minReplicas"], group["maxReplicas"]) == (3, 4)
+    built = build_rayservice(parse(d.body), 1, CONFIG, owner_uid=UID)
+    assert group["minReplicas"] == 3
+    assert group == {**built["spec"]["rayClusterConfig"]["workerGroupSpecs"][0],
+                     "numOfHosts": 1, "priority": 0}  # fmt: skip
     assert deployments_of(d.server.rs)["model-0"]["autoscaling_config"]["min_replicas"] == 3
     assert "VersionChanged" not in d.events(plan)
     assert "Updating" in d.events(plan)
@@ -558,12 +561,13 @@ def test_someone_editing_the_rayservice_is_put_back_keeping_foreign_keys():
     d = ready_deployment(1)
     rs = d.server.rs
     worker = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    wanted = worker["maxReplicas"]
     worker["maxReplicas"] = 99
     rs["spec"]["rayClusterConfig"]["headServiceAnnotations"] = {"team": "x"}
     plan = d.step(resolved(1))
     assert plan.changed == ("spec.rayClusterConfig",)
     cluster = d.server.rs["spec"]["rayClusterConfig"]
-    assert cluster["workerGroupSpecs"][0]["maxReplicas"] == 4
+    assert cluster["workerGroupSpecs"][0]["maxReplicas"] == wanted
     assert cluster["headServiceAnnotations"] == {"team": "x"}  # not mlplane's: left alone
     # A merge patch replaces lists whole: the group is mlplane's again (server defaults return).
     assert cluster["workerGroupSpecs"][0]["numOfHosts"] == 1
