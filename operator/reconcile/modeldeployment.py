@@ -64,7 +64,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 
@@ -81,9 +81,6 @@ from mlplane.operator.builders.rayservice import (
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile.trainingjob import Event
 
-if TYPE_CHECKING:
-    from mlplane.operator.registry import ResolvedModel
-
 #: Annotation on the RayService: ``{"<top-level spec field>": "<hash>"}`` as mlplane last wrote.
 APPLIED = "mlplane.dev/applied-spec"
 #: Port of KubeRay's serve Service (Serve's HTTP proxy).
@@ -98,6 +95,17 @@ UnresolvedReason = Literal[
 Phase = Literal["Pending", "Deploying", "Ready", "Degraded", "Failed"]
 
 _HEALTHY_DEPLOYMENT = frozenset({"HEALTHY", "UPSCALING", "DOWNSCALING"})
+
+
+class Resolved(Protocol):
+    """A model resolved to a version: ``mlplane.operator.registry.ResolvedModel`` is one
+    (a protocol, so the pure core does not import the registry client)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ class Observed:
     ``objective`` come from an active ABTest and go to ``build_rayservice`` unchanged.
     """
 
-    model: ResolvedModel | Unresolved
+    model: Resolved | Unresolved
     rayservice: dict[str, Any] | None = None
     variants: tuple[Variant, ...] | None = None
     bucketing_header: str | None = None
@@ -477,7 +485,7 @@ def _resolution_text(md: ModelDeployment, version: int) -> str:
     return f"{ref.name} version {version}"
 
 
-def _set_model_resolved(s: _Status, md: ModelDeployment, model: ResolvedModel | Unresolved) -> None:
+def _set_model_resolved(s: _Status, md: ModelDeployment, model: Resolved | Unresolved) -> None:
     old = s.old_condition("ModelResolved")
     if isinstance(model, Unresolved):
         s.condition("ModelResolved", "False", model.reason, model.message)
@@ -638,7 +646,7 @@ def _follow(
     s: _Status,
     plan: Plan,
     md: ModelDeployment,
-    model: ResolvedModel | Unresolved,
+    model: Resolved | Unresolved,
     health: ServiceHealth,
     served: ServedConfig | None,
     wanted: ServedConfig | None,
