@@ -96,6 +96,20 @@ def resolve_feedback_key(deployment: str) -> bytes:
     return generate_key()
 
 
+def _log_like_serve() -> None:
+    """Send ``mlplane.serving`` logs (INFO and up) to this replica's Serve log handlers.
+
+    Serve sets up handlers (its replica log file, with request context) on the ``ray.serve``
+    logger only; without this, the cores' messages below WARNING are lost.
+    """
+    ours = logging.getLogger("mlplane.serving")
+    ours.setLevel(logging.INFO)
+    for handler in logging.getLogger("ray.serve").handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.propagate = False
+
+
 def _replica_id() -> str:
     try:
         return serve.get_replica_context().replica_id.unique_id
@@ -127,6 +141,7 @@ class Model:
     """A ``model-<i>`` deployment (bound under that name by :func:`build_app`)."""
 
     async def __init__(self, args: dict[str, Any]) -> None:
+        _log_like_serve()
         settings = AppSettings.parse(args)
         self.core = ModelCore(settings.tracking_uri)
         self.batching = settings.batching
@@ -162,6 +177,7 @@ class Monitor:
     """The app's single aggregation point (see :mod:`mlplane.serving.monitor`)."""
 
     async def __init__(self, args: dict[str, Any]) -> None:
+        _log_like_serve()
         self.settings = AppSettings.parse(args)
         self.core = MonitorCore(self.settings, time.time())
         self._drift_lock = asyncio.Lock()
@@ -219,6 +235,10 @@ class Monitor:
     async def metrics(self) -> bytes:
         return self.core.metrics_text()
 
+    async def __del__(self) -> None:
+        """Stop the timer before Serve shuts the replica's event loop and thread pool down."""
+        self._ticker.cancel()
+
 
 class _MonitorHandle:
     """The router's view of the monitor deployment (bounded calls)."""
@@ -258,6 +278,7 @@ class Router:
         models: dict[str, DeploymentHandle],
         monitor: DeploymentHandle,
     ) -> None:
+        _log_like_serve()
         settings = AppSettings.parse(args)
         key = await asyncio.to_thread(resolve_feedback_key, settings.deployment)
         self._models = models
