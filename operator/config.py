@@ -9,7 +9,11 @@
 - ``MLPLANE_ARTIFACTS_URI``: where artifacts and default checkpoints go (e.g. ``s3://b/p``);
 - ``MLPLANE_TRAINING_SERVICE_ACCOUNT`` / ``MLPLANE_SERVING_SERVICE_ACCOUNT``: the service
   account of training and serving Ray pods (bound to cloud roles, e.g. IRSA); default none;
-- ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default).
+- ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
+- ``MLPLANE_RECONCILE_INTERVAL`` (default 5 s): how often each resource's timer looks at its
+  children; ``MLPLANE_RESOLVE_INTERVAL`` (default 30 s): how often a ModelDeployment asks
+  MLflow where its alias points; ``MLPLANE_RETRY_DELAY`` (default 15 s): retry after MLflow
+  could not be reached. (Read by the Kopf handlers at import.)
 """
 
 from __future__ import annotations

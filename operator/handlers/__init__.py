@@ -224,6 +224,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.event_name_prefix = "mlplane-"
     settings.peering.standalone = True
     settings.peering.mandatory = False
+    # Every kind runs a sync timer; a deletion waits for a running round to end, and Kopf looks
+    # again only every `cancellation_polling` seconds (60 by default): look every second.
+    settings.background.cancellation_polling = 1.0
 
 
 async def handle(

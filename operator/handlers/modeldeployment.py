@@ -170,21 +170,6 @@ def _lock(namespace: str, name: str) -> threading.Lock:
         return _LOCKS.setdefault((namespace, name), threading.Lock())
 
 
-#: How often Kopf looks whether a timer that was asked to stop has finished (seconds).
-TIMER_EXIT_POLLING = 1.0
-
-
-@kopf.on.startup()
-def timers_stop_promptly(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Let a deletion proceed as soon as a running timer round has finished.
-
-    A deletion must wait for the object's timers to stop; a sync timer in the middle of a round
-    cannot be interrupted, and Kopf looks again only every ``cancellation_polling`` seconds
-    (60 by default, unless an event on the object wakes it). Every mlplane kind runs a timer,
-    so without this a deletion that meets a running round took a minute.
-    """
-    settings.background.cancellation_polling = TIMER_EXIT_POLLING
-
 
 @kopf.index("ray.io", "v1", "rayservices", labels=_OWNED)
 def rayservices_by_modeldeployment(
