@@ -294,7 +294,8 @@ class Router:
             self.core.run_flusher(FLUSH_INTERVAL_S)
         )
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new split (async: applied on the event loop, between two requests)."""
         self.core.configure(user_config)
 
     async def _call_model(

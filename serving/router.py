@@ -187,9 +187,9 @@ class RouterCore:
         self._timer = timer
         self.max_body_bytes = max_body_bytes
         self.max_rows = max_rows
-        self.config: RouterConfig | None = None
         self.config_error: str | None = None
-        self._weights: tuple[Weighted, ...] = ()
+        #: The split in force and its weights, replaced together (one assignment).
+        self._split: tuple[RouterConfig, tuple[Weighted, ...]] | None = None
         self._delta = TrafficStats()
         self._rows: list[tuple[dict[str, list[Any]], int, float]] = []
         self._buffered = 0
@@ -216,11 +216,15 @@ class RouterCore:
             self.config_error = str(exc)
             log.error("router user_config refused, keeping the previous one: %s", exc)
             return
-        self.config = config
+        self._split = (config, tuple(Weighted(v.name, v.weight) for v in config.variants))
         self.config_error = None
-        self._weights = tuple(Weighted(v.name, v.weight) for v in config.variants)
         for v in config.variants:
             self._delta.touch(v.version, v.name, config.abtest, self.settings.slo_s)
+
+    @property
+    def config(self) -> RouterConfig | None:
+        """The router configuration in force (None before the first one)."""
+        return self._split[0] if self._split is not None else None
 
     # --- HTTP ------------------------------------------------------------------------------
 
@@ -285,12 +289,13 @@ class RouterCore:
 
     async def predict(self, headers: Mapping[str, str], read_body: BodyReader) -> HttpResponse:
         started = self._timer()
-        config = self.config
-        if config is None:
+        split = self._split
+        if split is None:
             return _error(503, "the router has no configuration yet")
+        config, weights = split
         key = headers.get(config.bucketing_header) if config.bucketing_header else None
         salt = config.abtest or self.settings.deployment
-        variant = config.variants[choose(key, self._weights, salt=salt, rng=self._rng)]
+        variant = config.variants[choose(key, weights, salt=salt, rng=self._rng)]
         version = variant.version
         columns: dict[str, list[Any]] | None = None
         n_rows = 0

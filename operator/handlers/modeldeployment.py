@@ -170,7 +170,6 @@ def _lock(namespace: str, name: str) -> threading.Lock:
         return _LOCKS.setdefault((namespace, name), threading.Lock())
 
 
-
 @kopf.index("ray.io", "v1", "rayservices", labels=_OWNED)
 def rayservices_by_modeldeployment(
     body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any
