@@ -24,7 +24,6 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from mlplane.operator import conditions
-from mlplane.operator.handlers.modeldeployment import TIMER_EXIT_POLLING
 
 RAYSERVICES = "ray.io/v1/rayservices"
 MDS = "mlplane.dev/v1alpha1/modeldeployments"
@@ -303,7 +302,7 @@ async def test_alias_removed_after_deploy_keeps_serving(emulator, operator, mlfl
 
 async def test_deletion_removes_the_rayservice(emulator, operator, mlflow_uri):
     # A deletion meeting a running timer round waits for it only this long between looks.
-    assert operator.settings.background.cancellation_polling == TIMER_EXIT_POLLING
+    assert operator.settings.background.cancellation_polling == 1.0
     set_alias(mlflow_uri, "gone", 1)
     obj = await create(emulator, modeldeployment("gone", "gone"))
     await wait_for(lambda: rayservice(emulator, "gone"), timeout=TIMEOUT, message="RayService")
