@@ -334,9 +334,11 @@ class Router:
             return b"".join(chunks)
 
         headers = {k.lower(): v for k, v in request.headers.items()}
-        answer = await self.core.handle(
-            request.method, request.url.path, request.url.query, headers, read_body
-        )
+        path = request.url.path
+        root = request.scope.get("root_path") or ""
+        if root and path.startswith(root):  # mounted under a route prefix such as /ns/name
+            path = path[len(root) :] or "/"
+        answer = await self.core.handle(request.method, path, request.url.query, headers, read_body)
         return Response(
             answer.body,
             status_code=answer.status,

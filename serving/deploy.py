@@ -65,6 +65,8 @@ def local_serve_config(
     num_cpus: float = 0.25,
     max_replicas: int | None = 1,
     keep_gpus: bool = False,
+    name: str | None = None,
+    route_prefix: str | None = None,
 ) -> dict[str, Any]:
     """A copy of a Serve config fitted to one small machine.
 
@@ -72,15 +74,23 @@ def local_serve_config(
     - every replica reserves ``num_cpus`` logical CPUs (the cluster config asks for whole
       pods' worth; on two cores fractional CPUs are what lets router, monitor and models fit);
     - ``memory`` reservations are dropped and GPUs too unless ``keep_gpus``;
-    - autoscaling ceilings are capped at ``max_replicas`` (None: kept).
+    - autoscaling ceilings are capped at ``max_replicas`` (None: kept);
+    - ``name`` / ``route_prefix`` rename the application and mount it elsewhere, so several
+      ModelDeployments can share one Ray cluster (e.g. ``ns-churn`` at ``/ns/churn``; the
+      router strips the prefix). ``PUT`` replaces *all* of a cluster's applications: send
+      every deployment's application in one config.
 
-    Only resources change: ``args`` and ``user_config`` are untouched, so zero-downtime updates
-    behave as on Kubernetes.
+    Only resources (and the name and mount point) change: ``args`` and ``user_config`` are
+    untouched, so zero-downtime updates behave as on Kubernetes.
     """
     config = copy.deepcopy(dict(serve_config))
     config["http_options"] = {"host": host, "port": port}
     config["proxy_location"] = "HeadOnly"
     for app in config.get("applications", []):
+        if name is not None:
+            app["name"] = name
+        if route_prefix is not None:
+            app["route_prefix"] = route_prefix
         for deployment in app.get("deployments", []):
             options = deployment.setdefault("ray_actor_options", {})
             options["num_cpus"] = num_cpus

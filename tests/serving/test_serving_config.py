@@ -126,6 +126,11 @@ def test_local_config_changes_resources_only():
         d.get("user_config") for d in original["deployments"]
     ]
     assert serve["applications"][0]["deployments"][2]["ray_actor_options"]["num_cpus"] == 2.0
+    renamed = local_serve_config(serve, name="ml-team-churn", route_prefix="/ml-team/churn")
+    assert (renamed["applications"][0]["name"], renamed["applications"][0]["route_prefix"]) == (
+        "ml-team-churn",
+        "/ml-team/churn",
+    )
 
 
 def test_ray_auth_token_sources(tmp_path):

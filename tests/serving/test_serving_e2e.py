@@ -49,6 +49,7 @@ MODEL = "churn-e2e"
 UID = "6a1f3c2e-0000-4000-8000-0000000000e2"
 FEATURES = ("tenure", "spend", "visits", "plan")
 DEPLOY_TIMEOUT = 300.0
+PREFIX = "/e2e/churn"
 
 
 def free_port() -> int:
@@ -271,7 +272,8 @@ class App:
 
     def __init__(self, dashboard: str, port: int, tracking_uri: str) -> None:
         self.dashboard = dashboard
-        self.base = f"http://127.0.0.1:{port}"
+        # Mounted like the local platform mounts one of several deployments.
+        self.base = f"http://127.0.0.1:{port}{PREFIX}"
         self.port = port
         self.config = OperatorConfig(mlflow_tracking_uri=tracking_uri)
 
@@ -279,7 +281,13 @@ class App:
         rayservice = build_rayservice(
             _md(), version, self.config, owner_uid=UID, variants=variants, **kwargs
         )
-        config = local_serve_config(serve_config_of(rayservice), port=self.port, num_cpus=0.25)
+        config = local_serve_config(
+            serve_config_of(rayservice),
+            port=self.port,
+            num_cpus=0.25,
+            name="e2e-churn",
+            route_prefix=PREFIX,
+        )
         # Windows of 2 s instead of the CRD's 60 s minimum, so a test sees evaluations.
         config["applications"][0]["args"]["drift"]["window_s"] = 2.0
         return config
@@ -362,7 +370,7 @@ def test_malformed_and_oversized_bodies(app):
     url = f"{app.base}/v1/predict"
     assert http("POST", url, raw=b"{not json").status == 400
     assert http("POST", url, {"rows": []}).status == 400
-    assert post_oversized(app.base, "/v1/predict", 2**20 + 10) == 413
+    assert post_oversized(f"http://127.0.0.1:{app.port}", f"{PREFIX}/v1/predict", 2**20 + 10) == 413
     assert app.predict(rows(1) * 10_001).status == 413
     assert http("GET", f"{app.base}/v1/nothing").status == 404
     # The replica survived all of it.
