@@ -196,11 +196,12 @@ def render(
             ))  # fmt: skip
         resources.append(parse(document.body))
     from mlplane.operator.builders import render as build
+    from mlplane.operator.builders import to_yaml
 
     objects: list[dict[str, Any]] = []
     for resource in resources:
         objects.extend(build(resource, config, model_version=model_version))
-    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False, width=100))
+    sys.stdout.write(to_yaml(objects))  # serveConfigV2 / runtimeEnvYAML as readable blocks
 
 
 # --- local platform ------------------------------------------------------------------------------
