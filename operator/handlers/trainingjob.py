@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from mlplane.crds import GROUP, VERSION, TrainingJob
+from mlplane.crds import GROUP, VERSION, TrainingJob, TrainingJobStatus
 from mlplane.operator import conditions
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.evidence import node_evidence, pod_disruption
@@ -117,6 +117,8 @@ LEDGER = DisruptionLedger()
 #: Kopf runs a resource's change handlers and its timer concurrently (in threads): one lock per
 #: TrainingJob makes them take turns, so two rounds never race to create the same MLflow run.
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
+#: The status this process last wrote, per uid: the operator is the only writer of status.
+_LAST_STATUS: dict[str, dict[str, Any]] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -224,8 +226,15 @@ def _run_reconcile(
     config = OperatorConfig.from_env()
     platform = platform or KubeRayPlatform()
     uid = body["metadata"]["uid"]
-    current = tj
     old = plain(body.get("status"))
+    # The body a timer or handler gets may predate the status the previous round wrote (Kopf
+    # applies a patch after the handler returns): start from what this process last wrote.
+    written = _LAST_STATUS.get(uid)
+    current = (
+        tj.model_copy(update={"status": TrainingJobStatus.model_validate(written)})
+        if written is not None and written != old
+        else tj
+    )
     for _ in range(3):
         observed, registry = _observe(current, uid, index, config)
         plan = reconcile(current, observed, now, config, uid=uid)
@@ -235,6 +244,7 @@ def _run_reconcile(
         )
         if not changed:
             break
+    _LAST_STATUS[uid] = plan.status
     patch_status = conditions.status_patch(old, plan.status)
     if patch_status:
         patch.setdefault("status", {}).update(patch_status)
