@@ -9,21 +9,25 @@ PYTHON=${PYTHON:-python3}
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-"$PYTHON" - <<'PY' || { echo "mlplane needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+(cd / && "$PYTHON" -) <<'PY' || { echo "mlplane needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
 import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
+# Interpreters run from a neutral folder until mlplane is installed: from the repository root,
+# `python -m ...` would find the top-level folder `operator/` before the standard library's
+# `operator` (see operator/__init__.py); the console scripts below do not put the working
+# directory on sys.path.
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
-  "$PYTHON" -m venv .venv
+  (cd / && "$PYTHON" -m venv "$ROOT/.venv")
 fi
 stamp=.venv/.mlplane-installed
 want=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing mlplane and its dependencies into .venv (first time: a few minutes)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[all,dev]'
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e "$ROOT[all,dev]"
   echo "$want" > "$stamp"
 fi
 

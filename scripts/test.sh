@@ -16,10 +16,10 @@ export PATH="$ROOT/.tools/bin:$ROOT/.venv/bin:$PATH"
 
 echo "== unit and integration tests"
 rc=0
-.venv/bin/python -m pytest -m "not e2e" -p no:cacheprovider "$@" || rc=$?
+.venv/bin/pytest -m "not e2e" -p no:cacheprovider "$@" || rc=$?
 
 echo "== end-to-end tests (local platform: real Ray and MLflow, private network namespace)"
-e2e=(.venv/bin/python -m pytest -m e2e -p no:cacheprovider "$@")
+e2e=(.venv/bin/pytest -m e2e -p no:cacheprovider "$@")
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1; then
   unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${e2e[@]}" || rc=$?
 else
