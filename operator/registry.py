@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from mlplane.operator.reconcile.modeldeployment import Unresolved
 from mlplane.operator.reconcile.trainingjob import ObservedRun, Registration
 
 #: Tags mlplane writes on runs and model versions.
@@ -195,3 +196,42 @@ class Registry:
             self.client.set_registered_model_alias(name, alias, str(version))
         except Exception as exc:
             raise _classify(exc, f"moving alias {alias!r} of {name!r}") from None
+
+
+def _said_no(exc: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() in (400, 404)
+
+
+def resolve_model(registry: Registry, ref: Any) -> ResolvedModel | Unresolved:
+    """The version a ModelDeployment's ``spec.model`` (``ref``) names now, or why there is none.
+
+    When MLflow says no, a second question (does the registered model exist?) tells
+    ``ModelNotFound`` from ``AliasNotFound``/``VersionNotFound``; both platforms use this.
+    """
+    where = f"MLflow at {registry.tracking_uri}"
+    try:
+        return registry.resolve(ref.name, alias=ref.alias, version=ref.version)
+    except RegistryUnavailable as exc:
+        return Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
+    except RegistryError as exc:
+        answer = str(exc)
+    try:
+        registry.client.get_registered_model(ref.name)
+    except Exception as exc:
+        if _said_no(exc):
+            return Unresolved(
+                "ModelNotFound", f"registered model {ref.name!r} does not exist in {where}"
+            )
+        return Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
+    if ref.alias is not None:
+        return Unresolved(
+            "AliasNotFound",
+            f"registered model {ref.name!r} has no alias {ref.alias!r} in {where} ({answer}); "
+            "set it (MlflowClient().set_registered_model_alias) and the deployment follows",
+        )
+    return Unresolved(
+        "VersionNotFound",
+        f"registered model {ref.name!r} has no version {ref.version} in {where} ({answer})",
+    )

@@ -7,6 +7,10 @@ over the stored resources (``platforms/store.py``) every ``--interval`` seconds:
   job submitted through the Jobs API under the RayJob's deterministic name; a dead Ray worker
   node with the ``spot`` resource is the local stand-in for a reclaimed spot node; MLflow is
   the local server. The ledger of counted disruptions is the status, as on Kubernetes.
+- ModelDeployment: the pure ``reconcile/modeldeployment.py`` decides from the model resolved in
+  MLflow and the RayService read back from ``platforms/local_serving.py``, which keeps the
+  RayService records and deploys them all as Serve applications (one PUT), translating Serve's
+  status into KubeRay's shape. The endpoint is ``http://127.0.0.1:8000/<namespace>/<name>``.
 
 Each resource is handled on its own: one that fails (MLflow down, a bug) is reported in its
 status and the others go on. The heartbeat file says the loop is alive.
@@ -25,17 +29,24 @@ from typing import Any
 from mlplane.crds import TrainingJobStatus
 from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions
-from mlplane.operator.builders.labels import rayjob_name
+from mlplane.operator.builders.labels import rayjob_name, rayservice_name
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.local import LocalPlatform
+from mlplane.operator.platforms.local_serving import LocalServing
 from mlplane.operator.platforms.store import Store
+from mlplane.operator.reconcile import modeldeployment as md_core
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedAttempt,
     ObservedDisruption,
     reconcile,
 )
-from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable
+from mlplane.operator.registry import (
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+    resolve_model,
+)
 
 log = logging.getLogger("mlplane.runner")
 
@@ -54,37 +65,94 @@ class Runner:
     def __init__(self, state_dir: Path) -> None:
         self.platform = LocalPlatform(state_dir)
         self.store = Store(state_dir)
+        self.serving = LocalServing(self.platform)
+        self._registries: dict[str, Registry] = {}
+
+    def registry(self, tracking_uri: str) -> Registry:
+        """One MLflow client per server for the runner's life."""
+        if tracking_uri not in self._registries:
+            self._registries[tracking_uri] = Registry(tracking_uri)
+        return self._registries[tracking_uri]
 
     def pass_once(self, now: datetime | None = None) -> None:
         """Reconcile everything once; never raises for one resource's trouble."""
         now = now or datetime.now(UTC)
         config = local_config(self.platform)
         for body in self.store.list("TrainingJob"):
-            meta = body["metadata"]
-            try:
-                self.trainingjob(body, now, config)
-            except Exception as exc:  # one resource's failure must not stop the others
-                log.error("TrainingJob %s/%s: %s", meta["namespace"], meta["name"],
-                          "".join(traceback.format_exception_only(exc)).strip())  # fmt: skip
+            self._guarded(self.trainingjob, body, now, config)
+        self.serving.refresh()
+        deployments = self.store.list("ModelDeployment")
+        for body in deployments:
+            self._guarded(self.modeldeployment, body, now, config)
+        keep = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in deployments]
+        for gone in self.serving.delete_except(keep):
+            log.info("RayService %s: its ModelDeployment is gone, its application stops", gone)
+        try:
+            self.serving.sync()
+        except Exception as exc:  # Serve refused: the statuses say so at the next pass
+            log.error("Serve applications: %s", exc)
         self.platform.heartbeat_file.touch()
+
+    @staticmethod
+    def _guarded(step: Any, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
+        meta = body["metadata"]
+        try:
+            step(body, now, config)
+        except Exception as exc:  # one resource's failure must not stop the others
+            log.error("%s %s/%s: %s", body["kind"], meta["namespace"], meta["name"],
+                      "".join(traceback.format_exception_only(exc)).strip())  # fmt: skip
+
+    def _invalid(self, body: dict[str, Any], now: datetime) -> bool:
+        """Report a resource the API checks refuse (status ``InvalidSpec``, a Warning event).
+
+        The local store takes only validated manifests; this catches a file edited by hand or
+        written by an older mlplane, exactly as the Kopf handlers do on Kubernetes.
+        """
+        problems = check(body)
+        if not problems:
+            return False
+        old = body.get("status") or {}
+        message = "; ".join(str(p) for p in problems)
+        status = {**old, "phase": "Failed",
+                  "observedGeneration": body["metadata"].get("generation")}  # fmt: skip
+        status["conditions"] = conditions.set_condition(
+            old.get("conditions"), "InvalidSpec", "True", "InvalidSpec", message, now=now,
+            generation=body["metadata"].get("generation"),
+        )  # fmt: skip
+        if status != old:
+            self.store.add_event(body, "Warning", "InvalidSpec", message)
+            self.store.write_status(body, status)
+        return True
+
+    # --- ModelDeployment -----------------------------------------------------------------------
+
+    def modeldeployment(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
+        if self._invalid(body, now):
+            return
+        md = parse(body)
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        rs_name = rayservice_name(name)
+        model = resolve_model(self.registry(config.mlflow_tracking_uri), md.spec.model)
+        rayservice = self.serving.get(namespace, rs_name)
+        plan = md_core.reconcile(md, md_core.Observed(model, rayservice), now, config, uid=uid)
+        if plan.create and plan.desired is not None:
+            self.serving.create(plan.desired)
+        elif plan.patch is not None:
+            self.serving.patch(namespace, rs_name, plan.patch)
+        status = dict(plan.status)
+        if "endpoint" in status:  # KubeRay's in-cluster Service there, Serve's proxy here
+            status["endpoint"] = self.serving.endpoint(namespace, name)
+        for event in plan.events:
+            self.store.add_event(body, event.type, event.reason, event.message)
+        self.store.write_status(body, status)
 
     # --- TrainingJob ---------------------------------------------------------------------------
 
     def trainingjob(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
-        old = body.get("status") or {}
-        problems = check(body)
-        if problems:
-            message = "; ".join(str(p) for p in problems)
-            status = {**old, "phase": "Failed",
-                      "observedGeneration": body["metadata"].get("generation")}  # fmt: skip
-            status["conditions"] = conditions.set_condition(
-                old.get("conditions"), "InvalidSpec", "True", "InvalidSpec", message, now=now,
-                generation=body["metadata"].get("generation"),
-            )  # fmt: skip
-            if status != old:
-                self.store.add_event(body, "Warning", "InvalidSpec", message)
-                self.store.write_status(body, status)
+        if self._invalid(body, now):
             return
+        old = body.get("status") or {}
         if old.get("phase") in ("Succeeded", "Failed"):
             return
         tj = parse(body)

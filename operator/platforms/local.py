@@ -54,6 +54,8 @@ class Ports:
     ray_dashboard: int = 8265
     ray_client: int = 10001
     mlflow: int = 5000
+    #: Ray Serve's HTTP proxy: every ModelDeployment answers under /<namespace>/<name>.
+    serve: int = 8000
 
 
 @dataclass
@@ -130,7 +132,9 @@ class LocalPlatform(Platform):
 
     def __init__(self, state_dir: Path = Path(".mlplane"), ports: Ports | None = None) -> None:
         self.state_dir = state_dir.resolve()
-        self.ports = ports or Ports()
+        state = None if ports else self.state()
+        # A running platform's ports are the ones it was started with (the runner, the CLI).
+        self.ports = ports or (state.ports if state else Ports())
 
     # --- paths ---------------------------------------------------------------------------------
 

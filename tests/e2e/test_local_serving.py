@@ -1,0 +1,253 @@
+"""ModelDeployments on the local platform, for real: the runner, Ray Serve, MLflow's server.
+
+Two versions of a small scikit-learn model are registered in the platform's MLflow; a
+ModelDeployment following the alias ``champion`` is applied to the local store. The runner
+resolves the alias, records the RayService and deploys it as a Serve application; ``mlplane get
+md`` shows the endpoint; predictions answer over HTTP. Moving the alias while a bounded request
+loop runs switches the answers to the new version with zero failed requests; deleting the
+ModelDeployment stops its application.
+
+Runs inside a private network namespace (.ci/run does it).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mlplane.operator.platforms.local import LocalPlatform, Ports
+from mlplane.operator.platforms.local_serving import LocalServing
+from mlplane.operator.platforms.store import Store
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+BIN = Path(sys.executable).parent
+MODEL = "churn-local-e2e"
+FEATURES = ("tenure", "spend", "plan")
+DEPLOY_TIMEOUT = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until ``condition()`` is truthy; fail naming ``what`` (and the last value)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = condition()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}")
+        time.sleep(0.5)
+
+
+def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw.startswith(b"{") else {"raw": raw[:300]}
+
+
+def rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"tenure": float(rng.normal(24, 12)), "spend": float(rng.gamma(2, 30)),
+         "plan": str(rng.choice(["free", "pro"]))}
+        for _ in range(n)
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
+    ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
+                  mlflow=free_port(), serve=free_port())  # fmt: skip
+    local = LocalPlatform(tmp_path_factory.mktemp("platform") / "state", ports)
+    local.up(num_cpus=2)
+    try:
+        yield local
+    finally:
+        local.down()
+
+
+@pytest.fixture(scope="module")
+def registered(platform: LocalPlatform) -> str:
+    """Two versions of a small pipeline in the platform's MLflow; ``champion`` -> 1."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    mlflow.set_tracking_uri(platform.mlflow_uri)
+    mlflow.set_experiment("local-serving-e2e")
+    frame = pd.DataFrame(rows(300, seed=1))
+    labels = (frame["tenure"] > 24).astype(int)
+    for c in (0.05, 5.0):
+        model = make_pipeline(
+            ColumnTransformer([("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"])],
+                              remainder="passthrough"),
+            LogisticRegression(C=c, max_iter=300),
+        ).fit(frame, labels)  # fmt: skip
+        with mlflow.start_run():
+            mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL,
+                                     input_example=frame.head(2),
+                                     pip_requirements=["scikit-learn"])  # fmt: skip
+    MlflowClient(platform.mlflow_uri).set_registered_model_alias(MODEL, "champion", "1")
+    return MODEL
+
+
+def modeldeployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlplane.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "model": {"name": MODEL, "alias": "champion"},
+            "replicas": {"min": 1, "max": 1},
+            "resources": {"cpu": "1", "memory": "1Gi"},
+        },
+    }
+
+
+def status(store: Store, name: str) -> dict[str, Any]:
+    return store.get("ModelDeployment", "default", name).get("status") or {}
+
+
+@pytest.fixture(scope="module")
+def deployed(platform: LocalPlatform, registered: str) -> dict[str, Any]:
+    store = Store(platform.state_dir)
+    store.apply(modeldeployment("churn"))
+    st = wait(
+        lambda: (s := status(store, "churn")).get("phase") == "Ready" and s,
+        DEPLOY_TIMEOUT,
+        "the ModelDeployment to be Ready",
+    )
+    return st
+
+
+def test_deployment_becomes_ready_and_predicts(platform: LocalPlatform, deployed: dict) -> None:
+    port = platform.ports.serve
+    assert deployed["endpoint"] == f"http://127.0.0.1:{port}/default/churn"
+    assert deployed["servedVersion"] == "1"
+    resolved = next(c for c in deployed["conditions"] if c["type"] == "ModelResolved")
+    assert resolved["status"] == "True"
+    code, answer = post(deployed["endpoint"] + "/v1/predict", {"records": rows(3, seed=2)})
+    assert code == 200, answer
+    assert answer["version"] == 1 and len(answer["predictions"]) == 3
+    assert answer["requestId"]
+    # Bad input is the caller's problem, named, never a 500.
+    code, answer = post(deployed["endpoint"] + "/v1/predict", {"records": [{"tenure": 1.0}]})
+    assert code == 422 and "spend" in json.dumps(answer)
+
+
+def test_get_md_shows_the_endpoint(platform: LocalPlatform, deployed: dict) -> None:
+    shown = subprocess.run(
+        [str(BIN / "mlplane"), "get", "md", "--state-dir", str(platform.state_dir)],
+        capture_output=True, text=True, check=True,
+        env={"COLUMNS": "250", "PATH": str(BIN)},
+    )  # fmt: skip
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("churn"))
+    assert "Ready" in line and deployed["endpoint"] in line, shown.stdout
+
+
+class Traffic:
+    """A bounded request loop (one thread) recording each status and served version."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: list[tuple[int, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+
+    def _loop(self) -> None:
+        i = 0
+        while not self._stop.is_set() and len(self.seen) < 20_000:
+            code, answer = post(self.url, {"records": rows(1, seed=1000 + i)})
+            self.seen.append((code, answer.get("version")))
+            i += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        wait(lambda: len(self.seen) >= 10, 60, "traffic before the alias moves")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+
+
+def test_moving_the_alias_switches_versions_with_zero_failed_requests(
+    platform: LocalPlatform, deployed: dict
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = Store(platform.state_dir)
+    records = LocalServing(platform)
+    before = records.get("default", "churn")
+    assert before is not None
+    with Traffic(deployed["endpoint"] + "/v1/predict") as traffic:
+        MlflowClient(platform.mlflow_uri).set_registered_model_alias(MODEL, "champion", "2")
+        wait(lambda: [v for _, v in traffic.seen[-10:]] == [2] * 10, DEPLOY_TIMEOUT,
+             "ten answers in a row from version 2")  # fmt: skip
+    failed = [code for code, _ in traffic.seen if code != 200]
+    assert failed == [], f"{len(failed)} of {len(traffic.seen)} requests failed"
+    versions = [v for _, v in traffic.seen]
+    assert versions[0] == 1 and versions[-1] == 2
+    # Once a request met version 2, no later one met version 1 (no flapping back).
+    assert 1 not in versions[versions.index(2) :]
+    wait(lambda: status(store, "churn").get("servedVersion") == "2", 60, "servedVersion 2")
+    after = records.get("default", "churn")
+    assert after is not None
+    # In place: only the Serve config changed (one generation), nothing else of the spec.
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 1
+    assert {k: v for k, v in after["spec"].items() if k != "serveConfigV2"} == {
+        k: v for k, v in before["spec"].items() if k != "serveConfigV2"
+    }
+    events = [e["reason"] for e in store.events("ModelDeployment", "default", "churn")]
+    assert "VersionChanged" in events
+
+
+def test_deleting_the_deployment_stops_its_application(
+    platform: LocalPlatform, deployed: dict
+) -> None:
+    store = Store(platform.state_dir)
+    store.delete("ModelDeployment", "default", "churn")
+    serving = LocalServing(platform)
+    wait(lambda: serving.refresh() == {}, 120, "the Serve application to be removed")
+    assert serving.get("default", "churn") is None
+    # The last application gone, Serve may stop its proxy too: refused or 404, never an answer.
+    wait(lambda: _gone(deployed["endpoint"] + "/v1/predict"), 60, "the endpoint to stop answering")
+
+
+def _gone(url: str) -> bool:
+    try:
+        return post(url, {"records": rows(1, 3)})[0] == 404
+    except urllib.error.URLError:
+        return True
