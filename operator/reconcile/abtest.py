@@ -1,0 +1,767 @@
+"""ABTest: the next status, the alias to move and the events, from what was observed.
+
+Pure: no I/O, no clock. The caller (the Kopf handler on Kubernetes, the runner on the local
+platform) looks up the ModelDeployment, resolves the variants' aliases in MLflow, reads the
+router's cumulative counts (``GET <endpoint>/v1/stats?abtest=<name>``) and the other ABTests of
+the namespace; :func:`reconcile` returns the whole next status, the alias move to carry out (if
+any) and the events of the transitions. Same inputs, same plan: a restart, a repeated event or a
+timer tick with nothing new writes nothing.
+
+Everything a restarted operator needs is in ``status`` and in the router's cumulative counts:
+the frozen versions and effective weights (``status.variants[].version``/``.weight``), the
+start time (for ``maxDuration``), and the running bounds of the always-valid test (each
+treatment's ``pValue`` and ``interval``, so p-values only go down and confidence sequences only
+shrink across evaluations and restarts).
+
+Phases:
+
+- ``Pending``: waiting to split traffic — the ModelDeployment is missing or not serving,
+  another ABTest splits its traffic (the oldest running test wins: see :func:`routing_holder`),
+  a variant's alias or version cannot be resolved, or the split is frozen (versions and weights
+  in ``status.variants``, which :func:`routing_for` hands to the ModelDeployment) and the
+  router does not serve it yet.
+- ``Running``: the deployment is Ready and its router reports this test's variants; every
+  evaluation runs :func:`mlplane.monitoring.abtest_analysis.decide` on the counts.
+- ``Concluded`` (final): ``decision`` Promote (``winner`` set; the ``onConclusion.alias`` moves
+  to the winner's version when ``onConclusion.promote``), Rollback (a guardrail breach by a
+  treatment, at once, or every treatment significantly worse: treatments' effective weight 0,
+  the alias stays) or NoDifference (``maxDuration``; the control keeps the alias).
+- ``Failed`` (final): the test cannot go on — the ModelDeployment was deleted mid-test (its
+  router and counts are gone), or its variants were changed mid-test (a different experiment:
+  create a new ABTest).
+
+A concluded or failed test never changes again: replays write nothing and never move the alias
+twice. Spec changes while Running apply from the next evaluation (weights, guardrails,
+analysis), and reset the running bounds (still valid, no longer carried over).
+
+Conditions:
+
+- ``Running``: True (reason ``Analysing``) while the split is served and evaluated; Unknown
+  (reason ``StatsUnavailable``) while Running but the counts could not be read; False while
+  Pending (reason ``DeploymentNotFound``, ``DeploymentNotReady``, ``WaitingForDeployment``,
+  ``VariantUnresolved``, ``RegistryUnavailable``, ``WaitingForRouter``) and once final
+  (``Concluded``, ``Failed``).
+- ``Concluded``: False (reason ``Continue``, the analysis' current reading) while running;
+  True with reason ``Promote``/``Rollback``/``NoDifference`` and the why.
+- ``GuardrailBreached``: True (reason ``TreatmentBreach`` or ``ControlBreach``: the control's
+  breach is reported but decides nothing) or False (``WithinGuardrails``), once evaluated.
+
+Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
+``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
+backwards: its monitor restarted), ``GuardrailBreached``, ``Promoted`` / ``WinnerFound`` (the
+alias moves / ``promote: false``), ``RolledBack``, ``NoDifference``, ``Failed``.
+
+Counts: the Conversion and Mean objectives read the outcomes posted to ``/v1/feedback``
+(count, sum, sum of squares; Conversion outcomes are 0/1); Latency reads the router's request
+latency in milliseconds. Guardrails read ``errorRate`` and ``latencyP99Ms`` over requests.
+``status.variants[].mean`` is the objective's mean; for a treatment, ``interval`` is the
+confidence sequence of (its mean - the control's) and ``pValue`` the always-valid p-value
+after the Bonferroni correction over the treatments.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
+
+from mlplane.crds import ABTest, ModelDeployment
+from mlplane.crds.common import parse_duration
+from mlplane.monitoring.abtest_analysis import (
+    AnalysisResult,
+    RunningBounds,
+    VariantObservation,
+    decide,
+)
+from mlplane.operator import conditions
+from mlplane.operator.builders.rayservice import Variant
+from mlplane.operator.reconcile.modeldeployment import Unresolved
+from mlplane.operator.reconcile.trainingjob import Event
+
+__all__ = [
+    "PENDING_POLL",
+    "AliasMove",
+    "Observed",
+    "Plan",
+    "Routing",
+    "StatsUnavailable",
+    "VariantStats",
+    "analysis_interval",
+    "reconcile",
+    "routing_for",
+    "routing_holder",
+    "stats_from_response",
+]
+
+#: Seconds until the next look while Pending (waiting for the deployment, MLflow, the router).
+PENDING_POLL = 5.0
+FINAL_PHASES = frozenset({"Concluded", "Failed"})
+
+Phase = Literal["Pending", "Running", "Concluded", "Failed"]
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VariantStats:
+    """One variant's cumulative numbers, as a row of the router's ``GET /v1/stats``.
+
+    ``weight`` is the router's current weight for the variant, None when the router's current
+    split is not this test's (the row is history).
+    """
+
+    variant: str
+    requests: int = 0
+    errors: int = 0
+    outcomes: int = 0
+    outcome_sum: float = 0.0
+    outcome_sum_squares: float = 0.0
+    latency_count: int = 0
+    latency_sum_seconds: float = 0.0
+    latency_sum_squares_seconds: float = 0.0
+    latency_p99_ms: float | None = None
+    weight: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> VariantStats:
+        """Read one JSON row (``TrafficStats.snapshot`` plus the router's ``weight``)."""
+
+        def num(key: str) -> float:
+            value = row.get(key)
+            return float(value) if isinstance(value, int | float) else 0.0
+
+        p99 = row.get("latencyP99Ms")
+        weight = row.get("weight")
+        return cls(
+            variant=str(row["variant"]),
+            requests=int(num("requests")),
+            errors=int(num("errors")),
+            outcomes=int(num("outcomes")),
+            outcome_sum=num("outcomeSum"),
+            outcome_sum_squares=num("outcomeSumSquares"),
+            latency_count=int(num("latencyCount")),
+            latency_sum_seconds=num("latencySumSeconds"),
+            latency_sum_squares_seconds=num("latencySumSquaresSeconds"),
+            latency_p99_ms=float(p99) if isinstance(p99, int | float) else None,
+            weight=int(weight) if isinstance(weight, int | float) else None,
+        )
+
+
+@dataclass(frozen=True)
+class StatsUnavailable:
+    """The router's counts could not be read (unreachable, 5xx, not JSON): why."""
+
+    message: str
+
+
+def stats_from_response(
+    payload: Mapping[str, Any], abtest: str
+) -> tuple[VariantStats, ...] | StatsUnavailable:
+    """This test's rows of a ``GET /v1/stats`` answer (other tests' rows are left out)."""
+    rows = payload.get("variants")
+    if not isinstance(rows, list):
+        return StatsUnavailable("the router's /v1/stats answer has no 'variants' list")
+    try:
+        return tuple(
+            VariantStats.from_row(r)
+            for r in rows
+            if isinstance(r, Mapping) and r.get("abtest") == abtest
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return StatsUnavailable(f"the router's /v1/stats answer is malformed: {exc!r}")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the caller saw.
+
+    ``deployment``: the ModelDeployment named by ``spec.deployment`` (status included), None
+    when there is none. ``versions``: per variant name, its version or why it is unresolved
+    (only needed before the split is frozen; a missing name counts as not looked up).
+    ``stats``: the router's rows for this test, or why they could not be read, or None when not
+    read. ``competitors``: the namespace's other ABTests (any deployment; this one may be
+    among them, it is ignored), for who splits the deployment's traffic.
+    """
+
+    deployment: ModelDeployment | None
+    versions: Mapping[str, int | Unresolved] = field(default_factory=dict)
+    stats: Sequence[VariantStats] | StatsUnavailable | None = None
+    competitors: Sequence[ABTest] = ()
+
+
+class AliasMove(NamedTuple):
+    """Point ``alias`` of registered model ``model`` at ``version`` (a promotion)."""
+
+    model: str
+    alias: str
+    version: int
+
+
+@dataclass
+class Plan:
+    """The next status, the alias move to carry out before writing it, events, next look."""
+
+    status: dict[str, Any]
+    set_alias: AliasMove | None = None
+    events: list[Event] = field(default_factory=list)
+    #: Seconds until the next evaluation; None when final (nothing will change any more).
+    requeue_after: float | None = None
+    #: The analysis of this evaluation, when one ran (for metrics and logs).
+    analysis: AnalysisResult | None = None
+
+
+class Routing(NamedTuple):
+    """How a ModelDeployment splits its traffic: what ``reconcile/modeldeployment.Observed``
+    takes as ``variants``, ``bucketing_header``, ``abtest`` and ``objective``."""
+
+    variants: tuple[Variant, ...]
+    bucketing_header: str | None
+    abtest: str
+    objective: str
+
+
+# --- who splits a deployment's traffic ---------------------------------------------------------
+
+
+def _meta(test: ABTest, key: str) -> Any:
+    return (test.metadata.model_extra or {}).get(key)
+
+
+def _phase(test: ABTest) -> str | None:
+    return test.status.phase if test.status else None
+
+
+def _targets(test: ABTest, md_name: str, namespace: str | None) -> bool:
+    if test.spec.deployment != md_name or _meta(test, "deletionTimestamp"):
+        return False
+    return namespace is None or (test.metadata.namespace or "default") == namespace
+
+
+def routing_holder(
+    md_name: str, abtests: Iterable[ABTest], namespace: str | None = None
+) -> ABTest | None:
+    """The ABTest entitled to split ``md_name``'s traffic, among those not final or deleted.
+
+    A running test first (the earliest started), else the oldest created (then by name): a
+    test that started is never displaced by a newer one, and waiting tests queue by age.
+    """
+    candidates = [
+        t for t in abtests if _targets(t, md_name, namespace) and _phase(t) not in FINAL_PHASES
+    ]
+    if not candidates:
+        return None
+
+    def order(t: ABTest) -> tuple[int, str, str, str]:
+        start = t.status.start_time if t.status else None
+        created = str(_meta(t, "creationTimestamp") or "")
+        return (0 if start else 1, start or "", created, t.metadata.name or "")
+
+    return min(candidates, key=order)
+
+
+def _split(
+    items: Sequence[Mapping[str, Any]], spec_names: Sequence[str]
+) -> tuple[Variant, ...] | None:
+    """A frozen split (``status.variants``, control first), None when not (validly) frozen."""
+    out = []
+    for v in items:
+        version, weight = v.get("version"), v.get("weight")
+        if not str(version or "").isdigit() or not isinstance(weight, int):
+            return None
+        out.append(Variant(str(v.get("name")), int(str(version)), weight))
+    if not out or sum(v.weight for v in out) != 100 or [v.name for v in out] != list(spec_names):
+        return None
+    return tuple(out)
+
+
+def _frozen(test: ABTest) -> tuple[Variant, ...] | None:
+    if test.status is None:
+        return None
+    items = [v.model_dump(by_alias=True) for v in test.status.variants]
+    return _split(items, [v.name for v in test.spec.variants])
+
+
+def _routing_of(test: ABTest) -> Routing | None:
+    variants = _frozen(test)
+    if variants is None:
+        return None
+    return Routing(
+        variants, test.spec.bucketing.header, test.metadata.name or "", test.spec.objective.metric
+    )
+
+
+def routing_for(
+    md_name: str, abtests: Iterable[ABTest], namespace: str | None = None
+) -> Routing | None:
+    """Which split, if any, the ModelDeployment ``md_name`` serves now (None: its own model).
+
+    The holder (:func:`routing_holder`) once its split is frozen in its status — from the
+    status, so an alias moving mid-test reshuffles nothing. Otherwise (no holder, or its split
+    not frozen yet) a test concluded with
+    Rollback keeps its split with the treatments at weight 0 (the router applies a weight change
+    in place, so the rollback takes effect at once, with no restart) until it is deleted or
+    another test takes the deployment; the most recently concluded one if several. Promote,
+    NoDifference, Failed and deleted tests route nothing: the deployment serves its own model
+    (after Promote it follows the moved alias by itself).
+    """
+    tests = [t for t in abtests if _targets(t, md_name, namespace)]
+    holder = routing_holder(md_name, tests)
+    if holder is not None:
+        routing = _routing_of(holder)
+        if routing is not None:
+            return routing
+    rolled_back = [
+        t
+        for t in tests
+        if _phase(t) == "Concluded" and t.status is not None and t.status.decision == "Rollback"
+    ]
+    rolled_back.sort(
+        key=lambda t: (t.status.concluded_at or "" if t.status else "", t.metadata.name or "")
+    )
+    for test in reversed(rolled_back):
+        routing = _routing_of(test)
+        if routing is not None:
+            return routing
+    return None
+
+
+def analysis_interval(test: ABTest) -> float:
+    """Seconds between evaluations (``spec.analysis.interval``)."""
+    return parse_duration(test.spec.analysis.interval)
+
+
+# --- the status --------------------------------------------------------------------------------
+
+
+def _generation(test: ABTest) -> int | None:
+    generation = _meta(test, "generation")
+    return int(generation) if generation is not None else None
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class _Status:
+    """The status being built, with condition and event helpers bound to ``now``."""
+
+    def __init__(self, test: ABTest, now: datetime) -> None:
+        self.old = test.status.model_dump(by_alias=True, exclude_none=True) if test.status else {}
+        self.new = copy.deepcopy(self.old)
+        self.now = now
+        self.generation = _generation(test)
+        self.events: list[Event] = []
+
+    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.new["conditions"] = conditions.set_condition(
+            self.new.get("conditions"), type_, status,  # type: ignore[arg-type]
+            reason, message, now=self.now, generation=self.generation,
+        )  # fmt: skip
+
+    def old_condition(self, type_: str) -> dict[str, Any]:
+        return conditions.find(self.old.get("conditions"), type_) or {}
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+
+def _variant_entry(name: str, version: int, weight: int) -> dict[str, Any]:
+    """A ``status.variants[]`` item as ``VariantStatus.model_dump(by_alias, exclude_none)``."""
+    return {
+        "name": name,
+        "version": str(version),
+        "weight": weight,
+        "requests": 0,
+        "errors": 0,
+        "outcomes": 0,
+    }
+
+
+def _split_text(variants: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{v['name']} v{v['version']} {v['weight']}%" for v in variants)
+
+
+def _pending(s: _Status, reason: str, message: str, *, warn: bool = False) -> Plan:
+    old = s.old_condition("Running")
+    s.new["phase"] = "Pending"
+    s.condition("Running", "False", reason, message)
+    if old.get("reason") != reason or s.old.get("phase") != "Pending":
+        s.event("Warning" if warn else "Normal", reason if warn else "Waiting", message)
+    return Plan(status=s.new, events=s.events, requeue_after=PENDING_POLL)
+
+
+def _fail(s: _Status, reason: str, message: str) -> Plan:
+    s.new["phase"] = "Failed"
+    s.new["concludedAt"] = conditions.timestamp(s.now)
+    s.condition("Running", "False", "Failed", message)
+    s.condition("Concluded", "False", reason, message)
+    s.event("Warning", "Failed", message)
+    return Plan(status=s.new, events=s.events, requeue_after=None)
+
+
+def _md_serving(md: ModelDeployment) -> bool:
+    st = md.status
+    if st is None:
+        return False
+    ready = conditions.find([c.model_dump(by_alias=True) for c in st.conditions], "Ready")
+    return ready is not None and ready.get("status") == "True"
+
+
+def reconcile(test: ABTest, observed: Observed, now: datetime) -> Plan:
+    """The next status, alias move and events of a validated ABTest (see the module doc)."""
+    s = _Status(test, now)
+    if s.old.get("phase") in FINAL_PHASES:
+        return Plan(status=s.new, requeue_after=None)  # final: nothing changes any more
+    st = s.new
+    spec = test.spec
+    name = test.metadata.name or ""
+    namespace = test.metadata.namespace or "default"
+    spec_changed = s.generation is not None and s.old.get("observedGeneration") != s.generation
+    if s.generation is not None:
+        st["observedGeneration"] = s.generation
+    started = bool(st.get("startTime"))
+    md = observed.deployment
+    where = f"ModelDeployment {namespace}/{spec.deployment}"
+
+    if md is None:
+        if started:
+            return _fail(
+                s,
+                "DeploymentDeleted",
+                f"{where} was deleted mid-test: its router, split and counts are gone",
+            )
+        st.pop("variants", None)
+        return _pending(s, "DeploymentNotFound", f"{where} does not exist", warn=True)
+
+    holder = routing_holder(
+        spec.deployment, [*(c for c in observed.competitors if c.metadata.name != name), test]
+    )
+    if holder is not None and holder.metadata.name != name:
+        if started:
+            return _fail(
+                s,
+                "DeploymentTaken",
+                f"ABTest {holder.metadata.name} started splitting {where} first",
+            )
+        st.pop("variants", None)
+        return _pending(
+            s,
+            "WaitingForDeployment",
+            f"ABTest {holder.metadata.name} splits the traffic of {where} (one test per "
+            "deployment: the oldest running one); this test starts once it concludes or is "
+            "deleted",
+        )
+
+    if not started:
+        return _before_start(s, test, observed, md, spec_changed, where)
+    return _evaluate(s, test, observed, md, spec_changed, where)
+
+
+def _before_start(
+    s: _Status,
+    test: ABTest,
+    observed: Observed,
+    md: ModelDeployment,
+    spec_changed: bool,
+    where: str,
+) -> Plan:
+    st = s.new
+    spec = test.spec
+    name = test.metadata.name or ""
+    names = [v.name for v in spec.variants]
+    frozen = st.get("variants") if _split(st.get("variants") or (), names) is not None else None
+    if frozen is None or spec_changed:
+        missing = []
+        transient = True
+        for v in spec.variants:
+            found = observed.versions.get(v.name)
+            if isinstance(found, Unresolved):
+                missing.append(f"{v.name}: {found.message}")
+                transient = transient and found.transient
+            elif found is None:
+                missing.append(f"{v.name}: not looked up yet")
+        if missing:
+            st.pop("variants", None)
+            reason = "RegistryUnavailable" if transient else "VariantUnresolved"
+            return _pending(s, reason, "; ".join(missing), warn=not transient)
+        if not _md_serving(md):
+            st.pop("variants", None)
+            return _pending(s, "DeploymentNotReady", f"{where} is not serving yet")
+        frozen = [
+            _variant_entry(v.name, int(observed.versions[v.name]), v.weight)  # type: ignore[arg-type]
+            for v in spec.variants
+        ]
+        if st.get("variants") != frozen:
+            s.event(
+                "Normal",
+                "Starting",
+                f"splitting the traffic of {where}: {_split_text(frozen)}",
+            )
+        st["variants"] = frozen
+    stats = observed.stats
+    rows = {r.variant: r for r in stats} if isinstance(stats, Sequence) else {}
+    serves = all(rows.get(v["name"]) is not None and rows[v["name"]].weight is not None
+                 for v in frozen)  # fmt: skip
+    md_phase = md.status.phase if md.status else None
+    if not serves or md_phase != "Ready":
+        why = (
+            stats.message
+            if isinstance(stats, StatsUnavailable)
+            else f"{where} is {md_phase or 'not Ready'}"
+            if md_phase != "Ready"
+            else f"its router does not serve ABTest {name} yet"
+        )
+        return _pending(
+            s,
+            "WaitingForRouter",
+            f"waiting for {where} to serve the split {_split_text(frozen)}: {why}",
+        )
+    st["phase"] = "Running"
+    st["startTime"] = conditions.timestamp(s.now)
+    s.event("Normal", "Started", f"{where} serves the split {_split_text(frozen)}")
+    return _evaluate(s, test, observed, md, False, where, just_started=True)
+
+
+def _observations(
+    test: ABTest, rows: Mapping[str, VariantStats]
+) -> tuple[list[VariantObservation], Literal["proportion", "mean"]]:
+    metric = test.spec.objective.metric
+    out = []
+    for v in test.spec.variants:
+        r = rows[v.name]
+        if metric == "Latency":
+            n, total, total_sq = r.latency_count, r.latency_sum_seconds * 1e3, None
+            total_sq = r.latency_sum_squares_seconds * 1e6
+        else:
+            n, total, total_sq = r.outcomes, r.outcome_sum, r.outcome_sum_squares
+        out.append(
+            VariantObservation(
+                name=v.name,
+                n=n,
+                total=total,
+                total_sq=total_sq,
+                requests=r.requests,
+                error_rate=r.errors / r.requests if r.requests else None,
+                latency_p99_ms=r.latency_p99_ms,
+            )
+        )
+    return out, "proportion" if metric == "Conversion" else "mean"
+
+
+def _previous(old_variants: Sequence[Mapping[str, Any]], k: int) -> dict[str, RunningBounds]:
+    """The running bounds kept in status: ``pValue`` is stored Bonferroni-adjusted
+    (``min(1, k p)``), so ``pValue / k`` stands for the raw one — exact for every later
+    adjusted value and decision, since ``min(1, k min(p', p)) = min(1, k p')`` whenever the
+    stored value was capped at 1."""
+    out = {}
+    for v in old_variants:
+        p, interval = v.get("pValue"), v.get("interval")
+        if isinstance(p, int | float) and isinstance(interval, list) and len(interval) == 2:
+            out[str(v["name"])] = RunningBounds(float(p) / k, *map(float, interval))
+    return out
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal up to rounding: restoring ``pValue / k`` and scaling back by ``k`` may move the
+    last bit, which must not make an evaluation with nothing new write a new status."""
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        return math.isclose(old, new, rel_tol=1e-12, abs_tol=0.0)
+    return bool(old == new)
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _evaluate(
+    s: _Status,
+    test: ABTest,
+    observed: Observed,
+    md: ModelDeployment,
+    spec_changed: bool,
+    where: str,
+    *,
+    just_started: bool = False,
+) -> Plan:
+    st = s.new
+    spec = test.spec
+    name = test.metadata.name or ""
+    old_variants: list[dict[str, Any]] = [dict(v) for v in st.get("variants") or ()]
+    names = [v.name for v in spec.variants]
+    if [v.get("name") for v in old_variants] != names or any(
+        v.model.version is not None and str(v.model.version) != old.get("version")
+        for v, old in zip(spec.variants, old_variants, strict=True)
+    ):
+        return _fail(
+            s,
+            "SpecChanged",
+            "the variants changed while the test was running (a different experiment); "
+            "create a new ABTest",
+        )
+    interval = analysis_interval(test)
+    started_at = _parse_time(st["startTime"])
+    elapsed = max(0.0, (s.now - started_at).total_seconds())
+    max_duration = parse_duration(spec.analysis.max_duration)
+    # Effective weights follow the spec while running (a rollback zeroes them at conclusion).
+    for item, v in zip(old_variants, spec.variants, strict=True):
+        item["weight"] = v.weight
+    st["variants"] = old_variants
+
+    stats = observed.stats
+    problem = None
+    rows: dict[str, VariantStats] = {}
+    if stats is None:
+        problem = "the router's counts were not read"
+    elif isinstance(stats, StatsUnavailable):
+        problem = stats.message
+    else:
+        rows = {r.variant: r for r in stats}
+        missing = [n for n in names if n not in rows or rows[n].weight is None]
+        if missing:
+            problem = (
+                f"the router of {where} does not serve ABTest {name}'s variants "
+                f"{', '.join(missing)}"
+            )
+    if problem is not None:
+        if elapsed >= max_duration:
+            result = AnalysisResult(
+                "NoDifference",
+                None,
+                f"maxDuration reached without a conclusive difference (the router's counts "
+                f"could not be read: {problem})",
+                float(spec.analysis.alpha),
+                (),
+            )
+            return _conclude(s, test, md, result, where)
+        st["phase"] = "Running"
+        old = s.old_condition("Running")
+        s.condition("Running", "Unknown", "StatsUnavailable", problem)
+        if old.get("reason") != "StatsUnavailable":
+            s.event("Warning", "StatsUnavailable", problem)
+        return Plan(status=st, events=s.events, requeue_after=interval)
+
+    reset = [
+        v["name"]
+        for v in old_variants
+        if rows[v["name"]].requests < int(v.get("requests", 0))
+        or rows[v["name"]].outcomes < int(v.get("outcomes", 0))
+    ]
+    if reset:
+        s.event(
+            "Warning",
+            "CountsReset",
+            f"the router's counts went backwards for {', '.join(reset)} (its monitor "
+            "restarted): the evidence so far is discarded and counting goes on from the restart",
+        )
+    k = len(names) - 1
+    keep = not (spec_changed or reset or just_started)
+    previous = _previous(old_variants, k) if keep else None
+    observations, kind = _observations(test, rows)
+    try:
+        result = decide(
+            observations,
+            alpha=float(spec.analysis.alpha),
+            min_samples_per_variant=spec.analysis.min_samples_per_variant,
+            elapsed_seconds=elapsed,
+            max_duration_seconds=max_duration,
+            direction=spec.objective.direction,
+            guardrails=[(g.metric, float(g.threshold)) for g in spec.guardrails],
+            kind=kind,
+            control=names[0],
+            previous=previous,
+        )
+    except ValueError as exc:
+        st["phase"] = "Running"
+        message = f"the router's counts cannot be analysed: {exc}"
+        s.condition("Running", "Unknown", "StatsUnavailable", message)
+        if s.old_condition("Running").get("message") != message:
+            s.event("Warning", "StatsUnavailable", message)
+        return Plan(status=st, events=s.events, requeue_after=interval)
+
+    for item, obs in zip(old_variants, observations, strict=True):
+        r = rows[obs.name]
+        vr = result.variant(obs.name)
+        item.update(requests=r.requests, errors=r.errors, outcomes=r.outcomes)
+        for key, value in (
+            ("mean", _finite(vr.mean)),
+            ("interval", [vr.interval[0], vr.interval[1]] if vr.interval else None),
+            ("pValue", vr.p_value_adjusted),
+        ):
+            if value is None:
+                item.pop(key, None)
+            elif not _same(item.get(key), value):
+                item[key] = value
+    _guardrail_condition(s, result)
+    if result.decision != "Continue":
+        return _conclude(s, test, md, result, where)
+    st["phase"] = "Running"
+    st["decision"] = "Continue"
+    s.condition("Running", "True", "Analysing", f"{where} serves {_split_text(old_variants)}")
+    s.condition("Concluded", "False", "Continue", result.reason)
+    return Plan(status=st, events=s.events, requeue_after=interval, analysis=result)
+
+
+def _guardrail_condition(s: _Status, result: AnalysisResult) -> None:
+    breaches = result.guardrail_breaches
+    treatment = [b for b in breaches if not b.control]
+    if treatment or breaches:
+        reason = "TreatmentBreach" if treatment else "ControlBreach"
+        message = "; ".join(b.describe() for b in breaches)
+        if not treatment:
+            message += " (the control's breach decides nothing: rolling back cannot cure it)"
+        old = s.old_condition("GuardrailBreached")
+        s.condition("GuardrailBreached", "True", reason, message)
+        if old.get("status") != "True" or old.get("reason") != reason:
+            s.event("Warning", "GuardrailBreached", message)
+    else:
+        s.condition("GuardrailBreached", "False", "WithinGuardrails", "no guardrail is breached")
+
+
+def _conclude(
+    s: _Status, test: ABTest, md: ModelDeployment, result: AnalysisResult, where: str
+) -> Plan:
+    st = s.new
+    spec = test.spec
+    variants: list[dict[str, Any]] = st["variants"]
+    decision = result.decision
+    st["phase"] = "Concluded"
+    st["decision"] = decision
+    st["concludedAt"] = conditions.timestamp(s.now)
+    plan = Plan(status=st, events=s.events, requeue_after=None, analysis=result)
+    message = result.reason
+    control = variants[0]
+    if decision == "Promote":
+        winner = next(v for v in variants if v["name"] == result.winner)
+        st["winner"] = winner["name"]
+        model, alias = md.spec.model.name, spec.on_conclusion.alias
+        target = f"{model} alias {alias} -> version {winner['version']}"
+        if spec.on_conclusion.promote:
+            plan.set_alias = AliasMove(model, alias, int(winner["version"]))
+            message += f"; promoted: {target}"
+            s.event("Normal", "Promoted", f"{winner['name']} wins: {target} ({result.reason})")
+        else:
+            message += f"; onConclusion.promote is false: {alias} is left as it is"
+            s.event("Normal", "WinnerFound", f"{winner['name']} wins ({result.reason}); "
+                    f"onConclusion.promote is false: {alias} is left as it is")  # fmt: skip
+    elif decision == "Rollback":
+        st.pop("winner", None)
+        for v in variants:
+            v["weight"] = 100 if v is control else 0
+        message += (
+            f"; rolled back: {control['name']} (version {control['version']}) serves all "
+            f"traffic of {where}, the treatments at weight 0 until this ABTest is deleted"
+        )
+        s.event("Warning", "RolledBack", message)
+    else:
+        st.pop("winner", None)
+        message += f"; {control['name']} keeps the alias; {where} serves its own model again"
+        s.event("Normal", "NoDifference", message)
+    s.condition("Running", "False", "Concluded", f"concluded {decision}")
+    s.condition("Concluded", "True", decision, message)
+    return plan
