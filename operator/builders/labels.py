@@ -22,6 +22,10 @@ MANAGED_BY_VALUE: Final = "mlplane"
 TRAININGJOB: Final = "mlplane.dev/trainingjob"
 MODELDEPLOYMENT: Final = "mlplane.dev/modeldeployment"
 ATTEMPT: Final = "mlplane.dev/attempt"
+#: On a retraining TrainingJob a drifting ModelDeployment created: which retrain of that
+#: deployment it is (1, 2, ...), beside :data:`MODELDEPLOYMENT` naming the deployment. Read back
+#: after a restart, so the next retrain's number never reuses one already taken.
+RETRAIN: Final = "mlplane.dev/retrain"
 #: ``OnDemand`` or ``Spot``: where an attempt's spot-capable workers run (read back by the
 #: operator after a restart, so it never has to remember it).
 CAPACITY: Final = "mlplane.dev/capacity"
@@ -87,6 +91,16 @@ def serving_pod_selector(name: str) -> str:
     Only workers: the head runs no model replica.
     """
     return f"{MANAGED_BY}={MANAGED_BY_VALUE},{MODELDEPLOYMENT}={name},{RAY_NODE_TYPE}=worker"
+
+
+def retrain_labels(modeldeployment: str, number: int) -> dict[str, str]:
+    """Labels of the ``number``-th retraining TrainingJob of a ModelDeployment."""
+    return {MANAGED_BY: MANAGED_BY_VALUE, MODELDEPLOYMENT: modeldeployment, RETRAIN: str(number)}
+
+
+def retrain_selector(modeldeployment: str) -> str:
+    """Label selector of every retraining TrainingJob a ModelDeployment created."""
+    return f"{MANAGED_BY}={MANAGED_BY_VALUE},{MODELDEPLOYMENT}={modeldeployment},{RETRAIN}"
 
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
