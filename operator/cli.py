@@ -229,6 +229,9 @@ def local_up(
     ray_port: Annotated[int, typer.Option(help="Ray GCS port.")] = 6379,
     dashboard_port: Annotated[int, typer.Option(help="Ray dashboard / Jobs API port.")] = 8265,
     ray_client_port: Annotated[int, typer.Option(help="Ray client server port.")] = 10001,
+    serve_port: Annotated[
+        int, typer.Option(help="Ray Serve's HTTP port: ModelDeployments answer there.")
+    ] = 8000,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use (default: all).")] = None,
 ) -> None:
     """Start Ray and an MLflow server (SQLite, local artifacts) bound to 127.0.0.1."""
@@ -236,7 +239,7 @@ def local_up(
 
     ports = Ports(
         ray_gcs=ray_port, ray_dashboard=dashboard_port, ray_client=ray_client_port,
-        mlflow=mlflow_port,
+        mlflow=mlflow_port, serve=serve_port,
     )  # fmt: skip
     platform = LocalPlatform(state_dir, ports)
     with err.status("starting Ray and MLflow (about 15 s)..."):
@@ -247,6 +250,7 @@ def local_up(
     table, _ = _health_table(platform)
     out.print(table)
     out.print(f"MLflow UI: {platform.mlflow_uri}   Ray dashboard: {platform.ray_dashboard}")
+    out.print(f"ModelDeployments answer on http://127.0.0.1:{ports.serve}/<namespace>/<name>")
     out.print("Stop everything with: mlplane local down")
 
 
@@ -501,6 +505,57 @@ def delete(
         for attempt in range(1, (body.get("status") or {}).get("attempts", 0) + 1):
             platform.stop_job(namespace, rayjob_name(name, attempt))
     out.print(f"{kind}/{name} deleted")
+
+
+@app.command()
+@one_line_errors
+def predict(
+    name: Annotated[str, typer.Argument(help="The ModelDeployment.")],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "-f",
+            "--filename",
+            help='JSON body: {"records": [{...}, ...]} or {"inputs": {column: [...]}}.',
+        ),
+    ],
+    namespace: Annotated[str, typer.Option("-n", "--namespace")] = "default",
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """Send a prediction request to a ModelDeployment on the local platform; print the answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from mlplane.operator.platforms.store import NotFound
+
+    try:
+        body = _store(state_dir).get("ModelDeployment", namespace, name)
+    except NotFound as exc:
+        raise UserError(str(exc)) from None
+    status = body.get("status") or {}
+    endpoint = status.get("endpoint")
+    if not endpoint or status.get("phase") not in ("Ready", "Deploying", "Degraded"):
+        phase = status.get("phase", "Pending")
+        raise UserError(
+            f"ModelDeployment/{name} is not serving (phase {phase}); "
+            f"see `mlplane describe md {name}`"
+        )
+    try:
+        payload = file.read_bytes()
+        json.loads(payload)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{file}: not a readable JSON file: {exc}") from None
+    request = urllib.request.Request(f"{endpoint}/v1/predict", payload,
+                                     {"content-type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = response.read().decode()
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from None
+    except urllib.error.URLError as exc:
+        raise UserError(f"{endpoint} does not answer: {exc.reason}") from None
+    sys.stdout.write(json.dumps(json.loads(answer), indent=2) + "\n")
 
 
 # --- monitoring ----------------------------------------------------------------------------------
