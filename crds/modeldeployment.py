@@ -179,7 +179,14 @@ class DriftStatus(StatusModel):
     drifted_features: list[str] = Field(default_factory=list)
     consecutive_drifted_windows: int = 0
     last_evaluated: Timestamp | None = None
+    #: End of the last live window counted (each window is counted once, across restarts).
+    last_window_end: Timestamp | None = None
+    #: The model version the windows were compared with; a new version starts the count anew.
+    reference_version: int | None = None
+    #: Retraining TrainingJobs created so far (numbers the next one's name).
+    retrains: int = 0
     last_retrain: Timestamp | None = None
+    last_retrain_job: str | None = None
 
 
 class ModelDeploymentStatus(StatusModel):

@@ -555,12 +555,6 @@ def test_builder_needs_a_template() -> None:
         build_retrain_trainingjob(modeldeployment(on_drift="Alert"), 1, owner_uid=UID)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CRD's DriftStatus lacks lastWindowEnd, referenceVersion, retrains and "
-    "lastRetrainJob: the status the operator reads back loses them (remove this mark once "
-    "crds/modeldeployment.py has them)",
-)
 def test_the_status_round_trips_through_the_crd_model() -> None:
     """What the handler reads back is the stored status parsed by the CRD's model: every field
     the core relies on must survive it, or windows are counted again and again."""
