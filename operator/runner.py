@@ -29,12 +29,15 @@ from typing import Any
 from mlplane.crds import TrainingJobStatus
 from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions
+from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.labels import rayjob_name, rayservice_name
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
-from mlplane.operator.platforms.store import Store
+from mlplane.operator.platforms.serving_client import fetch_drift
+from mlplane.operator.platforms.store import NotFound, Store
 from mlplane.operator.reconcile import modeldeployment as md_core
+from mlplane.operator.reconcile.drift import ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedAttempt,
@@ -143,9 +146,37 @@ class Runner:
         status = dict(plan.status)
         if "endpoint" in status:  # KubeRay's in-cluster Service there, Serve's proxy here
             status["endpoint"] = self.serving.endpoint(namespace, name)
-        for event in plan.events:
+        events = list(plan.events)
+        status = self._drift(md, body, status, events, now)
+        for event in events:
             self.store.add_event(body, event.type, event.reason, event.message)
         self.store.write_status(body, status)
+
+    def _drift(
+        self, md: Any, body: dict[str, Any], status: dict[str, Any], events: list[Any],
+        now: datetime,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Live drift into the status; a retraining TrainingJob when drift persists."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        report = None
+        if md.spec.monitoring.drift.enabled and status.get("servedVersion"):
+            report = fetch_drift(status["endpoint"], timeout=5.0)
+        retrains = [
+            ObservedRetrain.from_trainingjob(tj)
+            for tj in self.store.list("TrainingJob", namespace)
+            if (tj["metadata"].get("labels") or {}).get(lbl.MODELDEPLOYMENT) == name
+            and lbl.RETRAIN in (tj["metadata"].get("labels") or {})
+        ]
+        plan = reconcile_drift(md, status, report, retrains, now, uid=meta["uid"])
+        if plan.create is not None:
+            job = plan.create["metadata"]["name"]
+            try:
+                self.store.get("TrainingJob", namespace, job)
+            except NotFound:
+                self.store.apply(plan.create)  # the name is deterministic: a retry finds it
+        events.extend(plan.events)
+        return plan.status
 
     # --- TrainingJob ---------------------------------------------------------------------------
 

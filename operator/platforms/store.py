@@ -101,6 +101,8 @@ class Store:
                 },
                 "spec": body.get("spec"),
             }
+            if meta.get("ownerReferences"):  # what the runner creates for a parent
+                stored["metadata"]["ownerReferences"] = meta["ownerReferences"]
             self._write(path, stored)
             return "created"
 
