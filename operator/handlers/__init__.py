@@ -14,6 +14,8 @@ Importing this module registers, in Kopf's default registry (what ``kopf run`` a
   valid, hands the typed resource to the reconcilers registered for that kind with
   :func:`reconciler`. An invalid object is settled, not retried: there is nothing to retry
   until the spec changes, and a spec change is an update that runs the handler again.
+  Each run is one reconcile of its kind in ``mlplane_operator_reconcile_*``
+  (:mod:`mlplane.operator.metrics`).
 
 Validation is ``mlplane.crds.validate.check``, exactly what ``mlplane validate`` runs: the
 schema, the CEL rules and the model checks. On a cluster the API server has already applied the
@@ -48,7 +50,7 @@ import kopf
 
 from mlplane.crds import BY_KIND, GROUP, KINDS, VERSION, Resource
 from mlplane.crds.validate import InvalidResource, Problem, check, parse
-from mlplane.operator import conditions
+from mlplane.operator import conditions, metrics
 
 log = logging.getLogger(__name__)
 
@@ -239,23 +241,26 @@ async def handle(
     kind = body.get("kind")
     if not isinstance(kind, str) or kind not in BY_KIND:
         kind = _kind_of(kwargs.get("resource"))  # the body's kind is garbage: trust the URL
-    now = datetime.now(UTC)
-    resource = validated(kind, body, patch, now=now, logger=logger)
-    if resource is None:
-        return
-    api_resource = kwargs.pop("resource", None)
-    for fn in reconcilers(kind):
-        result = fn(
-            resource,
-            body=body,
-            patch=patch,
-            logger=logger,
-            now=now,
-            api_resource=api_resource,
-            **kwargs,
-        )
-        if inspect.isawaitable(result):
-            await result
+    # One reconcile in mlplane_operator_reconcile_*: an invalid spec is a handled object (a
+    # success: the user must act, not the operator); an exception (retried by Kopf) an error.
+    with metrics.reconciling(kind):
+        now = datetime.now(UTC)
+        resource = validated(kind, body, patch, now=now, logger=logger)
+        if resource is None:
+            return
+        api_resource = kwargs.pop("resource", None)
+        for fn in reconcilers(kind):
+            result = fn(
+                resource,
+                body=body,
+                patch=patch,
+                logger=logger,
+                now=now,
+                api_resource=api_resource,
+                **kwargs,
+            )
+            if inspect.isawaitable(result):
+                await result
 
 
 def _kind_of(resource: Any) -> str:

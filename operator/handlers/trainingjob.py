@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 
 from mlplane.crds import GROUP, VERSION, TrainingJob, TrainingJobStatus
-from mlplane.operator import conditions
+from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.evidence import node_evidence, pod_disruption
 from mlplane.operator.config import OperatorConfig
@@ -245,6 +245,8 @@ def _run_reconcile(
         if not changed:
             break
     _LAST_STATUS[uid] = plan.status
+    metrics.trainingjob(current.metadata.namespace or "default", current.metadata.name or "",
+                        plan.status)  # fmt: skip
     patch_status = conditions.status_patch(old, plan.status)
     if patch_status:
         patch.setdefault("status", {}).update(patch_status)
@@ -289,4 +291,12 @@ def on_timer(body: kopf.Body, patch: kopf.Patch, rayjobs_by_trainingjob: Any, **
     verdict = assess("TrainingJob", body, now)
     if verdict.resource is None or verdict.status:
         return  # invalid, or a verdict change pending: the change handler writes it
-    run_reconcile(verdict.resource, body, patch, now, rayjobs_by_trainingjob)  # type: ignore[arg-type]
+    with metrics.reconciling("TrainingJob"):
+        run_reconcile(verdict.resource, body, patch, now, rayjobs_by_trainingjob)  # type: ignore[arg-type]
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+def on_event(type: str | None, name: str, namespace: str | None, **_: Any) -> None:
+    """A deleted TrainingJob's series go (a watch event: no finalizer, nothing to retry)."""
+    if type == "DELETED":
+        metrics.forget("TrainingJob", namespace or "default", name)
