@@ -22,13 +22,17 @@ phase" both read without gaps.
 ``CollectorRegistry``); the module-level functions use a shared instance on
 ``prometheus_client.REGISTRY``, created on first use, which is what
 ``prometheus_client.start_http_server(port)`` serves.
+
+Feeding it: a Kopf handler calls the per-kind function with the status it writes and
+:func:`forget` on a ``DELETED`` event; a loop that lists every object each pass (the local
+runner) calls :func:`sync` per kind with the stored bodies, which also forgets what is gone.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -253,6 +257,46 @@ class OperatorMetrics:
                     1.0 if value == decision else 0.0
                 )
 
+    def export(self, body: Mapping[str, Any]) -> None:
+        """Export one stored object (``kind``, ``metadata``, ``spec``, ``status``) by its kind.
+
+        A ModelDeployment whose ``spec.slo`` does not parse exports no targets (an invalid
+        object's targets would be made up); the verdict is the reconciler's to report.
+        """
+        kind, meta = body.get("kind"), body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+        if kind == TRAININGJOB:
+            self.trainingjob(namespace, name, body.get("status"))
+        elif kind == ABTEST:
+            self.abtest(namespace, name, body.get("status"))
+        elif kind == MODELDEPLOYMENT:
+            try:
+                self.modeldeployment(namespace, name, (body.get("spec") or {}).get("slo"))
+            except ValueError:
+                self.forget(kind, namespace, name)
+        else:
+            raise ValueError(f"not an mlplane kind with series: {kind!r}")
+
+    def sync(self, kind: str, bodies: Iterable[Mapping[str, Any]]) -> None:
+        """Export every object of ``kind`` and forget those no longer listed.
+
+        For a loop that lists all objects each pass (the local runner): deletions need no
+        event, an object missing from the list is gone.
+        """
+        listed = []
+        for body in bodies:
+            if body.get("kind") != kind:
+                raise ValueError(f"sync({kind!r}) got a {body.get('kind')!r}")
+            self.export(body)
+            meta = body.get("metadata") or {}
+            listed.append((kind, meta.get("namespace") or "default", meta.get("name") or ""))
+        with self._lock:
+            known = {key for key in self._exported if key[0] == kind}
+            if kind == TRAININGJOB:
+                known |= {(kind, *obj) for obj in self._counted}
+        for key in known - set(listed):
+            self.forget(*key)
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Remove every series of a deleted object (and, for a TrainingJob, its counts)."""
         key = (kind, namespace, name)
@@ -301,6 +345,16 @@ def modeldeployment(namespace: str, name: str, slo: Mapping[str, Any] | SLO | No
 def abtest(namespace: str, name: str, status: Mapping[str, Any] | Any) -> None:
     """:meth:`OperatorMetrics.abtest` on the default registry."""
     default().abtest(namespace, name, status)
+
+
+def export(body: Mapping[str, Any]) -> None:
+    """:meth:`OperatorMetrics.export` on the default registry."""
+    default().export(body)
+
+
+def sync(kind: str, bodies: Iterable[Mapping[str, Any]]) -> None:
+    """:meth:`OperatorMetrics.sync` on the default registry."""
+    default().sync(kind, bodies)
 
 
 def forget(kind: str, namespace: str, name: str) -> None:

@@ -281,3 +281,36 @@ def test_module_functions_use_the_default_registry() -> None:
         om.forget("TrainingJob", "default-registry-test", "tj")
     labels = {"namespace": "default-registry-test", "trainingjob": "tj"}
     assert REGISTRY.get_sample_value(n.TRAININGJOB_ATTEMPTS_TOTAL, labels) is None
+
+
+def body(kind: str, name: str, **parts: object) -> dict[str, object]:
+    return {"kind": kind, "metadata": {"namespace": NS, "name": name}, **parts}
+
+
+def test_export_dispatches_by_kind(m: om.OperatorMetrics) -> None:
+    m.export(body("TrainingJob", "tj", status=status(attempts=2)))
+    m.export(body("ModelDeployment", "md", spec={"slo": {"latencyP99Ms": 50}}))
+    m.export(body("ABTest", "ab", status={"decision": "Rollback"}))
+    assert value(m, n.TRAININGJOB_ATTEMPTS_TOTAL, namespace=NS, trainingjob="tj") == 2
+    assert value(m, n.SLO_LATENCY_TARGET_SECONDS, namespace=NS, deployment="md") == 0.05
+    assert value(m, n.SLO_AVAILABILITY_TARGET, namespace=NS, deployment="md") == 0.999
+    assert value(m, n.ABTEST_DECISION, namespace=NS, abtest="ab", decision="Rollback") == 1
+    # An unparseable SLO exports no made-up target, and drops the one it had.
+    m.export(body("ModelDeployment", "md", spec={"slo": {"availability": "all of it"}}))
+    assert names_of(m, deployment="md") == set()
+    with pytest.raises(ValueError, match="Pod"):
+        m.export(body("Pod", "p"))
+
+
+def test_sync_forgets_what_is_no_longer_listed(m: om.OperatorMetrics) -> None:
+    m.sync("TrainingJob", [body("TrainingJob", "a", status=status()),
+                           body("TrainingJob", "b", status=status(attempts=2))])  # fmt: skip
+    m.sync("ModelDeployment", [body("ModelDeployment", "a", spec={})])
+    m.sync("TrainingJob", [body("TrainingJob", "b", status=status(attempts=3))])
+    assert names_of(m, trainingjob="a") == set()
+    assert value(m, n.TRAININGJOB_ATTEMPTS_TOTAL, namespace=NS, trainingjob="b") == 3
+    assert value(m, n.SLO_AVAILABILITY_TARGET, namespace=NS, deployment="a") == 0.999
+    m.sync("ModelDeployment", [])
+    assert names_of(m, deployment="a") == set()
+    with pytest.raises(ValueError, match="ABTest"):
+        m.sync("TrainingJob", [body("ABTest", "x")])
