@@ -273,5 +273,6 @@ for _kind in KINDS:
         _on(group=GROUP, version=VERSION, plural=_kind.plural, id=HANDLER_ID)(handle)
 
 # The kinds' own handlers register on import; they extend this module, so they come last.
+from mlplane.operator.handlers import abtest as abtest  # noqa: E402
 from mlplane.operator.handlers import modeldeployment as modeldeployment  # noqa: E402
 from mlplane.operator.handlers import trainingjob as trainingjob  # noqa: E402

@@ -17,6 +17,12 @@
 - MLflow unreachable: the change handler raises ``kopf.TemporaryError`` (retried after
   ``MLPLANE_RETRY_DELAY`` seconds); the timer only writes the status and looks again after that
   delay. Either way what serves keeps serving (see ``reconcile/modeldeployment.py``).
+- A/B splits: ABTests are kept in a Kopf index by ``(namespace, spec.deployment)``; every round
+  asks :func:`mlplane.operator.reconcile.abtest.routing_for` which split (if any) the deployment
+  serves — the versions and effective weights come from the ABTest's status, so the timer
+  follows a test starting, rolling back or ending within ``MLPLANE_RECONCILE_INTERVAL``. When the
+  split changes, MLflow is asked afresh: after a promotion the deployment goes straight to the
+  moved alias's version, not to a cached one.
 
 Handlers and the timer of one ModelDeployment take turns (a lock each), so two rounds never
 race to create or patch the same RayService. The operator writes the RayService and the
@@ -35,14 +41,16 @@ from typing import Any
 
 import kopf
 
-from mlplane.crds import GROUP, VERSION, ModelDeployment
+from mlplane.crds import GROUP, VERSION, ABTest, ModelDeployment, Resource
 from mlplane.crds.modeldeployment import ModelRef
+from mlplane.crds.validate import parse
 from mlplane.operator import conditions
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
 from mlplane.operator.handlers.trainingjob import plain
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.reconcile.abtest import Routing, routing_for
 from mlplane.operator.reconcile.modeldeployment import Observed, Plan, Unresolved, reconcile
 from mlplane.operator.registry import (
     Registry,
@@ -187,6 +195,54 @@ def forget_deleted(type: str | None, namespace: str, name: str, **_: Any) -> Non
         RESOLUTIONS.forget((namespace, name))
         with _LOCKS_GUARD:
             _LOCKS.pop((namespace, name), None)
+            _ROUTED.pop((namespace, name), None)
+
+
+@kopf.index(GROUP, VERSION, "abtests")
+def abtests_by_deployment(
+    body: kopf.Body, namespace: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each ABTest, whole (status included), under the ModelDeployment it splits."""
+    abtest = plain(body)
+    abtest.get("metadata", {}).pop("managedFields", None)
+    return {(namespace, str(spec.get("deployment"))): abtest}
+
+
+_PARSED: dict[tuple[str, str], Resource | None] = {}
+_PARSED_GUARD = threading.Lock()
+
+
+def parsed(body: Mapping[str, Any]) -> Resource | None:
+    """The typed resource of an indexed body (None when invalid: its own handler says so).
+
+    Parsed once per ``(uid, resourceVersion)``: timers look at the same bodies every tick.
+    """
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
+    with _PARSED_GUARD:
+        if key in _PARSED:
+            return _PARSED[key]
+    try:
+        found: Resource | None = parse(plain(body))
+    except Exception:
+        found = None
+    with _PARSED_GUARD:
+        if len(_PARSED) > 4096:
+            _PARSED.clear()
+        _PARSED[key] = found
+    return found
+
+
+def abtests_of(index: Any, namespace: str, deployment: str) -> list[ABTest]:
+    """The valid ABTests naming ``deployment`` in ``namespace``, from the index."""
+    if index is None:
+        return []
+    tests = (parsed(body) for body in index.get((namespace, deployment), ()))
+    return [t for t in tests if isinstance(t, ABTest)]
+
+
+#: The split each ModelDeployment was last reconciled with (a change means: ask MLflow again).
+_ROUTED: dict[tuple[str, str], Routing | None] = {}
 
 
 def _indexed(index: Any, namespace: str, name: str, rs_name: str) -> dict[str, Any] | None:
@@ -211,10 +267,21 @@ def run_reconcile(
     *,
     fresh: bool,
     platform: KubeRayPlatform | None = None,
+    abtests: Any = None,
 ) -> Plan:
-    """Resolve (``fresh``: ask MLflow now), reconcile, act; write status and events."""
-    with _lock(md.metadata.namespace or "default", md.metadata.name or ""):
-        return _run_reconcile(md, body, patch, now, index, fresh, platform)
+    """Resolve (``fresh``: ask MLflow now), reconcile, act; write status and events.
+
+    ``abtests`` is the :func:`abtests_by_deployment` index (None: no A/B split).
+    """
+    namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
+    with _lock(namespace, name):
+        routing = routing_for(name, abtests_of(abtests, namespace, name), namespace)
+        key = (namespace, name)
+        if key in _ROUTED and _ROUTED[key] != routing:
+            fresh = True  # a test started or ended: where the alias points may have moved
+        plan = _run_reconcile(md, body, patch, now, index, fresh, platform, routing)
+        _ROUTED[key] = routing
+        return plan
 
 
 def _run_reconcile(
@@ -225,6 +292,7 @@ def _run_reconcile(
     index: Any,
     fresh: bool,
     platform: KubeRayPlatform | None,
+    routing: Routing | None,
 ) -> Plan:
     config = OperatorConfig.from_env()
     platform = platform or KubeRayPlatform()
@@ -235,7 +303,15 @@ def _run_reconcile(
     rayservice = _indexed(index, namespace, name, rs_name)
     done = False
     for _ in range(ROUNDS):
-        plan = reconcile(md, Observed(model, rayservice), now, config, uid=uid)
+        observed = Observed(
+            model,
+            rayservice,
+            variants=routing.variants if routing else None,
+            bucketing_header=routing.bucketing_header if routing else None,
+            abtest=routing.abtest if routing else None,
+            objective=routing.objective if routing else None,
+        )
+        plan = reconcile(md, observed, now, config, uid=uid)
         try:
             if plan.create and plan.desired is not None:
                 if not platform.create(plan.desired):
@@ -278,10 +354,19 @@ def on_change(
     patch: kopf.Patch,
     now: datetime,
     rayservices_by_modeldeployment: Any = None,
+    abtests_by_deployment: Any = None,
     **_: Any,
 ) -> None:
     """Create, update (``kubectl scale`` too), resume: resolve afresh and act at once."""
-    plan = run_reconcile(resource, body, patch, now, rayservices_by_modeldeployment, fresh=True)
+    plan = run_reconcile(
+        resource,
+        body,
+        patch,
+        now,
+        rayservices_by_modeldeployment,
+        fresh=True,
+        abtests=abtests_by_deployment,
+    )
     resolved = conditions.find(plan.status.get("conditions"), "ModelResolved") or {}
     if resolved.get("reason") == "RegistryUnavailable":
         raise kopf.TemporaryError(resolved.get("message", "MLflow unreachable"), delay=RETRY_DELAY)
@@ -289,7 +374,11 @@ def on_change(
 
 @kopf.timer(GROUP, VERSION, "modeldeployments", interval=OBSERVE_INTERVAL, id="follow")
 def on_timer(
-    body: kopf.Body, patch: kopf.Patch, rayservices_by_modeldeployment: Any, **_: Any
+    body: kopf.Body,
+    patch: kopf.Patch,
+    rayservices_by_modeldeployment: Any,
+    abtests_by_deployment: Any = None,
+    **_: Any,
 ) -> None:
     """Follow KubeRay's status; re-resolve the model every ``MLPLANE_RESOLVE_INTERVAL``.
 
@@ -308,4 +397,5 @@ def on_timer(
         now,
         rayservices_by_modeldeployment,
         fresh=False,
+        abtests=abtests_by_deployment,
     )

@@ -1,0 +1,295 @@
+"""ABTest on Kubernetes: observe, call the pure reconcile, move the alias, write status.
+
+What a round looks at, and where from:
+
+- the ModelDeployment named by ``spec.deployment``, from a Kopf index by ``(namespace, name)``
+  (:func:`modeldeployments_by_name`), status included: its ``endpoint`` and readiness;
+- the other ABTests on the same deployment, from the ModelDeployment handlers' index
+  (``abtests_by_deployment``), for who splits its traffic;
+- the variants' versions, resolved in MLflow (:func:`~.modeldeployment.resolve_model` on the
+  deployment's registered model) until the split is frozen in status;
+- the router's cumulative counts, ``GET <endpoint>/v1/stats?abtest=<ABTest name>`` (the router
+  keys its A/B counts by the ``abtest`` of its ``user_config``, which is the ABTest's name:
+  :func:`read_stats`). ``MLPLANE_ABTEST_STATS_URL`` replaces every deployment's endpoint (tests
+  point it at a stub on 127.0.0.1; also handy when the operator runs outside the cluster).
+
+The change handler (create, update, resume) evaluates at once. A timer per ABTest ticks every
+``MLPLANE_RECONCILE_INTERVAL`` seconds: while Pending it looks at every tick; while Running it
+evaluates every ``spec.analysis.interval`` (``MLPLANE_ABTEST_INTERVAL`` seconds overrides it for
+every test); a concluded or failed test costs nothing.
+
+A promotion moves the alias (:meth:`~mlplane.operator.registry.Registry.set_alias`) *before*
+the Concluded status is written: if MLflow cannot be reached, nothing is written and the next
+round tries again; if the operator dies in between, the restarted one reaches the same decision
+from the same status and counts and finds the alias already there (it is read first and not
+set again). The operator writes only the ABTest's status, never a spec; the ModelDeployment's
+handlers pick the split (or its end) up from the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from mlplane.crds import GROUP, VERSION, ABTest, ABTestStatus, ModelDeployment
+from mlplane.crds.modeldeployment import ModelRef
+from mlplane.operator import conditions
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.handlers.modeldeployment import (
+    abtests_of,
+    parsed,
+    registry_for,
+    resolve_model,
+)
+from mlplane.operator.handlers.trainingjob import plain
+from mlplane.operator.platforms.serving_client import Unavailable, fetch_stats
+from mlplane.operator.reconcile.abtest import (
+    FINAL_PHASES,
+    Observed,
+    Plan,
+    StatsUnavailable,
+    VariantStats,
+    analysis_interval,
+    reconcile,
+    stats_from_response,
+)
+from mlplane.operator.reconcile.modeldeployment import Unresolved
+from mlplane.operator.registry import RegistryError, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+
+#: How often each ABTest's timer ticks (seconds).
+TICK = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
+#: Seconds before trying again after MLflow could not be reached.
+RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
+#: Seconds to wait for the router's /v1/stats.
+STATS_TIMEOUT = 10.0
+
+
+def evaluation_interval(test: ABTest) -> float:
+    """Seconds between evaluations: ``MLPLANE_ABTEST_INTERVAL`` if set, else the spec's."""
+    override = os.environ.get("MLPLANE_ABTEST_INTERVAL")
+    return float(override) if override else analysis_interval(test)
+
+
+def stats_base_url(endpoint: str | None) -> str | None:
+    """Where the router answers: ``MLPLANE_ABTEST_STATS_URL`` if set, else ``endpoint``."""
+    return os.environ.get("MLPLANE_ABTEST_STATS_URL") or endpoint
+
+
+def read_stats(
+    endpoint: str, abtest: str, timeout: float = STATS_TIMEOUT
+) -> tuple[VariantStats, ...] | StatsUnavailable:
+    """The router's cumulative per-variant counts of ``abtest`` (``GET /v1/stats``), or why
+    they could not be read. Never raises."""
+    answer = fetch_stats(endpoint, abtest, timeout=timeout)
+    if isinstance(answer, Unavailable):
+        return StatsUnavailable(answer.reason)
+    return stats_from_response(answer, abtest)
+
+
+# --- what is kept per ABTest in this process ---------------------------------------------------
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+#: The status this process last wrote, per uid: a body a timer gets may predate it (Kopf applies
+#: a patch after the handler returns), and a stale status must not reach a decision twice.
+_LAST_STATUS: dict[str, dict[str, Any]] = {}
+#: When a running test is due for its next evaluation (``time.monotonic()``), per uid.
+_DUE: dict[str, float] = {}
+
+
+def _lock(uid: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(uid, threading.Lock())
+
+
+@kopf.index(GROUP, VERSION, "modeldeployments")
+def modeldeployments_by_name(
+    body: kopf.Body, namespace: str, name: str, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each ModelDeployment, whole (status included), under its namespace and name."""
+    md = plain(body)
+    md.get("metadata", {}).pop("managedFields", None)
+    return {(namespace, name): md}
+
+
+@kopf.on.event(GROUP, VERSION, "abtests")
+def forget_deleted(type: str | None, uid: str | None = None, **_: Any) -> None:
+    """Drop what is kept per ABTest once it is gone."""
+    if type == "DELETED" and uid:
+        with _LOCKS_GUARD:
+            _LOCKS.pop(uid, None)
+            _LAST_STATUS.pop(uid, None)
+            _DUE.pop(uid, None)
+
+
+def _deployment(index: Any, namespace: str, name: str) -> ModelDeployment | None:
+    """The ModelDeployment from the index (None when absent, being deleted or invalid)."""
+    if index is None:
+        return None
+    for body in index.get((namespace, name), ()):
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        md = parsed(body)
+        return md if isinstance(md, ModelDeployment) else None
+    return None
+
+
+def _versions(test: ABTest, md: ModelDeployment, config: OperatorConfig) -> dict[str, Any]:
+    """Each variant's version in MLflow now (or why not), on the deployment's model."""
+    registry = registry_for(config.mlflow_tracking_uri)
+    out: dict[str, int | Unresolved] = {}
+    for v in test.spec.variants:
+        ref = ModelRef(name=md.spec.model.name, alias=v.model.alias, version=v.model.version)
+        found = resolve_model(registry, ref)
+        out[v.name] = found if isinstance(found, Unresolved) else found.version
+    return out
+
+
+def _promote(plan: Plan, config: OperatorConfig, name: str) -> None:
+    """Move the alias, unless it already points at the winner; TemporaryError if MLflow fails."""
+    move = plan.set_alias
+    if move is None:
+        return
+    registry = registry_for(config.mlflow_tracking_uri)
+    try:
+        try:
+            current: int | None = registry.resolve(move.model, alias=move.alias).version
+        except RegistryError:
+            current = None  # no such alias yet: set it
+        if current != move.version:
+            registry.set_alias(move.model, move.alias, move.version)
+            log.info("ABTest %s: %s alias %s -> version %s (was %s)",
+                     name, move.model, move.alias, move.version, current)  # fmt: skip
+    except (RegistryError, RegistryUnavailable) as exc:
+        raise kopf.TemporaryError(
+            f"promotion pending: moving {move.model} alias {move.alias} to version "
+            f"{move.version} failed: {exc}",
+            delay=RETRY_DELAY,
+        ) from None
+
+
+def run_reconcile(
+    test: ABTest,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    *,
+    deployments: Any,
+    abtests: Any,
+    due_only: bool = False,
+) -> Plan | None:
+    """Observe, reconcile, promote, write status and events (None: not due, nothing done)."""
+    uid = str(body["metadata"]["uid"])
+    with _lock(uid):
+        return _run(test, uid, body, patch, now, deployments, abtests, due_only)
+
+
+def _run(
+    test: ABTest,
+    uid: str,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    deployments: Any,
+    abtests: Any,
+    due_only: bool,
+) -> Plan | None:
+    old = plain(body.get("status"))
+    written = _LAST_STATUS.get(uid)
+    if written is not None and written != old:
+        test = test.model_copy(update={"status": ABTestStatus.model_validate(written)})
+    phase = test.status.phase if test.status else None
+    if due_only and (phase in FINAL_PHASES or time.monotonic() < _DUE.get(uid, 0.0)):
+        return None
+    namespace, name = test.metadata.namespace or "default", test.metadata.name or ""
+    config = OperatorConfig.from_env()
+    md = _deployment(deployments, namespace, test.spec.deployment)
+    status = test.status
+    started = bool(status and status.start_time)
+    final = phase in FINAL_PHASES
+    versions: dict[str, Any] = {}
+    stats = None
+    if md is not None and not final:
+        if not started:
+            versions = _versions(test, md, config)
+        base = stats_base_url(md.status.endpoint if md.status else None)
+        if base and (started or (status is not None and status.variants)):
+            stats = read_stats(base, name)
+    competitors = abtests_of(abtests, namespace, test.spec.deployment)
+    plan = reconcile(test, Observed(md, versions, stats, competitors), now)
+    _promote(plan, config, f"{namespace}/{name}")
+    _LAST_STATUS[uid] = plan.status
+    patch_status = conditions.status_patch(old, plan.status)
+    if patch_status:
+        patch.setdefault("status", {}).update(patch_status)
+    for event in plan.events:
+        (kopf.warn if event.type == "Warning" else kopf.info)(
+            body, reason=event.reason, message=event.message
+        )
+    if plan.status.get("phase") == "Running":
+        _DUE[uid] = time.monotonic() + evaluation_interval(test)
+    elif plan.requeue_after is None:
+        _DUE[uid] = math.inf
+    else:
+        _DUE.pop(uid, None)  # pending: look at every tick
+    return plan
+
+
+@reconciler("ABTest")
+def on_change(
+    resource: ABTest,
+    *,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    now: datetime,
+    modeldeployments_by_name: Any = None,
+    abtests_by_deployment: Any = None,
+    **_: Any,
+) -> None:
+    """Create, update, resume: evaluate at once rather than at the next tick."""
+    run_reconcile(
+        resource,
+        body,
+        patch,
+        now,
+        deployments=modeldeployments_by_name,
+        abtests=abtests_by_deployment,
+    )
+
+
+@kopf.timer(GROUP, VERSION, "abtests", interval=TICK, id="evaluate")
+def on_timer(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    modeldeployments_by_name: Any = None,
+    abtests_by_deployment: Any = None,
+    **_: Any,
+) -> None:
+    """Evaluate when due. Invalid objects are the change handlers' to report, not ours."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    if (body.get("status") or {}).get("phase") in FINAL_PHASES:
+        return
+    now = datetime.now(UTC)
+    verdict = assess("ABTest", body, now)
+    if verdict.resource is None or verdict.status:
+        return  # invalid, or a verdict change pending: the change handler writes it
+    run_reconcile(
+        verdict.resource,  # type: ignore[arg-type]
+        body,
+        patch,
+        now,
+        deployments=modeldeployments_by_name,
+        abtests=abtests_by_deployment,
+        due_only=True,
+    )
