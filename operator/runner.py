@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlplane.crds import TrainingJobStatus
+from mlplane.crds import ABTestStatus, TrainingJobStatus
+from mlplane.crds.modeldeployment import ModelRef
 from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions
 from mlplane.operator.builders import labels as lbl
@@ -34,8 +35,9 @@ from mlplane.operator.builders.labels import rayjob_name, rayservice_name
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
-from mlplane.operator.platforms.serving_client import fetch_drift
+from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift, fetch_stats
 from mlplane.operator.platforms.store import NotFound, Store
+from mlplane.operator.reconcile import abtest as ab_core
 from mlplane.operator.reconcile import modeldeployment as md_core
 from mlplane.operator.reconcile.drift import ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.trainingjob import (
@@ -70,6 +72,9 @@ class Runner:
         self.store = Store(state_dir)
         self.serving = LocalServing(self.platform)
         self._registries: dict[str, Registry] = {}
+        #: This pass's valid ABTests by uid (their statuses as this pass leaves them).
+        self._abtests: dict[str, Any] = {}
+        self._due: dict[str, float] = {}
 
     def registry(self, tracking_uri: str) -> Registry:
         """One MLflow client per server for the runner's life."""
@@ -85,8 +90,12 @@ class Runner:
             self._guarded(self.trainingjob, body, now, config)
         self.serving.refresh()
         deployments = self.store.list("ModelDeployment")
+        self._abtests = self._valid_abtests(now)
         for body in deployments:
             self._guarded(self.modeldeployment, body, now, config)
+        for body in self.store.list("ABTest"):
+            if body["metadata"]["uid"] in self._abtests:
+                self._guarded(self.abtest, body, now, config)
         keep = [(b["metadata"]["namespace"], b["metadata"]["name"]) for b in deployments]
         for gone in self.serving.delete_except(keep):
             log.info("RayService %s: its ModelDeployment is gone, its application stops", gone)
@@ -138,7 +147,15 @@ class Runner:
         rs_name = rayservice_name(name)
         model = resolve_model(self.registry(config.mlflow_tracking_uri), md.spec.model)
         rayservice = self.serving.get(namespace, rs_name)
-        plan = md_core.reconcile(md, md_core.Observed(model, rayservice), now, config, uid=uid)
+        tests = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
+        split = ab_core.routing_for(name, tests, namespace)
+        observed = md_core.Observed(model, rayservice)
+        if split is not None:
+            observed = md_core.Observed(
+                model, rayservice, split.variants, split.bucketing_header, split.abtest,
+                split.objective,
+            )  # fmt: skip
+        plan = md_core.reconcile(md, observed, now, config, uid=uid)
         if plan.create and plan.desired is not None:
             self.serving.create(plan.desired)
         elif plan.patch is not None:
@@ -177,6 +194,63 @@ class Runner:
                 self.store.apply(plan.create)  # the name is deterministic: a retry finds it
         events.extend(plan.events)
         return plan.status
+
+    # --- ABTest --------------------------------------------------------------------------------
+
+    def _valid_abtests(self, now: datetime) -> dict[str, Any]:
+        """Every valid ABTest by uid (an invalid one is reported and splits nothing)."""
+        out = {}
+        for body in self.store.list("ABTest"):
+            if not self._invalid(body, now):
+                out[body["metadata"]["uid"]] = parse(body)
+        return out
+
+    def abtest(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
+        test = self._abtests[body["metadata"]["uid"]]
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if test.status is not None and test.status.phase in ab_core.FINAL_PHASES:
+            return
+        running = test.status is not None and test.status.phase == "Running"
+        if running and time.monotonic() < self._due.get(meta["uid"], 0.0):
+            return  # a running test is evaluated every spec.analysis.interval
+        self._due[meta["uid"]] = time.monotonic() + ab_core.analysis_interval(test)
+        try:
+            md = parse(self.store.get("ModelDeployment", namespace, test.spec.deployment))
+        except (NotFound, ValueError):
+            md = None
+        versions: dict[str, Any] = {}
+        stats: Any = None
+        if md is not None:
+            registry = self.registry(config.mlflow_tracking_uri)
+            frozen = test.status is not None and any(v.version for v in test.status.variants)
+            for v in () if frozen else test.spec.variants:
+                ref = ModelRef(name=md.spec.model.name, alias=v.model.alias,
+                               version=v.model.version)  # fmt: skip
+                found = resolve_model(registry, ref)
+                versions[v.name] = found if isinstance(found, md_core.Unresolved) else found.version
+            endpoint = (md.status.endpoint if md.status else None) or None
+            if endpoint:
+                answer = fetch_stats(endpoint, abtest=name)
+                stats = (ab_core.StatsUnavailable(answer.reason) if isinstance(answer, Unavailable)
+                         else ab_core.stats_from_response(answer, name))  # fmt: skip
+        competitors = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
+        plan = ab_core.reconcile(test, ab_core.Observed(md, versions, stats, competitors), now)
+        move = plan.set_alias
+        if move is not None:  # before the Concluded status: a failure here is retried
+            registry = self.registry(config.mlflow_tracking_uri)
+            try:
+                current = registry.resolve(move.model, alias=move.alias).version
+            except RegistryError:
+                current = None
+            if current != move.version:
+                registry.set_alias(move.model, move.alias, move.version)
+        for event in plan.events:
+            self.store.add_event(body, event.type, event.reason, event.message)
+        self.store.write_status(body, plan.status)
+        self._abtests[meta["uid"]] = test.model_copy(
+            update={"status": ABTestStatus.model_validate(plan.status)}
+        )
 
     # --- TrainingJob ---------------------------------------------------------------------------
 

@@ -561,6 +561,18 @@ def reconcile(
                 abtest=observed.abtest,
                 objective=observed.objective,
             )
+            drain = _draining(rs, desired)
+            if drain is not None:
+                desired = build_rayservice(
+                    md,
+                    observed.model.version,
+                    config,
+                    owner_uid=uid,
+                    variants=drain,
+                    bucketing_header=observed.bucketing_header,
+                    abtest=observed.abtest,
+                    objective=observed.objective,
+                )
         except ValueError as exc:
             build_error = f"the RayService cannot be built: {exc}"
     if desired is not None:
@@ -603,6 +615,33 @@ def reconcile(
     health = service_health(rs)
     _served_fields(s, md, served, health)
     return _follow(s, plan, md, observed.model, health, served, wanted, build_error)
+
+
+def _draining(
+    rayservice: Mapping[str, Any] | None, desired: Mapping[str, Any]
+) -> list[Variant] | None:
+    """Variants that stop traffic to model deployments before they are removed (or None).
+
+    When an A/B split ends (or shrinks), Serve would delete the dropped ``model-<i>``
+    deployments while the router replicas still pick them from their previous config: a request
+    routed there in between fails. So the removal takes two steps: first the router keeps the
+    dropped variants at weight 0 (a ``user_config`` change, applied in place); once Serve runs
+    that config, the deployments go. Returns the first step's variants while it is needed.
+    """
+    if rayservice is None:
+        return None
+    served, wanted = served_config(rayservice), served_config(desired)
+    if served is None or wanted is None or len(served.variants) <= len(wanted.variants):
+        return None
+    dropped = served.variants[len(wanted.variants) :]
+    health = service_health(rayservice)
+    if all(weight == 0 for *_, weight in dropped) and health.current and health.running:
+        return None  # the router sends them nothing any more: remove them now
+    names = {name for name, *_ in wanted.variants}
+    out = [Variant(name, version, weight) for name, version, _, weight in wanted.variants]
+    for name, version, _, _ in dropped:
+        out.append(Variant(name if name not in names else f"{name}-draining", version, 0))
+    return out
 
 
 def _announce_update(

@@ -1,11 +1,12 @@
-"""ModelDeployments on the local platform, for real: the runner, Ray Serve, MLflow's server.
+"""ModelDeployments and ABTests on the local platform, for real: the runner, Ray Serve, MLflow.
 
 Two versions of a small scikit-learn model are registered in the platform's MLflow; a
 ModelDeployment following the alias ``champion`` is applied to the local store. The runner
 resolves the alias, records the RayService and deploys it as a Serve application; ``mlplane get
 md`` shows the endpoint; predictions answer over HTTP. Moving the alias while a bounded request
 loop runs switches the answers to the new version with zero failed requests; deleting the
-ModelDeployment stops its application.
+ModelDeployment stops its application. An ABTest between the two versions, with synthetic
+conversions posted as feedback, concludes Promote and moves the alias, with zero failed requests.
 
 Runs inside a private network namespace (.ci/run does it).
 """
@@ -232,6 +233,89 @@ def test_moving_the_alias_switches_versions_with_zero_failed_requests(
     }
     events = [e["reason"] for e in store.events("ModelDeployment", "default", "churn")]
     assert "VersionChanged" in events
+
+
+def abtest() -> dict[str, Any]:
+    return {
+        "apiVersion": "mlplane.dev/v1alpha1",
+        "kind": "ABTest",
+        "metadata": {"name": "candidate", "namespace": "default"},
+        "spec": {
+            "deployment": "churn",
+            "variants": [
+                {"name": "control", "model": {"alias": "champion"}, "weight": 50},
+                {"name": "candidate", "model": {"version": 1}, "weight": 50},
+            ],
+            "bucketing": {"header": "x-user-id"},
+            "objective": {"metric": "Conversion"},
+            "analysis": {"alpha": "0.05", "minSamplesPerVariant": 100, "maxDuration": "15m",
+                         "interval": "5s"},
+            "guardrails": [{"metric": "ErrorRate", "threshold": "0.05"}],
+            "onConclusion": {"promote": True, "alias": "champion"},
+        },
+    }  # fmt: skip
+
+
+def test_abtest_promotes_the_better_converting_version_with_zero_failed_requests(
+    platform: LocalPlatform, deployed: dict
+) -> None:
+    """Control is champion (version 2 after the previous test), the candidate version 1; users
+    served by the candidate convert at 0.6, the control's at 0.2 (seeded). The test concludes
+    Promote, champion moves to 1 and the deployment serves version 1 alone."""
+    from mlflow.tracking import MlflowClient
+
+    store = Store(platform.state_dir)
+    client = MlflowClient(platform.mlflow_uri)
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "2"
+    store.apply(abtest())
+    url = deployed["endpoint"]
+    rng = np.random.default_rng(11)
+    seen: list[tuple[int, str | None, int | None]] = []
+    feedback_codes: list[int] = []
+    errors: list[str] = []
+
+    def ab_status() -> dict[str, Any]:
+        return store.get("ABTest", "default", "candidate").get("status") or {}
+
+    deadline = time.monotonic() + 600
+    user = 0
+    while time.monotonic() < deadline and len(seen) < 6000:
+        user += 1
+        request = urllib.request.Request(
+            url + "/v1/predict", json.dumps({"records": rows(1, seed=user)}).encode(),
+            {"content-type": "application/json", "x-user-id": f"user-{user}"}, method="POST",
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                code, answer = response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            code, answer = exc.code, {"error": exc.read()[:300].decode(errors="replace")}
+            errors.append(answer["error"])
+        seen.append((code, answer.get("variant"), answer.get("version")))
+        if code == 200 and answer.get("variant") in ("control", "candidate"):
+            rate = 0.6 if answer["variant"] == "candidate" else 0.2
+            outcome = int(rng.random() < rate)
+            feedback = {"requestId": answer["requestId"], "outcome": outcome}
+            feedback_codes.append(post(url + "/v1/feedback", feedback)[0])
+        if user % 25 == 0:
+            st = ab_status()
+            if st.get("phase") == "Concluded" and seen[-1][1:] == ("primary", 1):
+                break
+    st = ab_status()
+    assert st.get("phase") == "Concluded", st
+    assert (st["decision"], st["winner"]) == ("Promote", "candidate"), st
+    failed = [c for c, _, _ in seen if c != 200]
+    assert failed == [], f"{len(failed)} of {len(seen)} requests failed: {errors}"
+    assert set(feedback_codes) == {200}, sorted(set(feedback_codes))
+    variants = {v for _, v, _ in seen}
+    assert {"control", "candidate"} <= variants
+    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert seen[-1][1:] == ("primary", 1), seen[-5:]
+    wait(lambda: status(store, "churn").get("servedVersion") == "1", 60, "servedVersion 1")
+    counts = {v["name"]: v for v in st["variants"]}
+    assert counts["candidate"]["outcomes"] >= 100 and counts["control"]["outcomes"] >= 100
+    events = [e["reason"] for e in store.events("ABTest", "default", "candidate")]
+    assert "Promoted" in events
 
 
 def test_deleting_the_deployment_stops_its_application(

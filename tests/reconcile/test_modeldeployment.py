@@ -661,6 +661,31 @@ def test_ab_variants_change_only_serve_config_when_weights_move():
     assert "VersionChanged" not in d.events(plan)
 
 
+def test_ending_a_split_drains_the_dropped_variants_before_removing_them():
+    """The router must stop picking a variant before Serve deletes its deployment: first the
+    dropped variant goes to weight 0 (deployments kept), then, once KubeRay runs that, it goes."""
+    d = Deployment(modeldeployment())
+    both = {"router": "HEALTHY", "monitor": "HEALTHY", "model-0": "HEALTHY", "model-1": "HEALTHY"}
+    split = (Variant("control", 3, 50), Variant("candidate", 4, 50))
+    d.step(resolved(3), variants=split, abtest="ab")
+    d.server.kuberay(deployments=both)
+    d.step(resolved(3), variants=split, abtest="ab")
+    # The test ends (promoted: the alias now points at 4): single-model routing is wanted.
+    d.step(resolved(4))
+    router = deployments_of(d.server.rs)["router"]["user_config"]["variants"]
+    assert [(v["name"], v["version"], v["weight"]) for v in router] == [
+        ("primary", 4, 100), ("candidate", 4, 0)]  # fmt: skip
+    assert set(deployments_of(d.server.rs)) == {"router", "monitor", "model-0", "model-1"}
+    assert d.step(resolved(4)).patch is None  # KubeRay has not applied it yet: wait
+    d.server.kuberay(deployments=both)
+    d.step(resolved(4))
+    assert set(deployments_of(d.server.rs)) == {"router", "monitor", "model-0"}
+    router = deployments_of(d.server.rs)["router"]["user_config"]["variants"]
+    assert [(v["name"], v["weight"]) for v in router] == [("primary", 100)]
+    d.server.kuberay()
+    assert d.step(resolved(4)).patch is None
+
+
 # --- properties --------------------------------------------------------------------------------
 
 
