@@ -40,7 +40,7 @@ import kopf
 
 from mlplane.crds import GROUP, VERSION, ABTest, ABTestStatus, ModelDeployment
 from mlplane.crds.modeldeployment import ModelRef
-from mlplane.operator import conditions
+from mlplane.operator import conditions, metrics
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
 from mlplane.operator.handlers.modeldeployment import (
@@ -123,8 +123,12 @@ def modeldeployments_by_name(
 
 
 @kopf.on.event(GROUP, VERSION, "abtests")
-def forget_deleted(type: str | None, uid: str | None = None, **_: Any) -> None:
-    """Drop what is kept per ABTest once it is gone."""
+def forget_deleted(
+    type: str | None, name: str, namespace: str | None, uid: str | None = None, **_: Any
+) -> None:
+    """Drop what is kept per ABTest once it is gone (its metric series too)."""
+    if type == "DELETED":
+        metrics.forget("ABTest", namespace or "default", name)
     if type == "DELETED" and uid:
         with _LOCKS_GUARD:
             _LOCKS.pop(uid, None)
@@ -229,6 +233,7 @@ def _run(
     plan = reconcile(test, Observed(md, versions, stats, competitors), now)
     _promote(plan, config, f"{namespace}/{name}")
     _LAST_STATUS[uid] = plan.status
+    metrics.abtest(namespace, name, plan.status)
     patch_status = conditions.status_patch(old, plan.status)
     if patch_status:
         patch.setdefault("status", {}).update(patch_status)
@@ -284,12 +289,13 @@ def on_timer(
     verdict = assess("ABTest", body, now)
     if verdict.resource is None or verdict.status:
         return  # invalid, or a verdict change pending: the change handler writes it
-    run_reconcile(
-        verdict.resource,  # type: ignore[arg-type]
-        body,
-        patch,
-        now,
-        deployments=modeldeployments_by_name,
-        abtests=abtests_by_deployment,
-        due_only=True,
-    )
+    with metrics.reconciling("ABTest"):
+        run_reconcile(
+            verdict.resource,  # type: ignore[arg-type]
+            body,
+            patch,
+            now,
+            deployments=modeldeployments_by_name,
+            abtests=abtests_by_deployment,
+            due_only=True,
+        )

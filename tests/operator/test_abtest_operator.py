@@ -192,12 +192,37 @@ async def play_kuberay(emulator, name: str) -> None:
 async def serving(emulator, md, expected) -> dict[str, Any]:
     """Wait for the RayService's router to carry ``expected``, play KubeRay, wait for Ready."""
     name = md["metadata"]["name"]
+
+    def draining() -> bool:
+        """Ending a split first drains the dropped variants to weight 0 (until Serve runs it)."""
+        found = split(rayservice(emulator, name))
+        return (
+            found is not None
+            and found[0] == expected[0]
+            and found[1][: len(expected[1])] == expected[1]
+            and len(found[1]) > len(expected[1])
+            and all(weight == 0 for *_, weight in found[1][len(expected[1]) :])
+        )
+
+    def reached() -> Any:
+        return (split(rayservice(emulator, name)) == expected or draining()) and rayservice(
+            emulator, name
+        )
+
     rs = await wait_for(
-        lambda: split(rayservice(emulator, name)) == expected and rayservice(emulator, name),
+        reached,
         timeout=TIMEOUT,
         message=f"RayService {name} routing {expected}",
         seen=lambda: (split(rayservice(emulator, name)), status(emulator, md)),
     )
+    if draining():
+        await play_kuberay(emulator, name)
+        rs = await wait_for(
+            lambda: split(rayservice(emulator, name)) == expected and rayservice(emulator, name),
+            timeout=TIMEOUT,
+            message=f"RayService {name} routing {expected} once drained",
+            seen=lambda: (split(rayservice(emulator, name)), status(emulator, md)),
+        )
     await play_kuberay(emulator, name)
     served = str(expected[1][0][1])  # the control's (or only) version
     await wait_for(
