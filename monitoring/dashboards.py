@@ -536,7 +536,9 @@ def serving_dashboard() -> dict[str, Any]:
             "Error ratio (5xx) by version",
             [
                 (
-                    f'sum by ({by}) (rate({n.REQUESTS_TOTAL}{{{sel}, code="5xx"}}{rate}))\n'
+                    # "or ... * 0": no 5xx series yet reads 0 %, not "no data".
+                    f'(\n  sum by ({by}) (rate({n.REQUESTS_TOTAL}{{{sel}, code="5xx"}}{rate}))\n'
+                    f"  or\n  sum by ({by}) (rate({req}{rate})) * 0\n)\n"
                     f"/\nsum by ({by}) (rate({req}{rate}))",
                     legend,
                 )
