@@ -29,7 +29,7 @@ from typing import Any
 from mlplane.crds import ABTestStatus, TrainingJobStatus
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.crds.validate import check, parse
-from mlplane.operator import conditions
+from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.labels import rayjob_name, rayservice_name
 from mlplane.operator.config import OperatorConfig
@@ -103,13 +103,28 @@ class Runner:
             self.serving.sync()
         except Exception as exc:  # Serve refused: the statuses say so at the next pass
             log.error("Serve applications: %s", exc)
+        self._export(deployments)
         self.platform.heartbeat_file.touch()
+
+    def _export(self, deployments: list[dict[str, Any]]) -> None:
+        """The operator's series for Prometheus, and where it finds the serving apps."""
+        for kind in ("TrainingJob", "ModelDeployment", "ABTest"):
+            bodies = deployments if kind == "ModelDeployment" else self.store.list(kind)
+            metrics.sync(kind, bodies)
+        endpoints = {}
+        for body in self.store.list("ModelDeployment"):
+            status = body.get("status") or {}
+            if status.get("endpoint") and status.get("servedVersion"):
+                meta = body["metadata"]
+                endpoints[f"{meta['namespace']}/{meta['name']}"] = status["endpoint"]
+        self.platform.write_serving_targets(endpoints)
 
     @staticmethod
     def _guarded(step: Any, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
         meta = body["metadata"]
         try:
-            step(body, now, config)
+            with metrics.reconciling(body["kind"]):
+                step(body, now, config)
         except Exception as exc:  # one resource's failure must not stop the others
             log.error("%s %s/%s: %s", body["kind"], meta["namespace"], meta["name"],
                       "".join(traceback.format_exception_only(exc)).strip())  # fmt: skip
@@ -331,8 +346,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", type=Path, default=Path(".mlplane"))
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--metrics-port", type=int, default=0, help="/metrics on 127.0.0.1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.metrics_port:
+        from prometheus_client import REGISTRY, start_http_server
+
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
     runner = Runner(args.state_dir)
     while True:
         started = time.monotonic()

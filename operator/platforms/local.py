@@ -56,6 +56,10 @@ class Ports:
     mlflow: int = 5000
     #: Ray Serve's HTTP proxy: every ModelDeployment answers under /<namespace>/<name>.
     serve: int = 8000
+    #: The runner's Prometheus /metrics (the operator's series: reconciles, training, SLOs).
+    runner_metrics: int = 9464
+    #: Prometheus (started when the `prometheus` binary is installed).
+    prometheus: int = 9090
 
 
 @dataclass
@@ -250,13 +254,20 @@ class LocalPlatform(Platform):
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             **self.ray_env(),
         }
-        runner_cmd = [sys.executable, "-m", "mlplane.operator.runner", "--state-dir",
-                      str(self.state_dir)]  # fmt: skip
-        for name, command, address in (
+        runner_cmd = [
+            sys.executable, "-m", "mlplane.operator.runner", "--state-dir", str(self.state_dir),
+            "--metrics-port", str(self.ports.runner_metrics),
+        ]  # fmt: skip
+        servers = [
             ("ray", ray_cmd, f"http://127.0.0.1:{self.ports.ray_dashboard}"),
             ("mlflow", mlflow_cmd, f"http://127.0.0.1:{self.ports.mlflow}"),
             ("runner", runner_cmd, str(self.heartbeat_file)),
-        ):
+        ]
+        prometheus = shutil.which("prometheus")
+        if prometheus:
+            servers.append(("prometheus", self._prometheus_command(prometheus),
+                            f"http://127.0.0.1:{self.ports.prometheus}"))  # fmt: skip
+        for name, command, address in servers:
             log = logs / f"{name}.log"
             pid = processes.start(command, log, env)
             state.servers[name] = Server(pid=pid, address=address, log=str(log))
@@ -272,6 +283,70 @@ class LocalPlatform(Platform):
                 self.down()
                 raise LocalPlatformError(f"{name} did not come up; the end of its log:\n{detail}")
         return state
+
+    # --- Prometheus ----------------------------------------------------------------------------
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.state_dir / "prometheus"
+
+    @property
+    def serving_targets_file(self) -> Path:
+        """Prometheus' file service discovery: one target per serving ModelDeployment (the
+        runner keeps it current; each app's metrics are under its route prefix)."""
+        return self.prometheus_dir / "serving-targets.json"
+
+    @property
+    def prometheus_uri(self) -> str | None:
+        state = self.state()
+        server = state.servers.get("prometheus") if state else None
+        return server.address if server else None
+
+    def _prometheus_command(self, binary: str) -> list[str]:
+        """Prometheus scraping the runner and the serving apps, with mlplane's generated rules
+        (the same file the Helm chart ships), every 5 s so that a demo shows data quickly."""
+        from mlplane import monitoring
+
+        rules = Path(monitoring.__file__).parent / "generated" / "mlplane-rules.yaml"
+        self.prometheus_dir.mkdir(parents=True, exist_ok=True)
+        if not self.serving_targets_file.exists():
+            self.serving_targets_file.write_text("[]\n")
+        config = {
+            "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+            "rule_files": [str(rules)],
+            "scrape_configs": [
+                {"job_name": "mlplane-operator",
+                 "static_configs": [{"targets": [f"127.0.0.1:{self.ports.runner_metrics}"]}]},
+                {"job_name": "mlplane-serving",
+                 "file_sd_configs": [{"files": [str(self.serving_targets_file)],
+                                      "refresh_interval": "5s"}]},
+            ],
+        }  # fmt: skip
+        path = self.prometheus_dir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return [
+            binary, f"--config.file={path}",
+            f"--storage.tsdb.path={self.prometheus_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.ports.prometheus}",
+            "--storage.tsdb.retention.time=7d",
+        ]  # fmt: skip
+
+    def write_serving_targets(self, endpoints: dict[str, str]) -> None:
+        """``{"<namespace>/<name>": "http://127.0.0.1:8000/<namespace>/<name>"}`` → the file
+        Prometheus discovers serving apps from (written only when it changes)."""
+        targets = []
+        for key, endpoint in sorted(endpoints.items()):
+            rest = endpoint.removeprefix("http://")
+            host, _, path = rest.partition("/")
+            labels = {"__metrics_path__": f"/{path}/metrics", "instance": key}
+            targets.append({"targets": [host], "labels": labels})
+        text = json.dumps(targets, indent=1) + "\n"
+        if self.prometheus_dir.exists() and (
+            not self.serving_targets_file.exists() or self.serving_targets_file.read_text() != text
+        ):
+            tmp = self.serving_targets_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.serving_targets_file)
 
     def down(self) -> list[str]:
         """Stop every recorded server (whole process groups); return what was stopped."""
@@ -378,7 +453,7 @@ class LocalPlatform(Platform):
             return ComponentHealth(name, False, "not running", server.address, server.pid)
         if name == "runner":
             return self._runner_health(server)
-        path = "/api/version" if name == "ray" else "/health"
+        path = {"ray": "/api/version", "prometheus": "/-/ready"}.get(name, "/health")
         ok, body = _http_ok(
             server.address + path, headers=self.ray_headers() if name == "ray" else None
         )
