@@ -558,6 +558,88 @@ def predict(
     sys.stdout.write(json.dumps(json.loads(answer), indent=2) + "\n")
 
 
+@app.command()
+@one_line_errors
+def traffic(
+    name: Annotated[str, typer.Argument(help="The ModelDeployment.")],
+    file: Annotated[Path, typer.Option("-f", "--filename", help='{"records": [...]} to cycle.')],
+    conversion: Annotated[
+        list[str],
+        typer.Option(help="VARIANT=RATE: probability of outcome 1 per variant (repeatable)."),
+    ],
+    requests: Annotated[int, typer.Option(help="At most this many predictions.")] = 3000,
+    users: Annotated[int, typer.Option(help="Distinct sticky users.")] = 500,
+    until_concluded: Annotated[
+        str | None, typer.Option(help="Stop once this ABTest is Concluded or Failed.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 1,
+    namespace: Annotated[str, typer.Option("-n", "--namespace")] = "default",
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """Synthetic users for a local ModelDeployment: predictions, and 0/1 outcomes as feedback.
+
+    Shows an ABTest at work without an application: e.g.
+    `mlplane traffic churn -f crds/examples/churn-requests.json --conversion control=0.2
+    --conversion candidate=0.35 --until-concluded churn-candidate`.
+    """
+    import json
+
+    from mlplane.operator.platforms.store import NotFound
+    from mlplane.operator.platforms.traffic import TrafficReport, run_traffic
+
+    store = _store(state_dir)
+    try:
+        body = store.get("ModelDeployment", namespace, name)
+    except NotFound as exc:
+        raise UserError(str(exc)) from None
+    endpoint = (body.get("status") or {}).get("endpoint")
+    if not endpoint:
+        raise UserError(f"ModelDeployment/{name} has no endpoint yet; see `mlplane get md`")
+    rates: dict[str, float] = {}
+    for item in conversion:
+        variant, _, rate = item.partition("=")
+        try:
+            rates[variant] = float(rate)
+        except ValueError:
+            raise UserError(
+                f"--conversion {item!r}: expected VARIANT=RATE, e.g. control=0.2"
+            ) from None
+        if not variant or not 0 <= rates[variant] <= 1:
+            raise UserError(f"--conversion {item!r}: a variant name and a rate in [0, 1]")
+    try:
+        records = json.loads(file.read_text())["records"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{file}: expected a JSON object with 'records': {exc}") from None
+    header = "x-user-id"
+    test: dict[str, Any] = {}
+    if until_concluded:
+        try:
+            test = store.get("ABTest", namespace, until_concluded)
+        except NotFound as exc:
+            raise UserError(str(exc)) from None
+        header = (test["spec"].get("bucketing") or {}).get("header") or header
+
+    def phase() -> str:
+        found = store.get("ABTest", namespace, until_concluded) if until_concluded else {}
+        return str((found.get("status") or {}).get("phase", "Pending"))
+
+    def show(report: TrafficReport) -> None:
+        served = ", ".join(f"{v} (v{ver}): {k}" for (v, ver), k in sorted(report.served.items()))
+        line = f"{report.requests} requests, {sum(report.failures.values())} failed; {served}"
+        if until_concluded:
+            line += f"; ABTest {until_concluded}: {phase()}"
+        out.print(line, highlight=False)
+
+    report = run_traffic(
+        endpoint, records, requests=requests, conversion=rates, users=users, header=header,
+        seed=seed, stop=(lambda: phase() in ("Concluded", "Failed")) if until_concluded else None,
+        progress=show,
+    )  # fmt: skip
+    show(report)
+    if report.failures:
+        raise UserError(f"{sum(report.failures.values())} requests failed: {report.errors}")
+
+
 # --- monitoring ----------------------------------------------------------------------------------
 
 

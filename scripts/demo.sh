@@ -20,6 +20,23 @@ $M apply -f crds/examples/modeldeployment-local.yaml --wait --timeout 600
 $M get md
 echo "== three predictions (crds/examples/churn-requests.json)"
 $M predict churn -f crds/examples/churn-requests.json
+echo "== A/B test: a candidate version against the champion, synthetic users converting"
+$M apply -f crds/examples/trainingjob-local-candidate.yaml --wait
+$M apply -f crds/examples/abtest-local.yaml
+$M traffic churn -f crds/examples/churn-requests.json --requests 4000 \
+  --conversion control=0.2 --conversion candidate=0.35 --until-concluded churn-candidate
+$M get abt
+$M describe abt churn-candidate | sed -n '/^status:/,/^ *Conditions/p' | head -40
+CANDIDATE=$($M get tj churn-candidate -o yaml | sed -n 's|^ *modelUri: models:/churn/||p')
+if $M get abt churn-candidate -o yaml | grep -q 'decision: Promote'; then
+  echo "== promoted: champion -> version $CANDIDATE; waiting for the deployment to serve it alone"
+  for _ in $(seq 90); do
+    $M get md churn -o yaml | grep -q "servedVersion: '$CANDIDATE'" && break
+    sleep 2
+  done
+fi
+$M get md
+$M predict churn -f crds/examples/churn-requests.json
 ENDPOINT=$($M get md churn -o yaml | sed -n 's/^ *endpoint: //p')
 cat <<TXT
 
