@@ -23,6 +23,17 @@
   follows a test starting, rolling back or ending within ``MLPLANE_RECONCILE_INTERVAL``. When the
   split changes, MLflow is asked afresh: after a promotion the deployment goes straight to the
   moved alias's version, not to a cached one.
+- Drift (``spec.monitoring.drift.enabled``, once a version serves and the status has an
+  ``endpoint``): the serving app's ``GET <endpoint>/v1/drift`` is read at most every
+  ``MLPLANE_RESOLVE_INTERVAL`` seconds per deployment (``MLPLANE_SERVING_URL`` replaces every
+  deployment's endpoint: tests point it at a stub on 127.0.0.1; also handy when the operator
+  runs outside the cluster). The deployment's retraining TrainingJobs are listed by label
+  (``builders.labels.retrain_selector``) and
+  :func:`~mlplane.operator.reconcile.drift.reconcile_drift` gives ``status.drift``, the
+  ``Drifted`` condition and the retraining TrainingJob to create. That job is created *before*
+  the status recording it is written (409: a previous round made it); if the list or the
+  create fails, only the ModelDeployment's own status is written and the next round decides
+  again from the same drift status (same window, same job name).
 
 Handlers and the timer of one ModelDeployment take turns (a lock each), so two rounds never
 race to create or patch the same RayService. The operator writes the RayService and the
@@ -36,28 +47,25 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from mlplane.crds import GROUP, VERSION, ABTest, ModelDeployment, Resource
-from mlplane.crds.modeldeployment import ModelRef
 from mlplane.crds.validate import parse
-from mlplane.operator import conditions
+from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
 from mlplane.operator.handlers.trainingjob import plain
-from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.platforms.kuberay import PLURALS, KubeRayPlatform
+from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift
 from mlplane.operator.reconcile.abtest import Routing, routing_for
+from mlplane.operator.reconcile.drift import DriftPlan, ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.modeldeployment import Observed, Plan, Unresolved, reconcile
-from mlplane.operator.registry import (
-    Registry,
-    RegistryError,
-    RegistryUnavailable,
-    ResolvedModel,
-)
+from mlplane.operator.registry import Registry, ResolvedModel, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ OBSERVE_INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
 RESOLVE_INTERVAL = float(os.environ.get("MLPLANE_RESOLVE_INTERVAL", "30"))
 #: Seconds before trying again after MLflow could not be reached.
 RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
+#: Seconds to wait for the serving app's ``/v1/drift``.
+DRIFT_TIMEOUT = 5.0
 RAYSERVICE_API = "ray.io/v1"
 ROUNDS = 3
 _OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.MODELDEPLOYMENT: kopf.PRESENT}
@@ -87,53 +97,15 @@ def registry_for(tracking_uri: str) -> Registry:
         return _REGISTRIES[tracking_uri]
 
 
-def _said_no(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.get_http_status_code() in (400, 404)
-
-
-def resolve_model(registry: Registry, ref: ModelRef) -> Resolution:
-    """The version ``ref`` names now, or why there is none (for the pure reconcile).
-
-    When MLflow says no, a second question (does the registered model exist?) tells
-    ``ModelNotFound`` from ``AliasNotFound``/``VersionNotFound``.
-    """
-    where = f"MLflow at {registry.tracking_uri}"
-    try:
-        return registry.resolve(ref.name, alias=ref.alias, version=ref.version)
-    except RegistryUnavailable as exc:
-        return Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
-    except RegistryError as exc:
-        answer = str(exc)
-    try:
-        registry.client.get_registered_model(ref.name)
-    except Exception as exc:
-        if _said_no(exc):
-            return Unresolved(
-                "ModelNotFound", f"registered model {ref.name!r} does not exist in {where}"
-            )
-        return Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
-    if ref.alias is not None:
-        return Unresolved(
-            "AliasNotFound",
-            f"registered model {ref.name!r} has no alias {ref.alias!r} in {where} ({answer}); "
-            "set it (MlflowClient().set_registered_model_alias) and the deployment follows",
-        )
-    return Unresolved(
-        "VersionNotFound",
-        f"registered model {ref.name!r} has no version {ref.version} in {where} ({answer})",
-    )
-
-
 class _Resolutions:
-    """The last MLflow answer per ModelDeployment, so the timer asks only every interval."""
+    """The last answer per ModelDeployment (MLflow's; the drift report), so the timer asks
+    only every ``MLPLANE_RESOLVE_INTERVAL`` (a transient "unresolved" every ``RETRY_DELAY``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], tuple[float, tuple[Any, ...], Resolution]] = {}
+        self._seen: dict[tuple[str, str], tuple[float, tuple[Any, ...], Any]] = {}
 
-    def get(self, key: tuple[str, str], question: tuple[Any, ...], now: float) -> Resolution | None:
+    def get(self, key: tuple[str, str], question: tuple[Any, ...], now: float) -> Any | None:
         with self._lock:
             found = self._seen.get(key)
         if found is None or found[1] != question:
@@ -142,7 +114,7 @@ class _Resolutions:
         max_age = RETRY_DELAY if isinstance(answer, Unresolved) and answer.transient else None
         return answer if now - at < (max_age or RESOLVE_INTERVAL) else None
 
-    def put(self, key: tuple[str, str], question: tuple[Any, ...], answer: Resolution) -> None:
+    def put(self, key: tuple[str, str], question: tuple[Any, ...], answer: Any) -> None:
         with self._lock:
             self._seen[key] = (time.monotonic(), question, answer)
 
@@ -152,6 +124,8 @@ class _Resolutions:
 
 
 RESOLUTIONS = _Resolutions()
+#: The last drift report (``GET /v1/drift``) per ModelDeployment.
+DRIFT_REPORTS = _Resolutions()
 
 
 def _resolve(md: ModelDeployment, config: OperatorConfig, *, fresh: bool) -> Resolution:
@@ -161,10 +135,95 @@ def _resolve(md: ModelDeployment, config: OperatorConfig, *, fresh: bool) -> Res
     if not fresh:
         cached = RESOLUTIONS.get(key, question, time.monotonic())
         if cached is not None:
-            return cached
+            return cached  # type: ignore[no-any-return]
     answer = resolve_model(registry_for(config.mlflow_tracking_uri), ref)
     RESOLUTIONS.put(key, question, answer)
     return answer
+
+
+# --- drift -------------------------------------------------------------------------------------
+
+
+def serving_base_url(endpoint: str) -> str:
+    """Where the serving app answers: ``MLPLANE_SERVING_URL`` if set, else ``endpoint``."""
+    return os.environ.get("MLPLANE_SERVING_URL") or endpoint
+
+
+def _drift_report(
+    key: tuple[str, str], endpoint: str, served: str, *, fresh: bool
+) -> dict[str, Any] | Unavailable:
+    """The serving app's drift report, read at most every ``MLPLANE_RESOLVE_INTERVAL``.
+
+    A cached report is safe to evaluate again: ``reconcile_drift`` counts each window once.
+    """
+    question = (endpoint, served)
+    if not fresh:
+        cached = DRIFT_REPORTS.get(key, question, time.monotonic())
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT)
+    DRIFT_REPORTS.put(key, question, report)
+    return report
+
+
+def _retrains(platform: KubeRayPlatform, namespace: str, name: str) -> list[ObservedRetrain]:
+    """This deployment's retraining TrainingJobs, listed from the API server (by labels)."""
+    found = platform._api().list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURALS["TrainingJob"],
+        label_selector=lbl.retrain_selector(name),
+    )  # fmt: skip
+    out = []
+    for tj in found.get("items") or ():
+        labels = (tj.get("metadata") or {}).get("labels") or {}
+        # Checked again: a server (or proxy) ignoring the selector must not mix deployments.
+        if labels.get(lbl.MODELDEPLOYMENT) == name and lbl.RETRAIN in labels:
+            out.append(ObservedRetrain.from_trainingjob(tj))
+    return out
+
+
+def _drift(
+    md: ModelDeployment,
+    status: dict[str, Any],
+    uid: str,
+    now: datetime,
+    platform: KubeRayPlatform,
+    *,
+    fresh: bool,
+) -> DriftPlan | None:
+    """Drift into the status; the retraining TrainingJob created *before* the status says so.
+
+    None when the retraining jobs could not be listed or the job not created: the caller then
+    writes the ModelDeployment plan's status alone, and the next round decides again from the
+    same (unchanged) drift status, so the same window triggers the same job name.
+    """
+    namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
+    enabled = md.spec.monitoring.drift.enabled
+    report: dict[str, Any] | Unavailable | None = None
+    endpoint, served = status.get("endpoint"), status.get("servedVersion")
+    if enabled and served and endpoint:
+        endpoint = serving_base_url(str(endpoint))
+        report = _drift_report((namespace, name), endpoint, str(served), fresh=fresh)
+    retrains: list[ObservedRetrain] = []
+    if enabled:
+        try:
+            retrains = _retrains(platform, namespace, name)
+        except Exception as exc:
+            log.warning("cannot list the retraining TrainingJobs of %s/%s: %s; drift waits",
+                        namespace, name, exc)  # fmt: skip
+            return None
+    plan = reconcile_drift(md, status, report, retrains, now, uid=uid)
+    if plan.create is not None:
+        job = plan.create["metadata"]["name"]
+        try:
+            if platform.create(plan.create):
+                log.info("created retraining TrainingJob %s/%s", namespace, job)
+            else:
+                log.info("retraining TrainingJob %s/%s exists already", namespace, job)
+        except Exception as exc:
+            log.warning("cannot create retraining TrainingJob %s/%s: %s; trying again later",
+                        namespace, job, exc)  # fmt: skip
+            return None
+    return plan
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
@@ -193,6 +252,8 @@ def forget_deleted(type: str | None, namespace: str, name: str, **_: Any) -> Non
     """Drop what is kept per ModelDeployment once it is gone."""
     if type == "DELETED":
         RESOLUTIONS.forget((namespace, name))
+        DRIFT_REPORTS.forget((namespace, name))
+        metrics.forget("ModelDeployment", namespace, name)
         with _LOCKS_GUARD:
             _LOCKS.pop((namespace, name), None)
             _ROUTED.pop((namespace, name), None)
@@ -274,6 +335,7 @@ def run_reconcile(
     ``abtests`` is the :func:`abtests_by_deployment` index (None: no A/B split).
     """
     namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
+    metrics.modeldeployment(namespace, name, md.spec.slo)
     with _lock(namespace, name):
         routing = routing_for(name, abtests_of(abtests, namespace, name), namespace)
         key = (namespace, name)
@@ -331,6 +393,16 @@ def _run_reconcile(
             continue
         done = True
         break
+    if done:
+        drift = _drift(md, plan.status, uid, now, platform, fresh=fresh)
+        if drift is not None:
+            waits = [t for t in (plan.requeue_after, drift.requeue_after) if t is not None]
+            plan = replace(
+                plan,
+                status=drift.status,
+                events=[*plan.events, *drift.events],
+                requeue_after=min(waits, default=None),
+            )
     old = plain(body.get("status"))
     patch_status = conditions.status_patch(old, plan.status)
     if patch_status:
@@ -390,12 +462,13 @@ def on_timer(
     verdict = assess("ModelDeployment", body, now)
     if verdict.resource is None or verdict.status:
         return  # invalid, or a verdict change pending: the change handler writes it
-    run_reconcile(
-        verdict.resource,  # type: ignore[arg-type]
-        body,
-        patch,
-        now,
-        rayservices_by_modeldeployment,
-        fresh=False,
-        abtests=abtests_by_deployment,
-    )
+    with metrics.reconciling("ModelDeployment"):
+        run_reconcile(
+            verdict.resource,  # type: ignore[arg-type]
+            body,
+            patch,
+            now,
+            rayservices_by_modeldeployment,
+            fresh=False,
+            abtests=abtests_by_deployment,
+        )

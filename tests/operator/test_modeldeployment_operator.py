@@ -13,7 +13,10 @@ MLflow unreachable → Pending and retried.
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import threading
 from typing import Any
 
 import mlflow
@@ -24,9 +27,11 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from mlplane.operator import conditions
+from mlplane.operator.builders.retrain import retrain_name
 
 RAYSERVICES = "ray.io/v1/rayservices"
 MDS = "mlplane.dev/v1alpha1/modeldeployments"
+TRAININGJOBS = "mlplane.dev/v1alpha1/trainingjobs"
 MODEL = "churn-md"
 NAMESPACE = "serving"
 TIMEOUT = 30
@@ -396,3 +401,157 @@ async def test_unreachable_mlflow_is_pending_then_deploys(
     assert rayservice(emulator, "blip") is None
     monkeypatch.setenv("MLPLANE_MLFLOW_TRACKING_URI", mlflow_uri)
     await deployed(emulator, obj, 1)
+
+
+# --- drift → retraining ---------------------------------------------------------------------
+
+#: A window boundary (windows are aligned to the epoch); the test's windows end after it.
+WINDOW_T0 = 1_800_000_000.0
+HOUR = 3600.0
+
+
+class DriftStub:
+    """``GET /v1/drift`` of the serving app on 127.0.0.1, shaped like ``DriftTap.report()``."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.history: list[dict[str, Any]] = []
+        self.reads = 0
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/v1/drift":
+                    self.send_error(404)
+                    return
+                stub.reads += 1
+                body = json.dumps(stub.report()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close_window(self, drifted: bool) -> None:
+        """Close the next hour-long window with a verdict (``f1`` drifted, or nothing)."""
+        end = WINDOW_T0 + HOUR * (len(self.history) + 1)
+        names = ["f1"] if drifted else []
+        self.history.append({
+            "version": self.version, "windowStart": end - HOUR, "windowEnd": end,
+            "rows": 5000, "evaluatedAt": end + 1.5, "drifted": names,
+            "anyDrifted": drifted, "hasVerdict": True,
+            "features": [{"feature": f"f{i}", "psi": 0.4 if f"f{i}" in names else 0.001,
+                          "js": 0.01, "drifted": f"f{i}" in names} for i in range(3)],
+        })  # fmt: skip
+
+    def report(self) -> dict[str, Any]:
+        streak = 0
+        for window in self.history:
+            streak = streak + 1 if window["anyDrifted"] else 0
+        latest = self.history[-1] if self.history else None
+        nxt = WINDOW_T0 + HOUR * len(self.history)
+        return {
+            "enabled": True, "status": "Ok", "reason": "", "method": "StatisticalTest",
+            "threshold": 0.01, "windowSeconds": HOUR, "minSamples": 1000,
+            "referenceVersion": self.version,
+            "currentWindow": {"start": nxt, "end": nxt + HOUR, "rows": 12},
+            "consecutiveDriftedWindows": streak, "lastEvaluation": latest,
+            "history": [{k: v for k, v in h.items() if k != "features"} for h in self.history],
+            "droppedRows": 0, "lateRows": 0,
+        }  # fmt: skip
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def drift_monitoring() -> dict[str, Any]:
+    return {"drift": {
+        "enabled": True, "window": "1h", "minSamples": 1000, "consecutiveWindows": 2,
+        "onDrift": "Retrain",
+        "retrain": {"minInterval": "1h", "trainingJobTemplate": {"spec": {
+            "entrypoint": "python -m churn.train", "image": "ghcr.io/example/churn-train:1.4.0",
+            "workers": [{"name": "cpu", "replicas": 1,
+                         "resources": {"cpu": "1", "memory": "2Gi"}}],
+            "mlflow": {"registeredModel": MODEL, "alias": "candidate"},
+        }}},
+    }}  # fmt: skip
+
+
+def retrain_jobs(emulator) -> list[dict[str, Any]]:
+    return [
+        tj
+        for tj in emulator.list_objects(TRAININGJOBS, NAMESPACE)
+        if (tj["metadata"].get("labels") or {}).get("mlplane.dev/modeldeployment") == "drifty"
+    ]
+
+
+async def test_drift_fills_status_and_retrains_once(emulator, kubeconfig, mlflow_uri, monkeypatch):
+    stub = DriftStub(version=1)
+    monkeypatch.setenv("MLPLANE_SERVING_URL", stub.url)
+    set_alias(mlflow_uri, "drift", 1)
+    try:
+        async with run_operator():
+            obj = await create(
+                emulator, modeldeployment("drifty", "drift", monitoring=drift_monitoring())
+            )
+            await deployed(emulator, obj, 1)
+            stub.close_window(drifted=True)
+            first = await wait_for(
+                lambda: (
+                    condition(emulator, obj, "Drifted").get("status") == "True"
+                    and status(emulator, obj)
+                ),
+                timeout=TIMEOUT,
+                message="Drifted True after one window",
+                seen=lambda: status(emulator, obj),
+            )
+            assert first["drift"]["driftedFeatures"] == ["f1"]
+            assert first["drift"]["consecutiveDriftedWindows"] == 1
+            assert first["drift"]["score"] == pytest.approx(0.4)
+            assert retrain_jobs(emulator) == []  # one window is not enough (2 needed)
+
+            stub.close_window(drifted=True)
+            jobs = await wait_for(
+                lambda: retrain_jobs(emulator), timeout=TIMEOUT, message="a retraining job"
+            )
+            await wait_for(
+                lambda: (status(emulator, obj).get("drift") or {}).get("retrains") == 1,
+                timeout=TIMEOUT,
+                message="status.drift.retrains 1",
+                seen=lambda: status(emulator, obj),
+            )
+        assert [j["metadata"]["name"] for j in jobs] == [retrain_name("drifty", 1)]
+        owner = jobs[0]["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == (
+            "ModelDeployment",
+            obj["metadata"]["uid"],
+            True,
+        )
+        st = status(emulator, obj)
+        assert st["drift"]["consecutiveDriftedWindows"] == 2
+        assert st["drift"]["lastRetrainJob"] == "drifty-r1"
+        drifted = condition(emulator, obj, "Drifted")
+        assert drifted["reason"] == "Drifted" and "f1" in drifted["message"]
+        reasons = [e["reason"] for e in events_for(emulator, obj)]
+        assert reasons.count("RetrainCreated") == 1
+
+        # A restart and its ticks over the same report: no second job, nothing counted twice.
+        reads = stub.reads
+        async with run_operator() as second:
+            await wait_for(lambda: timer_runs(second, obj) >= 3 and stub.reads > reads,
+                           timeout=TIMEOUT, message="ticks after the restart")  # fmt: skip
+        assert [j["metadata"]["name"] for j in retrain_jobs(emulator)] == ["drifty-r1"]
+        assert len(emulator.requests_to(TRAININGJOBS, method="POST")) == 1
+        assert status(emulator, obj)["drift"]["consecutiveDriftedWindows"] == 2
+    finally:
+        stub.stop()
