@@ -60,7 +60,7 @@ from mlplane.operator.builders import labels as lbl
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
 from mlplane.operator.handlers.trainingjob import plain
-from mlplane.operator.platforms.kuberay import PLURALS, KubeRayPlatform
+from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift
 from mlplane.operator.reconcile.abtest import Routing, routing_for
 from mlplane.operator.reconcile.drift import DriftPlan, ObservedRetrain, reconcile_drift
@@ -168,12 +168,10 @@ def _drift_report(
 
 def _retrains(platform: KubeRayPlatform, namespace: str, name: str) -> list[ObservedRetrain]:
     """This deployment's retraining TrainingJobs, listed from the API server (by labels)."""
-    found = platform._api().list_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURALS["TrainingJob"],
-        label_selector=lbl.retrain_selector(name),
-    )  # fmt: skip
+    found = platform.list(f"{GROUP}/{VERSION}", "TrainingJob", namespace,
+                          lbl.retrain_selector(name))  # fmt: skip
     out = []
-    for tj in found.get("items") or ():
+    for tj in found:
         labels = (tj.get("metadata") or {}).get("labels") or {}
         # Checked again: a server (or proxy) ignoring the selector must not mix deployments.
         if labels.get(lbl.MODELDEPLOYMENT) == name and lbl.RETRAIN in labels:

@@ -76,6 +76,16 @@ class KubeRayPlatform(Platform):
             group, version, namespace, PLURALS[kind], name, body
         )
 
+    def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str = ""
+    ) -> list[dict[str, Any]]:
+        """The namespaced custom objects of a kind matching a label selector."""
+        group, version = api_version.split("/")
+        found = self._api().list_namespaced_custom_object(
+            group, version, namespace, PLURALS[kind], label_selector=label_selector
+        )
+        return [dict(item) for item in found.get("items") or ()]
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """Read a namespaced custom object as stored now (None when there is none).
 
