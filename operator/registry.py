@@ -198,6 +198,19 @@ class Registry:
             raise _classify(exc, f"moving alias {alias!r} of {name!r}") from None
 
 
+_REGISTRIES: dict[str, Registry] = {}
+_REGISTRIES_GUARD = threading.Lock()
+
+
+def registry_for(tracking_uri: str) -> Registry:
+    """One client per MLflow server for the process' life: a client per look is costly (with a
+    SQLite store, each new client builds a SQLAlchemy engine and checks the schema)."""
+    with _REGISTRIES_GUARD:
+        if tracking_uri not in _REGISTRIES:
+            _REGISTRIES[tracking_uri] = Registry(tracking_uri)
+        return _REGISTRIES[tracking_uri]
+
+
 def _said_no(exc: Exception) -> bool:
     from mlflow.exceptions import MlflowException
 

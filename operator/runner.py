@@ -50,6 +50,7 @@ from mlplane.operator.registry import (
     Registry,
     RegistryError,
     RegistryUnavailable,
+    registry_for,
     resolve_model,
 )
 
@@ -71,16 +72,13 @@ class Runner:
         self.platform = LocalPlatform(state_dir)
         self.store = Store(state_dir)
         self.serving = LocalServing(self.platform)
-        self._registries: dict[str, Registry] = {}
         #: This pass's valid ABTests by uid (their statuses as this pass leaves them).
         self._abtests: dict[str, Any] = {}
         self._due: dict[str, float] = {}
 
     def registry(self, tracking_uri: str) -> Registry:
         """One MLflow client per server for the runner's life."""
-        if tracking_uri not in self._registries:
-            self._registries[tracking_uri] = Registry(tracking_uri)
-        return self._registries[tracking_uri]
+        return registry_for(tracking_uri)
 
     def pass_once(self, now: datetime | None = None) -> None:
         """Reconcile everything once; never raises for one resource's trouble."""
@@ -278,7 +276,7 @@ class Runner:
         tj = parse(body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        registry = Registry(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+        registry = registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
         for _ in range(3):  # again after an MLflow action, as the Kopf handler does
             observed = self._observe_trainingjob(tj, registry, uid)
             plan = reconcile(tj, observed, now, config, uid=uid)

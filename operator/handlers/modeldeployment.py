@@ -65,7 +65,7 @@ from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift
 from mlplane.operator.reconcile.abtest import Routing, routing_for
 from mlplane.operator.reconcile.drift import DriftPlan, ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.modeldeployment import Observed, Plan, Unresolved, reconcile
-from mlplane.operator.registry import Registry, ResolvedModel, resolve_model
+from mlplane.operator.registry import ResolvedModel, registry_for, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,6 @@ _OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.MODELDEPLOYMENT: kopf.PRESEN
 Resolution = ResolvedModel | Unresolved
 
 # --- MLflow -----------------------------------------------------------------------------------
-
-_REGISTRIES: dict[str, Registry] = {}
-_REGISTRIES_GUARD = threading.Lock()
-
-
-def registry_for(tracking_uri: str) -> Registry:
-    """One client per MLflow server for the operator's life (a client per look is costly)."""
-    with _REGISTRIES_GUARD:
-        if tracking_uri not in _REGISTRIES:
-            _REGISTRIES[tracking_uri] = Registry(tracking_uri)
-        return _REGISTRIES[tracking_uri]
 
 
 class _Resolutions:

@@ -41,7 +41,7 @@ from mlplane.operator.reconcile.trainingjob import (
     Plan,
     reconcile,
 )
-from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable
+from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable, registry_for
 
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
@@ -151,7 +151,7 @@ def node_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 
 def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
-    return Registry(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+    return registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
 
 
 def _observe(
