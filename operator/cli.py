@@ -232,6 +232,10 @@ def local_up(
     serve_port: Annotated[
         int, typer.Option(help="Ray Serve's HTTP port: ModelDeployments answer there.")
     ] = 8000,
+    metrics_port: Annotated[int, typer.Option(help="The runner's /metrics port.")] = 9464,
+    prometheus_port: Annotated[
+        int, typer.Option(help="Prometheus' port (started when `prometheus` is installed).")
+    ] = 9090,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs Ray may use (default: all).")] = None,
 ) -> None:
     """Start Ray and an MLflow server (SQLite, local artifacts) bound to 127.0.0.1."""
@@ -239,7 +243,8 @@ def local_up(
 
     ports = Ports(
         ray_gcs=ray_port, ray_dashboard=dashboard_port, ray_client=ray_client_port,
-        mlflow=mlflow_port, serve=serve_port,
+        mlflow=mlflow_port, serve=serve_port, runner_metrics=metrics_port,
+        prometheus=prometheus_port,
     )  # fmt: skip
     platform = LocalPlatform(state_dir, ports)
     with err.status("starting Ray and MLflow (about 15 s)..."):
@@ -251,6 +256,8 @@ def local_up(
     out.print(table)
     out.print(f"MLflow UI: {platform.mlflow_uri}   Ray dashboard: {platform.ray_dashboard}")
     out.print(f"ModelDeployments answer on http://127.0.0.1:{ports.serve}/<namespace>/<name>")
+    if platform.prometheus_uri:
+        out.print(f"Prometheus: {platform.prometheus_uri} (mlplane's rules and series)")
     out.print("Stop everything with: mlplane local down")
 
 

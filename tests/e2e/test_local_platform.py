@@ -7,6 +7,7 @@ interfaces whatever --node-ip-address says.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,16 +35,21 @@ def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 
 def test_up_status_down(tmp_path):
     state = tmp_path / "s"
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(7)]
     flags = ["--state-dir", str(state), "--num-cpus", "1", "--ray-port", str(ports[0]),
              "--dashboard-port", str(ports[1]), "--ray-client-port", str(ports[2]),
-             "--mlflow-port", str(ports[3])]  # fmt: skip
+             "--mlflow-port", str(ports[3]), "--serve-port", str(ports[4]),
+             "--metrics-port", str(ports[5]), "--prometheus-port", str(ports[6])]  # fmt: skip
+    # Prometheus is part of the platform where its binary is installed (setup.sh installs it).
+    expected = {"ray", "mlflow", "runner"}
+    if shutil.which("prometheus"):
+        expected.add("prometheus")
     up = cli("local", "up", *flags)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         recorded = json.loads((state / "platform.json").read_text())
         pids = {name: server["pid"] for name, server in recorded["servers"].items()}
-        assert set(pids) == {"ray", "mlflow", "runner"}
+        assert set(pids) == expected
         assert all(processes.group_members(pid) for pid in pids.values())
 
         status = cli("local", "status", "--state-dir", str(state), "--json")
@@ -54,6 +60,9 @@ def test_up_status_down(tmp_path):
         assert health["mlflow"]["healthy"], health
         assert health["mlflow"]["address"] == f"http://127.0.0.1:{ports[3]}"
         assert health["runner"]["healthy"], health
+        if "prometheus" in expected:
+            assert health["prometheus"]["healthy"], health
+            assert health["prometheus"]["address"] == f"http://127.0.0.1:{ports[6]}"
 
         again = cli("local", "up", *flags)  # idempotent: nothing new is started
         assert again.returncode == 0, again.stderr
@@ -61,7 +70,9 @@ def test_up_status_down(tmp_path):
     finally:
         down = cli("local", "down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
-    assert "stopped: ray, mlflow, runner" in down.stdout
+    assert down.stdout.strip() == "stopped: " + ", ".join(
+        n for n in ("ray", "mlflow", "runner", "prometheus") if n in expected
+    )
     for name, pid in pids.items():
         assert processes.group_members(pid) == [], f"{name} left processes behind"
     leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True,
