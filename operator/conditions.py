@@ -7,6 +7,8 @@ transitions; an unchanged condition yields an equal list, so the operator writes
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -77,3 +79,36 @@ def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     patch = {k: v for k, v in new.items() if old.get(k) != v}
     patch.update({k: None for k in old if k not in new})
     return patch
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event the reconcile asks for (the caller posts it)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+class StatusDraft:
+    """The next status of a resource being built from its last one, with condition and event
+    helpers bound to ``now`` and the resource's generation (each pure reconcile starts here)."""
+
+    def __init__(self, old: dict[str, Any] | None, now: datetime, generation: int | None) -> None:
+        self.old: dict[str, Any] = old or {}
+        self.new: dict[str, Any] = copy.deepcopy(self.old)
+        self.now = now
+        self.generation = generation
+        self.events: list[Event] = []
+
+    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.new["conditions"] = set_condition(
+            self.new.get("conditions"), type_, status,  # type: ignore[arg-type]
+            reason, message, now=self.now, generation=self.generation,
+        )  # fmt: skip
+
+    def old_condition(self, type_: str) -> dict[str, Any]:
+        return find(self.old.get("conditions"), type_) or {}
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))

@@ -61,7 +61,6 @@ after the Bonferroni correction over the treatments.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,8 +77,8 @@ from mlplane.monitoring.abtest_analysis import (
 )
 from mlplane.operator import conditions
 from mlplane.operator.builders.rayservice import Variant
+from mlplane.operator.conditions import Event
 from mlplane.operator.reconcile.modeldeployment import Unresolved
-from mlplane.operator.reconcile.trainingjob import Event
 
 __all__ = [
     "PENDING_POLL",
@@ -346,27 +345,12 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-class _Status:
-    """The status being built, with condition and event helpers bound to ``now``."""
+class _Status(conditions.StatusDraft):
+    """The ABTest's next status."""
 
     def __init__(self, test: ABTest, now: datetime) -> None:
-        self.old = test.status.model_dump(by_alias=True, exclude_none=True) if test.status else {}
-        self.new = copy.deepcopy(self.old)
-        self.now = now
-        self.generation = _generation(test)
-        self.events: list[Event] = []
-
-    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        self.new["conditions"] = conditions.set_condition(
-            self.new.get("conditions"), type_, status,  # type: ignore[arg-type]
-            reason, message, now=self.now, generation=self.generation,
-        )  # fmt: skip
-
-    def old_condition(self, type_: str) -> dict[str, Any]:
-        return conditions.find(self.old.get("conditions"), type_) or {}
-
-    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.events.append(Event(type_, reason, message))
+        old = test.status.model_dump(by_alias=True, exclude_none=True) if test.status else {}
+        super().__init__(old, now, _generation(test))
 
 
 def _variant_entry(name: str, version: int, weight: int) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from mlplane.operator import conditions
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.rayservice import DEFAULT_DRIFT_THRESHOLD
 from mlplane.operator.builders.retrain import build_retrain_trainingjob, retrain_name
-from mlplane.operator.reconcile.trainingjob import Event
+from mlplane.operator.conditions import Event
 
 __all__ = [
     "CONDITION",

@@ -78,8 +78,8 @@ from mlplane.operator.builders.rayservice import (
     build_rayservice,
     model_deployment_name,
 )
+from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
-from mlplane.operator.reconcile.trainingjob import Event
 
 #: Annotation on the RayService: ``{"<top-level spec field>": "<hash>"}`` as mlplane last wrote.
 APPLIED = "mlplane.dev/applied-spec"
@@ -451,31 +451,16 @@ def _generation(md: ModelDeployment) -> int | None:
     return int(generation) if generation is not None else None
 
 
-class _Status:
-    """The status being built, with condition and event helpers bound to ``now``."""
+class _Status(conditions.StatusDraft):
+    """The ModelDeployment's next status."""
 
     def __init__(self, md: ModelDeployment, now: datetime) -> None:
-        self.old = md.status.model_dump(by_alias=True, exclude_none=True) if md.status else {}
-        self.new = copy.deepcopy(self.old)
+        old = md.status.model_dump(by_alias=True, exclude_none=True) if md.status else {}
+        super().__init__(old, now, _generation(md))
         # The resource is valid (the handler checked): a past verdict is not ours to keep.
         self.new["conditions"] = conditions.remove(self.new.get("conditions"), "InvalidSpec")
-        self.now = now
-        self.generation = _generation(md)
-        self.events: list[Event] = []
         if self.generation is not None:
             self.new["observedGeneration"] = self.generation
-
-    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        self.new["conditions"] = conditions.set_condition(
-            self.new.get("conditions"), type_, status,  # type: ignore[arg-type]
-            reason, message, now=self.now, generation=self.generation,
-        )  # fmt: skip
-
-    def old_condition(self, type_: str) -> dict[str, Any]:
-        return conditions.find(self.old.get("conditions"), type_) or {}
-
-    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.events.append(Event(type_, reason, message))
 
 
 def _resolution_text(md: ModelDeployment, version: int) -> str:

@@ -20,7 +20,6 @@ budget is spent, ``SpotWithFallback`` workers move to on-demand for the next att
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from mlplane.crds import TrainingJob
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
 from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity
+from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 
 AttemptCapacity = Literal["OnDemand", "Spot"]
@@ -129,13 +129,6 @@ class Observed:
 
 
 @dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Registration:
     """Register ``source`` as a new version of ``model`` tagged with the TrainingJob's uid."""
 
@@ -185,29 +178,17 @@ def _generation(tj: TrainingJob) -> int | None:
     return int(generation) if generation is not None else None
 
 
-class _Status:
-    """The status being built, with condition and event helpers bound to ``now``."""
+class _Status(conditions.StatusDraft):
+    """The TrainingJob's next status (counters and the disruption ledger always present)."""
 
     def __init__(self, tj: TrainingJob, now: datetime) -> None:
-        self.old = tj.status.model_dump(by_alias=True, exclude_none=True) if tj.status else {}
-        self.new = copy.deepcopy(self.old)
-        self.now = now
-        self.generation = _generation(tj)
-        self.events: list[Event] = []
+        old = tj.status.model_dump(by_alias=True, exclude_none=True) if tj.status else {}
+        super().__init__(old, now, _generation(tj))
         if self.generation is not None:
             self.new["observedGeneration"] = self.generation
         for key in ("attempts", "preemptions", "failures"):
             self.new.setdefault(key, 0)
         self.new.setdefault("disruptions", [])
-
-    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        self.new["conditions"] = conditions.set_condition(
-            self.new.get("conditions"), type_, status,  # type: ignore[arg-type]
-            reason, message, now=self.now, generation=self.generation,
-        )  # fmt: skip
-
-    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
-        self.events.append(Event(type_, reason, message))
 
     @property
     def now_text(self) -> str:
