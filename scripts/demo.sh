@@ -26,12 +26,13 @@ $M apply -f crds/examples/abtest-local.yaml
 $M traffic churn -f crds/examples/churn-requests.json --requests 4000 \
   --conversion control=0.2 --conversion candidate=0.35 --until-concluded churn-candidate
 $M get abt
-$M describe abt churn-candidate | sed -n '/^status:/,/^ *Conditions/p' | head -40
+$M describe abt churn-candidate
 CANDIDATE=$($M get tj churn-candidate -o yaml | sed -n 's|^ *modelUri: models:/churn/||p')
 if $M get abt churn-candidate -o yaml | grep -q 'decision: Promote'; then
   echo "== promoted: champion -> version $CANDIDATE; waiting for the deployment to serve it alone"
   for _ in $(seq 90); do
-    $M get md churn -o yaml | grep -q "servedVersion: '$CANDIDATE'" && break
+    MD=$($M get md churn -o yaml)
+    grep -q "servedVersion: '$CANDIDATE'" <<<"$MD" && grep -q "phase: Ready" <<<"$MD" && break
     sleep 2
   done
 fi
