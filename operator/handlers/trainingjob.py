@@ -155,10 +155,18 @@ def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
 
 
 def _observe(
-    tj: TrainingJob, uid: str, index: Any, config: OperatorConfig
+    tj: TrainingJob, uid: str, index: Any, config: OperatorConfig, platform: KubeRayPlatform
 ) -> tuple[Observed, Registry]:
     namespace, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     attempts = tuple(index.get((namespace, name), ())) if index is not None else ()
+    current = tj.status.current_attempt if tj.status else None
+    if current is not None and all(a.number != current.number for a in attempts):
+        # The index lags behind the watch on a busy operator: ask the API server once rather
+        # than planning the attempt's RayJob again (a 409, and a status flapping meanwhile).
+        rayjob = lbl.rayjob_name(name, current.number)
+        found = platform.get("ray.io/v1", "RayJob", namespace, rayjob)
+        if found is not None:
+            attempts = (*attempts, ObservedAttempt.from_rayjob(found))
     registry = _registry(tj, config)
     try:
         run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
@@ -236,7 +244,7 @@ def _run_reconcile(
         else tj
     )
     for _ in range(3):
-        observed, registry = _observe(current, uid, index, config)
+        observed, registry = _observe(current, uid, index, config, platform)
         plan = reconcile(current, observed, now, config, uid=uid)
         changed = _execute(current, uid, plan, registry, body, platform)
         current = TrainingJob.model_validate(
