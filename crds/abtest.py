@@ -135,13 +135,36 @@ class ABTestSpec(SpecModel):
     )
 
 
+class CountTotals(StatusModel):
+    """A variant's cumulative totals (what the router's ``/v1/stats`` reports)."""
+
+    requests: int = 0
+    errors: int = 0
+    outcomes: int = 0
+    outcome_sum: float = 0.0
+    outcome_sum_squares: float = 0.0
+    latency_count: int = 0
+    latency_sum_seconds: float = 0.0
+    latency_sum_squares_seconds: float = 0.0
+
+
 class VariantStatus(StatusModel):
+    """Totals since the test started (the router's counts plus ``carried``), the analysis."""
+
     name: str
     version: str | None = None
     weight: int | None = None
     requests: int = 0
     errors: int = 0
     outcomes: int = 0
+    outcome_sum: float | None = None
+    outcome_sum_squares: float | None = None
+    latency_count: int | None = None
+    latency_sum_seconds: float | None = None
+    latency_sum_squares_seconds: float | None = None
+    #: Totals from before the router's counts restarted (its monitor replica restarted), added
+    #: to what it reports since, so a restart loses only what it had not yet been asked for.
+    carried: CountTotals | None = None
     mean: float | None = None
     interval: list[float] | None = None
     p_value: float | None = None

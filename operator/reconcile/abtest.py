@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
@@ -630,21 +630,23 @@ def _evaluate(
             s.event("Warning", "StatsUnavailable", problem)
         return Plan(status=st, events=s.events, requeue_after=interval)
 
-    reset = [
-        v["name"]
-        for v in old_variants
-        if rows[v["name"]].requests < int(v.get("requests", 0))
-        or rows[v["name"]].outcomes < int(v.get("outcomes", 0))
-    ]
+    rows, reset, lost = _carry_over(old_variants, rows)
     if reset:
         s.event(
             "Warning",
             "CountsReset",
             f"the router's counts went backwards for {', '.join(reset)} (its monitor "
-            "restarted): the evidence so far is discarded and counting goes on from the restart",
+            "restarted): "
+            + (
+                "the totals kept in status could not be carried over (an older status "
+                "without sums): the evidence so far is discarded and counting goes on"
+                if lost
+                else "counting goes on from the totals kept in status (what the router had "
+                "counted since the last evaluation is lost)"
+            ),
         )
     k = len(names) - 1
-    keep = not (spec_changed or reset or just_started)
+    keep = not (spec_changed or lost or just_started)
     previous = _previous(old_variants, k) if keep else None
     observations, kind = _observations(test, rows)
     try:
@@ -671,7 +673,7 @@ def _evaluate(
     for item, obs in zip(old_variants, observations, strict=True):
         r = rows[obs.name]
         vr = result.variant(obs.name)
-        item.update(requests=r.requests, errors=r.errors, outcomes=r.outcomes)
+        item.update(_totals(r))
         for key, value in (
             ("mean", _finite(vr.mean)),
             ("interval", [vr.interval[0], vr.interval[1]] if vr.interval else None),
@@ -689,6 +691,73 @@ def _evaluate(
     s.condition("Running", "True", "Analysing", f"{where} serves {_split_text(old_variants)}")
     s.condition("Concluded", "False", "Continue", result.reason)
     return Plan(status=st, events=s.events, requeue_after=interval, analysis=result)
+
+
+_SUMS = ("outcomeSum", "outcomeSumSquares", "latencyCount", "latencySumSeconds",
+         "latencySumSquaresSeconds")  # fmt: skip
+
+
+def _totals(r: VariantStats) -> dict[str, Any]:
+    """A variant's totals in status (camelCase), as the router reports them."""
+    return {
+        "requests": r.requests, "errors": r.errors, "outcomes": r.outcomes,
+        "outcomeSum": r.outcome_sum, "outcomeSumSquares": r.outcome_sum_squares,
+        "latencyCount": r.latency_count, "latencySumSeconds": r.latency_sum_seconds,
+        "latencySumSquaresSeconds": r.latency_sum_squares_seconds,
+    }  # fmt: skip
+
+
+def _plus(r: VariantStats, totals: Mapping[str, Any]) -> VariantStats:
+    """The router's row plus totals carried over from before its counts restarted."""
+
+    def get(key: str) -> float:
+        value = totals.get(key)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    return replace(
+        r,
+        requests=r.requests + int(get("requests")),
+        errors=r.errors + int(get("errors")),
+        outcomes=r.outcomes + int(get("outcomes")),
+        outcome_sum=r.outcome_sum + get("outcomeSum"),
+        outcome_sum_squares=r.outcome_sum_squares + get("outcomeSumSquares"),
+        latency_count=r.latency_count + int(get("latencyCount")),
+        latency_sum_seconds=r.latency_sum_seconds + get("latencySumSeconds"),
+        latency_sum_squares_seconds=r.latency_sum_squares_seconds + get("latencySumSquaresSeconds"),
+    )
+
+
+def _carry_over(
+    old_variants: list[dict[str, Any]], rows: Mapping[str, VariantStats]
+) -> tuple[dict[str, VariantStats], list[str], bool]:
+    """Totals since the test started: the router's rows plus what was carried over.
+
+    The router's counts live in its monitor replica; a restart of that replica starts them from
+    zero. A row below what the status says the router had reported (status totals minus what
+    was carried already) is such a restart: the status totals become the variant's new
+    ``carried`` base. Returns the totals per variant, the variants that restarted, and whether
+    the old totals could not be carried (a status written without the sums).
+    """
+    out = dict(rows)
+    reset, lost = [], False
+    for item in old_variants:
+        name = item["name"]
+        carried = dict(item.get("carried") or {})
+        raw = rows[name]
+        reported = int(item.get("requests", 0)) - int(carried.get("requests", 0))
+        outcomes = int(item.get("outcomes", 0)) - int(carried.get("outcomes", 0))
+        if raw.requests < reported or raw.outcomes < outcomes:
+            reset.append(name)
+            if all(isinstance(item.get(key), int | float) for key in _SUMS):
+                carried = {key: item.get(key, 0) for key in _totals(raw)}
+            else:
+                carried, lost = {}, True
+        if carried:
+            item["carried"] = carried
+        else:
+            item.pop("carried", None)
+        out[name] = _plus(raw, carried)
+    return out, reset, lost
 
 
 def _guardrail_condition(s: _Status, result: AnalysisResult) -> None:

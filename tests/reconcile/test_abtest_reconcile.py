@@ -408,14 +408,47 @@ def _three(a: tuple[int, float], b: tuple[int, float], c: tuple[int, float]) -> 
     )
 
 
-def test_counts_going_backwards_are_reported_and_the_evidence_restarts():
+def test_a_router_counts_restart_carries_the_totals_over():
+    """The router's monitor restarted: its counts start from zero. The totals in status become
+    the carried base, so the evidence (and the running bounds) go on; a second restart adds
+    to the base; replays write nothing."""
     lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 200}))
     lab.start()
     lab.step(T0 + timedelta(minutes=1), stats=rows((400, 40), (400, 50)))
-    assert "pValue" in lab.status["variants"][1]
+    before = lab.status["variants"][1]["pValue"]
     plan = lab.step(T0 + timedelta(minutes=2), stats=rows((50, 5), (50, 6)))
     assert reasons(plan) == ["CountsReset"]
+    assert "carried over" not in plan.events[0].message
+    control, candidate = lab.status["variants"]
+    assert (control["requests"], control["outcomes"], control["outcomeSum"]) == (450, 450, 45.0)
+    assert candidate["carried"]["outcomes"] == 400 and candidate["carried"]["outcomeSum"] == 50.0
+    assert candidate["outcomes"] == 450 and candidate["pValue"] <= before  # kept, still running
+    writes = lab.writes
+    again = lab.step(T0 + timedelta(minutes=2, seconds=30), stats=rows((50, 5), (50, 6)))
+    assert again.events == [] and lab.writes == writes  # the same counts: nothing new
+    lab.step(T0 + timedelta(minutes=3), stats=rows((120, 12), (120, 15)))
+    assert lab.status["variants"][0]["requests"] == 520
+    plan = lab.step(T0 + timedelta(minutes=4), stats=rows((10, 1), (10, 2)))
+    assert reasons(plan) == ["CountsReset"]
+    control, candidate = lab.status["variants"]
+    assert (control["requests"], control["carried"]["requests"]) == (530, 520)
+    assert candidate["outcomeSum"] == 50.0 + 15.0 + 2.0
+    assert lab.status["phase"] == "Running"
+
+
+def test_a_counts_restart_without_sums_in_status_restarts_the_evidence():
+    """A status written before the sums were kept cannot carry them: evidence restarts."""
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 200}))
+    lab.start()
+    lab.step(T0 + timedelta(minutes=1), stats=rows((400, 40), (400, 50)))
+    for v in lab.body["status"]["variants"]:
+        for key in ("outcomeSum", "outcomeSumSquares", "latencyCount", "latencySumSeconds",
+                    "latencySumSquaresSeconds"):  # fmt: skip
+            v.pop(key, None)
+    plan = lab.step(T0 + timedelta(minutes=2), stats=rows((50, 5), (50, 6)))
+    assert reasons(plan) == ["CountsReset"] and "discarded" in plan.events[0].message
     assert lab.status["variants"][0]["requests"] == 50
+    assert "carried" not in lab.status["variants"][0]
     assert "pValue" not in lab.status["variants"][1]  # below minSamples again
     assert lab.status["phase"] == "Running"
 
