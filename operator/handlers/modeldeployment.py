@@ -272,7 +272,7 @@ def parsed(body: Mapping[str, Any]) -> Resource | None:
             return _PARSED[key]
     try:
         found: Resource | None = parse(plain(body))
-    except Exception:
+    except (ValueError, KeyError):  # InvalidResource and pydantic's errors are ValueErrors
         found = None
     with _PARSED_GUARD:
         if len(_PARSED) > 4096:

@@ -38,14 +38,7 @@ from mlplane.operator.builders.retrain import retrain_name
 from mlplane.operator.platforms.local import LocalPlatform, Ports
 from mlplane.operator.platforms.store import NotFound, Store
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(
-        shutil.which("prometheus") is None,
-        reason="needs Prometheus (Debian's `prometheus`; scripts/setup.sh installs it)",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 MODEL = "churn-monitoring-e2e"
 WINDOW_S = 60.0
 DASHBOARDS = Path(__file__).resolve().parents[2] / "monitoring" / "generated" / "dashboards"
@@ -98,6 +91,9 @@ def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
     ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
                   mlflow=free_port(), serve=free_port(), runner_metrics=free_port(),
                   prometheus=free_port())  # fmt: skip
+    assert shutil.which("prometheus"), (
+        "needs Prometheus on PATH (Debian's `prometheus` package; scripts/setup.sh installs it)"
+    )
     local = LocalPlatform(tmp_path_factory.mktemp("platform") / "state", ports)
     local.up(num_cpus=2)
     try:
