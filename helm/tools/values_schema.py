@@ -291,11 +291,16 @@ def values_schema() -> dict[str, Any]:
                     apiServer=egress_rule("The Kubernetes API server."),
                     mlflow=egress_rule("The MLflow tracking server."),
                     artifacts=egress_rule("The object store (only with operator.artifactsUri)."),
+                    serving=egress_rule(
+                        "Serve's HTTP port of mlplane's serving pods: the operator reads each "
+                        "ModelDeployment's /v1/stats (A/B counts) and /v1/drift there."
+                    ),
                 ),
                 "dns",
                 "apiServer",
                 "mlflow",
                 "artifacts",
+                "serving",
             ),
             extraEgress=array("More egress rules.", k8s("NetworkPolicyEgressRule")),
         ),

@@ -278,7 +278,11 @@ def test_default_egress_dns_api_server_mlflow(rendered_default: list[dict[str, A
         {(53, "UDP"), (53, "TCP")},
         {(443, "TCP"), (6443, "TCP")},
         {(5000, "TCP")},
+        {(8000, "TCP")},
     ]
+    # The serving apps: only mlplane's pods, in any namespace.
+    assert egress[3]["to"] == [{"namespaceSelector": {}, "podSelector": {
+        "matchLabels": {"app.kubernetes.io/managed-by": "mlplane"}}}]  # fmt: skip
     dns = egress[0]["to"][0]
     assert dns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
     for rule in egress:
@@ -287,10 +291,11 @@ def test_default_egress_dns_api_server_mlflow(rendered_default: list[dict[str, A
 
 def test_all_egress_adds_artifacts_and_extra_rules(rendered_all: list[dict[str, Any]]) -> None:
     egress = _policy(rendered_all)["egress"]
-    assert len(egress) == 5
+    assert len(egress) == 6
     assert egress[1]["to"] == [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
     assert _ports(egress[3]) == {(443, "TCP")} and "to" not in egress[3]
-    assert _ports(egress[4]) == {(9090, "TCP")}
+    assert _ports(egress[4]) == {(8000, "TCP")}
+    assert _ports(egress[5]) == {(9090, "TCP")}
     ingress = _policy(rendered_all)["ingress"]
     assert ingress[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"
