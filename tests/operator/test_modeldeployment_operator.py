@@ -320,9 +320,24 @@ async def test_deletion_removes_the_rayservice(emulator, operator, mlflow_uri):
 
 async def test_restart_creates_and_rewrites_nothing(emulator, kubeconfig, mlflow_uri):
     set_alias(mlflow_uri, "restart", 2)
-    async with run_operator():
+    async with run_operator() as first:
         obj = await create(emulator, modeldeployment("restart", "restart"))
         await deployed(emulator, obj, 2)
+
+        # Settled: two timer rounds in a row write nothing (a patch Kopf had not applied yet
+        # when the operator stopped would otherwise be the second operator's to write).
+        def status_patches() -> int:
+            return len(emulator.requests_to(MDS, method="PATCH", name="restart",
+                                            subresource="status"))  # fmt: skip
+
+        mark = [status_patches(), timer_runs(first, obj)]
+
+        def settled() -> bool:
+            if status_patches() != mark[0]:
+                mark[:] = [status_patches(), timer_runs(first, obj)]
+            return timer_runs(first, obj) >= mark[1] + 2
+
+        await wait_for(settled, timeout=TIMEOUT, message="no status writes for two timer runs")
     rs = rayservice(emulator, "restart")
     writes = len(rayservice_writes(emulator, "restart"))
     status_writes = len(emulator.requests_to(MDS, method="PATCH", name="restart",
