@@ -7,11 +7,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 "$ROOT/scripts/setup.sh"
 
-# KubeRay's CRD schemas (v1.7.0) validate the generated RayJobs/RayServices. They are not part
-# of this repository: CI has them in ../shared/fixtures/kuberay (see the README to get them).
-if [ -z "${MLPLANE_KUBERAY_CRDS:-}" ] && [ -d "$ROOT/../shared/fixtures/kuberay" ]; then
-  export MLPLANE_KUBERAY_CRDS="$ROOT/../shared/fixtures/kuberay"
-fi
 export PATH="$ROOT/.tools/bin:$ROOT/.venv/bin:$PATH"
 
 echo "== unit and integration tests"

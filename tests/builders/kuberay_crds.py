@@ -23,12 +23,9 @@ import pytest
 import yaml
 
 ENV = "MLPLANE_KUBERAY_CRDS"
-DEFAULT_DIR = "/work/shared/fixtures/kuberay"
+#: The copy the repository carries (``scripts/vendor_kuberay_crds.py`` made it; see SOURCE.md).
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "kuberay"
 FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayService": "ray.io_rayservices.yaml"}
-WHERE = (
-    "the KubeRay v1.7.0 release: ray-operator/config/crd/bases/ray.io_rayjobs.yaml and "
-    "ray.io_rayservices.yaml from https://github.com/ray-project/kuberay (tag v1.7.0)"
-)
 
 _LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _QUALIFIED_NAME = re.compile(
@@ -70,7 +67,8 @@ OBJECT_META: dict[str, Any] = {
 
 
 def crd_dir() -> Path:
-    """Where the CRD fixtures are: ``$MLPLANE_KUBERAY_CRDS`` or the shared fixtures folder."""
+    """Where the CRDs are: ``$MLPLANE_KUBERAY_CRDS`` (another KubeRay, upstream files or a
+    vendored folder) or the repository's own copy."""
     return Path(os.environ.get(ENV) or DEFAULT_DIR)
 
 
@@ -98,8 +96,8 @@ def crd_schema(kind: str) -> dict[str, Any]:
     path = crd_dir() / FILES[kind]
     if not path.is_file():
         pytest.fail(
-            f"KubeRay CRD fixture {path} is missing. Set {ENV} to a folder holding {FILES[kind]} "
-            f"(default {DEFAULT_DIR}); get the files from {WHERE}.",
+            f"KubeRay CRD {path} is missing. The repository carries it in {DEFAULT_DIR} "
+            f"(scripts/vendor_kuberay_crds.py); {ENV} overrides that folder.",
             pytrace=False,
         )
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

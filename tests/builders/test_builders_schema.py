@@ -182,7 +182,7 @@ def test_missing_fixtures_fail_with_where_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV, str(tmp_path))
     crd_schema.cache_clear()
     try:
-        with pytest.raises(pytest.fail.Exception, match=r"KubeRay v1\.7\.0 release.*crd/bases"):
+        with pytest.raises(pytest.fail.Exception, match=r"vendor_kuberay_crds\.py.*overrides"):
             crd_schema("RayJob")
     finally:
         monkeypatch.undo()
