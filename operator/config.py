@@ -10,6 +10,8 @@
 - ``MLPLANE_TRAINING_SERVICE_ACCOUNT`` / ``MLPLANE_SERVING_SERVICE_ACCOUNT``: the service
   account of training and serving Ray pods (bound to cloud roles, e.g. IRSA); default none;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
+- ``MLPLANE_MLFLOW_TIMEOUT`` (default 10 s): the longest one MLflow call may take; calls are
+  not retried inside (the reconcile loop retries), so a reconcile never blocks for minutes;
 - ``MLPLANE_RECONCILE_INTERVAL`` (default 5 s): how often each resource's timer looks at its
   children; ``MLPLANE_RESOLVE_INTERVAL`` (default 30 s): how often a ModelDeployment asks
   MLflow where its alias points; ``MLPLANE_RETRY_DELAY`` (default 15 s): retry after MLflow
@@ -38,6 +40,7 @@ class OperatorConfig:
     training_service_account: str | None = None
     serving_service_account: str | None = None
     log_format: Literal["json", "text"] = "text"
+    mlflow_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -51,6 +54,15 @@ class OperatorConfig:
         log_format = env.get("MLPLANE_LOG_FORMAT", "text")
         if log_format not in ("json", "text"):
             raise ValueError(f"MLPLANE_LOG_FORMAT must be json or text (got {log_format!r})")
+        timeout = env.get("MLPLANE_MLFLOW_TIMEOUT", str(cls.mlflow_timeout))
+        try:
+            mlflow_timeout = float(timeout)
+        except ValueError:
+            mlflow_timeout = 0.0
+        if not 1 <= mlflow_timeout <= 600:
+            raise ValueError(
+                f"MLPLANE_MLFLOW_TIMEOUT must be seconds between 1 and 600 (got {timeout!r})"
+            )
         return cls(
             mlflow_tracking_uri=env.get("MLPLANE_MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
             capacity_labels=labels,  # type: ignore[arg-type]
@@ -60,4 +72,5 @@ class OperatorConfig:
             training_service_account=env.get("MLPLANE_TRAINING_SERVICE_ACCOUNT") or None,
             serving_service_account=env.get("MLPLANE_SERVING_SERVICE_ACCOUNT") or None,
             log_format=log_format,  # type: ignore[arg-type]
+            mlflow_timeout=mlflow_timeout,
         )

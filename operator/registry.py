@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile.modeldeployment import Unresolved
 from mlplane.operator.reconcile.trainingjob import ObservedRun, Registration
 
@@ -54,23 +55,29 @@ def _classify(exc: Exception, what: str) -> Exception:
     return RegistryUnavailable(f"{what}: {exc}")
 
 
-#: MLflow's HTTP client retries for minutes by default; a reconciler would rather fail fast
-#: and be retried by its own loop (Kopf's TemporaryError, the runner's next pass).
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-}
+def bound_http_calls(timeout: float) -> None:
+    """Every MLflow HTTP call of this process: one try, at most ``timeout`` seconds.
+
+    MLflow's client retries for minutes by default (7 retries, exponential backoff, 120 s per
+    request), and a reconcile blocked there holds its thread: other objects wait, and the
+    operator cannot stop until it returns. The operator's own loop is the retry (Kopf's
+    TemporaryError, the runner's next pass), so a call fails fast instead. MLflow reads these
+    settings from the environment at each call; they are process-wide, which suits the
+    operator (it is the only MLflow client in its process).
+    """
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout)))
 
 
 class Registry:
     """One MLflow tracking server (and its model registry)."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, *, timeout: float | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        for name, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        if timeout is None:
+            timeout = OperatorConfig.from_env().mlflow_timeout
+        bound_http_calls(timeout)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
