@@ -210,7 +210,6 @@ def validated(
     return result.resource
 
 
-@kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Kopf's settings for mlplane (see the module docstring for why each)."""
     settings.persistence.finalizer = FINALIZER
@@ -268,9 +267,22 @@ def _kind_of(resource: Any) -> str:
     return next((k.kind_name for k in KINDS if k.plural == plural), "?")
 
 
-for _kind in KINDS:
-    for _on in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        _on(group=GROUP, version=VERSION, plural=_kind.plural, id=HANDLER_ID)(handle)
+def register_validation(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistry:
+    """Put the base layer into ``registry``: :func:`configure` and, per kind, :func:`handle`.
+
+    Kopf's default registry gets it at import, followed by the kinds' own handlers (timers,
+    indexes, events). A registry holding only this layer runs validation and whatever
+    :func:`reconciler` functions are registered, with no timer of any kind acting beside them:
+    what a test of this layer needs.
+    """
+    kopf.on.startup(registry=registry)(configure)
+    for kind in KINDS:
+        for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
+            on(GROUP, VERSION, kind.plural, id=HANDLER_ID, registry=registry)(handle)
+    return registry
+
+
+register_validation(kopf.get_default_registry())
 
 # The kinds' own handlers register on import; they extend this module, so they come last.
 from mlplane.operator.handlers import abtest as abtest  # noqa: E402
