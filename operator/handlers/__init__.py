@@ -277,8 +277,9 @@ def register_validation(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistr
     """
     kopf.on.startup(registry=registry)(configure)
     for kind in KINDS:
+        where = {"group": GROUP, "version": VERSION, "plural": kind.plural}
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
-            on(GROUP, VERSION, kind.plural, id=HANDLER_ID, registry=registry)(handle)
+            on(**where, id=HANDLER_ID, registry=registry)(handle)
     return registry
 
 

@@ -24,8 +24,12 @@ where mlplane's operator depends on it:
   cascading deletion, which on a cluster is the garbage collector's job).
 - LIST answers the current ``resourceVersion``; WATCH from a version replays exactly the events
   after it (then streams live ones); WATCH without one starts with ADDED for what exists.
+- ``labelSelector`` on LIST and WATCH, with the API server's syntax (``a=b``, ``a==b``, ``a!=b``,
+  ``a in (x,y)``, ``a notin (x)``, ``a``, ``!a``, comma-separated, all must hold); a malformed
+  one is a 400. A watch filters each event by the object's labels after the change: an object
+  leaving the selector is not sent as DELETED (the API server does send that).
 
-Not emulated: label and field selectors, ``timeoutSeconds``, server-side apply, strategic merge
+Not emulated: field selectors, ``timeoutSeconds``, server-side apply, strategic merge
 patch semantics (treated as a JSON merge patch), admission (schemas, CEL), scale subresource,
 deletecollection, bookmarks, 410 Gone.
 
@@ -42,9 +46,10 @@ import copy
 import datetime
 import itertools
 import json
+import re
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -57,6 +62,44 @@ import kmock
 VERBS = frozenset({"create", "delete", "get", "list", "patch", "update", "watch"})
 
 ResourceRef = kmock.resource | str
+
+_REQUIREMENT = re.compile(
+    r"""\s*(?:
+        (?P<absent>!)\s*(?P<akey>[^\s=!,()]+)
+      | (?P<skey>[^\s=!,()]+)\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)
+      | (?P<ekey>[^\s=!,()]+)\s*(?P<eq>==|=|!=)\s*(?P<value>[^\s=!,()]*)
+      | (?P<key>[^\s=!,()]+)
+    )\s*(?:,|$)""",
+    re.VERBOSE,
+)
+
+
+def label_selector(text: str) -> Callable[[Mapping[str, str]], bool]:
+    """A predicate over labels for a Kubernetes label selector; ``ValueError`` if malformed."""
+    checks: list[Callable[[Mapping[str, str]], bool]] = []
+    position, text = 0, text.strip()
+    while position < len(text):
+        found = _REQUIREMENT.match(text, position)
+        if found is None or found.end() == position:
+            raise ValueError(f"unable to parse requirement: {text[position:]!r}")
+        position = found.end()
+        g = found.groupdict()
+        if g["absent"]:
+            checks.append(lambda labels, k=g["akey"]: k not in labels)
+        elif g["op"]:
+            values = {v.strip() for v in g["values"].split(",") if v.strip()}
+            if g["op"] == "in":
+                checks.append(lambda labels, k=g["skey"], v=values: labels.get(k) in v)
+            else:
+                checks.append(lambda labels, k=g["skey"], v=values: labels.get(k) not in v)
+        elif g["eq"]:
+            if g["eq"] == "!=":
+                checks.append(lambda labels, k=g["ekey"], v=g["value"]: labels.get(k) != v)
+            else:
+                checks.append(lambda labels, k=g["ekey"], v=g["value"]: labels.get(k) == v)
+        else:
+            checks.append(lambda labels, k=g["key"]: k in labels)
+    return lambda labels: all(check(labels) for check in checks)
 
 
 def _resource(ref: ResourceRef) -> kmock.resource:
@@ -387,18 +430,30 @@ class Emulator(kmock.KubernetesEmulator):
         meta = obj.get("metadata", {})
         if request.namespace is not None and meta.get("namespace") != request.namespace:
             return False
-        return request.name is None or meta.get("name") == request.name
+        if request.name is not None and meta.get("name") != request.name:
+            return False
+        selector = request.params.get("labelSelector")
+        return not selector or label_selector(selector)(meta.get("labels") or {})
+
+    @staticmethod
+    def _check_selector(request: kmock.Request) -> None:
+        try:
+            label_selector(request.params.get("labelSelector") or "")
+        except ValueError as exc:
+            raise kmock.KubernetesError(status=400, message=str(exc)) from None
 
     async def _serve_list(self, request: kmock.Request) -> dict[str, Any]:
         assert request.resource is not None
         if request.resource not in self._get_resources():
             raise kmock.KubernetesResourceNotFoundError()
+        self._check_selector(request)
         async with self._lock:
             items = [o for o in self.list_objects(request.resource) if self._matches(request, o)]
             version = str(self._current)
         return {"kind": "List", "metadata": {"resourceVersion": version}, "items": items}
 
     async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        self._check_selector(request)
         yield b""  # send the headers: the stream is open even if nothing happens
         res = request.resource
         assert res is not None

@@ -5,6 +5,7 @@ Everything goes through HTTP, as the operator's requests do.
 
 import asyncio
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -323,3 +324,52 @@ async def test_direct_writes_go_through_the_same_path(emulator, status_first):
         assert patched["metadata"]["generation"] == 2
     await emulator.delete_object("ray.io/v1/rayjobs", "ns", "rj")
     assert emulator.list_objects("ray.io/v1/rayjobs") == []
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        ("team=a", ["a1", "a2"]),
+        ("team==a,tier=gpu", ["a2"]),
+        ("team!=a", ["b", "none"]),
+        ("team in (a, b)", ["a1", "a2", "b"]),
+        ("team notin (a),tier", []),
+        ("tier", ["a2"]),
+        ("!team", ["none"]),
+        ("", ["a1", "a2", "b", "none"]),
+    ],
+)
+async def test_list_honours_label_selectors(emulator, selector, expected):
+    for name, labels in [
+        ("a1", {"team": "a"}),
+        ("a2", {"team": "a", "tier": "gpu"}),
+        ("b", {"team": "b"}),
+        ("none", {}),
+    ]:
+        body = tj(name)
+        body["metadata"]["labels"] = labels
+        await call(emulator, "POST", TJ, body)
+    status, listing = await call(emulator, "GET", f"{TJ}?labelSelector={quote(selector)}")
+    assert status == 200
+    assert sorted(i["metadata"]["name"] for i in listing["items"]) == expected
+
+
+async def test_a_malformed_label_selector_is_a_400(emulator):
+    status, answer = await call(emulator, "GET", f"{TJ}?labelSelector={quote('team in a')}")
+    assert status == 400, answer
+
+
+async def test_watch_honours_label_selectors(emulator):
+    events, ready = [], asyncio.Event()
+    url = f"{TJ}?watch=true&labelSelector={quote('team=a')}"
+    watch = asyncio.create_task(_watch(emulator, url, events, ready))
+    try:
+        await wait_for(ready.is_set, message="the watch to open")
+        other, mine = tj("other"), tj("mine")
+        other["metadata"]["labels"], mine["metadata"]["labels"] = {"team": "b"}, {"team": "a"}
+        await call(emulator, "POST", TJ, other)
+        await call(emulator, "POST", TJ, mine)
+        await wait_for(lambda: events, message="the matching event", seen=lambda: events)
+    finally:
+        watch.cancel()
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "mine")]
