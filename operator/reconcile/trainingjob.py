@@ -27,7 +27,7 @@ from typing import Any, Literal
 from mlplane.crds import TrainingJob
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
-from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity
+from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity, namespace_of
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 
@@ -235,9 +235,12 @@ def reconcile(
         # Recorded but not there: the create did not land, or someone deleted it. Same name,
         # so creating it again can never make two.
         capacity = st["currentAttempt"]["capacity"]
-        plan.create.append(
-            build_rayjob(tj, current, capacity, config, run_id=run.run_id, owner_uid=uid)
-        )
+        if _held_out_of_queue(tj):
+            _hold(s, tj, current)
+        else:
+            plan.create.append(
+                build_rayjob(tj, current, capacity, config, run_id=run.run_id, owner_uid=uid)
+            )
     else:
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
     plan.events = s.events
@@ -287,7 +290,9 @@ def _start_attempt(
 ) -> None:
     st = s.new
     name = rayjob_name(tj.metadata.name or "", number)
-    plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id, owner_uid=uid))
+    held = _held_out_of_queue(tj)
+    if not held:
+        plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id, owner_uid=uid))
     st["attempts"] = number
     st["currentAttempt"] = {"number": number, "rayJob": name, "capacity": capacity,
                             "startTime": s.now_text}  # fmt: skip
@@ -301,7 +306,28 @@ def _start_attempt(
         s.condition("Retrying", "True", "AttemptCreated",
                     f"attempt {number} ({name}) on {capacity} capacity{resumes}")  # fmt: skip
         s.event("Normal", "Retrying", f"attempt {number} ({name}) on {capacity} capacity{resumes}")
-    s.condition("Running", "False", "Starting", f"attempt {number} is starting")
+    if held:
+        _hold(s, tj, number)
+    else:
+        s.condition("Running", "False", "Starting", f"attempt {number} is starting")
+
+
+def _held_out_of_queue(tj: TrainingJob) -> bool:
+    """Whether ``spec.suspend`` holds a Kueue job's next attempt by not creating its RayJob.
+
+    Kueue owns ``spec.suspend`` of a queued RayJob: it unsuspends the job once its Workload is
+    admitted, and suspends it again if anyone else unsuspends it. A RayJob created suspended
+    therefore runs as soon as Kueue admits it, whatever the TrainingJob says; the one hold
+    Kueue respects from outside is not to queue the job yet.
+    """
+    return tj.spec.queue_name is not None and tj.spec.suspend
+
+
+def _hold(s: _Status, tj: TrainingJob, number: int) -> None:
+    s.new["phase"] = "Suspended"
+    s.condition("Running", "False", "Suspended",
+                f"attempt {number} is held by spec.suspend: its RayJob is created, and queued "
+                f"in Kueue (queue {tj.spec.queue_name}), once spec.suspend is false")  # fmt: skip
 
 
 def _follow_attempt(
@@ -315,12 +341,31 @@ def _follow_attempt(
 ) -> None:
     st = s.new
     name = st["currentAttempt"]["rayJob"]
-    if attempt.suspended != tj.spec.suspend and not attempt.succeeded and not attempt.failed:
+    queue = tj.spec.queue_name
+    finished = attempt.succeeded or attempt.failed
+    # Under Kueue the RayJob's spec.suspend is Kueue's alone (admission clears it, eviction
+    # sets it): patching it either way would admit the job past Kueue or fight its admission.
+    if queue is None and attempt.suspended != tj.spec.suspend and not finished:
         plan.suspend = (name, tj.spec.suspend)
     if attempt.succeeded:
         _succeed(s, plan, tj, attempt, run, uid)
     elif attempt.failed:
         _after_failure(s, plan, tj, config, uid, attempt, run)
+    elif queue is not None and attempt.suspended:
+        st["phase"] = "Pending"
+        message = (
+            f"attempt {attempt.number} ({name}) is waiting for Kueue to admit it "
+            f"(queue {queue}): see `kubectl get workloads -n {namespace_of(tj)}`"
+        )
+        if tj.spec.suspend:
+            message += _SUSPEND_UNDER_KUEUE
+        s.condition("Running", "False", "WaitingForKueue", message)
+    elif queue is not None and tj.spec.suspend and attempt.running:
+        message = f"attempt {attempt.number} is running{_SUSPEND_UNDER_KUEUE}"
+        if s.old_condition("Running").get("reason") != "SuspendIgnoredUnderKueue":
+            s.event("Warning", "SuspendIgnoredUnderKueue", message)
+        st["phase"] = "Running"
+        s.condition("Running", "True", "SuspendIgnoredUnderKueue", message)
     elif tj.spec.suspend or attempt.suspended:
         st["phase"] = "Suspended"
         s.condition("Running", "False", "Suspended", f"attempt {attempt.number} is suspended")
@@ -335,6 +380,13 @@ def _follow_attempt(
     else:
         state = attempt.deployment_status or attempt.job_status or "created"
         s.condition("Running", "False", "Starting", f"attempt {attempt.number}: {state}")
+
+
+_SUSPEND_UNDER_KUEUE = (
+    "; spec.suspend cannot hold an attempt already in Kueue's queue (Kueue unsuspends what it "
+    "admits): to stop it, deactivate its Workload (kubectl patch workload <name> --type=merge "
+    '-p \'{"spec":{"active":false}}\') or delete the TrainingJob'
+)
 
 
 def _succeed(

@@ -296,3 +296,57 @@ def test_observed_attempt_reads_rayjob_labels_and_status():
                         "reason": "AppFailed", "message": "boom"}  # fmt: skip
     seen = ObservedAttempt.from_rayjob(rayjob)
     assert (seen.number, seen.capacity, seen.failed) == (1, "Spot", True)
+
+
+# --- Kueue (issue 12, defect 5): with queueName, Kueue alone unsuspends -----------------------
+
+
+def test_queued_attempt_is_never_unsuspended_by_the_operator():
+    job = Job(trainingjob(queueName="gpu-queue"))
+    plan = job.step(Observed(run=RUN))
+    assert plan.create[0]["spec"]["suspend"] is True  # created suspended, for Kueue
+    waiting = Observed(attempts=(attempt(1, job=None, deployment_status="Suspended"),), run=RUN)
+    plan = job.step(waiting)
+    assert plan.suspend is None  # Kueue admits by clearing suspend; never the operator
+    assert job.status["phase"] == "Pending"
+    running = job.condition("Running")
+    assert (running["status"], running["reason"]) == ("False", "WaitingForKueue")
+    assert "gpu-queue" in running["message"]
+    assert job.step(waiting, minutes=10).suspend is None
+    plan = job.step(Observed(attempts=(attempt(1),), run=RUN))  # Kueue admitted it
+    assert plan.suspend is None
+    assert job.status["phase"] == "Running"
+
+
+def test_queued_job_held_by_spec_suspend_is_not_queued_until_released():
+    body = trainingjob(queueName="gpu-queue", suspend=True)
+    job = Job(body)
+    plan = job.step(Observed(run=RUN))
+    # Kueue unsuspends whatever it admits: holding means not entering the queue at all.
+    assert plan.create == []
+    assert plan.suspend is None
+    assert job.status["phase"] == "Suspended"
+    held = job.condition("Running")
+    assert (held["status"], held["reason"]) == ("False", "Suspended")
+    assert "queued in Kueue" in held["message"]
+    assert job.step(Observed(run=RUN)).create == []
+    body["spec"]["suspend"] = False
+    plan = job.step(Observed(run=RUN))
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a1"]
+    assert plan.create[0]["spec"]["suspend"] is True
+
+
+def test_spec_suspend_after_kueue_admission_is_reported_not_fought():
+    body = trainingjob(queueName="gpu-queue")
+    job = Job(body)
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1),), run=RUN))
+    body["spec"]["suspend"] = True
+    plan = job.step(Observed(attempts=(attempt(1),), run=RUN))
+    assert plan.suspend is None  # Kueue would unsuspend an admitted RayJob at once
+    assert job.status["phase"] == "Running"
+    running = job.condition("Running")
+    assert running["reason"] == "SuspendIgnoredUnderKueue"
+    assert "Workload" in running["message"]
+    assert [e.reason for e in plan.events] == ["SuspendIgnoredUnderKueue"]
+    assert job.step(Observed(attempts=(attempt(1),), run=RUN)).events == []
