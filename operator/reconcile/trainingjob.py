@@ -102,9 +102,19 @@ class ObservedDisruption:
     node: str | None = None
     time: str | None = None
 
-    def key(self) -> tuple[int, str | None, str | None]:
-        """Identity: the same pod (or node) of the same attempt is one preemption."""
-        return (self.attempt, self.pod, None if self.pod else self.node)
+    def key(self) -> tuple[int, str, str | None]:
+        """Identity: one node of one attempt is one preemption, however many of the attempt's
+        pods ran there (a reclaim shows as a node taint, the node's deletion and a
+        ``DisruptionTarget`` on each pod: one event). A pod without a node counts alone."""
+        if self.node:
+            return (self.attempt, "node", self.node)
+        return (self.attempt, "pod", self.pod)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ObservedDisruption:
+        """A disruption as ``status.disruptions`` records it."""
+        return cls(record["attempt"], record.get("reason", ""), record.get("pod"),
+                   record.get("node"), record.get("time"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -248,15 +258,16 @@ def reconcile(
 
 
 def _count_disruptions(s: _Status, seen: tuple[ObservedDisruption, ...]) -> None:
+    """Count new evidence of the current attempt's capacity loss (each node once an attempt).
+
+    Evidence of any other attempt is not counted: an earlier attempt was judged (preempted or
+    failed) when it ended, and counting it now would spend a budget twice for one loss.
+    """
     st = s.new
-    known = {
-        ObservedDisruption(
-            d["attempt"], d["reason"], d.get("pod"), d.get("node"), d.get("time")
-        ).key()
-        for d in st["disruptions"]
-    }
+    current = (st.get("currentAttempt") or {}).get("number")
+    known = {ObservedDisruption.from_record(d).key() for d in st["disruptions"]}
     for disruption in seen:
-        if disruption.key() in known:
+        if disruption.attempt != current or disruption.key() in known:
             continue
         known.add(disruption.key())
         st["preemptions"] += 1

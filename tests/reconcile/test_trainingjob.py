@@ -350,3 +350,34 @@ def test_spec_suspend_after_kueue_admission_is_reported_not_fought():
     assert "Workload" in running["message"]
     assert [e.reason for e in plan.events] == ["SuspendIgnoredUnderKueue"]
     assert job.step(Observed(attempts=(attempt(1),), run=RUN)).events == []
+
+
+# --- one reclaim, one preemption (issue 12, defect 4) -----------------------------------------
+
+
+def test_one_node_of_one_attempt_is_one_preemption_whatever_shows_it():
+    job = Job(trainingjob(preemption={"maxPreemptions": 3}))
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1),), run=RUN))
+    seen = (
+        ObservedDisruption(1, "NodeTerminating:karpenter.sh/disrupted", pod="w0", node="spot-1"),
+        ObservedDisruption(1, "NodeTerminating:karpenter.sh/disrupted", pod="w1", node="spot-1"),
+        ObservedDisruption(1, "DeletionByTaintManager", pod="w2", node="spot-1"),
+    )
+    job.step(Observed(attempts=(attempt(1),), disruptions=seen, run=RUN))
+    assert job.status["preemptions"] == 1
+    assert len(job.status["disruptions"]) == 1
+    other = ObservedDisruption(1, "DeletionByTaintManager", pod="w3", node="spot-2")
+    job.step(Observed(attempts=(attempt(1),), disruptions=(*seen, other), run=RUN))
+    assert job.status["preemptions"] == 2
+
+
+def test_evidence_of_an_attempt_other_than_the_current_one_is_not_counted():
+    job = Job(trainingjob(backoffLimit=3, preemption={"maxPreemptions": 3}))
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1, job="FAILED", message="OOM"),), run=RUN))
+    assert job.status["currentAttempt"]["number"] == 2
+    late = ObservedDisruption(1, "SpotNodeDeleted", pod="churn-a1-w0", node="spot-1")
+    job.step(Observed(attempts=(attempt(2),), disruptions=(late,), run=RUN))
+    assert (job.status["failures"], job.status["preemptions"]) == (1, 0)
+    assert job.status["disruptions"] == []
