@@ -33,6 +33,7 @@ from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.evidence import node_evidence, pod_disruption
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
@@ -213,7 +214,13 @@ def _execute(
 ) -> bool:
     """Carry out the plan's actions; True when MLflow changed (observe again)."""
     for obj in plan.create:
-        created = platform.create(obj)
+        try:
+            created = platform.create(obj, check_owner=True)
+        except ChildOwnedByOther as exc:
+            # The index had not shown it yet: observe again (the reconcile then waits for it
+            # to go, saying so); this plan's events and actions assumed it was not there.
+            log.warning("%s", exc)
+            return True
         log.info("%s %s", "created" if created else "found existing", obj["metadata"]["name"])
     if plan.suspend is not None:
         name, suspend = plan.suspend

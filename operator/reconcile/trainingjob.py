@@ -55,6 +55,9 @@ class ObservedAttempt:
     message: str | None = None
     start_time: str | None = None
     end_time: str | None = None
+    #: uid of the object that controls the Ray job ("" when nothing does; None when the
+    #: platform cannot tell, as for Ray jobs submitted before owners were recorded).
+    owner_uid: str | None = None
 
     @classmethod
     def from_rayjob(cls, rayjob: dict[str, Any]) -> ObservedAttempt:
@@ -62,6 +65,8 @@ class ObservedAttempt:
         labels = rayjob.get("metadata", {}).get("labels", {})
         status = rayjob.get("status") or {}
         capacity = labels.get(CAPACITY, "OnDemand")
+        owners = rayjob.get("metadata", {}).get("ownerReferences") or ()
+        controller = next((o for o in owners if o.get("controller")), None)
         return cls(
             number=int(labels[ATTEMPT]),
             capacity="Spot" if capacity == "Spot" else "OnDemand",
@@ -71,7 +76,12 @@ class ObservedAttempt:
             message=status.get("message"),
             start_time=status.get("startTime"),
             end_time=status.get("endTime"),
+            owner_uid=str(controller.get("uid") or "") if controller else "",
         )
+
+    def owned_by(self, uid: str) -> bool:
+        """Whether this Ray job is the TrainingJob ``uid``'s (unknown owners are assumed so)."""
+        return self.owner_uid is None or self.owner_uid == uid
 
     @property
     def succeeded(self) -> bool:
@@ -238,9 +248,16 @@ def reconcile(
 
     plan = Plan(status=st)
     current = (st.get("currentAttempt") or {}).get("number", 0)
-    attempts = {a.number: a for a in observed.attempts}
-    if current == 0:
+    attempts = {a.number: a for a in observed.attempts if a.owned_by(uid)}
+    # A Ray job of this name controlled by another uid (an earlier TrainingJob of the same
+    # name, not yet garbage-collected) is never adopted: its result is not this job's.
+    others = {a.number: a for a in observed.attempts if not a.owned_by(uid)}
+    if current == 0 and 1 in others:
+        _wait_for_other(s, tj, others[1])
+    elif current == 0:
         _start_attempt(s, plan, tj, config, uid, 1, first_attempt_capacity(tj), run.run_id)
+    elif current not in attempts and current in others:
+        _wait_for_other(s, tj, others[current])
     elif current not in attempts:
         # Recorded but not there: the create did not land, or someone deleted it. Same name,
         # so creating it again can never make two.
@@ -255,6 +272,21 @@ def reconcile(
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
     plan.events = s.events
     return plan
+
+
+def _wait_for_other(s: _Status, tj: TrainingJob, other: ObservedAttempt) -> None:
+    """Status while another owner's Ray job holds the name of the attempt to run."""
+    name = rayjob_name(tj.metadata.name or "", other.number)
+    message = (
+        f"RayJob {namespace_of(tj)}/{name} exists but belongs to another owner (uid "
+        f"{other.owner_uid or 'none'}), such as an earlier TrainingJob of this name that is not "
+        f"garbage-collected yet: it is not adopted, and attempt {other.number} starts once it "
+        f"is gone (if it stays, delete it: kubectl delete rayjob -n {namespace_of(tj)} {name})"
+    )
+    if s.old_condition("Running").get("reason") != "RayJobOwnedByOther":
+        s.event("Warning", "RayJobOwnedByOther", message)
+    s.new["phase"] = "Pending"
+    s.condition("Running", "False", "RayJobOwnedByOther", message)
 
 
 def _count_disruptions(s: _Status, seen: tuple[ObservedDisruption, ...]) -> None:

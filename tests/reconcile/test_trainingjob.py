@@ -381,3 +381,47 @@ def test_evidence_of_an_attempt_other_than_the_current_one_is_not_counted():
     job.step(Observed(attempts=(attempt(2),), disruptions=(late,), run=RUN))
     assert (job.status["failures"], job.status["preemptions"]) == (1, 0)
     assert job.status["disruptions"] == []
+
+
+# --- a Ray job of another owner is never adopted (issue 12, defect 6) -------------------------
+
+
+def test_an_earlier_incarnations_attempt_is_waited_for_not_adopted():
+    job = Job(trainingjob())
+    theirs = attempt(1, job="SUCCEEDED", end_time="2026-11-29T11:00:00Z", owner_uid="old-uid")
+    plan = job.step(Observed(attempts=(theirs,), run=RUN))
+    assert plan.create == [] and plan.register is None
+    assert job.status["phase"] == "Pending"
+    assert "currentAttempt" not in job.status
+    waiting = job.condition("Running")
+    assert (waiting["status"], waiting["reason"]) == ("False", "RayJobOwnedByOther")
+    assert "ml/churn-a1" in waiting["message"] and "old-uid" in waiting["message"]
+    assert [e.reason for e in plan.events] == ["RayJobOwnedByOther"]
+    plan = job.step(Observed(attempts=(theirs,), run=RUN), minutes=5)
+    assert (plan.create, plan.register, plan.events) == ([], None, [])
+    plan = job.step(Observed(run=RUN))  # the garbage collector removed it
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a1"]
+    assert plan.create[0]["metadata"]["ownerReferences"][0]["uid"] == UID
+    mine = attempt(1, job="SUCCEEDED", owner_uid=UID)
+    plan = job.step(Observed(attempts=(mine,), run=RUN))
+    assert plan.register is not None  # its own result, registered
+
+
+def test_a_recorded_attempt_taken_by_another_owner_is_not_followed():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    theirs = attempt(1, job="FAILED", owner_uid="")  # nothing controls it
+    plan = job.step(Observed(attempts=(theirs,), run=RUN))
+    assert plan.create == []
+    assert (job.status["failures"], job.status["attempts"]) == (0, 1)
+    assert job.condition("Running")["reason"] == "RayJobOwnedByOther"
+
+
+def test_observed_attempt_reads_its_controller():
+    job = Job(trainingjob())
+    rayjob = job.step(Observed(run=RUN)).create[0]
+    assert ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
+    rayjob["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    assert not ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
+    del rayjob["metadata"]["ownerReferences"]
+    assert not ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
