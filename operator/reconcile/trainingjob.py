@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from mlplane.crds import TrainingJob
+from mlplane.crds.validate import warnings_for
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
 from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity, namespace_of
@@ -353,6 +354,8 @@ def _start_attempt(
         _hold(s, tj, number)
     else:
         s.condition("Running", "False", "Starting", f"attempt {number} is starting")
+        for warning in warnings_for(tj):  # the spec applies anew with each attempt
+            s.event("Warning", "AutoscalingIgnoredUnderKueue", str(warning))
 
 
 def _held_out_of_queue(tj: TrainingJob) -> bool:

@@ -425,3 +425,19 @@ def test_observed_attempt_reads_its_controller():
     assert not ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
     del rayjob["metadata"]["ownerReferences"]
     assert not ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
+
+
+def test_autoscaling_bounds_under_a_queue_are_reported_as_ignored():
+    group = {"name": "gpu", "replicas": 2, "minReplicas": 1, "maxReplicas": 4,
+             "capacity": "SpotWithFallback", "resources": {"gpu": 1}}  # fmt: skip
+    job = Job(trainingjob(queueName="gpu-queue", workers=[group]))
+    plan = job.step(Observed(run=RUN))
+    (warning,) = [e for e in plan.events if e.reason == "AutoscalingIgnoredUnderKueue"]
+    assert warning.type == "Warning"
+    assert "spec.workers[0]" in warning.message and "exactly replicas (2)" in warning.message
+    workers = plan.create[0]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert (workers[0]["minReplicas"], workers[0]["maxReplicas"]) == (2, 2)
+    unqueued = Job(trainingjob(workers=[group]))
+    assert "AutoscalingIgnoredUnderKueue" not in [
+        e.reason for e in unqueued.step(Observed(run=RUN)).events
+    ]
