@@ -7,7 +7,11 @@ with the same inputs returns the same plan, so a restart or a retried handler ne
 second attempt or counts a preemption twice:
 
 - attempt *n*'s Ray job has the deterministic name ``<name>-a<n>``; creating it again is a no-op;
-- each counted preemption is kept in ``status.disruptions`` and recognised when seen again;
+  one of that name controlled by another uid (an earlier TrainingJob of the same name) is never
+  adopted: the job waits for it to go (``Running=False``, reason ``RayJobOwnedByOther``);
+- each counted preemption is kept in ``status.disruptions`` and recognised when seen again
+  (one node of one attempt is one preemption; evidence of other attempts is not counted);
+- with ``spec.queueName`` Kueue alone unsuspends the RayJob (``WaitingForKueue`` until then);
 - the MLflow run and the registered version are found by the TrainingJob's uid, not remembered.
 
 Budgets: a failed attempt is a *preemption* when its pods or nodes show capacity loss in the
