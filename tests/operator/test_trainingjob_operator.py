@@ -305,3 +305,32 @@ async def test_create_answered_409_adopts_only_a_child_of_the_same_owner(emulato
     with pytest.raises(ChildOwnedByOther, match="old-uid"):
         await asyncio.to_thread(platform.create, child("new-uid"), check_owner=True)
     assert rayjob(emulator, "tj-409-a1")["metadata"]["ownerReferences"][0]["uid"] == "old-uid"
+
+
+async def test_queued_rayjob_is_left_to_kueue(emulator, operator, mlflow_uri):
+    """Issue 12, defect 5: with queueName the RayJob is created suspended and only Kueue may
+    unsuspend it (the test plays Kueue); the operator must not admit it on its own."""
+    obj = await create(emulator, trainingjob("tj-queued", queueName="gpu-queue"))
+    job = await wait_for(lambda: rayjob(emulator, "tj-queued-a1"), timeout=TIMEOUT,
+                         message="attempt 1's RayJob")  # fmt: skip
+    assert job["spec"]["suspend"] is True
+    await set_job_status(emulator, "tj-queued-a1", "", "Suspended")
+
+    def running_reason() -> str | None:
+        found = [c for c in status(emulator, obj).get("conditions", []) if c["type"] == "Running"]
+        return found[0]["reason"] if found else None
+
+    await wait_for(lambda: running_reason() == "WaitingForKueue", timeout=TIMEOUT,
+                   message="Running=False WaitingForKueue",
+                   seen=lambda: status(emulator, obj))  # fmt: skip
+    await asyncio.sleep(2.5)  # timer ticks: nothing may unsuspend it
+    assert rayjob(emulator, "tj-queued-a1")["spec"]["suspend"] is True
+    assert status(emulator, obj)["phase"] == "Pending"
+    # Kueue admits the Workload: it clears suspend, KubeRay starts the job
+    await emulator.patch_object(RAYJOBS, "ml", "tj-queued-a1", {"spec": {"suspend": False}})
+    await set_job_status(emulator, "tj-queued-a1", "RUNNING", "Running")
+    await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                   message="phase Running", seen=lambda: status(emulator, obj))  # fmt: skip
+    warnings = [e for e in events_for(emulator, obj, "Warning")
+                if e["reason"] == "AutoscalingIgnoredUnderKueue"]  # fmt: skip
+    assert len(warnings) == 1  # the example's workers set minReplicas/maxReplicas
