@@ -389,8 +389,8 @@ class LocalPlatform(Platform):
 
         The same every time for one TrainingJob, so a retry finds its job instead of starting
         a second one. The uid makes a TrainingJob deleted and applied again (a new uid) get
-        new Ray jobs: Ray keeps finished jobs and never accepts a submission id twice (not
-        even after ``delete_job``), and a predecessor's job must never pass for the new one's.
+        new Ray jobs: Ray keeps finished jobs under their id, does not support reusing an id
+        even after ``delete_job``, and a predecessor's job must never pass for the new one's.
         """
         return f"{namespace}-{rayjob_name}-{owner_uid}"
 
