@@ -22,7 +22,7 @@ import jsonschema
 import yaml
 from pydantic import ValidationError
 
-from mlplane.crds import API_VERSION, BY_KIND, Resource
+from mlplane.crds import API_VERSION, BY_KIND, Resource, TrainingJob
 from mlplane.crds import cel as cel_rules
 from mlplane.crds.common import DECIMAL_PATTERN, DNS_LABEL, DURATION_PATTERN, QUANTITY_PATTERN
 from mlplane.crds.schema import schema_by_kind
@@ -178,6 +178,27 @@ def check(obj: Any) -> list[Problem]:
     except ValidationError as exc:
         return list(_pydantic_problems(exc))
     return []
+
+
+def warnings_for(resource: Resource) -> list[Problem]:
+    """What a valid resource asks for that will not happen, so that it is said, not ignored.
+
+    With ``spec.queueName`` a TrainingJob's worker groups run at exactly ``replicas``: Kueue
+    reserves quota for the pods it admits and does not admit an autoscaling RayJob (unless
+    elastic workload slicing is on), so the builder turns autoscaling off there.
+    """
+    if not isinstance(resource, TrainingJob) or resource.spec.queue_name is None:
+        return []
+    return [
+        Problem(
+            f"spec.workers[{index}]",
+            f"minReplicas/maxReplicas are ignored with spec.queueName: Kueue admits a RayJob "
+            f"at a fixed size, so worker group {group.name!r} runs at exactly replicas "
+            f"({group.replicas})",
+        )
+        for index, group in enumerate(resource.spec.workers)
+        if group.min_replicas is not None or group.max_replicas is not None
+    ]
 
 
 def parse(obj: Any) -> Resource:

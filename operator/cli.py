@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlplane.crds import BY_KIND, KINDS
-from mlplane.crds.validate import Document, check, load, parse
+from mlplane.crds.validate import Document, check, load, parse, warnings_for
 
 app = typer.Typer(
     name="mlplane",
@@ -169,6 +169,9 @@ def validate(
                 err.print(f"{document.label}: {problem}", highlight=False, soft_wrap=True)
         else:
             out.print(f"{document.label}: valid", highlight=False)
+            for warning in warnings_for(parse(document.body)):
+                err.print(f"{document.label}: warning: {warning}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
     if bad:
         raise UserError(f"{bad} of {len(documents)} resources are invalid")
 
@@ -510,7 +513,7 @@ def delete(
     platform = LocalPlatform(state_dir)
     if kind == "TrainingJob" and platform.state():
         for attempt in range(1, (body.get("status") or {}).get("attempts", 0) + 1):
-            platform.stop_job(namespace, rayjob_name(name, attempt))
+            platform.stop_job(namespace, rayjob_name(name, attempt), body["metadata"]["uid"])
     out.print(f"{kind}/{name} deleted")
 
 

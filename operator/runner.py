@@ -40,6 +40,7 @@ from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.labels import rayjob_name, rayservice_name
 from mlplane.operator.config import OperatorConfig
+from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift, fetch_stats
@@ -288,7 +289,10 @@ class Runner:
             observed = self._observe_trainingjob(tj, registry, uid)
             plan = reconcile(tj, observed, now, config, uid=uid)
             for rayjob in plan.create:
-                self.platform.submit(rayjob)
+                try:
+                    self.platform.submit(rayjob)
+                except ChildOwnedByOther as exc:  # the next observation shows it: the core waits
+                    log.warning("TrainingJob %s/%s: %s", namespace, name, exc)
             for event in plan.events:
                 self.store.add_event(body, event.type, event.reason, event.message)
             acted = False
@@ -314,13 +318,13 @@ class Runner:
         current = status.current_attempt if status else None
         if current is not None:
             for number in range(1, current.number + 1):
-                job = self.platform.job(namespace, rayjob_name(name, number))
+                job = self.platform.job(namespace, rayjob_name(name, number), uid)
                 if job is None:
                     continue
                 capacity = current.capacity if number == current.number else "OnDemand"
                 attempts.append(ObservedAttempt(
                     number, capacity, job["jobStatus"], job["jobDeploymentStatus"], None,
-                    job["message"], job["startTime"], job["endTime"],
+                    job["message"], job["startTime"], job["endTime"], job["ownerUid"],
                 ))  # fmt: skip
         disruptions = self._disruptions(current)
         try:

@@ -33,6 +33,7 @@ from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.evidence import node_evidence, pod_disruption
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
@@ -51,46 +52,69 @@ _OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.TRAININGJOB: kopf.PRESENT}
 
 
 class DisruptionLedger:
-    """Preemption evidence per TrainingJob, kept from watch events until status records it."""
+    """Preemption evidence per TrainingJob, kept from watch events until status records it.
+
+    Node evidence reaches only the *live* pods on the node (running or pending, not finished,
+    not deleted): a pod leaves the ledger when it finishes or is deleted, so a reclaim never
+    counts pods of attempts long over. Evidence is keyed as the pure core keys it
+    (:meth:`ObservedDisruption.key`: attempt and node), so one reclaim of a node running three
+    pods of an attempt is one preemption, whichever of its node taint, node deletion and the
+    pods' ``DisruptionTarget`` conditions is seen first.
+    """
+
+    #: Reclaimed nodes remembered (a pod event may arrive after its node's): the newest win.
+    MAX_NODES = 1000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], dict[tuple[Any, ...], ObservedDisruption]] = {}
-        self._pods_on_node: dict[str, set[tuple[str, str, int, str]]] = {}
+        #: Live pods that have a node: (namespace, pod) → (TrainingJob, attempt, node).
+        self._live: dict[tuple[str, str], tuple[str, int, str]] = {}
+        #: Spot nodes being taken away (or gone) → the reason recorded for their pods.
         self._terminating_nodes: dict[str, str] = {}
 
-    def pod(self, pod: Mapping[str, Any]) -> None:
-        """Record a pod's disruption (and where it runs, for node evidence)."""
+    def pod(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """Record a pod's own disruption, and where it runs while it is live (node evidence)."""
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         namespace, job = meta.get("namespace", ""), labels.get(lbl.TRAININGJOB)
         attempt = labels.get(lbl.ATTEMPT, "")
         if not job or not attempt.isdigit():
             return
+        name = meta.get("name", "")
         node = (pod.get("spec") or {}).get("nodeName")
-        key = (namespace, job, int(attempt), meta.get("name", ""))
+        over = deleted or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         with self._lock:
-            if node:
-                self._pods_on_node.setdefault(node, set()).add(key)
             found = pod_disruption(pod)
             if found is not None:
                 self._add(namespace, job, ObservedDisruption(
                     int(attempt), found.reason, found.pod, found.node, found.time))  # fmt: skip
-            if node and node in self._terminating_nodes:
+            if over or not node:
+                self._live.pop((namespace, name), None)
+                return
+            self._live[namespace, name] = (job, int(attempt), node)
+            if node in self._terminating_nodes:
                 self._add(namespace, job, ObservedDisruption(
-                    int(attempt), self._terminating_nodes[node], key[3], node))  # fmt: skip
+                    int(attempt), self._terminating_nodes[node], name, node))  # fmt: skip
 
     def node(self, node: Mapping[str, Any], *, deleted: bool = False) -> None:
-        """A spot node that is going away (or went away) disrupts every pod on it."""
+        """A spot node that is going away (or went away) disrupts the live pods on it."""
         evidence = node_evidence(node)
-        if not evidence.spot or not (evidence.terminating or deleted):
-            return
-        reason = "SpotNodeDeleted" if deleted else f"NodeTerminating:{evidence.taints[0]}"
         with self._lock:
+            if not evidence.spot or not (evidence.terminating or deleted):
+                # Not (or no longer) going away: a NotReady blip that healed disrupts nothing
+                # scheduled there later.
+                self._terminating_nodes.pop(evidence.name, None)
+                return
+            reason = "SpotNodeDeleted" if deleted else f"NodeTerminating:{evidence.taints[0]}"
+            self._terminating_nodes.pop(evidence.name, None)
             self._terminating_nodes[evidence.name] = reason
-            for namespace, job, attempt, pod in self._pods_on_node.get(evidence.name, ()):
-                self._add(namespace, job,
-                          ObservedDisruption(attempt, reason, pod, evidence.name))  # fmt: skip
+            while len(self._terminating_nodes) > self.MAX_NODES:
+                del self._terminating_nodes[next(iter(self._terminating_nodes))]
+            for (namespace, pod), (job, attempt, on) in self._live.items():
+                if on == evidence.name:
+                    self._add(namespace, job,
+                              ObservedDisruption(attempt, reason, pod, evidence.name))  # fmt: skip
 
     def _add(self, namespace: str, job: str, disruption: ObservedDisruption) -> None:
         self._seen.setdefault((namespace, job), {}).setdefault(disruption.key(), disruption)
@@ -101,15 +125,20 @@ class DisruptionLedger:
             return tuple(self._seen.get((namespace, job), {}).values())
 
     def forget(self, namespace: str, job: str, recorded: list[dict[str, Any]]) -> None:
-        """Drop evidence the status now holds, and everything of a deleted job."""
+        """Drop evidence the status now holds."""
         with self._lock:
             seen = self._seen.get((namespace, job))
             if not seen:
                 return
             for item in recorded:
-                key = (item.get("attempt"), item.get("pod"),
-                       None if item.get("pod") else item.get("node"))  # fmt: skip
-                seen.pop(key, None)
+                seen.pop(ObservedDisruption.from_record(item).key(), None)
+
+    def drop(self, namespace: str, job: str) -> None:
+        """Everything of a deleted TrainingJob: a new one of the same name starts clean."""
+        with self._lock:
+            self._seen.pop((namespace, job), None)
+            for key in [k for k, (j, _, _) in self._live.items() if k[0] == namespace and j == job]:
+                del self._live[key]
 
 
 LEDGER = DisruptionLedger()
@@ -136,9 +165,9 @@ def rayjobs_by_trainingjob(
 
 
 @kopf.on.event("", "v1", "pods", labels={lbl.TRAININGJOB: kopf.PRESENT})
-def pod_event(body: kopf.Body, **_: Any) -> None:
+def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Pods of training clusters: disruption conditions and the node they run on."""
-    LEDGER.pod(body)
+    LEDGER.pod(body, deleted=type == "DELETED")
 
 
 @kopf.on.event("", "v1", "nodes")
@@ -185,7 +214,13 @@ def _execute(
 ) -> bool:
     """Carry out the plan's actions; True when MLflow changed (observe again)."""
     for obj in plan.create:
-        created = platform.create(obj)
+        try:
+            created = platform.create(obj, check_owner=True)
+        except ChildOwnedByOther as exc:
+            # The index had not shown it yet: observe again (the reconcile then waits for it
+            # to go, saying so); this plan's events and actions assumed it was not there.
+            log.warning("%s", exc)
+            return True
         log.info("%s %s", "created" if created else "found existing", obj["metadata"]["name"])
     if plan.suspend is not None:
         name, suspend = plan.suspend
@@ -305,6 +340,7 @@ def on_timer(body: kopf.Body, patch: kopf.Patch, rayjobs_by_trainingjob: Any, **
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")
 def on_event(type: str | None, name: str, namespace: str | None, **_: Any) -> None:
-    """A deleted TrainingJob's series go (a watch event: no finalizer, nothing to retry)."""
+    """A deleted TrainingJob's series and evidence go (a watch event: no finalizer to retry)."""
     if type == "DELETED":
         metrics.forget("TrainingJob", namespace or "default", name)
+        LEDGER.drop(namespace or "default", name)

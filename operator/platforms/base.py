@@ -9,6 +9,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The uid in an object's controller ownerReference (None when nothing controls it)."""
+    for owner in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if owner.get("controller"):
+            return str(owner.get("uid") or "") or None
+    return None
+
+
+class ChildOwnedByOther(RuntimeError):
+    """A child of this name exists and another owner (uid) controls it: it is not adopted."""
+
+    def __init__(self, kind: str, namespace: str, name: str, owner_uid: str | None) -> None:
+        super().__init__(
+            f"{kind} {namespace}/{name} exists and belongs to another owner "
+            f"(uid {owner_uid or 'none'}): not adopted"
+        )
+        self.owner_uid = owner_uid
 
 
 @dataclass(frozen=True)

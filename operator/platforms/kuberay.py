@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlplane.operator.platforms.base import ComponentHealth, Platform
+from mlplane.operator.platforms.base import (
+    ChildOwnedByOther,
+    ComponentHealth,
+    Platform,
+    controller_uid,
+)
 
 KUBERAY_GROUP_VERSION = ("ray.io", "v1")
 KUBERAY_KINDS = ("RayJob", "RayService")
@@ -54,17 +59,29 @@ class KubeRayPlatform(Platform):
         group, version = obj["apiVersion"].split("/")
         return group, version, obj["metadata"]["namespace"], PLURALS[obj["kind"]]
 
-    def create(self, obj: dict[str, Any]) -> bool:
-        """Create a namespaced custom object; False when one of that name already exists."""
+    def create(self, obj: dict[str, Any], *, check_owner: bool = False) -> bool:
+        """Create a namespaced custom object; False when one of that name already exists.
+
+        With ``check_owner``, an existing object counts as "already made" only when the same
+        controller (ownerReference uid) controls it: otherwise :class:`ChildOwnedByOther` is
+        raised, so that a child of an earlier owner of the same name (a parent deleted and
+        created again, its children not garbage-collected yet) is never adopted.
+        """
         from kubernetes.client.exceptions import ApiException
 
         group, version, namespace, plural = self._where(obj)
         try:
             self._api().create_namespaced_custom_object(group, version, namespace, plural, obj)
         except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
+            if exc.status != 409:
+                raise
+            if check_owner:
+                name = obj["metadata"]["name"]
+                existing = self.get(obj["apiVersion"], obj["kind"], namespace, name)
+                theirs = controller_uid(existing) if existing is not None else None
+                if existing is not None and theirs != controller_uid(obj):
+                    raise ChildOwnedByOther(obj["kind"], namespace, name, theirs) from None
+            return False
         return True
 
     def patch(

@@ -28,12 +28,19 @@ from typing import Any
 import yaml
 
 from mlplane.operator.platforms import processes
-from mlplane.operator.platforms.base import ComponentHealth, Platform
+from mlplane.operator.platforms.base import (
+    ChildOwnedByOther,
+    ComponentHealth,
+    Platform,
+    controller_uid,
+)
 
 #: The runner is unhealthy when its last pass is older than this.
 RUNNER_STALE_SECONDS = 60.0
 #: Ray keeps unix sockets under its temp dir; their paths must stay under 108 bytes.
 _MAX_RAY_TEMP_DIR = 40
+#: Ray job metadata: the uid of the TrainingJob that submitted it.
+OWNER_KEY = "mlplane.dev/owner-uid"
 
 
 def _iso(epoch_ms: int | None) -> str | None:
@@ -377,37 +384,53 @@ class LocalPlatform(Platform):
         return JobSubmissionClient(self.ray_dashboard, headers=self.ray_headers())
 
     @staticmethod
-    def submission_id(namespace: str, rayjob_name: str) -> str:
-        """The Ray job of a RayJob: its namespace and name (unique, and the same every time)."""
-        return f"{namespace}-{rayjob_name}"
+    def submission_id(namespace: str, rayjob_name: str, owner_uid: str) -> str:
+        """The Ray job of a RayJob: its namespace, name and owner's uid.
+
+        The same every time for one TrainingJob, so a retry finds its job instead of starting
+        a second one. The uid makes a TrainingJob deleted and applied again (a new uid) get
+        new Ray jobs: Ray keeps finished jobs under their id, does not support reusing an id
+        even after ``delete_job``, and a predecessor's job must never pass for the new one's.
+        """
+        return f"{namespace}-{rayjob_name}-{owner_uid}"
 
     def submit(self, rayjob: dict[str, Any]) -> bool:
         """Run a RayJob's entrypoint through the Jobs API; False if that job already exists.
 
-        The submission id is the RayJob's deterministic name, so a retry can never start a
-        second copy of an attempt. A suspended RayJob is not started (nothing runs it here).
+        A suspended RayJob is not started (nothing runs it here). A job of that id whose
+        recorded owner is not the RayJob's controller raises :class:`ChildOwnedByOther`.
         """
         if rayjob["spec"].get("suspend"):
             return False
         meta = rayjob["metadata"]
+        owner = controller_uid(rayjob)
+        if not owner:
+            raise ValueError(f"RayJob {meta['name']} has no controller ownerReference")
+        job_id = self.submission_id(meta["namespace"], meta["name"], owner)
         runtime_env = yaml.safe_load(rayjob["spec"].get("runtimeEnvYAML") or "{}") or {}
         try:
             self._jobs().submit_job(
                 entrypoint=rayjob["spec"]["entrypoint"],
-                submission_id=self.submission_id(meta["namespace"], meta["name"]),
+                submission_id=job_id,
                 runtime_env=runtime_env,
-                metadata={"mlplane.dev/rayjob": meta["name"]},
+                metadata={OWNER_KEY: owner, "mlplane.dev/rayjob": meta["name"]},
             )
         except RuntimeError as exc:
-            if "already exists" in str(exc):
-                return False
-            raise
+            if "already exists" not in str(exc):
+                raise
+            theirs = (self._jobs().get_job_info(job_id).metadata or {}).get(OWNER_KEY)
+            if theirs is not None and theirs != owner:
+                raise ChildOwnedByOther("Ray job", meta["namespace"], job_id, theirs) from None
+            return False
         return True
 
-    def job(self, namespace: str, rayjob_name: str) -> dict[str, Any] | None:
-        """A Ray job's state in a RayJob's status shape (None when there is no such job)."""
+    def job(self, namespace: str, rayjob_name: str, owner_uid: str) -> dict[str, Any] | None:
+        """A Ray job's state in a RayJob's status shape (None when there is no such job).
+
+        ``ownerUid`` is the owner recorded at submission (None for jobs that recorded none).
+        """
         try:
-            info = self._jobs().get_job_info(self.submission_id(namespace, rayjob_name))
+            info = self._jobs().get_job_info(self.submission_id(namespace, rayjob_name, owner_uid))
         except RuntimeError as exc:
             if "does not exist" in str(exc) or "404" in str(exc):
                 return None
@@ -423,12 +446,13 @@ class LocalPlatform(Platform):
             "message": info.message,
             "startTime": _iso(info.start_time),
             "endTime": _iso(info.end_time),
+            "ownerUid": (info.metadata or {}).get(OWNER_KEY),
         }
 
-    def stop_job(self, namespace: str, rayjob_name: str) -> None:
+    def stop_job(self, namespace: str, rayjob_name: str, owner_uid: str) -> None:
         """Stop a running attempt (when its TrainingJob is deleted)."""
         with contextlib.suppress(RuntimeError):
-            self._jobs().stop_job(self.submission_id(namespace, rayjob_name))
+            self._jobs().stop_job(self.submission_id(namespace, rayjob_name, owner_uid))
 
     def nodes(self) -> list[dict[str, Any]]:
         """Ray's nodes (state API over HTTP: ALIVE or DEAD, resources, start and end times)."""

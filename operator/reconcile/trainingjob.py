@@ -7,7 +7,11 @@ with the same inputs returns the same plan, so a restart or a retried handler ne
 second attempt or counts a preemption twice:
 
 - attempt *n*'s Ray job has the deterministic name ``<name>-a<n>``; creating it again is a no-op;
-- each counted preemption is kept in ``status.disruptions`` and recognised when seen again;
+  one of that name controlled by another uid (an earlier TrainingJob of the same name) is never
+  adopted: the job waits for it to go (``Running=False``, reason ``RayJobOwnedByOther``);
+- each counted preemption is kept in ``status.disruptions`` and recognised when seen again
+  (one node of one attempt is one preemption; evidence of other attempts is not counted);
+- with ``spec.queueName`` Kueue alone unsuspends the RayJob (``WaitingForKueue`` until then);
 - the MLflow run and the registered version are found by the TrainingJob's uid, not remembered.
 
 Budgets: a failed attempt is a *preemption* when its pods or nodes show capacity loss in the
@@ -25,9 +29,10 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from mlplane.crds import TrainingJob
+from mlplane.crds.validate import warnings_for
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
-from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity
+from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity, namespace_of
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 
@@ -55,6 +60,9 @@ class ObservedAttempt:
     message: str | None = None
     start_time: str | None = None
     end_time: str | None = None
+    #: uid of the object that controls the Ray job ("" when nothing does; None when the
+    #: platform cannot tell, as for Ray jobs submitted before owners were recorded).
+    owner_uid: str | None = None
 
     @classmethod
     def from_rayjob(cls, rayjob: dict[str, Any]) -> ObservedAttempt:
@@ -62,6 +70,8 @@ class ObservedAttempt:
         labels = rayjob.get("metadata", {}).get("labels", {})
         status = rayjob.get("status") or {}
         capacity = labels.get(CAPACITY, "OnDemand")
+        owners = rayjob.get("metadata", {}).get("ownerReferences") or ()
+        controller = next((o for o in owners if o.get("controller")), None)
         return cls(
             number=int(labels[ATTEMPT]),
             capacity="Spot" if capacity == "Spot" else "OnDemand",
@@ -71,7 +81,12 @@ class ObservedAttempt:
             message=status.get("message"),
             start_time=status.get("startTime"),
             end_time=status.get("endTime"),
+            owner_uid=str(controller.get("uid") or "") if controller else "",
         )
+
+    def owned_by(self, uid: str) -> bool:
+        """Whether this Ray job is the TrainingJob ``uid``'s (unknown owners are assumed so)."""
+        return self.owner_uid is None or self.owner_uid == uid
 
     @property
     def succeeded(self) -> bool:
@@ -102,9 +117,19 @@ class ObservedDisruption:
     node: str | None = None
     time: str | None = None
 
-    def key(self) -> tuple[int, str | None, str | None]:
-        """Identity: the same pod (or node) of the same attempt is one preemption."""
-        return (self.attempt, self.pod, None if self.pod else self.node)
+    def key(self) -> tuple[int, str, str | None]:
+        """Identity: one node of one attempt is one preemption, however many of the attempt's
+        pods ran there (a reclaim shows as a node taint, the node's deletion and a
+        ``DisruptionTarget`` on each pod: one event). A pod without a node counts alone."""
+        if self.node:
+            return (self.attempt, "node", self.node)
+        return (self.attempt, "pod", self.pod)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ObservedDisruption:
+        """A disruption as ``status.disruptions`` records it."""
+        return cls(record["attempt"], record.get("reason", ""), record.get("pod"),
+                   record.get("node"), record.get("time"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -228,32 +253,58 @@ def reconcile(
 
     plan = Plan(status=st)
     current = (st.get("currentAttempt") or {}).get("number", 0)
-    attempts = {a.number: a for a in observed.attempts}
-    if current == 0:
+    attempts = {a.number: a for a in observed.attempts if a.owned_by(uid)}
+    # A Ray job of this name controlled by another uid (an earlier TrainingJob of the same
+    # name, not yet garbage-collected) is never adopted: its result is not this job's.
+    others = {a.number: a for a in observed.attempts if not a.owned_by(uid)}
+    if current == 0 and 1 in others:
+        _wait_for_other(s, tj, others[1])
+    elif current == 0:
         _start_attempt(s, plan, tj, config, uid, 1, first_attempt_capacity(tj), run.run_id)
+    elif current not in attempts and current in others:
+        _wait_for_other(s, tj, others[current])
     elif current not in attempts:
         # Recorded but not there: the create did not land, or someone deleted it. Same name,
         # so creating it again can never make two.
         capacity = st["currentAttempt"]["capacity"]
-        plan.create.append(
-            build_rayjob(tj, current, capacity, config, run_id=run.run_id, owner_uid=uid)
-        )
+        if _held_out_of_queue(tj):
+            _hold(s, tj, current)
+        else:
+            plan.create.append(
+                build_rayjob(tj, current, capacity, config, run_id=run.run_id, owner_uid=uid)
+            )
     else:
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
     plan.events = s.events
     return plan
 
 
+def _wait_for_other(s: _Status, tj: TrainingJob, other: ObservedAttempt) -> None:
+    """Status while another owner's Ray job holds the name of the attempt to run."""
+    name = rayjob_name(tj.metadata.name or "", other.number)
+    message = (
+        f"RayJob {namespace_of(tj)}/{name} exists but belongs to another owner (uid "
+        f"{other.owner_uid or 'none'}), such as an earlier TrainingJob of this name that is not "
+        f"garbage-collected yet: it is not adopted, and attempt {other.number} starts once it "
+        f"is gone (if it stays, delete it: kubectl delete rayjob -n {namespace_of(tj)} {name})"
+    )
+    if s.old_condition("Running").get("reason") != "RayJobOwnedByOther":
+        s.event("Warning", "RayJobOwnedByOther", message)
+    s.new["phase"] = "Pending"
+    s.condition("Running", "False", "RayJobOwnedByOther", message)
+
+
 def _count_disruptions(s: _Status, seen: tuple[ObservedDisruption, ...]) -> None:
+    """Count new evidence of the current attempt's capacity loss (each node once an attempt).
+
+    Evidence of any other attempt is not counted: an earlier attempt was judged (preempted or
+    failed) when it ended, and counting it now would spend a budget twice for one loss.
+    """
     st = s.new
-    known = {
-        ObservedDisruption(
-            d["attempt"], d["reason"], d.get("pod"), d.get("node"), d.get("time")
-        ).key()
-        for d in st["disruptions"]
-    }
+    current = (st.get("currentAttempt") or {}).get("number")
+    known = {ObservedDisruption.from_record(d).key() for d in st["disruptions"]}
     for disruption in seen:
-        if disruption.key() in known:
+        if disruption.attempt != current or disruption.key() in known:
             continue
         known.add(disruption.key())
         st["preemptions"] += 1
@@ -287,7 +338,9 @@ def _start_attempt(
 ) -> None:
     st = s.new
     name = rayjob_name(tj.metadata.name or "", number)
-    plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id, owner_uid=uid))
+    held = _held_out_of_queue(tj)
+    if not held:
+        plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id, owner_uid=uid))
     st["attempts"] = number
     st["currentAttempt"] = {"number": number, "rayJob": name, "capacity": capacity,
                             "startTime": s.now_text}  # fmt: skip
@@ -301,7 +354,30 @@ def _start_attempt(
         s.condition("Retrying", "True", "AttemptCreated",
                     f"attempt {number} ({name}) on {capacity} capacity{resumes}")  # fmt: skip
         s.event("Normal", "Retrying", f"attempt {number} ({name}) on {capacity} capacity{resumes}")
-    s.condition("Running", "False", "Starting", f"attempt {number} is starting")
+    if held:
+        _hold(s, tj, number)
+    else:
+        s.condition("Running", "False", "Starting", f"attempt {number} is starting")
+        for warning in warnings_for(tj):  # the spec applies anew with each attempt
+            s.event("Warning", "AutoscalingIgnoredUnderKueue", str(warning))
+
+
+def _held_out_of_queue(tj: TrainingJob) -> bool:
+    """Whether ``spec.suspend`` holds a Kueue job's next attempt by not creating its RayJob.
+
+    Kueue owns ``spec.suspend`` of a queued RayJob: it unsuspends the job once its Workload is
+    admitted, and suspends it again if anyone else unsuspends it. A RayJob created suspended
+    therefore runs as soon as Kueue admits it, whatever the TrainingJob says; the one hold
+    Kueue respects from outside is not to queue the job yet.
+    """
+    return tj.spec.queue_name is not None and tj.spec.suspend
+
+
+def _hold(s: _Status, tj: TrainingJob, number: int) -> None:
+    s.new["phase"] = "Suspended"
+    s.condition("Running", "False", "Suspended",
+                f"attempt {number} is held by spec.suspend: its RayJob is created, and queued "
+                f"in Kueue (queue {tj.spec.queue_name}), once spec.suspend is false")  # fmt: skip
 
 
 def _follow_attempt(
@@ -315,12 +391,31 @@ def _follow_attempt(
 ) -> None:
     st = s.new
     name = st["currentAttempt"]["rayJob"]
-    if attempt.suspended != tj.spec.suspend and not attempt.succeeded and not attempt.failed:
+    queue = tj.spec.queue_name
+    finished = attempt.succeeded or attempt.failed
+    # Under Kueue the RayJob's spec.suspend is Kueue's alone (admission clears it, eviction
+    # sets it): patching it either way would admit the job past Kueue or fight its admission.
+    if queue is None and attempt.suspended != tj.spec.suspend and not finished:
         plan.suspend = (name, tj.spec.suspend)
     if attempt.succeeded:
         _succeed(s, plan, tj, attempt, run, uid)
     elif attempt.failed:
         _after_failure(s, plan, tj, config, uid, attempt, run)
+    elif queue is not None and attempt.suspended:
+        st["phase"] = "Pending"
+        message = (
+            f"attempt {attempt.number} ({name}) is waiting for Kueue to admit it "
+            f"(queue {queue}): see `kubectl get workloads -n {namespace_of(tj)}`"
+        )
+        if tj.spec.suspend:
+            message += _SUSPEND_UNDER_KUEUE
+        s.condition("Running", "False", "WaitingForKueue", message)
+    elif queue is not None and tj.spec.suspend and attempt.running:
+        message = f"attempt {attempt.number} is running{_SUSPEND_UNDER_KUEUE}"
+        if s.old_condition("Running").get("reason") != "SuspendIgnoredUnderKueue":
+            s.event("Warning", "SuspendIgnoredUnderKueue", message)
+        st["phase"] = "Running"
+        s.condition("Running", "True", "SuspendIgnoredUnderKueue", message)
     elif tj.spec.suspend or attempt.suspended:
         st["phase"] = "Suspended"
         s.condition("Running", "False", "Suspended", f"attempt {attempt.number} is suspended")
@@ -335,6 +430,13 @@ def _follow_attempt(
     else:
         state = attempt.deployment_status or attempt.job_status or "created"
         s.condition("Running", "False", "Starting", f"attempt {attempt.number}: {state}")
+
+
+_SUSPEND_UNDER_KUEUE = (
+    "; spec.suspend cannot hold an attempt already in Kueue's queue (Kueue unsuspends what it "
+    "admits): to stop it, deactivate its Workload (kubectl patch workload <name> --type=merge "
+    '-p \'{"spec":{"active":false}}\') or delete the TrainingJob'
+)
 
 
 def _succeed(

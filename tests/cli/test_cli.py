@@ -101,3 +101,23 @@ def test_render_refuses_invalid_input_with_the_field():
     result = mlplane("render", "-f", "tests/crds/invalid/md-min-over-max.yaml")
     assert result.returncode == 1
     assert "spec.replicas.min: replicas.min must not exceed replicas.max" in result.stderr
+
+
+def test_validate_warns_that_autoscaling_bounds_are_ignored_under_kueue(tmp_path):
+    """Issue 12: minReplicas/maxReplicas under queueName is valid, but Kueue admits a RayJob at
+    a fixed size; say so instead of ignoring the bounds silently."""
+    body = yaml.safe_load((REPO / "crds/examples/trainingjob-gpu-spot.yaml").read_text())
+    body["spec"]["queueName"] = "gpu-queue"
+    path = tmp_path / "queued.yaml"
+    path.write_text(yaml.safe_dump(body))
+    result = mlplane("validate", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"{path}: TrainingJob/{body['metadata']['name']}: valid" in result.stdout
+    group = body["spec"]["workers"][0]
+    assert (
+        f"{path}: TrainingJob/{body['metadata']['name']}: warning: spec.workers[0]: "
+        f"minReplicas/maxReplicas are ignored with spec.queueName"
+    ) in result.stderr
+    assert f"runs at exactly replicas ({group['replicas']})" in result.stderr
+    plain = mlplane("validate", "-f", "crds/examples/trainingjob-gpu-spot.yaml")
+    assert "warning" not in plain.stderr

@@ -232,3 +232,105 @@ async def test_unreachable_mlflow_is_reported_then_recovers(emulator, operator, 
                     for c in status(emulator, obj).get("conditions", [])),
         timeout=TIMEOUT, message="RegistryAvailable True", seen=lambda: status(emulator, obj),
     )  # fmt: skip
+
+
+async def test_rayjob_of_an_earlier_incarnation_is_not_adopted(emulator, operator, mlflow_uri):
+    """Issue 12, defect 6: a TrainingJob deleted and applied again (an Argo CD replace) meets
+    its predecessor's RayJob before the garbage collector has removed it. It must wait for it
+    to go, never take its result for its own."""
+    from mlplane.operator.builders.labels import trainingjob_labels
+
+    old_owner = {
+        "apiVersion": "mlplane.dev/v1alpha1",
+        "kind": "TrainingJob",
+        "name": "tj-again",
+        "uid": "uid-of-the-deleted-one",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    await emulator.create_object(RAYJOBS, {
+        "apiVersion": "ray.io/v1", "kind": "RayJob",
+        "metadata": {"name": "tj-again-a1", "namespace": "ml",
+                     "labels": trainingjob_labels("tj-again", 1, "Spot"),
+                     "ownerReferences": [old_owner]},
+        "spec": {"entrypoint": "python old.py"},
+    })  # fmt: skip
+    await set_job_status(emulator, "tj-again-a1", "SUCCEEDED", "Complete")
+    obj = await create(emulator, trainingjob("tj-again"))
+
+    def blocked() -> dict[str, Any] | None:
+        running = next((c for c in status(emulator, obj).get("conditions", [])
+                        if c["type"] == "Running"), None)  # fmt: skip
+        return running if running and running["reason"] == "RayJobOwnedByOther" else None
+
+    condition = await wait_for(blocked, timeout=TIMEOUT, message="Running=False RayJobOwnedByOther",
+                               seen=lambda: status(emulator, obj))  # fmt: skip
+    assert condition["status"] == "False"
+    assert "tj-again-a1" in condition["message"]
+    assert "uid-of-the-deleted-one" in condition["message"]
+    await asyncio.sleep(2.5)  # timer ticks: the old result is never taken for this job's
+    assert status(emulator, obj).get("phase") == "Pending"
+    assert blocked() is not None
+    assert MlflowClient(mlflow_uri).search_model_versions("name = 'tj-again'") == []
+    assert rayjob(emulator, "tj-again-a1")["metadata"]["ownerReferences"] == [old_owner]
+    assert [e["reason"] for e in events_for(emulator, obj)].count("RayJobOwnedByOther") == 1
+
+    await emulator.delete_object(RAYJOBS, "ml", "tj-again-a1")  # what the GC does on a cluster
+    mine = await wait_for(
+        lambda: (job := rayjob(emulator, "tj-again-a1"))
+        and job["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"] and job,
+        timeout=TIMEOUT, message="attempt 1's own RayJob", seen=lambda: status(emulator, obj),
+    )  # fmt: skip
+    assert "status" not in mine or not mine["status"]
+    await wait_for(lambda: blocked() is None, timeout=TIMEOUT, message="the wait to end",
+                   seen=lambda: status(emulator, obj))  # fmt: skip
+    assert status(emulator, obj)["attempts"] == 1
+
+
+async def test_create_answered_409_adopts_only_a_child_of_the_same_owner(emulator, kubeconfig):
+    """The platform's create, when the watch-fed index lags and the API answers 409."""
+    from mlplane.operator.platforms.base import ChildOwnedByOther
+    from mlplane.operator.platforms.kuberay import KubeRayPlatform
+
+    def child(owner_uid: str) -> dict[str, Any]:
+        return {"apiVersion": "ray.io/v1", "kind": "RayJob",
+                "metadata": {"name": "tj-409-a1", "namespace": "ml", "ownerReferences": [{
+                    "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+                    "name": "tj-409", "uid": owner_uid, "controller": True}]},
+                "spec": {"entrypoint": "python train.py"}}  # fmt: skip
+
+    platform = KubeRayPlatform()
+    assert await asyncio.to_thread(platform.create, child("old-uid"), check_owner=True)
+    assert not await asyncio.to_thread(platform.create, child("old-uid"), check_owner=True)
+    with pytest.raises(ChildOwnedByOther, match="old-uid"):
+        await asyncio.to_thread(platform.create, child("new-uid"), check_owner=True)
+    assert rayjob(emulator, "tj-409-a1")["metadata"]["ownerReferences"][0]["uid"] == "old-uid"
+
+
+async def test_queued_rayjob_is_left_to_kueue(emulator, operator, mlflow_uri):
+    """Issue 12, defect 5: with queueName the RayJob is created suspended and only Kueue may
+    unsuspend it (the test plays Kueue); the operator must not admit it on its own."""
+    obj = await create(emulator, trainingjob("tj-queued", queueName="gpu-queue"))
+    job = await wait_for(lambda: rayjob(emulator, "tj-queued-a1"), timeout=TIMEOUT,
+                         message="attempt 1's RayJob")  # fmt: skip
+    assert job["spec"]["suspend"] is True
+    await set_job_status(emulator, "tj-queued-a1", "", "Suspended")
+
+    def running_reason() -> str | None:
+        found = [c for c in status(emulator, obj).get("conditions", []) if c["type"] == "Running"]
+        return found[0]["reason"] if found else None
+
+    await wait_for(lambda: running_reason() == "WaitingForKueue", timeout=TIMEOUT,
+                   message="Running=False WaitingForKueue",
+                   seen=lambda: status(emulator, obj))  # fmt: skip
+    await asyncio.sleep(2.5)  # timer ticks: nothing may unsuspend it
+    assert rayjob(emulator, "tj-queued-a1")["spec"]["suspend"] is True
+    assert status(emulator, obj)["phase"] == "Pending"
+    # Kueue admits the Workload: it clears suspend, KubeRay starts the job
+    await emulator.patch_object(RAYJOBS, "ml", "tj-queued-a1", {"spec": {"suspend": False}})
+    await set_job_status(emulator, "tj-queued-a1", "RUNNING", "Running")
+    await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                   message="phase Running", seen=lambda: status(emulator, obj))  # fmt: skip
+    warnings = [e for e in events_for(emulator, obj, "Warning")
+                if e["reason"] == "AutoscalingIgnoredUnderKueue"]  # fmt: skip
+    assert len(warnings) == 1  # the example's workers set minReplicas/maxReplicas

@@ -296,3 +296,148 @@ def test_observed_attempt_reads_rayjob_labels_and_status():
                         "reason": "AppFailed", "message": "boom"}  # fmt: skip
     seen = ObservedAttempt.from_rayjob(rayjob)
     assert (seen.number, seen.capacity, seen.failed) == (1, "Spot", True)
+
+
+# --- Kueue (issue 12, defect 5): with queueName, Kueue alone unsuspends -----------------------
+
+
+def test_queued_attempt_is_never_unsuspended_by_the_operator():
+    job = Job(trainingjob(queueName="gpu-queue"))
+    plan = job.step(Observed(run=RUN))
+    assert plan.create[0]["spec"]["suspend"] is True  # created suspended, for Kueue
+    waiting = Observed(attempts=(attempt(1, job=None, deployment_status="Suspended"),), run=RUN)
+    plan = job.step(waiting)
+    assert plan.suspend is None  # Kueue admits by clearing suspend; never the operator
+    assert job.status["phase"] == "Pending"
+    running = job.condition("Running")
+    assert (running["status"], running["reason"]) == ("False", "WaitingForKueue")
+    assert "gpu-queue" in running["message"]
+    assert job.step(waiting, minutes=10).suspend is None
+    plan = job.step(Observed(attempts=(attempt(1),), run=RUN))  # Kueue admitted it
+    assert plan.suspend is None
+    assert job.status["phase"] == "Running"
+
+
+def test_queued_job_held_by_spec_suspend_is_not_queued_until_released():
+    body = trainingjob(queueName="gpu-queue", suspend=True)
+    job = Job(body)
+    plan = job.step(Observed(run=RUN))
+    # Kueue unsuspends whatever it admits: holding means not entering the queue at all.
+    assert plan.create == []
+    assert plan.suspend is None
+    assert job.status["phase"] == "Suspended"
+    held = job.condition("Running")
+    assert (held["status"], held["reason"]) == ("False", "Suspended")
+    assert "queued in Kueue" in held["message"]
+    assert job.step(Observed(run=RUN)).create == []
+    body["spec"]["suspend"] = False
+    plan = job.step(Observed(run=RUN))
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a1"]
+    assert plan.create[0]["spec"]["suspend"] is True
+
+
+def test_spec_suspend_after_kueue_admission_is_reported_not_fought():
+    body = trainingjob(queueName="gpu-queue")
+    job = Job(body)
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1),), run=RUN))
+    body["spec"]["suspend"] = True
+    plan = job.step(Observed(attempts=(attempt(1),), run=RUN))
+    assert plan.suspend is None  # Kueue would unsuspend an admitted RayJob at once
+    assert job.status["phase"] == "Running"
+    running = job.condition("Running")
+    assert running["reason"] == "SuspendIgnoredUnderKueue"
+    assert "Workload" in running["message"]
+    assert [e.reason for e in plan.events] == ["SuspendIgnoredUnderKueue"]
+    assert job.step(Observed(attempts=(attempt(1),), run=RUN)).events == []
+
+
+# --- one reclaim, one preemption (issue 12, defect 4) -----------------------------------------
+
+
+def test_one_node_of_one_attempt_is_one_preemption_whatever_shows_it():
+    job = Job(trainingjob(preemption={"maxPreemptions": 3}))
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1),), run=RUN))
+    seen = (
+        ObservedDisruption(1, "NodeTerminating:karpenter.sh/disrupted", pod="w0", node="spot-1"),
+        ObservedDisruption(1, "NodeTerminating:karpenter.sh/disrupted", pod="w1", node="spot-1"),
+        ObservedDisruption(1, "DeletionByTaintManager", pod="w2", node="spot-1"),
+    )
+    job.step(Observed(attempts=(attempt(1),), disruptions=seen, run=RUN))
+    assert job.status["preemptions"] == 1
+    assert len(job.status["disruptions"]) == 1
+    other = ObservedDisruption(1, "DeletionByTaintManager", pod="w3", node="spot-2")
+    job.step(Observed(attempts=(attempt(1),), disruptions=(*seen, other), run=RUN))
+    assert job.status["preemptions"] == 2
+
+
+def test_evidence_of_an_attempt_other_than_the_current_one_is_not_counted():
+    job = Job(trainingjob(backoffLimit=3, preemption={"maxPreemptions": 3}))
+    job.step(Observed(run=RUN))
+    job.step(Observed(attempts=(attempt(1, job="FAILED", message="OOM"),), run=RUN))
+    assert job.status["currentAttempt"]["number"] == 2
+    late = ObservedDisruption(1, "SpotNodeDeleted", pod="churn-a1-w0", node="spot-1")
+    job.step(Observed(attempts=(attempt(2),), disruptions=(late,), run=RUN))
+    assert (job.status["failures"], job.status["preemptions"]) == (1, 0)
+    assert job.status["disruptions"] == []
+
+
+# --- a Ray job of another owner is never adopted (issue 12, defect 6) -------------------------
+
+
+def test_an_earlier_incarnations_attempt_is_waited_for_not_adopted():
+    job = Job(trainingjob())
+    theirs = attempt(1, job="SUCCEEDED", end_time="2026-11-29T11:00:00Z", owner_uid="old-uid")
+    plan = job.step(Observed(attempts=(theirs,), run=RUN))
+    assert plan.create == [] and plan.register is None
+    assert job.status["phase"] == "Pending"
+    assert "currentAttempt" not in job.status
+    waiting = job.condition("Running")
+    assert (waiting["status"], waiting["reason"]) == ("False", "RayJobOwnedByOther")
+    assert "ml/churn-a1" in waiting["message"] and "old-uid" in waiting["message"]
+    assert [e.reason for e in plan.events] == ["RayJobOwnedByOther"]
+    plan = job.step(Observed(attempts=(theirs,), run=RUN), minutes=5)
+    assert (plan.create, plan.register, plan.events) == ([], None, [])
+    plan = job.step(Observed(run=RUN))  # the garbage collector removed it
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a1"]
+    assert plan.create[0]["metadata"]["ownerReferences"][0]["uid"] == UID
+    mine = attempt(1, job="SUCCEEDED", owner_uid=UID)
+    plan = job.step(Observed(attempts=(mine,), run=RUN))
+    assert plan.register is not None  # its own result, registered
+
+
+def test_a_recorded_attempt_taken_by_another_owner_is_not_followed():
+    job = Job(trainingjob())
+    job.step(Observed(run=RUN))
+    theirs = attempt(1, job="FAILED", owner_uid="")  # nothing controls it
+    plan = job.step(Observed(attempts=(theirs,), run=RUN))
+    assert plan.create == []
+    assert (job.status["failures"], job.status["attempts"]) == (0, 1)
+    assert job.condition("Running")["reason"] == "RayJobOwnedByOther"
+
+
+def test_observed_attempt_reads_its_controller():
+    job = Job(trainingjob())
+    rayjob = job.step(Observed(run=RUN)).create[0]
+    assert ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
+    rayjob["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    assert not ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
+    del rayjob["metadata"]["ownerReferences"]
+    assert not ObservedAttempt.from_rayjob(rayjob).owned_by(UID)
+
+
+def test_autoscaling_bounds_under_a_queue_are_reported_as_ignored():
+    group = {"name": "gpu", "replicas": 2, "minReplicas": 1, "maxReplicas": 4,
+             "capacity": "SpotWithFallback", "resources": {"gpu": 1}}  # fmt: skip
+    job = Job(trainingjob(queueName="gpu-queue", workers=[group]))
+    plan = job.step(Observed(run=RUN))
+    (warning,) = [e for e in plan.events if e.reason == "AutoscalingIgnoredUnderKueue"]
+    assert warning.type == "Warning"
+    assert "spec.workers[0]" in warning.message and "exactly replicas (2)" in warning.message
+    workers = plan.create[0]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert (workers[0]["minReplicas"], workers[0]["maxReplicas"]) == (2, 2)
+    unqueued = Job(trainingjob(workers=[group]))
+    assert "AutoscalingIgnoredUnderKueue" not in [
+        e.reason for e in unqueued.step(Observed(run=RUN)).events
+    ]

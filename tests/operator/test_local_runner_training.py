@@ -1,0 +1,113 @@
+"""The local runner's TrainingJob steps without Ray: the Jobs API is an in-memory stand-in with
+Ray's rules (a submission id is taken once, for good); MLflow is real (SQLite).
+
+Issue 12, defect 6 on the local platform: a TrainingJob deleted and applied again must get its
+own Ray jobs, never its predecessor's (finished) one and its result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlplane.operator.platforms.base import ChildOwnedByOther
+from mlplane.operator.platforms.local import LocalPlatform
+from mlplane.operator.runner import Runner, local_config
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Info:
+    status: str
+    metadata: dict[str, str]
+    message: str = ""
+    start_time: int | None = 1_764_763_200_000
+    end_time: int | None = None
+
+
+@dataclass
+class FakeJobs:
+    """Ray's JobSubmissionClient as the platform uses it."""
+
+    jobs: dict[str, Info] = field(default_factory=dict)
+
+    def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: Any,
+                   metadata: dict[str, str]) -> str:  # fmt: skip
+        if submission_id in self.jobs:
+            raise RuntimeError(f"Job with submission_id {submission_id} already exists.")
+        self.jobs[submission_id] = Info("RUNNING", dict(metadata))
+        return submission_id
+
+    def get_job_info(self, submission_id: str) -> Info:
+        if submission_id not in self.jobs:
+            raise RuntimeError(f"Job {submission_id} does not exist")
+        return self.jobs[submission_id]
+
+    def stop_job(self, submission_id: str) -> bool:
+        self.jobs[submission_id].status = "STOPPED"
+        return True
+
+
+@pytest.fixture
+def jobs(monkeypatch: pytest.MonkeyPatch) -> FakeJobs:
+    fake = FakeJobs()
+    monkeypatch.setattr(LocalPlatform, "_jobs", lambda self: fake)
+    monkeypatch.setattr(LocalPlatform, "dead_nodes", lambda self: [])  # no spot nodes here
+    return fake
+
+
+def trainingjob(tracking_uri: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "churn", "namespace": "ml"},
+        "spec": {"entrypoint": "python train.py",
+                 "workers": [{"name": "w", "replicas": 1, "capacity": "OnDemand"}],
+                 "mlflow": {"registeredModel": "churn", "trackingUri": tracking_uri}},
+    }  # fmt: skip
+
+
+def test_a_trainingjob_applied_again_gets_its_own_ray_job(tmp_path: Path, jobs: FakeJobs):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner = Runner(tmp_path / "state")
+    config = local_config(runner.platform)
+    runner.store.apply(trainingjob(uri))
+    first = runner.store.get("TrainingJob", "ml", "churn")
+    runner.trainingjob(first, NOW, config)
+    assert len(jobs.jobs) == 1
+    (old_id,) = jobs.jobs
+    jobs.jobs[old_id].status = "SUCCEEDED"  # it trained, and is over
+
+    runner.store.delete("TrainingJob", "ml", "churn")
+    runner.store.apply(trainingjob(uri))  # applied again: a new uid
+    again = runner.store.get("TrainingJob", "ml", "churn")
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    for _ in range(3):
+        runner.trainingjob(runner.store.get("TrainingJob", "ml", "churn"), NOW, config)
+    status = runner.store.get("TrainingJob", "ml", "churn")["status"]
+    assert len(jobs.jobs) == 2  # its own attempt 1, beside the old one
+    new_id = next(i for i in jobs.jobs if i != old_id)
+    assert jobs.jobs[new_id].metadata["mlplane.dev/owner-uid"] == again["metadata"]["uid"]
+    assert status["phase"] == "Running"  # its own attempt 1, not the old one's result
+    assert MlflowClient(uri).search_model_versions("name = 'churn'") == []
+
+
+def test_submit_never_takes_a_ray_job_of_another_owner(tmp_path: Path, jobs: FakeJobs):
+    platform = LocalPlatform(tmp_path)
+    rayjob = {"apiVersion": "ray.io/v1", "kind": "RayJob",
+              "metadata": {"name": "churn-a1", "namespace": "ml", "ownerReferences": [
+                  {"kind": "TrainingJob", "name": "churn", "uid": "uid-a", "controller": True}]},
+              "spec": {"entrypoint": "python train.py"}}  # fmt: skip
+    assert platform.submit(rayjob) is True
+    assert platform.submit(rayjob) is False  # a retry: the same owner's job, not a second one
+    (job_id,) = jobs.jobs
+    jobs.jobs[job_id].metadata["mlplane.dev/owner-uid"] = "someone-else"
+    with pytest.raises(ChildOwnedByOther):
+        platform.submit(rayjob)
+    assert platform.job("ml", "churn-a1", "uid-b") is None
+    assert platform.job("ml", "churn-a1", "uid-a")["ownerUid"] == "someone-else"
