@@ -510,7 +510,7 @@ def delete(
     platform = LocalPlatform(state_dir)
     if kind == "TrainingJob" and platform.state():
         for attempt in range(1, (body.get("status") or {}).get("attempts", 0) + 1):
-            platform.stop_job(namespace, rayjob_name(name, attempt))
+            platform.stop_job(namespace, rayjob_name(name, attempt), body["metadata"]["uid"])
     out.print(f"{kind}/{name} deleted")
 
 

@@ -326,7 +326,7 @@ class Runner:
         current = status.current_attempt if status else None
         if current is not None:
             for number in range(1, current.number + 1):
-                job = self.platform.job(namespace, rayjob_name(name, number))
+                job = self.platform.job(namespace, rayjob_name(name, number), uid)
                 if job is None:
                     continue
                 capacity = current.capacity if number == current.number else "OnDemand"

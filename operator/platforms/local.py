@@ -377,9 +377,20 @@ class LocalPlatform(Platform):
         return JobSubmissionClient(self.ray_dashboard, headers=self.ray_headers())
 
     @staticmethod
-    def submission_id(namespace: str, rayjob_name: str) -> str:
-        """The Ray job of a RayJob: its namespace and name (unique, and the same every time)."""
-        return f"{namespace}-{rayjob_name}"
+    def submission_id(namespace: str, rayjob_name: str, owner_uid: str | None) -> str:
+        """The Ray job of a RayJob: namespace, name and owner (the same every time).
+
+        The owner TrainingJob's uid (its first 8 characters) is part of it because Ray keeps
+        finished jobs: a TrainingJob deleted and applied again has a new uid, and must get
+        new Ray jobs rather than find its predecessor's finished attempt under the same name.
+        """
+        suffix = f"-{owner_uid[:8]}" if owner_uid else ""
+        return f"{namespace}-{rayjob_name}{suffix}"
+
+    @staticmethod
+    def _owner_uid(rayjob: dict[str, Any]) -> str | None:
+        owners = rayjob["metadata"].get("ownerReferences") or []
+        return next((o["uid"] for o in owners if o.get("controller")), None)
 
     def submit(self, rayjob: dict[str, Any]) -> bool:
         """Run a RayJob's entrypoint through the Jobs API; False if that job already exists.
@@ -394,7 +405,9 @@ class LocalPlatform(Platform):
         try:
             self._jobs().submit_job(
                 entrypoint=rayjob["spec"]["entrypoint"],
-                submission_id=self.submission_id(meta["namespace"], meta["name"]),
+                submission_id=self.submission_id(
+                    meta["namespace"], meta["name"], self._owner_uid(rayjob)
+                ),
                 runtime_env=runtime_env,
                 metadata={"mlplane.dev/rayjob": meta["name"]},
             )
@@ -404,10 +417,10 @@ class LocalPlatform(Platform):
             raise
         return True
 
-    def job(self, namespace: str, rayjob_name: str) -> dict[str, Any] | None:
+    def job(self, namespace: str, rayjob_name: str, owner_uid: str) -> dict[str, Any] | None:
         """A Ray job's state in a RayJob's status shape (None when there is no such job)."""
         try:
-            info = self._jobs().get_job_info(self.submission_id(namespace, rayjob_name))
+            info = self._jobs().get_job_info(self.submission_id(namespace, rayjob_name, owner_uid))
         except RuntimeError as exc:
             if "does not exist" in str(exc) or "404" in str(exc):
                 return None
@@ -425,10 +438,10 @@ class LocalPlatform(Platform):
             "endTime": _iso(info.end_time),
         }
 
-    def stop_job(self, namespace: str, rayjob_name: str) -> None:
+    def stop_job(self, namespace: str, rayjob_name: str, owner_uid: str) -> None:
         """Stop a running attempt (when its TrainingJob is deleted)."""
         with contextlib.suppress(RuntimeError):
-            self._jobs().stop_job(self.submission_id(namespace, rayjob_name))
+            self._jobs().stop_job(self.submission_id(namespace, rayjob_name, owner_uid))
 
     def nodes(self) -> list[dict[str, Any]]:
         """Ray's nodes (state API over HTTP: ALIVE or DEAD, resources, start and end times)."""
