@@ -76,15 +76,28 @@ class WorkerGroup(SpecModel):
 
 
 class Checkpoint(SpecModel):
-    """Where attempts save checkpoints and resume from them."""
+    """Where attempts save checkpoints and resume from them, and an optional warm start."""
 
-    uri: str = Field(
-        ...,
+    uri: str | None = Field(
+        None,
         pattern=CHECKPOINT_URI,
         max_length=1024,
-        description="s3://bucket/prefix or a path on storage shared by all workers.",
+        description="s3://bucket/prefix or a path on storage shared by all workers. Each "
+        "TrainingJob checkpoints under <uri>/<metadata.uid>/, so a job deleted and applied "
+        "again (a new uid) starts fresh. Default: the operator's checkpoint base "
+        "(<base>/<namespace>/<name>/<uid>/); a job with Spot or SpotWithFallback workers is "
+        "rejected only when neither is set.",
     )
     keep: int = Field(3, ge=1, le=100, description="How many of the newest checkpoints to keep.")
+    resume_from: str | None = Field(
+        None,
+        pattern=CHECKPOINT_URI,
+        max_length=1024,
+        description="Warm start: another job's checkpoint (e.g. its status.lastCheckpoint.uri) "
+        "or checkpoint folder (its newest), restored while this job has no checkpoint of its "
+        "own yet; its own checkpoints always win. Shown in status.warmStart. The attempt "
+        "fails if nothing is there.",
+    )
 
 
 class Preemption(SpecModel):
@@ -186,12 +199,6 @@ class TrainingJobSpec(SpecModel):
             "worker group names must be unique",
             ".workers",
         ),
-        Rule(
-            "has(self.checkpoint) || self.workers.all(w, w.capacity == 'OnDemand')",
-            "checkpoint.uri is required when a worker group uses Spot or SpotWithFallback "
-            "capacity: a preempted attempt resumes from it",
-            ".checkpoint",
-        ),
     )
 
 
@@ -206,6 +213,12 @@ class LastCheckpoint(StatusModel):
     uri: str
     step: int | None = None
     time: Timestamp | None = None
+
+
+class WarmStart(StatusModel):
+    """The checkpoint the job was told to start from (spec.checkpoint.resumeFrom)."""
+
+    uri: str
 
 
 class TrainingMLflowStatus(StatusModel):
@@ -241,6 +254,12 @@ class TrainingJobStatus(StatusModel):
     failures: int = 0
     current_attempt: CurrentAttempt | None = None
     last_checkpoint: LastCheckpoint | None = None
+    checkpoint_uri: str | None = Field(
+        None,
+        description="Where this job's attempts checkpoint: its own folder, scoped by its uid "
+        "(<checkpoint.uri>/<uid> or <operator base>/<namespace>/<name>/<uid>).",
+    )
+    warm_start: WarmStart | None = None
     mlflow: TrainingMLflowStatus | None = None
     #: The most recent counted preemptions (bounded), so a retry never counts one twice.
     disruptions: list[Disruption] = Field(default_factory=list, max_length=50)

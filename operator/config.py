@@ -6,7 +6,13 @@
   ``eks`` (default), ``karpenter`` or ``gke``;
 - ``MLPLANE_DEFAULT_TRAINING_IMAGE`` / ``MLPLANE_DEFAULT_SERVING_IMAGE``: images of resources
   that name none (default Ray's ``rayproject/ray:2.60.0-py311``);
-- ``MLPLANE_ARTIFACTS_URI``: where artifacts and default checkpoints go (e.g. ``s3://b/p``);
+- ``MLPLANE_ARTIFACTS_URI``: where artifacts go (e.g. ``s3://b/p``);
+- ``MLPLANE_CHECKPOINT_BASE_URI``: the default checkpoint location (``s3://bucket/prefix`` or
+  an absolute path on storage every Ray pod mounts); a TrainingJob without
+  ``spec.checkpoint.uri`` checkpoints under ``<base>/<namespace>/<name>/<uid>/``. Unset, it
+  is ``<MLPLANE_ARTIFACTS_URI>/checkpoints``; with neither, a TrainingJob with spot workers
+  and no ``checkpoint.uri`` is rejected (nothing would survive a preemption). The chart's
+  ``operator.checkpointBaseUri`` sets it; the local platform uses ``<state-dir>/checkpoints``;
 - ``MLPLANE_TRAINING_SERVICE_ACCOUNT`` / ``MLPLANE_SERVING_SERVICE_ACCOUNT``: the service
   account of training and serving Ray pods (bound to cloud roles, e.g. IRSA); default none;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
@@ -21,11 +27,16 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 CapacityLabels = Literal["eks", "karpenter", "gke"]
 RAY_IMAGE = "rayproject/ray:2.60.0-py311"
+CHECKPOINT_BASE_VARIABLE = "MLPLANE_CHECKPOINT_BASE_URI"
+#: The chart value that sets :data:`CHECKPOINT_BASE_VARIABLE` (named in messages to users).
+CHECKPOINT_BASE_CHART_VALUE = "operator.checkpointBaseUri"
+_BASE_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$")
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class OperatorConfig:
     default_training_image: str = RAY_IMAGE
     default_serving_image: str = RAY_IMAGE
     artifacts_uri: str | None = None
+    checkpoint_base_uri: str | None = None
     training_service_account: str | None = None
     serving_service_account: str | None = None
     log_format: Literal["json", "text"] = "text"
@@ -69,8 +81,34 @@ class OperatorConfig:
             default_training_image=env.get("MLPLANE_DEFAULT_TRAINING_IMAGE", RAY_IMAGE),
             default_serving_image=env.get("MLPLANE_DEFAULT_SERVING_IMAGE", RAY_IMAGE),
             artifacts_uri=env.get("MLPLANE_ARTIFACTS_URI") or None,
+            checkpoint_base_uri=_base_uri(env.get(CHECKPOINT_BASE_VARIABLE, "")),
             training_service_account=env.get("MLPLANE_TRAINING_SERVICE_ACCOUNT") or None,
             serving_service_account=env.get("MLPLANE_SERVING_SERVICE_ACCOUNT") or None,
             log_format=log_format,  # type: ignore[arg-type]
             mlflow_timeout=mlflow_timeout,
         )
+
+    @property
+    def checkpoint_base(self) -> str | None:
+        """Where TrainingJobs without ``checkpoint.uri`` checkpoint (None: nowhere).
+
+        The explicit base, else ``<artifacts_uri>/checkpoints`` (the prefix the Terraform
+        module's training role may write), without a trailing slash.
+        """
+        if self.checkpoint_base_uri:
+            return self.checkpoint_base_uri.rstrip("/")
+        if self.artifacts_uri:
+            return f"{self.artifacts_uri.rstrip('/')}/checkpoints"
+        return None
+
+
+def _base_uri(raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not _BASE_URI.match(value):
+        raise ValueError(
+            f"{CHECKPOINT_BASE_VARIABLE} must be s3://bucket/prefix or an absolute path "
+            f"(got {value!r})"
+        )
+    return value.rstrip("/") or "/"

@@ -39,6 +39,7 @@ from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.labels import rayjob_name, rayservice_name
+from mlplane.operator.builders.rayjob import config_problems
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.local import LocalPlatform
@@ -66,10 +67,16 @@ log = logging.getLogger("mlplane.runner")
 
 
 def local_config(platform: LocalPlatform) -> OperatorConfig:
-    """The operator settings of the local platform: its MLflow, checkpoints in the state dir."""
+    """The operator settings of the local platform: its MLflow, checkpoints in the state dir.
+
+    The default checkpoint base is ``<state-dir>/checkpoints``: a TrainingJob without
+    ``checkpoint.uri`` (spot workers included) checkpoints under
+    ``<state-dir>/checkpoints/<namespace>/<name>/<uid>/``.
+    """
     return OperatorConfig(
         mlflow_tracking_uri=platform.mlflow_uri,
         artifacts_uri=str(platform.state_dir),
+        checkpoint_base_uri=str(platform.state_dir / "checkpoints"),
     )
 
 
@@ -135,13 +142,18 @@ class Runner:
             log.error("%s %s/%s: %s", body["kind"], meta["namespace"], meta["name"],
                       "".join(traceback.format_exception_only(exc)).strip())  # fmt: skip
 
-    def _invalid(self, body: dict[str, Any], now: datetime) -> bool:
+    def _invalid(
+        self, body: dict[str, Any], now: datetime, config: OperatorConfig | None = None
+    ) -> bool:
         """Report a resource the API checks refuse (status ``InvalidSpec``, a Warning event).
 
         The local store takes only validated manifests; this catches a file edited by hand or
-        written by an older mlplane, exactly as the Kopf handlers do on Kubernetes.
+        written by an older mlplane, exactly as the Kopf handlers do on Kubernetes, and (with
+        ``config``) what the operator's configuration cannot run (``config_problems``).
         """
         problems = check(body)
+        if not problems and config is not None:
+            problems = config_problems(parse(body), config)
         if not problems:
             return False
         old = body.get("status") or {}
@@ -276,7 +288,7 @@ class Runner:
     # --- TrainingJob ---------------------------------------------------------------------------
 
     def trainingjob(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
-        if self._invalid(body, now):
+        if self._invalid(body, now, config):
             return
         old = body.get("status") or {}
         if old.get("phase") in ("Succeeded", "Failed"):

@@ -12,7 +12,15 @@ All are optional, so a script also runs by hand (:class:`TrainingContext`):
 - ``MLPLANE_TRAININGJOB``: ``namespace/name``; the stable Ray Train run name derives from it.
 - ``MLPLANE_TRAININGJOB_UID``: the resource's uid, tagged on the run.
 - ``MLPLANE_ATTEMPT``: 1, 2, ...; > 1 means a previous attempt may have left checkpoints.
-- ``MLPLANE_CHECKPOINT_URI``: ``s3://bucket/prefix`` or a path; absent: no checkpoints.
+- ``MLPLANE_CHECKPOINT_URI``: ``s3://bucket/prefix`` or a path; absent: no checkpoints. The
+  operator gives each TrainingJob its own folder, scoped by uid (``<checkpoint.uri>/<uid>``,
+  or ``<base>/<namespace>/<name>/<uid>`` under the operator's default base), so a new job of
+  the same name never sees an old one's checkpoints; and the runtime restores only
+  checkpoints whose marker names its own uid (a hand-run script, without uid, restores any).
+- ``MLPLANE_RESUME_FROM`` (optional, ``spec.checkpoint.resumeFrom``): an explicit warm start
+  from another job's checkpoint (one checkpoint folder, or a job's checkpoint folder: its
+  newest), restored only while the job has no checkpoint of its own; missing → the attempt
+  fails naming it, rather than training from scratch unasked.
 - ``MLPLANE_CHECKPOINT_KEEP``: keep the newest N checkpoints (default 3).
 - ``MLPLANE_MAX_WORKER_FAILURES``: worker losses survived inside one attempt (Ray Train's
   ``FailureConfig(max_failures)``, a Ray task's ``max_retries``); -1 = unlimited (default 3).
@@ -38,6 +46,7 @@ All are optional, so a script also runs by hand (:class:`TrainingContext`):
     time is RFC 3339 UTC (``2026-11-29T21:58:03.123Z``);
   - ``mlplane.step``: the last reported step; ``mlplane.resumed_from_step``: the step the
     latest (re)start resumed from; ``mlplane.trainingjob`` (+ ``.uid``);
+    ``mlplane.warm_start.uri`` / ``.step``: the checkpoint a warm start restored;
     ``mlplane.last_worker_failure``: when and why Ray Train last lost workers;
 
 * metrics per step (whatever the loop reports, at that step), and
@@ -63,7 +72,8 @@ Public API
 - :class:`TrainingContext` (``from_env()``): the variables above, parsed and checked.
 - :class:`TrainingSession` (``start()``): ``restore()``, ``report()``, ``checkpoint()``,
   ``due()``, ``log_model()``, ``log_reference_profile()``, ``finish()``.
-- :class:`CheckpointStore` (``open_store(uri)``): local and S3, ``save/latest/prune/...``.
+- :class:`CheckpointStore` (``open_store(uri)``): local and S3, ``save/latest/prune/...``;
+  :func:`find_checkpoint` for a warm start's URI.
 - :class:`RunReporter` / :func:`open_run`: the MLflow side, usable from any process.
 - :mod:`mlplane.training.ray_train`: ``run_config()``, ``scaling_config()``,
   ``MlflowProgressCallback`` for Ray Train (imports Ray, hence not re-exported here).
@@ -76,6 +86,7 @@ from mlplane.training.checkpoints import (
     CheckpointStore,
     LocalCheckpointStore,
     S3CheckpointStore,
+    find_checkpoint,
     open_store,
 )
 from mlplane.training.context import TrainingContext
@@ -91,6 +102,7 @@ __all__ = [
     "S3CheckpointStore",
     "TrainingContext",
     "TrainingSession",
+    "find_checkpoint",
     "open_run",
     "open_store",
 ]

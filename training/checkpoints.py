@@ -82,6 +82,8 @@ class CheckpointInfo:
     files: Mapping[str, int]
     attempt: int | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: The TrainingJob (``metadata.uid``) that wrote it; None for a script run by hand.
+    trainingjob_uid: str | None = None
 
 
 class CheckpointStore(ABC):
@@ -119,8 +121,13 @@ class CheckpointStore(ABC):
         attempt: int | None = None,
         metadata: Mapping[str, Any] | None = None,
         now: datetime | None = None,
+        trainingjob_uid: str | None = None,
     ) -> CheckpointInfo:
-        """Write ``files`` as the checkpoint of ``step``; complete only once this returns."""
+        """Write ``files`` as the checkpoint of ``step``; complete only once this returns.
+
+        ``trainingjob_uid`` goes into the marker, so a restore can tell its own TrainingJob's
+        checkpoints from another's (see :meth:`TrainingContext.owns`).
+        """
         if not files:
             raise ValueError("a checkpoint needs at least one file")
         names = {_check_name(name): bytes(data) for name, data in files.items()}
@@ -141,12 +148,14 @@ class CheckpointStore(ABC):
             files={name: len(data) for name, data in names.items()},
             attempt=attempt,
             metadata=dict(metadata or {}),
+            trainingjob_uid=trainingjob_uid,
         )
         doc = {
             "format": CHECKPOINT_FORMAT,
             "step": step,
             "time": info.time,
             "attempt": attempt,
+            "trainingjob_uid": trainingjob_uid,
             "files": dict(info.files),
             "metadata": info.metadata,
         }
@@ -199,7 +208,7 @@ class CheckpointStore(ABC):
             return None
         if not ok or any(listing.get(f"{folder}/{n}") != size for n, size in files.items()):
             return None
-        attempt = doc.get("attempt")
+        attempt, uid = doc.get("attempt"), doc.get("trainingjob_uid")
         return CheckpointInfo(
             step=step,
             uri=self.uri_of(step),
@@ -207,11 +216,16 @@ class CheckpointStore(ABC):
             files=files,
             attempt=int(attempt) if attempt is not None else None,
             metadata=dict(doc.get("metadata") or {}),
+            trainingjob_uid=str(uid) if uid else None,
         )
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Every complete checkpoint, oldest step first."""
         return self._scan()[0]
+
+    def at_step(self, step: int) -> CheckpointInfo | None:
+        """The complete checkpoint of ``step``, or None (absent, or cut mid-write)."""
+        return self._complete(step, self._list())
 
     def latest(self) -> CheckpointInfo | None:
         """The checkpoint to resume from: the complete one with the highest step."""
@@ -394,3 +408,27 @@ def open_store(uri: str) -> CheckpointStore:
     if uri.strip().startswith("s3://"):
         return S3CheckpointStore(uri)
     return LocalCheckpointStore(uri)
+
+
+def find_checkpoint(uri: str) -> tuple[CheckpointStore, CheckpointInfo]:
+    """The complete checkpoint a warm start names: one checkpoint, or a folder of them.
+
+    ``uri`` is either one checkpoint (``.../step-000000000040``, what another job's
+    ``status.lastCheckpoint.uri`` shows) or a TrainingJob's checkpoint folder (its newest
+    complete checkpoint is taken). Raises ``FileNotFoundError`` when there is none: a warm
+    start that was asked for and silently became a fresh start would train the wrong model.
+    """
+    norm = uri.rstrip("/")
+    head, _, last = norm.rpartition("/")
+    if head and (m := _STEP_DIR.match(last)):
+        store = open_store(head)
+        info = store.at_step(int(m.group(1)))
+    else:
+        store = open_store(norm)
+        info = store.latest()
+    if info is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint at {uri} (checkpoint.resumeFrom): name a checkpoint "
+            f"folder such as <uri>/{step_dir(0)}, or a TrainingJob's checkpoint folder"
+        )
+    return store, info

@@ -25,6 +25,9 @@ ENV_TRAININGJOB_UID = "MLPLANE_TRAININGJOB_UID"
 ENV_ATTEMPT = "MLPLANE_ATTEMPT"
 ENV_CHECKPOINT_URI = "MLPLANE_CHECKPOINT_URI"
 ENV_CHECKPOINT_KEEP = "MLPLANE_CHECKPOINT_KEEP"
+#: Optional: an explicit warm start (``spec.checkpoint.resumeFrom``): another job's checkpoint,
+#: restored only while this TrainingJob has no checkpoint of its own.
+ENV_RESUME_FROM = "MLPLANE_RESUME_FROM"
 ENV_MAX_WORKER_FAILURES = "MLPLANE_MAX_WORKER_FAILURES"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_RUN_ID = "MLFLOW_RUN_ID"
@@ -92,23 +95,22 @@ def _resources(env: Mapping[str, str]) -> dict[str, float]:
     return {str(k): float(v) for k, v in parsed.items()}
 
 
-def normalize_checkpoint_uri(uri: str) -> str:
+def normalize_checkpoint_uri(uri: str, variable: str = ENV_CHECKPOINT_URI) -> str:
     """``s3://bucket/prefix`` unchanged (no trailing slash); paths and ``file://`` absolute.
 
     Ray Train needs an absolute path for local storage, and every node of a local cluster must
     name the same folder, so a relative path is resolved against the driver's directory once.
+    ``variable`` names the setting in error messages.
     """
     uri = uri.strip()
     if uri.startswith("s3://"):
         rest = uri[len("s3://") :].strip("/")
         if not rest or rest.startswith("/"):
-            raise ValueError(f"{ENV_CHECKPOINT_URI}: no bucket in {uri!r}")
+            raise ValueError(f"{variable}: no bucket in {uri!r}")
         return f"s3://{rest}"
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
-        raise ValueError(
-            f"{ENV_CHECKPOINT_URI}: unsupported scheme {scheme!r} (use s3:// or a local path)"
-        )
+        raise ValueError(f"{variable}: unsupported scheme {scheme!r} (use s3:// or a local path)")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return str(Path(path).expanduser().resolve())
 
@@ -127,6 +129,7 @@ class TrainingContext:
     attempt: int = 1
     checkpoint_uri: str | None = None
     checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP
+    resume_from: str | None = None
     max_worker_failures: int = DEFAULT_MAX_WORKER_FAILURES
     tracking_uri: str | None = None
     run_id: str | None = None
@@ -140,6 +143,7 @@ class TrainingContext:
         """Read the ``MLPLANE_*``/``MLFLOW_*`` variables; ``ValueError`` names a bad one."""
         env = os.environ if environ is None else environ
         uri = env.get(ENV_CHECKPOINT_URI, "").strip()
+        resume_from = env.get(ENV_RESUME_FROM, "").strip()
         workers = env.get(ENV_NUM_WORKERS, "").strip()
         return cls(
             trainingjob=env.get(ENV_TRAININGJOB, "").strip() or None,
@@ -147,6 +151,9 @@ class TrainingContext:
             attempt=_int(env, ENV_ATTEMPT, 1, 1),
             checkpoint_uri=normalize_checkpoint_uri(uri) if uri else None,
             checkpoint_keep=_int(env, ENV_CHECKPOINT_KEEP, DEFAULT_CHECKPOINT_KEEP, 1),
+            resume_from=(
+                normalize_checkpoint_uri(resume_from, ENV_RESUME_FROM) if resume_from else None
+            ),
             max_worker_failures=_int(env, ENV_MAX_WORKER_FAILURES, DEFAULT_MAX_WORKER_FAILURES, -1),
             tracking_uri=env.get(ENV_TRACKING_URI, "").strip() or None,
             run_id=env.get(ENV_RUN_ID, "").strip() or None,
@@ -169,3 +176,13 @@ class TrainingContext:
     def resuming(self) -> bool:
         """True from the second attempt on: a previous attempt may have left checkpoints."""
         return self.attempt > 1
+
+    def owns(self, trainingjob_uid: str | None) -> bool:
+        """Whether a checkpoint written by ``trainingjob_uid`` is this TrainingJob's own.
+
+        With a uid (every attempt the operator starts), only checkpoints that name the same uid
+        are: a TrainingJob deleted and applied again, or a retraining reusing a template's
+        ``checkpoint.uri``, has a new uid and must not resume its predecessor's final step. A
+        script run by hand (no uid) owns whatever is under its checkpoint URI.
+        """
+        return self.trainingjob_uid is None or trainingjob_uid == self.trainingjob_uid

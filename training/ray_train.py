@@ -13,7 +13,13 @@ restores, and why these settings give both kinds of resume the design asks for:
   so ``get_checkpoint()`` again returns the newest checkpoint. Hence ``name`` is stable per
   TrainingJob (:attr:`TrainingContext.run_name`) and ``storage_path`` is the TrainingJob's
   checkpoint URI. A checkpoint is in the snapshot only once its upload finished, so an upload
-  cut by a preemption is never the one resumed from.
+  cut by a preemption is never the one resumed from. The operator scopes that URI by the
+  TrainingJob's uid (``<checkpoint.uri>/<uid>``), so a new TrainingJob of the same name
+  (deleted and applied again, or a retraining from the same template) finds no snapshot and
+  starts fresh.
+* **A warm start** (``spec.checkpoint.resumeFrom``, :func:`warm_start_checkpoint`): Ray Train
+  V2 dropped ``resume_from_checkpoint``, so the loop restores it itself when
+  ``ray.train.get_checkpoint()`` returns None (the job has no checkpoint of its own yet).
 * ``CheckpointConfig(num_to_keep=keep)``: Ray deletes older checkpoints, after writing the
   snapshot that no longer lists them.
 
@@ -30,7 +36,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.v2._internal.constants import is_v2_enabled
 from ray.train.v2.api.callback import UserCallback
 
@@ -117,6 +123,16 @@ def run_config(
         failure_config=FailureConfig(max_failures=ctx.max_worker_failures),
         callbacks=extra or None,
     )
+
+
+def warm_start_checkpoint(ctx: TrainingContext) -> Checkpoint | None:
+    """``MLPLANE_RESUME_FROM`` as a Ray Train checkpoint (a folder Ray Train reported), or None.
+
+    Pass it to the loop (``train_loop_config``) and restore it only when
+    ``ray.train.get_checkpoint()`` is None: the job's own checkpoints always win, so an attempt
+    after the first resumes its own progress, not the warm start again.
+    """
+    return Checkpoint(ctx.resume_from) if ctx.resume_from else None
 
 
 def scaling_config(

@@ -2,10 +2,10 @@
 
 A loop written against :class:`TrainingSession` survives a spot preemption without knowing
 about it: on (re)start it asks :meth:`TrainingSession.restore` for the newest complete
-checkpoint (a previous attempt's, or the same attempt's before a worker was lost) and carries
-on from its step; :meth:`TrainingSession.checkpoint` writes, prunes to ``keep`` and publishes
-the ``mlplane.checkpoint.*`` tags in that order, so the tags never point at a checkpoint that
-is not complete yet.
+checkpoint of *its own TrainingJob* (a previous attempt's, or the same attempt's before a
+worker was lost) and carries on from its step; :meth:`TrainingSession.checkpoint` writes,
+prunes to ``keep`` and publishes the ``mlplane.checkpoint.*`` tags in that order, so the tags
+never point at a checkpoint that is not complete yet.
 
 The session is picklable (context, reporter and store are plain values whose clients are built
 lazily), so the driver can open it and ship it to the Ray task or actor that trains::
@@ -36,11 +36,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlplane.monitoring.profile import Profile
-from mlplane.training.checkpoints import CheckpointInfo, CheckpointStore, open_store
+from mlplane.training.checkpoints import (
+    CheckpointInfo,
+    CheckpointStore,
+    find_checkpoint,
+    open_store,
+)
 from mlplane.training.context import TrainingContext
 from mlplane.training.mlflow_run import RunReporter, open_run
 
 log = logging.getLogger(__name__)
+
+#: Run tags of an explicit warm start (``spec.checkpoint.resumeFrom``): what was restored.
+TAG_WARM_START_URI = "mlplane.warm_start.uri"
+TAG_WARM_START_STEP = "mlplane.warm_start.step"
 
 
 def _best_effort(fn: Any, *args: Any) -> None:
@@ -52,11 +61,17 @@ def _best_effort(fn: Any, *args: Any) -> None:
 
 @dataclass(frozen=True)
 class Restored:
-    """The state a loop resumes from: the checkpoint's step, its files, and where it was."""
+    """The state a loop resumes from: the checkpoint's step, its files, and where it was.
+
+    ``warm_start`` is True when the files are another job's (``spec.checkpoint.resumeFrom``)
+    rather than this TrainingJob's own: the loop takes the weights and decides whether the
+    step count carries on (the examples train their full ``--steps`` from them).
+    """
 
     step: int
     files: Mapping[str, bytes]
     info: CheckpointInfo
+    warm_start: bool = False
 
 
 class TrainingSession:
@@ -99,23 +114,51 @@ class TrainingSession:
     # --- resume and checkpoint ----------------------------------------------------------------
 
     def restore(self) -> Restored | None:
-        """The newest complete checkpoint's files, or None (no store, or nothing saved yet).
+        """This TrainingJob's newest complete checkpoint, else the warm start, else None.
 
         Called at every (re)start of the loop: attempt > 1 resumes from the previous attempt,
-        and a retried task inside an attempt resumes from what the lost worker saved. The files
-        are read into memory; for large checkpoints use ``store.latest()`` and
+        and a retried task inside an attempt resumes from what the lost worker saved. Only the
+        job's own checkpoints count (:meth:`TrainingContext.owns`): one written under another
+        TrainingJob uid is skipped with a warning, so a new job never resumes its
+        predecessor's final step. When the job has none yet and ``MLPLANE_RESUME_FROM`` is set,
+        that checkpoint is restored instead (``warm_start=True``) and recorded on the run
+        (``mlplane.warm_start.*`` tags); if it does not exist, this raises
+        ``FileNotFoundError`` rather than silently starting from scratch.
+
+        The files are read into memory; for large checkpoints use ``store.latest()`` and
         ``store.download(info, folder)`` instead.
         """
+        info = self._own_latest()
+        if info is not None:
+            assert self.store is not None
+            files = self.store.read_all(info)
+            log.info("resuming from checkpoint %s (step %d)", info.uri, info.step)
+            if self.reporter is not None:
+                _best_effort(self.reporter.resumed, info.step)
+            return Restored(info.step, files, info)
+        if self.context.resume_from is None:
+            return None
+        store, info = find_checkpoint(self.context.resume_from)
+        files = store.read_all(info)
+        log.info("warm start from checkpoint %s (step %d)", info.uri, info.step)
+        if self.reporter is not None:
+            _best_effort(
+                self.reporter.set_tags,
+                {TAG_WARM_START_URI: info.uri, TAG_WARM_START_STEP: str(info.step)},
+            )
+        return Restored(info.step, files, info, warm_start=True)
+
+    def _own_latest(self) -> CheckpointInfo | None:
         if self.store is None:
             return None
-        info = self.store.latest()
-        if info is None:
-            return None
-        files = self.store.read_all(info)
-        log.info("resuming from checkpoint %s (step %d)", info.uri, info.step)
-        if self.reporter is not None:
-            _best_effort(self.reporter.resumed, info.step)
-        return Restored(info.step, files, info)
+        for info in reversed(self.store.checkpoints()):
+            if self.context.owns(info.trainingjob_uid):
+                return info
+            log.warning(
+                "not resuming from %s: it was written by TrainingJob uid %s, this is %s",
+                info.uri, info.trainingjob_uid, self.context.trainingjob_uid,
+            )  # fmt: skip
+        return None
 
     @staticmethod
     def due(step: int, every: int, *, last_step: int | None = None) -> bool:
@@ -132,7 +175,13 @@ class TrainingSession:
         """Save, prune to ``keep``, then publish the checkpoint tags (None without a store)."""
         if self.store is None:
             return None
-        info = self.store.save(step, files, attempt=self.context.attempt, metadata=metadata)
+        info = self.store.save(
+            step,
+            files,
+            attempt=self.context.attempt,
+            metadata=metadata,
+            trainingjob_uid=self.context.trainingjob_uid,
+        )
         try:
             self.store.prune(self.context.checkpoint_keep)
         except OSError as exc:  # cleanup is best effort: the next prune retries it

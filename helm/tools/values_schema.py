@@ -210,6 +210,13 @@ def values_schema() -> dict[str, Any]:
                     "MLPLANE_ARTIFACTS_URI, e.g. s3://bucket/prefix (empty: unset).",
                     pattern=r"^([a-z][a-z0-9+.-]*://.+)?$",
                 ),
+                checkpointBaseUri=string(
+                    "MLPLANE_CHECKPOINT_BASE_URI: default checkpoint location, s3://bucket/prefix "
+                    "or an absolute path; TrainingJobs without checkpoint.uri checkpoint under "
+                    "<base>/<namespace>/<name>/<uid>/ (empty: <artifactsUri>/checkpoints, or "
+                    "none: spot jobs without checkpoint.uri are then rejected).",
+                    pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)?$",
+                ),
                 capacityLabels={
                     "description": "MLPLANE_CAPACITY_LABELS: which labels mark spot nodes.",
                     "enum": ["eks", "karpenter", "gke"],

@@ -26,6 +26,9 @@ One RayJob per attempt, named ``<name>-a<attempt>``. Choices, and why:
   bound defaults to ``replicas``), except under Kueue: Kueue reserves quota for the pods it
   admits and rejects autoscaling RayJobs (unless elastic workload slicing is enabled), so with
   ``queueName`` every group runs at exactly ``replicas``.
+- Checkpoints go to the TrainingJob's own folder, scoped by its uid (:func:`checkpoint_uri`),
+  passed to the attempt as ``MLPLANE_CHECKPOINT_URI``; ``checkpoint.resumeFrom`` becomes
+  ``MLPLANE_RESUME_FROM``. Spot workers with no checkpoint location at all are refused.
 - With ``queueName`` the RayJob carries ``kueue.x-k8s.io/queue-name`` and is created suspended;
   from then on Kueue owns ``spec.suspend`` (it unsuspends on admission), so the operator must not
   patch ``suspend`` back on an existing RayJob.
@@ -37,8 +40,9 @@ from typing import Any, Literal
 
 import yaml
 
-from mlplane.crds import TrainingJob
+from mlplane.crds import Resource, TrainingJob
 from mlplane.crds.trainingjob import WorkerGroup
+from mlplane.crds.validate import Problem
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.placement import NodeCapacity, head_placement, place
 from mlplane.operator.builders.pods import (
@@ -49,7 +53,11 @@ from mlplane.operator.builders.pods import (
     pod_template,
     ray_container,
 )
-from mlplane.operator.config import OperatorConfig
+from mlplane.operator.config import (
+    CHECKPOINT_BASE_CHART_VALUE,
+    CHECKPOINT_BASE_VARIABLE,
+    OperatorConfig,
+)
 
 AttemptCapacity = Literal["OnDemand", "Spot"]
 SUBMISSION_MODE = "SidecarMode"
@@ -60,6 +68,7 @@ DEFAULT_NAMESPACE = "default"
 #: Environment of the training runtime (``mlplane.training``) inside the Ray job.
 ENV_CHECKPOINT_URI = "MLPLANE_CHECKPOINT_URI"
 ENV_CHECKPOINT_KEEP = "MLPLANE_CHECKPOINT_KEEP"
+ENV_RESUME_FROM = "MLPLANE_RESUME_FROM"
 ENV_ATTEMPT = "MLPLANE_ATTEMPT"
 ENV_MAX_WORKER_FAILURES = "MLPLANE_MAX_WORKER_FAILURES"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
@@ -71,7 +80,7 @@ ENV_TRAININGJOB_UID = "MLPLANE_TRAININGJOB_UID"
 
 def first_attempt_capacity(tj: TrainingJob) -> AttemptCapacity:
     """``Spot`` when any worker group may use spot, else ``OnDemand``."""
-    return "Spot" if any(w.capacity != "OnDemand" for w in tj.spec.workers) else "OnDemand"
+    return "Spot" if needs_checkpoints(tj) else "OnDemand"
 
 
 def worker_capacity(group: WorkerGroup, attempt: AttemptCapacity) -> NodeCapacity:
@@ -86,14 +95,61 @@ def namespace_of(tj: TrainingJob) -> str:
     return tj.metadata.namespace or DEFAULT_NAMESPACE
 
 
-def checkpoint_uri(tj: TrainingJob, config: OperatorConfig) -> str | None:
-    """The spec's checkpoint URI, else ``<artifacts>/checkpoints/<namespace>/<name>``, else none."""
-    if tj.spec.checkpoint is not None:
-        return tj.spec.checkpoint.uri
-    if config.artifacts_uri:
-        base = config.artifacts_uri.rstrip("/")
-        return f"{base}/checkpoints/{namespace_of(tj)}/{tj.metadata.name}"
+def needs_checkpoints(tj: TrainingJob) -> bool:
+    """Whether any worker group may run on spot capacity (a preempted attempt must resume)."""
+    return any(w.capacity != "OnDemand" for w in tj.spec.workers)
+
+
+def checkpoint_uri(tj: TrainingJob, config: OperatorConfig, uid: str | None) -> str | None:
+    """Where this TrainingJob's attempts checkpoint: its own folder, scoped by its uid.
+
+    ``<checkpoint.uri>/<uid>``, else ``<base>/<namespace>/<name>/<uid>`` under the operator's
+    checkpoint base, else None (no checkpoints). Why the uid: a TrainingJob deleted and
+    applied again (an Argo CD replace) or a drift retraining from the same template keeps its
+    name and ``checkpoint.uri`` but gets a new uid; without it, attempt 1 would resume the old
+    job's final step, train nothing and register the old weights as a new version. All
+    attempts of one uid share the folder, so attempt 2..n resume attempt 1's progress.
+    ``uid`` None (``mlplane render`` of a file) shows the placeholder ``<uid>``.
+    """
+    scope = uid or "<uid>"
+    checkpoint = tj.spec.checkpoint
+    if checkpoint is not None and checkpoint.uri:
+        return f"{checkpoint.uri.rstrip('/')}/{scope}"
+    base = config.checkpoint_base
+    if base:
+        return f"{base}/{namespace_of(tj)}/{tj.metadata.name}/{scope}"
     return None
+
+
+def missing_checkpoint_location(tj: TrainingJob, config: OperatorConfig) -> str | None:
+    """Why a job cannot run here: spot workers with nowhere to checkpoint (None when fine).
+
+    The CRD cannot reject this on its own (it does not know the operator's configuration),
+    so the operator does, naming both ways out.
+    """
+    if not needs_checkpoints(tj) or checkpoint_uri(tj, config, None) is not None:
+        return None
+    return (
+        "not set, and this operator has no default checkpoint location: a worker group uses "
+        "Spot or SpotWithFallback capacity, so a preempted attempt needs checkpoints to resume "
+        "from. Set spec.checkpoint.uri, or configure the operator's default base (chart value "
+        f"{CHECKPOINT_BASE_CHART_VALUE}, environment variable {CHECKPOINT_BASE_VARIABLE}; "
+        "operator.artifactsUri also works: its /checkpoints is used)"
+    )
+
+
+def config_problems(resource: Resource, config: OperatorConfig) -> list[Problem]:
+    """What this operator's configuration cannot run in an otherwise valid resource.
+
+    The handlers and the local runner add these to the API checks, so such a resource gets
+    the ``InvalidSpec`` condition like any invalid one, and a change of spec or configuration
+    (an operator restart re-assesses every object) lifts it.
+    """
+    if isinstance(resource, TrainingJob):
+        missing = missing_checkpoint_location(resource, config)
+        if missing is not None:
+            return [Problem("spec.checkpoint.uri", missing)]
+    return []
 
 
 def training_env(
@@ -113,9 +169,11 @@ def training_env(
         ENV_TRAININGJOB: f"{namespace_of(tj)}/{tj.metadata.name}",
         ENV_CHECKPOINT_KEEP: str(tj.spec.checkpoint.keep if tj.spec.checkpoint else 3),
     }
-    uri = checkpoint_uri(tj, config)
+    uri = checkpoint_uri(tj, config, owner_uid)
     if uri:
         env[ENV_CHECKPOINT_URI] = uri
+    if tj.spec.checkpoint is not None and tj.spec.checkpoint.resume_from:
+        env[ENV_RESUME_FROM] = tj.spec.checkpoint.resume_from
     if run_id:
         env[ENV_RUN_ID] = run_id
     if owner_uid:
@@ -179,6 +237,8 @@ def _rayjob(
         raise ValueError(f"an attempt's capacity is OnDemand or Spot (got {capacity!r})")
     spec = tj.spec
     name = str(tj.metadata.name)
+    if (missing := missing_checkpoint_location(tj, config)) is not None:
+        raise ValueError(f"spec.checkpoint.uri: {missing}")
     queued = spec.queue_name is not None
     if queued:
         _check_kueue(tj)

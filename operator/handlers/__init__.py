@@ -18,9 +18,11 @@ Importing this module registers, in Kopf's default registry (what ``kopf run`` a
   (:mod:`mlplane.operator.metrics`).
 
 Validation is ``mlplane.crds.validate.check``, exactly what ``mlplane validate`` runs: the
-schema, the CEL rules and the model checks. On a cluster the API server has already applied the
-schema and the CEL rules, so this catches what only the models can (and everything, when the
-CRDs were installed without validation or an older CRD version is served).
+schema, the CEL rules and the model checks; plus what this operator's configuration cannot
+run (a TrainingJob with spot workers, no ``checkpoint.uri`` and no default checkpoint base).
+On a cluster the API server has already applied the schema and the CEL rules, so this
+catches what only the models can (and everything, when the CRDs were installed without
+validation or an older CRD version is served).
 
 The verdict in ``status``, for every kind:
 
@@ -51,6 +53,8 @@ import kopf
 from mlplane.crds import BY_KIND, GROUP, KINDS, VERSION, Resource
 from mlplane.crds.validate import InvalidResource, Problem, check, parse
 from mlplane.operator import conditions, metrics
+from mlplane.operator.builders.rayjob import config_problems
+from mlplane.operator.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +150,14 @@ def _problems(kind: str, body: Any) -> list[Problem]:
         return [Problem("", f"the operator could not validate this object ({exc!r})")]
 
 
-def assess(kind: str | type[Resource], body: Any, now: datetime) -> Assessment:
-    """Validate ``body`` (as read from the API server) and say what its status must become."""
+def assess(
+    kind: str | type[Resource], body: Any, now: datetime, config: OperatorConfig | None = None
+) -> Assessment:
+    """Validate ``body`` (as read from the API server) and say what its status must become.
+
+    With ``config``, what this operator's configuration cannot run counts as invalid too
+    (:func:`mlplane.operator.builders.rayjob.config_problems`).
+    """
     kind = kind if isinstance(kind, str) else kind.kind_name
     body = _plain(body)
     obj = body if isinstance(body, dict) else {}
@@ -167,6 +177,10 @@ def assess(kind: str | type[Resource], body: Any, now: datetime) -> Assessment:
         except Exception as exc:
             log.exception("parsing a %s failed", kind)
             problems = [Problem("", f"the operator could not read this object ({exc!r})")]
+    if resource is not None and config is not None:
+        problems = config_problems(resource, config)
+        if problems:
+            resource = None
 
     new = dict(old)
     if problems:
@@ -195,13 +209,14 @@ def validated(
     patch: kopf.Patch,
     now: datetime | None = None,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
+    config: OperatorConfig | None = None,
 ) -> Resource | None:
     """The typed resource when ``body`` is valid; None when it is not (the verdict is written).
 
     For use inside Kopf handlers: the status change goes into ``patch`` (Kopf applies it after
     the handler) and a new verdict is posted as a Warning Event. Never raises for bad input.
     """
-    result = assess(kind, body, now or datetime.now(UTC))
+    result = assess(kind, body, now or datetime.now(UTC), config)
     if result.status:
         patch.setdefault("status", {}).update(result.status)
     if result.warning is not None:
@@ -244,7 +259,9 @@ async def handle(
     # success: the user must act, not the operator); an exception (retried by Kopf) an error.
     with metrics.reconciling(kind):
         now = datetime.now(UTC)
-        resource = validated(kind, body, patch, now=now, logger=logger)
+        resource = validated(
+            kind, body, patch, now=now, logger=logger, config=OperatorConfig.from_env()
+        )
         if resource is None:
             return
         api_resource = kwargs.pop("resource", None)

@@ -331,7 +331,7 @@ def on_timer(body: kopf.Body, patch: kopf.Patch, rayjobs_by_trainingjob: Any, **
     if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
         return
     now = datetime.now(UTC)
-    verdict = assess("TrainingJob", body, now)
+    verdict = assess("TrainingJob", body, now, OperatorConfig.from_env())
     if verdict.resource is None or verdict.status:
         return  # invalid, or a verdict change pending: the change handler writes it
     with metrics.reconciling("TrainingJob"):

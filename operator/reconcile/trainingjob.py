@@ -32,7 +32,12 @@ from mlplane.crds import TrainingJob
 from mlplane.crds.validate import warnings_for
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
-from mlplane.operator.builders.rayjob import build_rayjob, first_attempt_capacity, namespace_of
+from mlplane.operator.builders.rayjob import (
+    build_rayjob,
+    checkpoint_uri,
+    first_attempt_capacity,
+    namespace_of,
+)
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 
@@ -229,6 +234,7 @@ def reconcile(
     if st.get("phase") in ("Succeeded", "Failed"):
         return Plan(status=st, requeue_after=None)
     st.setdefault("startTime", s.now_text)
+    _checkpoint_status(st, tj, config, uid)
 
     # MLflow first: every attempt joins the one run, so it must exist before attempt 1.
     if observed.registry_error:
@@ -294,6 +300,18 @@ def _wait_for_other(s: _Status, tj: TrainingJob, other: ObservedAttempt) -> None
     s.condition("Running", "False", "RayJobOwnedByOther", message)
 
 
+def _checkpoint_status(
+    st: dict[str, Any], tj: TrainingJob, config: OperatorConfig, uid: str
+) -> None:
+    """Where this job checkpoints (its uid's own folder) and the warm start it was given."""
+    uri = checkpoint_uri(tj, config, uid)
+    if uri:
+        st["checkpointUri"] = uri
+    resume_from = tj.spec.checkpoint.resume_from if tj.spec.checkpoint else None
+    if resume_from:
+        st["warmStart"] = {"uri": resume_from}
+
+
 def _count_disruptions(s: _Status, seen: tuple[ObservedDisruption, ...]) -> None:
     """Count new evidence of the current attempt's capacity loss (each node once an attempt).
 
@@ -347,7 +365,8 @@ def _start_attempt(
     resumes = f", resuming from {st['lastCheckpoint']['uri']}" if st.get("lastCheckpoint") else ""
     if number == 1:
         st["phase"] = "Suspended" if tj.spec.suspend else "Pending"
-        s.condition("Succeeded", "Unknown", "Started", "attempt 1 created")
+        warm = f", warm start from {st['warmStart']['uri']}" if st.get("warmStart") else ""
+        s.condition("Succeeded", "Unknown", "Started", f"attempt 1 created{warm}")
         s.event("Normal", "AttemptCreated", f"attempt 1 ({name}) on {capacity} capacity")
     else:
         st["phase"] = "Retrying"

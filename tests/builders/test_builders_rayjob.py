@@ -143,7 +143,7 @@ def test_runtime_env_carries_what_the_training_runtime_needs():
         "DATA_URI": "s3://d",
         "N": "5",
         "MLPLANE_ATTEMPT": "4",  # the operator's value wins over the user's
-        "MLPLANE_CHECKPOINT_URI": "s3://ml-team-checkpoints/churn-classifier",
+        "MLPLANE_CHECKPOINT_URI": f"s3://ml-team-checkpoints/churn-classifier/{UID}",
         "MLPLANE_CHECKPOINT_KEEP": "3",
         "MLPLANE_MAX_WORKER_FAILURES": "3",
         "MLFLOW_TRACKING_URI": "http://mlflow.mlflow:5000",
@@ -166,7 +166,59 @@ def test_runtime_env_defaults():
     assert env["MLPLANE_MLFLOW_EXPERIMENT"] == "ml-team/churn-classifier"
     config = OperatorConfig(artifacts_uri="s3://art/base/")
     env = _env(_build(parse(body), capacity="OnDemand", config=config))
-    assert env["MLPLANE_CHECKPOINT_URI"] == "s3://art/base/checkpoints/ml-team/churn-classifier"
+    assert env["MLPLANE_CHECKPOINT_URI"] == (
+        f"s3://art/base/checkpoints/ml-team/churn-classifier/{UID}"
+    )
+
+
+def test_checkpoints_are_scoped_by_the_trainingjobs_uid():
+    """Defect 3: a job applied again (same name and checkpoint.uri, new uid) gets a new folder.
+
+    Every attempt of one uid shares the folder (attempt 2 resumes attempt 1's progress); a
+    new uid never sees the old one's checkpoints.
+    """
+    tj = _tj()
+    first = [_env(build_rayjob(tj, n, "Spot", CONFIG, run_id="r", owner_uid="uid-old"))
+             for n in (1, 2)]  # fmt: skip
+    again = _env(build_rayjob(tj, 1, "Spot", CONFIG, run_id="r2", owner_uid="uid-new"))
+    assert first[0]["MLPLANE_CHECKPOINT_URI"] == "s3://ml-team-checkpoints/churn-classifier/uid-old"
+    assert first[1]["MLPLANE_CHECKPOINT_URI"] == first[0]["MLPLANE_CHECKPOINT_URI"]
+    assert again["MLPLANE_CHECKPOINT_URI"] == "s3://ml-team-checkpoints/churn-classifier/uid-new"
+    assert "MLPLANE_RESUME_FROM" not in again  # no warm start unless asked for
+
+
+def test_default_checkpoint_base_for_spot_without_checkpoint_uri():
+    body = _body()
+    del body["spec"]["checkpoint"]
+    tj = parse(body)
+    explicit = OperatorConfig(checkpoint_base_uri="s3://ckpt-base/mlplane",
+                              artifacts_uri="s3://art/base")  # fmt: skip
+    env = _env(_build(tj, config=explicit))
+    assert env["MLPLANE_CHECKPOINT_URI"] == (
+        f"s3://ckpt-base/mlplane/ml-team/churn-classifier/{UID}"
+    )
+    with pytest.raises(
+        ValueError, match=r"operator\.checkpointBaseUri.*MLPLANE_CHECKPOINT_BASE_URI"
+    ):
+        _build(tj, config=CONFIG)  # spot workers and nowhere to checkpoint
+
+
+def test_resume_from_is_passed_to_the_attempt():
+    tj = _tj(
+        checkpoint={"uri": "s3://ckpt/new", "resumeFrom": "s3://ckpt/old/u-0/step-000000000040"}
+    )
+    env = _env(_build(tj))
+    assert env["MLPLANE_RESUME_FROM"] == "s3://ckpt/old/u-0/step-000000000040"
+    assert env["MLPLANE_CHECKPOINT_URI"] == f"s3://ckpt/new/{UID}"
+
+
+def test_render_without_uid_shows_a_placeholder():
+    from mlplane.operator.builders.rayjob import _rayjob
+
+    rayjob = _rayjob(_tj(), 1, "Spot", CONFIG, run_id=None, owner_uid=None)
+    assert (
+        _env(rayjob)["MLPLANE_CHECKPOINT_URI"] == "s3://ml-team-checkpoints/churn-classifier/<uid>"
+    )
 
 
 def test_runtime_env_vars_must_be_scalars():

@@ -213,6 +213,7 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_TRAINING_IMAGE": "registry.example.com/ml/train:2.0.0",
         "MLPLANE_DEFAULT_SERVING_IMAGE": "registry.example.com/ml/serve:2.0.0",
         "MLPLANE_ARTIFACTS_URI": "s3://ml-artifacts/mlplane",
+        "MLPLANE_CHECKPOINT_BASE_URI": "s3://ml-checkpoints/mlplane",
         "MLPLANE_LOG_FORMAT": "text",
     }
     env = {e["name"] for e in _container(rendered_all)["env"]}

@@ -108,3 +108,21 @@ def test_spec_model_round_trips_through_aliases():
     dumped = tj.model_dump(by_alias=True, exclude_none=True)
     again = parse(copy.deepcopy(dumped))
     assert again == tj
+
+
+def test_spot_workers_without_checkpoint_uri_are_valid_for_the_api():
+    """The CRD cannot know the operator's default checkpoint base, so it accepts the job.
+
+    The operator rejects it only where no default is configured (``config_problems``).
+    """
+    body = {
+        "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "spot-default-checkpoints"},
+        "spec": {"entrypoint": "python train.py",
+                 "workers": [{"name": "gpu", "resources": {"gpu": 1}, "capacity": "Spot"}]},
+    }  # fmt: skip
+    assert check(body) == []
+    assert parse(body).spec.checkpoint.uri is None  # the schema defaults checkpoint to {}
+    body["spec"]["checkpoint"] = {"resumeFrom": "s3://old-job/ckpt/u-1/step-000000000040"}
+    assert check(body) == []
+    assert parse(body).spec.checkpoint.uri is None

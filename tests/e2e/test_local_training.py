@@ -6,6 +6,12 @@
    counts the preemption; exactly one model version is registered, with the alias.
 2. An attempt that fails outright (the driver exits) is retried as attempt 2, which resumes
    from the checkpoint; the failure spends backoffLimit, not the preemption budget.
+3. A TrainingJob that succeeded is deleted and applied again under the same name and
+   ``checkpoint.uri`` (an Argo CD replace; here with a new data seed, as a retraining would
+   have): the new incarnation (a new uid) trains from step 0 in its own checkpoint folder and
+   registers a second version with its own weights, not the old final checkpoint's.
+4. A TrainingJob with a Spot worker group and no ``checkpoint.uri`` runs, checkpointing under
+   the local platform's default base ``<state-dir>/checkpoints/<namespace>/<name>/<uid>/``.
 
 Runs inside a private network namespace (.ci/run does it).
 """
@@ -24,12 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import mlflow.sklearn
 import pytest
 from mlflow.tracking import MlflowClient
 
 from mlplane.operator.platforms import processes
 from mlplane.operator.platforms.local import LocalPlatform, Ports
 from mlplane.operator.platforms.store import Store
+from mlplane.training import TrainingContext, TrainingSession, open_store
+from mlplane.training.examples import sklearn_tabular
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent
@@ -188,3 +197,87 @@ def test_failed_attempt_resumes_in_the_next_attempt(platform, s3, tmp_path):
     assert subprocess.run([str(BIN / "mlplane"), "get", "tj", "crashy", "--state-dir",
                            str(platform.state_dir)], capture_output=True, text=True,
                           check=False).stdout.count("Succeeded") == 1  # fmt: skip
+
+
+def finished(platform: LocalPlatform, name: str, timeout: float) -> dict[str, Any]:
+    return wait(lambda: status(platform, name).get("phase") in ("Succeeded", "Failed")
+                and status(platform, name), timeout, f"{name} to finish")  # fmt: skip
+
+
+def coefficients(model: Any) -> list[float]:
+    return [float(x) for x in model.named_steps["clf"].coef_.ravel()]
+
+
+def registered_coefficients(platform: LocalPlatform, name: str, version: str) -> list[float]:
+    mlflow.set_tracking_uri(platform.mlflow_uri)
+    return coefficients(mlflow.sklearn.load_model(f"models:/{name}/{version}"))
+
+
+def test_job_applied_again_trains_from_step_zero_and_registers_its_own_weights(platform, tmp_path):
+    store = Store(platform.state_dir)
+    checkpoint = str(tmp_path / "checkpoints" / "again")  # the same for both incarnations
+    steps, every = 20, CHECKPOINT_EVERY
+
+    def apply(seed: int) -> tuple[str, dict[str, Any]]:
+        args = f"--no-ray --steps {steps} --checkpoint-every {every} --rows 400 --seed {seed}"
+        store.apply(trainingjob("again", args, {}, checkpoint))
+        uid = store.get("TrainingJob", "default", "again")["metadata"]["uid"]
+        final = finished(platform, "again", 300)
+        assert final["phase"] == "Succeeded", final
+        return uid, final
+
+    first_uid, first = apply(seed=7)
+    store.delete("TrainingJob", "default", "again")  # what `mlplane delete` does to the store
+    second_uid, second = apply(seed=8)
+    assert second_uid != first_uid
+    client = MlflowClient(platform.mlflow_uri)
+
+    # Trained from step 0: every step exactly once in the new run, nothing restored.
+    run = second["mlflow"]["runId"]
+    assert run != first["mlflow"]["runId"]
+    history = client.get_metric_history(run, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, steps + 1))
+    assert "mlplane.resumed_from_step" not in client.get_run(run).data.tags
+    assert second["attempts"] == 1
+
+    # Each incarnation in its own folder, scoped by its uid.
+    assert second["checkpointUri"] == f"{checkpoint}/{second_uid}"
+    mine = open_store(second["checkpointUri"]).checkpoints()
+    assert [c.step for c in mine] == [15, 20]  # keep: 2
+    assert {c.trainingjob_uid for c in mine} == {second_uid}
+    assert [c.step for c in open_store(f"{checkpoint}/{first_uid}").checkpoints()] == [15, 20]
+
+    # A second version whose weights are the new training's, not the old checkpoint's: equal
+    # to training the new data from scratch here, different from version 1.
+    versions = sorted(v.version for v in client.search_model_versions("name = 'again'"))
+    assert [str(v) for v in versions] == ["1", "2"]
+    assert (first["mlflow"]["modelVersion"], second["mlflow"]["modelVersion"]) == ("1", "2")
+    v1 = registered_coefficients(platform, "again", "1")
+    v2 = registered_coefficients(platform, "again", "2")
+    assert v1 != v2
+    fresh = TrainingSession.start(TrainingContext(), mlflow=False)
+    config = sklearn_tabular.Config(steps=steps, checkpoint_every=every, rows=400, seed=8)
+    assert v2 == coefficients(sklearn_tabular.train(fresh, config))
+
+
+def test_spot_job_without_checkpoint_uri_uses_the_default_base(platform, tmp_path):
+    node = WorkerNode(platform, tmp_path / "worker.log")
+    try:
+        wait(lambda: alive_spot_nodes(platform) >= 1, 60, "the spot worker node to join")
+        env = {"MLPLANE_WORKER_RESOURCES": json.dumps({"spot": 0.1})}
+        body = trainingjob("spot-default", "--steps 10 --checkpoint-every 5 --cpus 0.5", env, "")
+        del body["spec"]["checkpoint"]
+        body["spec"]["workers"] = [{"name": "spot", "replicas": 1, "capacity": "Spot"}]
+        store = Store(platform.state_dir)
+        store.apply(body)  # accepted: the local platform has a default checkpoint base
+        uid = store.get("TrainingJob", "default", "spot-default")["metadata"]["uid"]
+        final = finished(platform, "spot-default", 300)
+        assert final["phase"] == "Succeeded", final
+        folder = platform.state_dir / "checkpoints" / "default" / "spot-default" / uid
+        assert final["checkpointUri"] == str(folder)
+        assert final["currentAttempt"]["capacity"] == "Spot"
+        saved = open_store(str(folder)).checkpoints()
+        assert [c.step for c in saved] == [5, 10] and {c.trainingjob_uid for c in saved} == {uid}
+        assert final["lastCheckpoint"]["uri"] == f"{folder}/step-000000000010"
+    finally:
+        processes.stop_group(node.pid, grace=5)

@@ -147,7 +147,9 @@ async def test_two_preemptions_then_fallback_to_on_demand(emulator, operator, ml
     assert "'SPOT'" not in workers
     env = yaml.safe_load(third["spec"]["runtimeEnvYAML"])["env_vars"]
     assert env["MLPLANE_ATTEMPT"] == "3"
-    assert env["MLPLANE_CHECKPOINT_URI"] == "s3://ml-team-checkpoints/churn-classifier"
+    # every attempt of this uid shares the uid's own folder (attempt 3 resumes 1 and 2)
+    uid = obj["metadata"]["uid"]
+    assert env["MLPLANE_CHECKPOINT_URI"] == f"s3://ml-team-checkpoints/churn-classifier/{uid}"
     await train(mlflow_uri, run_id_of(third), step=30)
     await set_job_status(emulator, "tj-spot-a3", "SUCCEEDED", "Complete")
     final = await wait_for(lambda: status(emulator, obj).get("phase") == "Succeeded"

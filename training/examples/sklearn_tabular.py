@@ -5,7 +5,9 @@ Run it by hand (a fresh MLflow run, no checkpoints unless ``MLPLANE_CHECKPOINT_U
     python -m mlplane.training.examples.sklearn_tabular --steps 200 --checkpoint-every 20
 
 or as a TrainingJob's entrypoint, where the operator's variables make it resume the
-TrainingJob's MLflow run and its newest checkpoint.
+TrainingJob's MLflow run and its own newest checkpoint. With ``spec.checkpoint.resumeFrom``
+(``MLPLANE_RESUME_FROM``) a job that has no checkpoint of its own yet starts from that
+checkpoint's model and trains its full ``--steps`` from there (a warm start).
 
 How it trains: a ``ColumnTransformer`` (scaling, one-hot) is fitted once on the training frame,
 then an ``SGDClassifier`` (logistic loss) learns from one mini-batch per step with
@@ -159,7 +161,8 @@ def train(session: TrainingSession, config: Config) -> Pipeline:
     restored = session.restore()
     if restored is not None:
         model: Pipeline = pickle.loads(restored.files[MODEL_FILE])
-        start = restored.step
+        # A warm start (another job's checkpoint) gives the weights, then the full schedule.
+        start = 0 if restored.warm_start else restored.step
     else:
         model, start = new_model(x_train, config), 0
     prep, clf = model.named_steps["prep"], model.named_steps["clf"]
@@ -179,7 +182,7 @@ def train(session: TrainingSession, config: Config) -> Pipeline:
                 ),
             },
         )
-        if config.crash_at_step == step and restored is None:
+        if config.crash_at_step == step and (restored is None or restored.warm_start):
             log.error("--crash-at-step %d: exiting abruptly", step)
             os._exit(17)
         if session.due(step, config.checkpoint_every, last_step=config.steps):

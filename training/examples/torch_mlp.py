@@ -13,7 +13,9 @@ rank 0 reports a checkpoint (model, optimizer, step); each (re)start of the loop
 ``ray.train.get_checkpoint()``, which after a worker loss returns the newest checkpoint of this
 attempt and in a new attempt the newest one of the previous attempts (same storage path and run
 name). Each step's mini-batch is a function of (seed, step, rank), so a resumed run repeats
-exactly the steps after its checkpoint.
+exactly the steps after its checkpoint. With ``spec.checkpoint.resumeFrom`` (a checkpoint
+another run reported) a run without checkpoints of its own starts from those weights and
+trains its full ``--steps`` (a warm start).
 
 The logged model is ``nn.Sequential(normalise, MLP, Sigmoid)`` built from torch's own layers
 only: the pickled model loads with torch alone (no mlplane code in the serving image), takes
@@ -47,7 +49,7 @@ from torch import nn
 
 from mlplane.training.checkpoints import step_dir
 from mlplane.training.mlflow_run import RunReporter
-from mlplane.training.runtime import TrainingSession
+from mlplane.training.runtime import TAG_WARM_START_STEP, TAG_WARM_START_URI, TrainingSession
 
 log = logging.getLogger("mlplane.training.examples.torch_mlp")
 
@@ -164,18 +166,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     start = 0
     checkpoint = ray.train.get_checkpoint()
+    # The job's own checkpoint first; else the explicit warm start (spec.checkpoint.resumeFrom).
+    warm = checkpoint is None and loop_config.get("warm_start") is not None
+    if warm:
+        checkpoint = loop_config["warm_start"]
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+        # A warm start takes the weights and trains the full --steps from them.
+        start = 0 if warm else int(state["step"])
         if rank == 0 and reporter is not None:
             try:
-                reporter.resumed(start)
+                if warm:
+                    reporter.set_tags({TAG_WARM_START_URI: checkpoint.path,
+                                       TAG_WARM_START_STEP: str(int(state["step"]))})  # fmt: skip
+                else:
+                    reporter.resumed(start)
             except Exception as exc:
                 log.warning("could not record the resume in MLflow: %s", exc)
-        log.info("rank %d resumed from step %d", rank, start)
+        log.info("rank %d %s step %d", rank, "warm-started from" if warm else "resumed from",
+                 int(state["step"]))  # fmt: skip
 
     shard = np.arange(len(x_train))[rank::world]
     x_val, y_val = x_val.to(device), y_val.to(device)
@@ -194,7 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             model.eval()
             metrics.update(evaluate(model, x_val, y_val))
-        if config.crash_at_step == step and checkpoint is None and rank == world - 1:
+        if config.crash_at_step == step and (checkpoint is None or warm) and rank == world - 1:
             log.error("--crash-at-step %d: rank %d exiting abruptly", step, rank)
             os._exit(17)
         if TrainingSession.due(step, config.checkpoint_every, last_step=config.steps):
@@ -304,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
     from ray.train.torch import TorchTrainer
 
-    from mlplane.training.ray_train import run_config, scaling_config
+    from mlplane.training.ray_train import run_config, scaling_config, warm_start_checkpoint
 
     params = {k: v for k, v in asdict(config).items() if k != "crash_at_step"}
     session = TrainingSession.start(params={"example": "torch_mlp", **params})
@@ -321,7 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": asdict(config), "reporter": session.reporter},
+            train_loop_config={
+                "config": asdict(config),
+                "reporter": session.reporter,
+                "warm_start": warm_start_checkpoint(ctx),
+            },
             scaling_config=scaling,
             run_config=run_config(ctx, session.reporter),
         )
