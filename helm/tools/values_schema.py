@@ -210,6 +210,13 @@ def values_schema() -> dict[str, Any]:
                     "MLPLANE_ARTIFACTS_URI, e.g. s3://bucket/prefix (empty: unset).",
                     pattern=r"^([a-z][a-z0-9+.-]*://.+)?$",
                 ),
+                mlflowTimeoutSeconds=integer(
+                    "MLPLANE_MLFLOW_TIMEOUT: the longest one MLflow call may take, in seconds; "
+                    "calls are tried once (the reconcile loop retries), so an MLflow outage never "
+                    "holds a reconcile or the operator's shutdown for minutes.",
+                    1,
+                    600,
+                ),
                 checkpointBaseUri=string(
                     "MLPLANE_CHECKPOINT_BASE_URI: default checkpoint location, s3://bucket/prefix "
                     "or an absolute path; TrainingJobs without checkpoint.uri checkpoint under "

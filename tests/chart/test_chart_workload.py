@@ -202,6 +202,7 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_CAPACITY_LABELS": "eks",
         "MLPLANE_DEFAULT_TRAINING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
+        "MLPLANE_MLFLOW_TIMEOUT": "10",
         "MLPLANE_LOG_FORMAT": "json",
     }
 
@@ -214,6 +215,7 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_SERVING_IMAGE": "registry.example.com/ml/serve:2.0.0",
         "MLPLANE_ARTIFACTS_URI": "s3://ml-artifacts/mlplane",
         "MLPLANE_CHECKPOINT_BASE_URI": "s3://ml-checkpoints/mlplane",
+        "MLPLANE_MLFLOW_TIMEOUT": "30",
         "MLPLANE_LOG_FORMAT": "text",
     }
     env = {e["name"] for e in _container(rendered_all)["env"]}
