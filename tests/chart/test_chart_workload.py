@@ -176,14 +176,30 @@ def test_probes_hit_the_liveness_port(render: str, request: pytest.FixtureReques
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
-def test_image_tag_defaults_to_app_version_and_digest_wins(
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def test_image_tag_defaults_to_app_version_and_digest_pins_it(
     rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]]
 ) -> None:
     assert _container(rendered_default)["image"] == "ghcr.io/mlplane/mlplane-operator:0.1.0"
+    # By tag as well as by digest: the runtime pulls the digest, humans read the tag.
     assert _container(rendered_all)["image"] == (
-        "registry.example.com/ml/mlplane-operator@sha256:"
-        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        f"registry.example.com/ml/mlplane-operator:0.1.0@{DIGEST}"
     )
+
+
+def test_digest_without_tag_keeps_the_app_version_tag() -> None:
+    objects = template("--set", f"image.digest={DIGEST}")
+    assert _container(objects)["image"] == f"ghcr.io/mlplane/mlplane-operator:0.1.0@{DIGEST}"
+
+
+def test_ray_image_is_pinned_by_digest_when_given() -> None:
+    objects = template("--set", f"rayImage.digest={DIGEST}", "--set", "rayImage.tag=2.1.0")
+    pinned = f"ghcr.io/mlplane/mlplane-ray:2.1.0@{DIGEST}"
+    config = _config(objects)
+    assert config["MLPLANE_DEFAULT_TRAINING_IMAGE"] == pinned
+    assert config["MLPLANE_DEFAULT_SERVING_IMAGE"] == pinned
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -50,18 +50,31 @@ app.kubernetes.io/part-of: mlplane
 {{- end -}}
 
 {{/*
-The operator image: repository@digest when a digest is given, else repository:tag.
+An image reference by tag as well as by digest: repository:tag@sha256:... when a digest is
+given (the runtime pulls by digest, so a moved tag changes nothing, and the tag stays for
+humans), else repository:tag. The tag defaults to the chart's appVersion.
+Argument: the image's values (repository, tag, digest) and the chart's appVersion, as a dict.
 */}}
-{{- define "mlplane.image" -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
-{{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- define "mlplane.imageRef" -}}
+{{- $ref := printf "%s:%s" .image.repository (default .appVersion .image.tag) -}}
+{{- if .image.digest -}}
+{{- $ref = printf "%s@%s" $ref .image.digest -}}
 {{- end -}}
+{{- $ref -}}
 {{- end -}}
 
+{{/*
+The operator image.
+*/}}
+{{- define "mlplane.image" -}}
+{{- include "mlplane.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+The Ray image of RayJobs and RayServices that name none of their own.
+*/}}
 {{- define "mlplane.rayImage" -}}
-{{- printf "%s:%s" .Values.rayImage.repository (default .Chart.AppVersion .Values.rayImage.tag) -}}
+{{- include "mlplane.imageRef" (dict "image" .Values.rayImage "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{/*
