@@ -8,40 +8,55 @@
 # per-cluster OIDC provider and trust-policy edits; switching later means replacing the trust
 # policy and the annotations, not the permissions below.
 #
-# Least privilege, per service account, all scoped to the one bucket and its KMS key:
-#   training  read/write  checkpoints/* and artifacts/*; read training_data_buckets
-#   serving   read        artifacts/*
-#   operator  read        checkpoints/* (finds the newest checkpoint an attempt resumes from)
-# No policy grants a wildcard action or s3 actions on "*".
+# Least privilege, per service account, all scoped to the one bucket and its KMS key. Tenants
+# apart: every team (workload) namespace gets its own training and serving role, trusted only by
+# that namespace's service account and scoped to that namespace's prefixes:
+#   training <ns>  read/write  checkpoints/<ns>/* and artifacts/<ns>/*; read training_data_buckets
+#   serving  <ns>  read        artifacts/<ns>/*
+#   operator       read        checkpoints/* (finds the newest checkpoint an attempt resumes from,
+#                              for every namespace: the operator is the platform, not a tenant)
+# So a training cluster in one namespace can neither read, overwrite nor delete another team's
+# checkpoints or models. No policy grants a wildcard action or s3 actions on "*".
 
 locals {
   bucket_arn      = module.artifact_bucket.bucket_arn
   kms_key_arn     = module.artifact_bucket.kms_key_arn
   checkpoints_arn = "${local.bucket_arn}/${local.checkpoints_prefix}/*"
-  artifacts_arn   = "${local.bucket_arn}/${local.artifacts_prefix}/*"
   # ListBucket is a bucket action; its s3:prefix condition keeps listings inside the prefixes.
   checkpoints_listing = [local.checkpoints_prefix, "${local.checkpoints_prefix}/*"]
-  artifacts_listing   = [local.artifacts_prefix, "${local.artifacts_prefix}/*"]
-  s3_via_service      = "s3.${local.region}.amazonaws.com"
+
+  # Each team namespace's own prefixes: the operator's default checkpoint layout is already
+  # checkpoints/<namespace>/<name>/<uid>; model artifacts go to artifacts/<namespace>/ (the
+  # MLflow experiments of that namespace's TrainingJobs must have their artifact location there).
+  team_prefixes = {
+    for ns in var.workload_namespaces : ns => {
+      checkpoints = "${local.checkpoints_prefix}/${ns}"
+      artifacts   = "${local.artifacts_prefix}/${ns}"
+    }
+  }
+  s3_via_service = "s3.${local.region}.amazonaws.com"
 
   oidc = {
     provider_arn = module.eks.oidc_provider_arn
     issuer       = module.eks.oidc_provider
   }
+  # One subject per role: the service account of that name in that namespace only.
   workload_subjects = {
-    training = [for ns in var.workload_namespaces : { namespace = ns, name = var.training_service_account }]
-    serving  = [for ns in var.workload_namespaces : { namespace = ns, name = var.serving_service_account }]
+    training = { for ns in var.workload_namespaces : ns => [{ namespace = ns, name = var.training_service_account }] }
+    serving  = { for ns in var.workload_namespaces : ns => [{ namespace = ns, name = var.serving_service_account }] }
   }
 }
 
-# --- Training: read/write checkpoints and artifacts -------------------------------------------
+# --- Training, one per team namespace: read/write its checkpoints and artifacts --------------
 
 data "aws_iam_policy_document" "training" {
+  for_each = local.team_prefixes
+
   # ...IfExists: Ray Train writes checkpoints through pyarrow's S3 filesystem, which checks the
   # bucket with HeadBucket (authorised as s3:ListBucket, without a prefix) before creating a
-  # "directory". Listings that do name a prefix stay inside the two prefixes.
+  # "directory". Listings that do name a prefix stay inside the namespace's two prefixes.
   statement {
-    sid       = "ListCheckpointsAndArtifacts"
+    sid       = "ListOwnCheckpointsAndArtifacts"
     effect    = "Allow"
     actions   = ["s3:ListBucket"]
     resources = [local.bucket_arn]
@@ -49,7 +64,10 @@ data "aws_iam_policy_document" "training" {
     condition {
       test     = "StringLikeIfExists"
       variable = "s3:prefix"
-      values   = concat(local.checkpoints_listing, local.artifacts_listing)
+      values = [
+        each.value.checkpoints, "${each.value.checkpoints}/*",
+        each.value.artifacts, "${each.value.artifacts}/*",
+      ]
     }
   }
 
@@ -61,7 +79,7 @@ data "aws_iam_policy_document" "training" {
   }
 
   statement {
-    sid    = "ReadWriteCheckpointsAndArtifacts"
+    sid    = "ReadWriteOwnCheckpointsAndArtifacts"
     effect = "Allow"
     actions = [
       "s3:GetObject",
@@ -71,7 +89,10 @@ data "aws_iam_policy_document" "training" {
       "s3:AbortMultipartUpload",
       "s3:ListMultipartUploadParts",
     ]
-    resources = [local.checkpoints_arn, local.artifacts_arn]
+    resources = [
+      "${local.bucket_arn}/${each.value.checkpoints}/*",
+      "${local.bucket_arn}/${each.value.artifacts}/*",
+    ]
   }
 
   # Training data elsewhere: read-only, each bucket limited to its prefix.
@@ -115,11 +136,13 @@ data "aws_iam_policy_document" "training" {
   }
 }
 
-# --- Serving: read artifacts --------------------------------------------------------------------
+# --- Serving, one per team namespace: read its artifacts --------------------------------------
 
 data "aws_iam_policy_document" "serving" {
+  for_each = local.team_prefixes
+
   statement {
-    sid       = "ListArtifacts"
+    sid       = "ListOwnArtifacts"
     effect    = "Allow"
     actions   = ["s3:ListBucket"]
     resources = [local.bucket_arn]
@@ -127,7 +150,7 @@ data "aws_iam_policy_document" "serving" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = local.artifacts_listing
+      values   = [each.value.artifacts, "${each.value.artifacts}/*"]
     }
   }
 
@@ -139,10 +162,10 @@ data "aws_iam_policy_document" "serving" {
   }
 
   statement {
-    sid       = "ReadArtifacts"
+    sid       = "ReadOwnArtifacts"
     effect    = "Allow"
     actions   = ["s3:GetObject"]
-    resources = [local.artifacts_arn]
+    resources = ["${local.bucket_arn}/${each.value.artifacts}/*"]
   }
 
   statement {
@@ -266,30 +289,34 @@ module "irsa_operator" {
   tags                     = local.tags
 }
 
+# One role per team namespace (IAM role names: at most 64 characters; variables.tf checks
+# "<name>-<namespace>-training" fits).
 module "irsa_training" {
-  source = "./modules/irsa-role"
+  source   = "./modules/irsa-role"
+  for_each = local.team_prefixes
 
-  name                     = "${var.name}-mlplane-training"
-  description              = "mlplane training pods: read/write checkpoints and artifacts in s3://${local.bucket_name}"
+  name                     = "${var.name}-${each.key}-training"
+  description              = "mlplane training pods of namespace ${each.key}: read/write s3://${local.bucket_name}/${each.value.checkpoints} and /${each.value.artifacts}"
   oidc_provider_arn        = local.oidc.provider_arn
   oidc_issuer              = local.oidc.issuer
-  service_accounts         = local.workload_subjects.training
-  policy_json              = data.aws_iam_policy_document.training.json
+  service_accounts         = local.workload_subjects.training[each.key]
+  policy_json              = data.aws_iam_policy_document.training[each.key].json
   permissions_boundary_arn = var.iam_permissions_boundary_arn
-  tags                     = local.tags
+  tags                     = merge(local.tags, { "mlplane.dev/namespace" = each.key })
 }
 
 module "irsa_serving" {
-  source = "./modules/irsa-role"
+  source   = "./modules/irsa-role"
+  for_each = local.team_prefixes
 
-  name                     = "${var.name}-mlplane-serving"
-  description              = "mlplane serving pods: read artifacts in s3://${local.bucket_name}/${local.artifacts_prefix}"
+  name                     = "${var.name}-${each.key}-serving"
+  description              = "mlplane serving pods of namespace ${each.key}: read s3://${local.bucket_name}/${each.value.artifacts}"
   oidc_provider_arn        = local.oidc.provider_arn
   oidc_issuer              = local.oidc.issuer
-  service_accounts         = local.workload_subjects.serving
-  policy_json              = data.aws_iam_policy_document.serving.json
+  service_accounts         = local.workload_subjects.serving[each.key]
+  policy_json              = data.aws_iam_policy_document.serving[each.key].json
   permissions_boundary_arn = var.iam_permissions_boundary_arn
-  tags                     = local.tags
+  tags                     = merge(local.tags, { "mlplane.dev/namespace" = each.key })
 }
 
 module "irsa_cluster_autoscaler" {

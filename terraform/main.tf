@@ -341,8 +341,9 @@ module "platform" {
   create_workload_namespaces = var.create_workload_namespaces
   service_accounts = {
     operator = { name = var.operator_service_account, role_arn = module.irsa_operator.role_arn }
-    training = { name = var.training_service_account, role_arn = module.irsa_training.role_arn }
-    serving  = { name = var.serving_service_account, role_arn = module.irsa_serving.role_arn }
+    # The same service account name in every team namespace, each annotated with its own role.
+    training = { name = var.training_service_account, role_arns = { for ns, role in module.irsa_training : ns => role.role_arn } }
+    serving  = { name = var.serving_service_account, role_arns = { for ns, role in module.irsa_serving : ns => role.role_arn } }
   }
   bucket_name = module.artifact_bucket.bucket_name
 

@@ -82,14 +82,14 @@ output "operator_role_arn" {
   value       = module.irsa_operator.role_arn
 }
 
-output "training_role_arn" {
-  description = "IAM role of the training service account in each workload namespace."
-  value       = module.irsa_training.role_arn
+output "training_role_arns" {
+  description = "IAM role of the training service account, by workload namespace (each limited to that namespace's prefixes)."
+  value       = { for ns, role in module.irsa_training : ns => role.role_arn }
 }
 
-output "serving_role_arn" {
-  description = "IAM role of the serving service account in each workload namespace."
-  value       = module.irsa_serving.role_arn
+output "serving_role_arns" {
+  description = "IAM role of the serving service account, by workload namespace (each reads only that namespace's artifacts)."
+  value       = { for ns, role in module.irsa_serving : ns => role.role_arn }
 }
 
 output "cluster_autoscaler_role_arn" {
@@ -101,8 +101,8 @@ output "service_accounts" {
   description = "Every service account bound to an IAM role here, as namespace/name => role ARN."
   value = merge(
     { "${var.mlplane_namespace}/${var.operator_service_account}" = module.irsa_operator.role_arn },
-    { for ns in var.workload_namespaces : "${ns}/${var.training_service_account}" => module.irsa_training.role_arn },
-    { for ns in var.workload_namespaces : "${ns}/${var.serving_service_account}" => module.irsa_serving.role_arn },
+    { for ns in var.workload_namespaces : "${ns}/${var.training_service_account}" => module.irsa_training[ns].role_arn },
+    { for ns in var.workload_namespaces : "${ns}/${var.serving_service_account}" => module.irsa_serving[ns].role_arn },
   )
 }
 

@@ -121,9 +121,9 @@ variable "kubernetes_version" {
 }
 
 variable "endpoint_public_access" {
-  description = "Expose the Kubernetes API endpoint publicly (limited to endpoint_public_access_cidrs). Needed when Terraform, helm or kubectl run outside the VPC; the private endpoint is always on."
+  description = "Expose the Kubernetes API endpoint publicly (limited to endpoint_public_access_cidrs). Off by default: the API is reachable only from inside the VPC (or peered networks, a VPN, a bastion), where Terraform must then run too, since it installs the charts. Turn on, with CIDRs, when Terraform, helm or kubectl run outside the VPC; the private endpoint is always on."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "endpoint_public_access_cidrs" {
@@ -324,13 +324,23 @@ variable "mlplane_namespace" {
 }
 
 variable "workload_namespaces" {
-  description = "Namespaces where TrainingJobs and ModelDeployments run. Each gets the training and serving service accounts, and only those may assume the training and serving roles."
+  description = "Team namespaces where TrainingJobs and ModelDeployments run. Each gets its own training and serving IAM roles (<name>-<namespace>-training/-serving), limited to s3://<bucket>/checkpoints/<namespace>/ and artifacts/<namespace>/, and its own training and serving service accounts, the only ones that may assume them."
   type        = list(string)
   default     = ["mlplane"]
 
   validation {
     condition     = length(var.workload_namespaces) > 0 && alltrue([for ns in var.workload_namespaces : can(regex("^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", ns)) && length(ns) <= 63])
     error_message = "workload_namespaces must hold at least one namespace, each a DNS label."
+  }
+
+  validation {
+    condition     = length(distinct(var.workload_namespaces)) == length(var.workload_namespaces)
+    error_message = "workload_namespaces must not repeat a namespace."
+  }
+
+  validation {
+    condition     = alltrue([for ns in var.workload_namespaces : length("${var.name}-${ns}-training") <= 64])
+    error_message = "Each namespace's IAM role is named <name>-<namespace>-training, at most 64 characters: shorten name or the namespace."
   }
 }
 

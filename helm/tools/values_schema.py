@@ -54,6 +54,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: A DNS label or nothing (an empty value means "the default").
 NAMESPACE = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
+#: An image digest, or nothing (the image is then referenced by tag only).
+DIGEST = r"^(sha256:[a-f0-9]{64})?$"
 # A label or annotation key: optional DNS prefix, then a name.
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 
@@ -176,7 +178,8 @@ def values_schema() -> dict[str, Any]:
                     **{"not": {"const": "latest"}},
                 ),
                 digest=string(
-                    "Image digest; wins over the tag.", pattern=r"^(sha256:[a-f0-9]{64})?$"
+                    "Image digest (empty: by tag only); rendered as repository:tag@digest.",
+                    pattern=DIGEST,
                 ),
                 pullPolicy={
                     "description": "Image pull policy.",
@@ -191,6 +194,10 @@ def values_schema() -> dict[str, Any]:
                 "The Ray image (docker/ray.Dockerfile) for RayJobs and RayServices.",
                 repository=string("Ray image repository.", minLength=1),
                 tag=string("Image tag (empty: the chart's appVersion).", pattern=r"^[\w.-]*$"),
+                digest=string(
+                    "Image digest (empty: by tag only); rendered as repository:tag@digest.",
+                    pattern=DIGEST,
+                ),
             ),
             "repository",
         ),

@@ -10,30 +10,48 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from chart_support import NAMESPACE, by_kind, one, template
+from chart_support import CHART, NAMESPACE, by_kind, one, template
 
 Perms = dict[tuple[str, str], set[str]]
 
-READ = {"get", "list", "watch"}
+WATCH = {"list", "watch"}
+#: Each entry names the code that needs it (the comments in templates/_helpers.tpl say the same).
 NAMESPACED: Perms = {
-    ("mlplane.dev", "trainingjobs"): READ | {"patch", "create"},
-    ("mlplane.dev", "modeldeployments"): READ | {"patch"},
-    ("mlplane.dev", "abtests"): READ | {"patch"},
+    # Kopf: watch stream (list+watch) and finalizer/annotation patches; nothing GETs these.
+    ("mlplane.dev", "modeldeployments"): WATCH | {"patch"},
+    ("mlplane.dev", "abtests"): WATCH | {"patch"},
+    # ... plus drift retraining: KubeRayPlatform.create (get after a 409 to check the owner).
+    ("mlplane.dev", "trainingjobs"): WATCH | {"get", "patch", "create"},
     ("mlplane.dev", "trainingjobs/status"): {"patch"},
     ("mlplane.dev", "modeldeployments/status"): {"patch"},
     ("mlplane.dev", "abtests/status"): {"patch"},
-    ("ray.io", "rayjobs"): READ | {"create", "patch", "update", "delete"},
-    ("ray.io", "rayservices"): READ | {"create", "patch", "update", "delete"},
-    ("", "pods"): READ,
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    # kopf.index + KubeRayPlatform.create/.patch/.get; no update, no delete (ownerReferences GC).
+    ("ray.io", "rayjobs"): WATCH | {"get", "create", "patch"},
+    ("ray.io", "rayservices"): WATCH | {"get", "create", "patch"},
+    # Kopf on.event for pods (preemption evidence).
+    ("", "pods"): WATCH,
+    # Kopf posts core v1 Events; it never patches them nor uses events.k8s.io.
+    ("", "events"): {"create"},
 }
 CLUSTER: Perms = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
-    ("", "nodes"): READ,
+    ("apiextensions.k8s.io", "customresourcedefinitions"): WATCH,
+    ("", "nodes"): WATCH,
 }
 #: Kopf lists/watches namespaces only when it serves a list of namespaces (not cluster-wide).
 NAMESPACES: Perms = {("", "namespaces"): {"list", "watch"}}
+
+#: Verbs the operator used to hold and no code calls: they must not come back unexplained.
+REMOVED: Perms = {
+    ("ray.io", "rayjobs"): {"update", "delete"},
+    ("ray.io", "rayservices"): {"update", "delete"},
+    ("mlplane.dev", "modeldeployments"): {"get"},
+    ("mlplane.dev", "abtests"): {"get"},
+    ("", "pods"): {"get"},
+    ("", "nodes"): {"get"},
+    ("", "events"): {"patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
+}
 
 #: Verbs that would let the operator grant itself more, or read what it must not.
 DANGEROUS_VERBS = {"escalate", "bind", "impersonate", "approve", "sign", "*"}
@@ -78,6 +96,27 @@ def test_cluster_wide_mode_has_exactly_the_contract(rendered_default: list[dict[
         "kind": "ClusterRole",
         "name": role["metadata"]["name"],
     }
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_unused_verbs_are_gone(render: str, request: pytest.FixtureRequest) -> None:
+    granted: Perms = {}
+    for role in rbac_objects(request.getfixturevalue(render)):
+        for key, verbs in permissions(role["rules"]).items():
+            granted.setdefault(key, set()).update(verbs)
+    for key, verbs in REMOVED.items():
+        assert not verbs & granted.get(key, set()), f"{key}: {verbs & granted[key]} is unused"
+
+
+def test_every_rule_says_which_code_needs_it() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    for block in ("mlplane.rbac.namespacedRules", "mlplane.rbac.clusterRules"):
+        body = helpers.split(f'define "{block}"', 1)[1].split("{{- end -}}", 1)[0]
+        lines = body.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("- apiGroups:"):
+                above = lines[i - 1].strip() if i else ""
+                assert above.startswith("#"), f"{block}: rule without a comment: {line}"
 
 
 def test_namespaced_mode_scopes_the_namespaced_rules(rendered_all: list[dict[str, Any]]) -> None:

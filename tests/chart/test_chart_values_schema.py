@@ -70,6 +70,8 @@ def test_default_and_all_values_validate() -> None:
         (["--set", "operator.capacityLabels=aws"], "capacityLabels"),
         (["--set", "image.tag=latest"], "tag"),
         (["--set", "image.digest=sha256:nothex"], "digest"),
+        (["--set", "rayImage.digest=md5:0123"], "digest"),
+        (["--set", "rayImage.digest=sha256:ABCDEF"], "digest"),
         (["--set", "operator.healthPort=80"], "healthPort"),
         (["--set-json", 'tolerations=[{"key":"a","efect":"NoSchedule"}]'], "'efect' not allowed"),
         (["--set-json", 'affinity={"nodeAfinity":{}}'], "'nodeAfinity' not allowed"),

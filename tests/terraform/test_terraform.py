@@ -517,31 +517,101 @@ def test_iam_policies_grant_no_wildcards():
                 assert principal["identifiers"][0].startswith("${local.account_root_arn"), name
 
 
-def _s3_grants(doc_name: str) -> dict[str, set[str]]:
-    """Resource -> S3 actions allowed on it by one root policy document's static statements."""
+BUCKET = "arn:aws:s3:::bucket"
+TEAMS = ("team-a", "team-b")
+
+
+def team_prefixes(ns: str) -> dict[str, str]:
+    """Evaluate ``local.team_prefixes[ns]`` from its source: each namespace's own S3 prefixes."""
+    values = locals_of(ROOT)
+    source = values["team_prefixes"]
+    assert "for ns in var.workload_namespaces" in source, source
+    out = {}
+    for kind in ("checkpoints", "artifacts"):
+        m = re.search(kind + r' = "([^"]+)"', source)
+        assert m, f"team_prefixes has no {kind} prefix: {source}"
+        out[kind] = (
+            m.group(1)
+            .replace("${local.checkpoints_prefix}", values["checkpoints_prefix"])
+            .replace("${local.artifacts_prefix}", values["artifacts_prefix"])
+            .replace("${ns}", ns)
+        )
+    return out
+
+
+def _instantiate(value: str, ns: str) -> str:
+    """A per-namespace policy string with ``each.*`` and the bucket ARN filled in for ``ns``."""
+    prefixes = team_prefixes(ns)
+    return (
+        value.replace("${each.value.checkpoints}", prefixes["checkpoints"])
+        .replace("${each.value.artifacts}", prefixes["artifacts"])
+        .replace("${each.key}", ns)
+        .replace("${local.bucket_arn}", BUCKET)
+    )
+
+
+def _s3_grants(doc_name: str, ns: str | None = None) -> dict[str, set[str]]:
+    """Resource -> S3 actions allowed on it by one root policy document's static statements.
+
+    ``ns``: the document is one per team namespace (``for_each``); evaluate it for ``ns``.
+    """
     doc = typed(ROOT, "data")[("aws_iam_policy_document", doc_name)]
     grants: dict[str, set[str]] = {}
     for stmt in statements(doc, dynamic=False):
         for resource in stmt["resources"]:
+            if ns is not None:
+                resource = _instantiate(resource, ns)
             for action in actions_of(stmt):
                 if action.startswith("s3:"):
                     grants.setdefault(resource, set()).add(action)
     return grants
 
 
+def _listing_prefixes(doc_name: str, ns: str) -> set[str]:
+    doc = typed(ROOT, "data")[("aws_iam_policy_document", doc_name)]
+    found: set[str] = set()
+    for stmt in statements(doc, dynamic=False):
+        if "s3:ListBucket" in actions_of(stmt):
+            (cond,) = [c for c in stmt["condition"] if c["variable"] == "s3:prefix"]
+            found |= {_instantiate(v, ns) for v in cond["values"]}
+    return found
+
+
 WRITE = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
 
 
-def test_training_reads_and_writes_checkpoints_and_artifacts():
-    grants = _s3_grants("training")
-    for prefix in ("${local.checkpoints_arn}", "${local.artifacts_arn}"):
-        assert {"s3:GetObject", *WRITE} <= grants[prefix], prefix
-    assert set(grants) == {
-        "${local.bucket_arn}",
-        "${local.checkpoints_arn}",
-        "${local.artifacts_arn}",
+def test_team_prefixes_are_the_namespace_under_checkpoints_and_artifacts():
+    assert team_prefixes("team-a") == {
+        "checkpoints": "checkpoints/team-a",
+        "artifacts": "artifacts/team-a",
     }
-    assert grants["${local.bucket_arn}"] == {"s3:ListBucket", "s3:GetBucketLocation"}
+
+
+@pytest.mark.parametrize("doc_name", ["training", "serving"])
+def test_workload_policies_are_one_per_team_namespace(doc_name):
+    doc = typed(ROOT, "data")[("aws_iam_policy_document", doc_name)]
+    assert doc.get("for_each") == "${local.team_prefixes}", (
+        f"{doc_name}: one shared policy lets every namespace reach every other's objects"
+    )
+
+
+@pytest.mark.parametrize("ns", TEAMS)
+def test_training_role_of_a_namespace_writes_only_its_own_prefixes(ns):
+    grants = _s3_grants("training", ns)
+    own = {f"{BUCKET}/checkpoints/{ns}/*", f"{BUCKET}/artifacts/{ns}/*"}
+    assert set(grants) == {BUCKET, *own}, sorted(grants)
+    for prefix in own:
+        assert {"s3:GetObject", *WRITE} <= grants[prefix], prefix
+    assert grants[BUCKET] == {"s3:ListBucket", "s3:GetBucketLocation"}
+    # Listings too stay inside the namespace's prefixes.
+    assert _listing_prefixes("training", ns) == {
+        f"checkpoints/{ns}",
+        f"checkpoints/{ns}/*",
+        f"artifacts/{ns}",
+        f"artifacts/{ns}/*",
+    }
+    other = next(t for t in TEAMS if t != ns)
+    assert not any(f"/{other}/" in r for r in grants), f"{ns} reaches {other}'s objects"
 
 
 def test_training_data_buckets_are_read_only_and_prefix_scoped():
@@ -557,11 +627,13 @@ def test_training_data_buckets_are_read_only_and_prefix_scoped():
     assert listing["condition"][0]["variable"] == "s3:prefix"
 
 
-def test_serving_only_reads_artifacts():
-    grants = _s3_grants("serving")
-    assert grants["${local.artifacts_arn}"] == {"s3:GetObject"}
-    assert "${local.checkpoints_arn}" not in grants
+@pytest.mark.parametrize("ns", TEAMS)
+def test_serving_role_of_a_namespace_only_reads_its_own_artifacts(ns):
+    grants = _s3_grants("serving", ns)
+    assert set(grants) == {BUCKET, f"{BUCKET}/artifacts/{ns}/*"}, sorted(grants)
+    assert grants[f"{BUCKET}/artifacts/{ns}/*"] == {"s3:GetObject"}
     assert not any(WRITE & actions for actions in grants.values())
+    assert _listing_prefixes("serving", ns) == {f"artifacts/{ns}", f"artifacts/{ns}/*"}
 
 
 def test_operator_only_reads_checkpoints():
@@ -574,8 +646,9 @@ def test_operator_only_reads_checkpoints():
 def test_object_arns_are_scoped_to_prefixes():
     values = locals_of(ROOT)
     assert values["checkpoints_arn"] == "${local.bucket_arn}/${local.checkpoints_prefix}/*"
-    assert values["artifacts_arn"] == "${local.bucket_arn}/${local.artifacts_prefix}/*"
     assert values["bucket_arn"] == "${module.artifact_bucket.bucket_arn}"
+    # No bucket-wide artifacts ARN is left for a policy to grant by mistake.
+    assert "artifacts_arn" not in values
 
 
 def test_kms_use_is_limited_to_the_bucket_key_through_s3():
@@ -603,12 +676,52 @@ def test_irsa_trust_pins_audience_and_exact_subjects():
 
 def test_every_mlplane_service_account_has_its_own_role():
     calls = named(ROOT, "module")
-    for role in ("operator", "training", "serving"):
+    operator = calls["irsa_operator"]
+    assert operator["source"] == "./modules/irsa-role"
+    assert operator["policy_json"] == "${data.aws_iam_policy_document.operator.json}"
+    for role in ("training", "serving"):
         call = calls[f"irsa_{role}"]
         assert call["source"] == "./modules/irsa-role"
-        assert call["policy_json"] == f"${{data.aws_iam_policy_document.{role}.json}}"
-    assert calls["irsa_training"]["service_accounts"] == "${local.workload_subjects.training}"
-    assert calls["irsa_serving"]["service_accounts"] == "${local.workload_subjects.serving}"
+        assert call.get("for_each") == "${local.team_prefixes}", f"irsa_{role}: one per namespace"
+        assert call["name"] == f"${{var.name}}-${{each.key}}-{role}"
+        assert call["policy_json"] == f"${{data.aws_iam_policy_document.{role}[each.key].json}}"
+        assert call["service_accounts"] == f"${{local.workload_subjects.{role}[each.key]}}"
+        # ... and the subjects of namespace ns are that namespace's account alone.
+        subjects = locals_of(ROOT)["workload_subjects"][role]
+        assert subjects == (
+            f"${{{{for ns in var.workload_namespaces : ns => "
+            f"[{{namespace = ns, name = var.{role}_service_account}}]}}}}"
+        )
+
+
+def test_role_names_fit_iam_limit_for_every_namespace():
+    validations = named(ROOT, "variable")["workload_namespaces"]["validation"]
+    conditions = [v["condition"] for v in validations]
+    assert any('length("${var.name}-${ns}-training") <= 64' in c for c in conditions), conditions
+
+
+def test_workload_service_accounts_get_their_own_namespace_role():
+    platform = MODULES["platform"]
+    accounts = locals_of(platform)["workload_service_accounts"]
+    assert "role_arn = lookup(var.service_accounts[kind].role_arns, ns, null)" in accounts
+    root_call = named(ROOT, "module")["platform"]["service_accounts"]
+    for role in ("training", "serving"):
+        assert root_call[role]["role_arns"] == (
+            f"${{{{for ns, role in module.irsa_{role} : ns => role.role_arn}}}}"
+        )
+
+
+def test_eks_api_endpoint_is_private_by_default():
+    variables = named(ROOT, "variable")
+    assert variables["endpoint_public_access"]["default"] is False
+    assert variables["endpoint_public_access_cidrs"]["default"] == []
+    eks = named(ROOT, "module")["eks"]
+    assert eks["endpoint_private_access"] is True
+    assert eks["endpoint_public_access"] == "${var.endpoint_public_access}"
+    assert eks["endpoint_public_access_cidrs"] == "${var.endpoint_public_access_cidrs}"
+    # Opening it needs an explicit CIDR list.
+    conditions = [v["condition"] for v in variables["endpoint_public_access_cidrs"]["validation"]]
+    assert any("!var.endpoint_public_access ||" in c for c in conditions), conditions
 
 
 # --- Helm releases --------------------------------------------------------------------------

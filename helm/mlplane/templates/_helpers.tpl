@@ -50,18 +50,31 @@ app.kubernetes.io/part-of: mlplane
 {{- end -}}
 
 {{/*
-The operator image: repository@digest when a digest is given, else repository:tag.
+An image reference by tag as well as by digest: repository:tag@sha256:... when a digest is
+given (the runtime pulls by digest, so a moved tag changes nothing, and the tag stays for
+humans), else repository:tag. The tag defaults to the chart's appVersion.
+Argument: the image's values (repository, tag, digest) and the chart's appVersion, as a dict.
 */}}
-{{- define "mlplane.image" -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
-{{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- define "mlplane.imageRef" -}}
+{{- $ref := printf "%s:%s" .image.repository (default .appVersion .image.tag) -}}
+{{- if .image.digest -}}
+{{- $ref = printf "%s@%s" $ref .image.digest -}}
 {{- end -}}
+{{- $ref -}}
 {{- end -}}
 
+{{/*
+The operator image.
+*/}}
+{{- define "mlplane.image" -}}
+{{- include "mlplane.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+The Ray image of RayJobs and RayServices that name none of their own.
+*/}}
 {{- define "mlplane.rayImage" -}}
-{{- printf "%s:%s" .Values.rayImage.repository (default .Chart.AppVersion .Values.rayImage.tag) -}}
+{{- include "mlplane.imageRef" (dict "image" .Values.rayImage "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{/*
@@ -76,49 +89,62 @@ RBAC rules the operator needs inside each namespace it watches. Exact verbs and 
 no wildcards, no Secrets. Why each rule exists is written beside it.
 */}}
 {{- define "mlplane.rbac.namespacedRules" -}}
-# Kopf watches its kinds and patches them for finalizers and its progress annotations.
+# ModelDeployments, ABTests: Kopf list+watch (on.event, timers and the kopf.index of each kind
+# in operator/handlers/{modeldeployment,abtest}.py) and patch (its finalizer and progress
+# annotations, kopf.AnnotationsProgressStorage in operator/handlers/__init__.py). Nothing GETs
+# them: Kopf works from its watch stream.
 - apiGroups: ["mlplane.dev"]
-  resources: ["trainingjobs", "modeldeployments", "abtests"]
-  verbs: ["get", "list", "watch", "patch"]
-# Drift-triggered retraining creates a TrainingJob.
+  resources: ["modeldeployments", "abtests"]
+  verbs: ["list", "watch", "patch"]
+# TrainingJobs: as above (operator/handlers/trainingjob.py), plus create and get for
+# drift-triggered retraining: KubeRayPlatform.create (operator/platforms/kuberay.py) creates the
+# retraining TrainingJob and, on a 409, gets it to check its owner; _retrains in
+# operator/handlers/modeldeployment.py lists them by label.
 - apiGroups: ["mlplane.dev"]
   resources: ["trainingjobs"]
-  verbs: ["create"]
-# The operator writes only status (conditions, phase, observedGeneration) of its kinds.
+  verbs: ["get", "list", "watch", "patch", "create"]
+# Status only (conditions, phase, observedGeneration), never spec: Kopf's patch of the status
+# subresource with every handler's status result (operator/handlers/*.py).
 - apiGroups: ["mlplane.dev"]
   resources: ["trainingjobs/status", "modeldeployments/status", "abtests/status"]
   verbs: ["patch"]
-# TrainingJobs become RayJobs, ModelDeployments RayServices (KubeRay).
+# RayJobs, RayServices: list+watch for the kopf.index of owned children (trainingjob.py,
+# modeldeployment.py); KubeRayPlatform.create, .patch (merge patch) and .get (after a 409, or
+# when the index lags) in operator/platforms/kuberay.py. No update (PUT) and no delete: children
+# go with their owner through ownerReferences (the garbage collector deletes them).
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Preemption detection: the DisruptionTarget condition of Ray worker pods.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Pods: Kopf list+watch for on.event("", "v1", "pods") in operator/handlers/trainingjob.py
+# (preemption evidence: the DisruptionTarget condition of Ray worker pods).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Kopf and the operator report what they do as Events (both Event APIs).
+  verbs: ["list", "watch"]
+# Events: kopf.info / kopf.warn (operator/handlers/*.py) and Kopf's own handler reports, which
+# Kopf POSTs as core v1 Events (kopf/_cogs/clients/events.py); it never patches them and never
+# uses events.k8s.io.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
 {{/*
 Cluster-scoped rules, needed whatever namespaces are watched.
 */}}
 {{- define "mlplane.rbac.clusterRules" -}}
-# Kopf discovers its resources and notices CRDs being installed or removed.
+# CRDs: Kopf's resource observer list+watches them to notice mlplane's and KubeRay's kinds being
+# installed or removed (kopf/_core/reactor/observation.py); discovery itself reads /apis.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
-# Preemption detection: capacity labels and termination taints of nodes.
+  verbs: ["list", "watch"]
+# Nodes: Kopf list+watch for on.event("", "v1", "nodes") in operator/handlers/trainingjob.py
+# (capacity labels and termination taints of spot nodes).
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- if .Values.operator.watchNamespaces }}
-# With explicit namespaces Kopf lists and watches namespaces to follow their lifecycle.
+# Namespaces: with explicit namespaces, Kopf's namespace observer list+watches them to follow
+# their lifecycle (kopf/_core/reactor/observation.py).
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]

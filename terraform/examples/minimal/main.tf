@@ -7,7 +7,10 @@ module "mlplane" {
 
   name = var.name
 
-  single_nat_gateway           = true
+  single_nat_gateway = true
+  # Terraform runs outside the VPC here (it installs the charts): open the API to these CIDRs
+  # only. The module's default is a private endpoint.
+  endpoint_public_access       = true
   endpoint_public_access_cidrs = var.api_allowed_cidrs
 
   mlflow_tracking_uri = var.mlflow_tracking_uri

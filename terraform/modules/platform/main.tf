@@ -14,13 +14,14 @@ locals {
   mlflow_uri_parts = try(regex("^(https?)://[^/:]+(?::([0-9]+))?", var.mlflow_tracking_uri), ["https", null])
   mlflow_port      = local.mlflow_uri_parts[1] != null ? tonumber(local.mlflow_uri_parts[1]) : (local.mlflow_uri_parts[0] == "https" ? 443 : 80)
 
+  # Tenants apart: each namespace's account gets that namespace's role, never another's.
   workload_service_accounts = merge([
     for ns in var.workload_namespaces : {
       for kind in ["training", "serving"] : "${ns}/${kind}" => {
         namespace = ns
         kind      = kind
         name      = var.service_accounts[kind].name
-        role_arn  = var.service_accounts[kind].role_arn
+        role_arn  = lookup(var.service_accounts[kind].role_arns, ns, null)
       }
     }
   ]...)
@@ -172,8 +173,9 @@ resource "kubernetes_namespace_v1" "workload" {
   }
 }
 
-# One service account per workload namespace and kind. Each is annotated with its IAM role,
-# and the role's trust policy admits exactly these namespace/name pairs.
+# One service account per workload namespace and kind, the same name in every namespace (the
+# operator's MLPLANE_TRAINING/SERVING_SERVICE_ACCOUNT). Each is annotated with its namespace's
+# own IAM role, whose trust policy admits exactly that namespace/name pair.
 resource "kubernetes_service_account_v1" "workload" {
   for_each = local.workload_service_accounts
 

@@ -195,12 +195,20 @@ variable "api_server_cidrs" {
 }
 
 variable "service_accounts" {
-  description = "The mlplane service accounts and the IAM roles (IRSA) each one assumes: the operator's lives in mlplane_namespace (the chart creates it), training and serving ones in every workload namespace (this module creates them). A null role_arn leaves an account without a role annotation."
+  description = "The mlplane service accounts and the IAM roles (IRSA) each one assumes: the operator's lives in mlplane_namespace (the chart creates it); training and serving ones, under the same name, in every workload namespace (this module creates them), each annotated with its namespace's own role from role_arns (namespace => role ARN). A missing or null role leaves an account without a role annotation."
   type = object({
     operator = object({ name = string, role_arn = optional(string) })
-    training = object({ name = string, role_arn = optional(string) })
-    serving  = object({ name = string, role_arn = optional(string) })
+    training = object({ name = string, role_arns = optional(map(string), {}) })
+    serving  = object({ name = string, role_arns = optional(map(string), {}) })
   })
+
+  validation {
+    condition = alltrue([
+      for kind in ["training", "serving"] :
+      alltrue([for ns in keys(var.service_accounts[kind].role_arns) : contains(var.workload_namespaces, ns)])
+    ])
+    error_message = "service_accounts.training.role_arns and serving.role_arns may only name workload_namespaces."
+  }
 
   validation {
     condition = alltrue([
