@@ -25,6 +25,10 @@ NAMESPACED: Perms = {
     ("ray.io", "rayjobs"): READ | {"create", "patch", "update", "delete"},
     ("ray.io", "rayservices"): READ | {"create", "patch", "update", "delete"},
     ("", "pods"): READ,
+    # Each Ray cluster's token Secret and NetworkPolicy: created, and read back by name only to
+    # check the owner of one that exists (KubeRayPlatform.create with check_owner).
+    ("", "secrets"): {"get", "create"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -63,7 +67,10 @@ def test_no_wildcards_no_secrets_no_escalation(render: str, request: pytest.Fixt
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert all("*" not in item for item in rule[field]), f"wildcard in {field}"
-            assert not {"secrets", "configmaps", "serviceaccounts"} & set(rule["resources"])
+            assert not {"configmaps", "serviceaccounts"} & set(rule["resources"])
+            if "secrets" in rule["resources"]:
+                # Never list or watch (which would read every Secret), never update or delete.
+                assert set(rule["verbs"]) <= {"get", "create"}, rule
             assert not DANGEROUS_VERBS & set(rule["verbs"])
             assert not any(r.startswith(("roles", "clusterroles")) for r in rule["resources"])
 

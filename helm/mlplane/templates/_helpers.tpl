@@ -92,6 +92,15 @@ no wildcards, no Secrets. Why each rule exists is written beside it.
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Each Ray cluster's token Secret and NetworkPolicy, made before its RayJob/RayService
+# (KubeRayPlatform.ensure_cluster_access): create, and get to check the owner of one that exists.
+# No list/watch/update: the operator never reads other Secrets and never rewrites its own.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
 # Preemption detection: the DisruptionTarget condition of Ray worker pods.
 - apiGroups: [""]
   resources: ["pods"]
