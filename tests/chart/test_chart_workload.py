@@ -196,7 +196,13 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
     return config["data"]
 
 
-OPERATOR_LABELS = "app.kubernetes.io/name=mlplane,app.kubernetes.io/instance=mlplane,app.kubernetes.io/component=operator"
+OPERATOR_LABELS = ",".join(
+    [
+        "app.kubernetes.io/name=mlplane",
+        "app.kubernetes.io/instance=mlplane",
+        "app.kubernetes.io/component=operator",
+    ]
+)
 
 
 def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
