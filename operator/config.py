@@ -15,6 +15,13 @@
   ``operator.checkpointBaseUri`` sets it; the local platform uses ``<state-dir>/checkpoints``;
 - ``MLPLANE_TRAINING_SERVICE_ACCOUNT`` / ``MLPLANE_SERVING_SERVICE_ACCOUNT``: the service
   account of training and serving Ray pods (bound to cloud roles, e.g. IRSA); default none;
+- ``MLPLANE_OPERATOR_NAMESPACE`` / ``MLPLANE_OPERATOR_POD_LABELS`` (``k=v,k=v``): where the
+  operator's pods run and their labels (default ``mlplane-system`` and the chart's selector
+  labels); ``MLPLANE_KUBERAY_NAMESPACE`` / ``MLPLANE_KUBERAY_POD_LABELS``: the same for the
+  KubeRay operator (default ``kuberay-system``, ``app.kubernetes.io/name=kuberay-operator``);
+  ``MLPLANE_SERVING_CLIENT_NAMESPACES`` (comma-separated; empty: the ModelDeployment's own
+  namespace; ``*``: every namespace): who may call Serve's port. The per-cluster
+  NetworkPolicies (``builders/access.py``) let only these in;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
 - ``MLPLANE_MLFLOW_TIMEOUT`` (default 10 s): the longest one MLflow call may take; calls are
   not retried inside (the reconcile loop retries), so a reconcile never blocks for minutes;
@@ -36,6 +43,13 @@ RAY_IMAGE = "rayproject/ray:2.60.0-py311"
 CHECKPOINT_BASE_VARIABLE = "MLPLANE_CHECKPOINT_BASE_URI"
 #: The chart value that sets :data:`CHECKPOINT_BASE_VARIABLE` (named in messages to users).
 CHECKPOINT_BASE_CHART_VALUE = "operator.checkpointBaseUri"
+#: The chart's selector labels of the operator's pods (release ``mlplane``).
+OPERATOR_POD_LABELS = (
+    ("app.kubernetes.io/name", "mlplane"),
+    ("app.kubernetes.io/component", "operator"),
+)
+#: What the kuberay-operator chart puts on its pods.
+KUBERAY_POD_LABELS = (("app.kubernetes.io/name", "kuberay-operator"),)
 _BASE_URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)$")
 
 
@@ -53,6 +67,11 @@ class OperatorConfig:
     serving_service_account: str | None = None
     log_format: Literal["json", "text"] = "text"
     mlflow_timeout: float = 10.0
+    operator_namespace: str = "mlplane-system"
+    operator_pod_labels: tuple[tuple[str, str], ...] = OPERATOR_POD_LABELS
+    kuberay_namespace: str = "kuberay-system"
+    kuberay_pod_labels: tuple[tuple[str, str], ...] = KUBERAY_POD_LABELS
+    serving_client_namespaces: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -86,6 +105,15 @@ class OperatorConfig:
             serving_service_account=env.get("MLPLANE_SERVING_SERVICE_ACCOUNT") or None,
             log_format=log_format,  # type: ignore[arg-type]
             mlflow_timeout=mlflow_timeout,
+            operator_namespace=env.get("MLPLANE_OPERATOR_NAMESPACE") or cls.operator_namespace,
+            operator_pod_labels=_labels(env, "MLPLANE_OPERATOR_POD_LABELS", OPERATOR_POD_LABELS),
+            kuberay_namespace=env.get("MLPLANE_KUBERAY_NAMESPACE") or cls.kuberay_namespace,
+            kuberay_pod_labels=_labels(env, "MLPLANE_KUBERAY_POD_LABELS", KUBERAY_POD_LABELS),
+            serving_client_namespaces=tuple(
+                n.strip()
+                for n in env.get("MLPLANE_SERVING_CLIENT_NAMESPACES", "").split(",")
+                if n.strip()
+            ),
         )
 
     @property
@@ -112,3 +140,21 @@ def _base_uri(raw: str) -> str | None:
             f"(got {value!r})"
         )
     return value.rstrip("/") or "/"
+
+
+def _labels(
+    env: dict[str, str], variable: str, default: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    """``k=v,k=v`` as pairs (a pod selector; empty would select every pod, so it is refused)."""
+    raw = env.get(variable, "").strip()
+    if not raw:
+        return default
+    pairs = []
+    for item in raw.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"{variable} must be key=value pairs separated by commas (got {raw!r})"
+            )
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)

@@ -13,6 +13,49 @@ HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 #: Largest value of an int32 field in KubeRay's API.
 INT32_MAX = 2**31 - 1
+#: Ray's images run as user ``ray``: uid 1000, primary group ``users`` (gid 100).
+RAY_UID = 1000
+RAY_GID = 100
+
+
+def container_security_context() -> dict[str, Any]:
+    """The restricted Pod Security profile, for every container mlplane puts in a Ray pod.
+
+    Ray needs nothing the restricted profile forbids: it runs as the image's user ``ray``
+    (never root), binds only ports above 1024, and its object store uses ``/dev/shm`` or
+    ``/tmp``, both writable without privileges. What is lost: the dashboard's py-spy stack
+    traces and CPU flame graphs of *other* processes (they need ``SYS_PTRACE``, dropped here).
+    The root filesystem stays writable (Ray writes its session folder, logs and runtime
+    environments under ``/tmp/ray`` and ``~``); the restricted profile does not require it.
+    """
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-wide: non-root, Ray's uid/gid, RuntimeDefault seccomp.
+
+    Pod-wide settings also cover containers KubeRay adds itself. It gives its autoscaler
+    sidecar the context of ``autoscalerOptions.securityContext`` (set by the builders); the
+    ``SidecarMode`` job submitter it adds to a RayJob's head pod gets no container
+    securityContext of its own in KubeRay 1.7 (only image and resources), so under an
+    *enforced* restricted profile that head pod would be refused for its
+    ``allowPrivilegeEscalation`` and capabilities: enforce ``baseline`` (and warn/audit
+    ``restricted``) in training namespaces until KubeRay sets them.
+    """
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "fsGroup": RAY_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def quantity(value: int | str) -> str:
@@ -36,6 +79,7 @@ def ray_container(
         "name": name,
         "image": image,
         "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "securityContext": container_security_context(),
     }
 
 
@@ -48,9 +92,14 @@ def pod_template(
     """A pod template with one Ray container, its labels, its placement and identity.
 
     ``service_account`` is how Ray pods get cloud credentials without static keys (IRSA or
-    Pod Identity bind a role to it); without one they run as the namespace's default.
+    Pod Identity bind a role to it); without one they run as the namespace's default. The pod
+    runs under :func:`pod_security_context`.
     """
-    spec: dict[str, Any] = {"containers": [container], **placement.pod_spec_fields()}
+    spec: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": pod_security_context(),
+        **placement.pod_spec_fields(),
+    }
     if service_account:
         spec["serviceAccountName"] = service_account
     return {"metadata": {"labels": dict(labels)}, "spec": spec}
@@ -61,3 +110,22 @@ def int32(value: int, field: str) -> int:
     if not 0 <= value <= INT32_MAX:
         raise ValueError(f"{field} must be between 0 and {INT32_MAX} (got {value})")
     return value
+
+
+#: The in-tree autoscaler sidecar KubeRay adds to the head pod: restricted, and bounded.
+AUTOSCALER_RESOURCES = {"cpu": "500m", "memory": "512Mi"}
+
+
+def autoscaler_options() -> dict[str, Any]:
+    """``autoscalerOptions`` of a cluster with ``enableInTreeAutoscaling``.
+
+    KubeRay builds the autoscaler container itself; without these it would run with no
+    securityContext and no limits in an otherwise restricted head pod.
+    """
+    return {
+        "resources": {
+            "requests": dict(AUTOSCALER_RESOURCES),
+            "limits": dict(AUTOSCALER_RESOURCES),
+        },
+        "securityContext": container_security_context(),
+    }

@@ -29,6 +29,9 @@ One RayJob per attempt, named ``<name>-a<attempt>``. Choices, and why:
 - Checkpoints go to the TrainingJob's own folder, scoped by its uid (:func:`checkpoint_uri`),
   passed to the attempt as ``MLPLANE_CHECKPOINT_URI``; ``checkpoint.resumeFrom`` becomes
   ``MLPLANE_RESUME_FROM``. Spot workers with no checkpoint location at all are refused.
+- Closed by default (``builders/access.py``, ``builders/pods.py``): token authentication with
+  the TrainingJob's Secret ``<name>-ray-auth`` (shared by its attempts), restricted security
+  contexts on every pod and container, the configured training service account.
 - With ``queueName`` the RayJob carries ``kueue.x-k8s.io/queue-name`` and is created suspended;
   from then on Kueue owns ``spec.suspend`` (it unsuspends on admission), so the operator must not
   patch ``suspend`` back on an existing RayJob.
@@ -44,11 +47,13 @@ from mlplane.crds import Resource, TrainingJob
 from mlplane.crds.trainingjob import WorkerGroup
 from mlplane.crds.validate import Problem
 from mlplane.operator.builders import labels as lbl
+from mlplane.operator.builders.access import auth_options
 from mlplane.operator.builders.placement import NodeCapacity, head_placement, place
 from mlplane.operator.builders.pods import (
     HEAD_CONTAINER,
     RAY_VERSION,
     WORKER_CONTAINER,
+    autoscaler_options,
     int32,
     pod_template,
     ray_container,
@@ -320,11 +325,14 @@ def _rayjob(
         "suspend": spec.suspend or queued,
         "rayClusterSpec": {
             "rayVersion": RAY_VERSION,
+            "authOptions": auth_options(name),
             "enableInTreeAutoscaling": autoscaling,
             "headGroupSpec": head,
             "workerGroupSpecs": workers,
         },
     }
+    if autoscaling:
+        job_spec["rayClusterSpec"]["autoscalerOptions"] = autoscaler_options()
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = int32(
             spec.active_deadline_seconds, "activeDeadlineSeconds"

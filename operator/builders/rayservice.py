@@ -35,6 +35,11 @@ What changes where, and why it matters:
   :data:`MAX_SURGE_PERCENT`); Ray's autoscaler (``enableInTreeAutoscaling``) adds and removes
   pods as Serve's autoscaler adds and removes replicas.
 
+- Closed by default (``builders/access.py``, ``builders/pods.py``): token authentication with
+  the ModelDeployment's Secret ``<name>-ray-auth`` (kept across new clusters), restricted
+  security contexts on every pod and container, the configured serving service account
+  (``MLPLANE_SERVING_SERVICE_ACCOUNT``: the serving IRSA role) on head and workers.
+
 The Serve application (``mlplane.serving.app:build_app``) is the contract with the serving
 package; :func:`serve_args`, :func:`router_user_config` and :func:`model_user_config` document
 its arguments and the deployments' ``user_config``.
@@ -52,11 +57,13 @@ from mlplane.crds import ABTest, ModelDeployment
 from mlplane.crds.common import HeadResources, parse_duration
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders import quantities as q
+from mlplane.operator.builders.access import auth_options
 from mlplane.operator.builders.placement import NodeCapacity, head_placement, place
 from mlplane.operator.builders.pods import (
     HEAD_CONTAINER,
     RAY_VERSION,
     WORKER_CONTAINER,
+    autoscaler_options,
     int32,
     pod_template,
     ray_container,
@@ -378,7 +385,7 @@ def _worker_group(
         "minReplicas": int32(low, "replicas.min"),
         "maxReplicas": int32(high, "replicas.max"),
         "rayStartParams": {"object-store-memory": str(OBJECT_STORE_BYTES)},
-        "template": pod_template(labels, container, placement),
+        "template": pod_template(labels, container, placement, config.serving_service_account),
     }
 
 
@@ -431,7 +438,9 @@ def _rayservice(
             "excludeHeadPodFromServeSvc": True,
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
+                "authOptions": auth_options(name),
                 "enableInTreeAutoscaling": True,
+                "autoscalerOptions": autoscaler_options(),
                 "headGroupSpec": {
                     "rayStartParams": {"num-cpus": "0"},
                     "template": pod_template(
@@ -442,6 +451,7 @@ def _rayservice(
                             node_selector=md.spec.node_selector,
                             tolerations=md.spec.tolerations,
                         ),
+                        config.serving_service_account,
                     ),
                 },
                 "workerGroupSpecs": [_worker_group(md, config, len(chosen), labels)],

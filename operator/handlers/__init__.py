@@ -302,6 +302,47 @@ def register_validation(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistr
 
 register_validation(kopf.get_default_registry())
 
+# --- the objects that close a Ray cluster -----------------------------------------------------
+
+#: Condition set (False) while a Ray cluster cannot be created because its token Secret or
+#: NetworkPolicy name is taken by another owner; removed once the operator's own exist.
+RAY_CLUSTER_ACCESS = "RayClusterAccess"
+
+
+class AccessBlocked(RuntimeError):
+    """The owner's Ray token Secret or NetworkPolicy belongs to someone else: no cluster."""
+
+
+def access_blocked_message(exc: Any) -> str:
+    """What the condition says about a :class:`ChildOwnedByOther` Secret or NetworkPolicy."""
+    return (
+        f"{exc.kind} {exc.namespace}/{exc.name} exists and belongs to another owner "
+        f"(uid {exc.owner_uid or 'none'}): the operator does not adopt it and creates no Ray "
+        f"cluster without its own token Secret and NetworkPolicy. Delete that {exc.kind} (or "
+        "rename this resource); the cluster is created at the next reconcile after it is gone"
+    )
+
+
+def with_access(
+    status: dict[str, Any], blocked: str | None, now: datetime, generation: int | None = None
+) -> tuple[dict[str, Any], bool]:
+    """``status`` with :data:`RAY_CLUSTER_ACCESS` set (``blocked``) or removed (None).
+
+    Also whether the condition is new (to send one Warning Event, not one per tick).
+    """
+    old = conditions.find(status.get("conditions"), RAY_CLUSTER_ACCESS)
+    if blocked is None:
+        if old is None:
+            return status, False
+        return {**status, "conditions": conditions.remove(status.get("conditions"),
+                                                          RAY_CLUSTER_ACCESS)}, False  # fmt: skip
+    new = conditions.set_condition(
+        status.get("conditions"), RAY_CLUSTER_ACCESS, "False", "OwnedByOther", blocked,
+        now=now, generation=generation,
+    )  # fmt: skip
+    return {**status, "conditions": new}, old is None or old.get("message") != blocked
+
+
 # The kinds' own handlers register on import; they extend this module, so they come last.
 from mlplane.operator.handlers import abtest as abtest  # noqa: E402
 from mlplane.operator.handlers import modeldeployment as modeldeployment  # noqa: E402

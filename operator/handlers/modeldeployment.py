@@ -58,8 +58,15 @@ from mlplane.crds.validate import parse
 from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.config import OperatorConfig
-from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.handlers import (
+    AccessBlocked,
+    access_blocked_message,
+    assess,
+    reconciler,
+    with_access,
+)
 from mlplane.operator.handlers.trainingjob import plain
+from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift
 from mlplane.operator.reconcile.abtest import Routing, routing_for
@@ -351,6 +358,7 @@ def _run_reconcile(
     model = _resolve(md, config, fresh=fresh)
     rayservice = _indexed(index, namespace, name, rs_name)
     done = False
+    blocked: str | None = None
     for _ in range(ROUNDS):
         observed = Observed(
             model,
@@ -362,6 +370,10 @@ def _run_reconcile(
         )
         plan = reconcile(md, observed, now, config, uid=uid)
         try:
+            if plan.patch is not None or (plan.create and plan.desired is not None):
+                # Its token Secret and NetworkPolicy first (a patch too: a RayService made
+                # before them gets authOptions now, and KubeRay's new cluster needs the Secret).
+                _ensure_access(platform, name, namespace, uid, config)
             if plan.create and plan.desired is not None:
                 if not platform.create(plan.desired):
                     log.info("RayService %s/%s exists already: reading it", namespace, rs_name)
@@ -372,6 +384,10 @@ def _run_reconcile(
                 platform.patch(RAYSERVICE_API, "RayService", namespace, rs_name, plan.patch)
                 log.info("patched RayService %s/%s: %s", namespace, rs_name,
                          ", ".join(plan.changed) or "metadata")  # fmt: skip
+        except AccessBlocked as exc:
+            blocked = str(exc)
+            done = True
+            break
         except Exception as exc:
             if _api_status(exc) not in (404, 409):
                 raise
@@ -390,6 +406,10 @@ def _run_reconcile(
                 events=[*plan.events, *drift.events],
                 requeue_after=min(waits, default=None),
             )
+    status, new = with_access(plan.status, blocked, now, body["metadata"].get("generation"))
+    plan = replace(plan, status=status)
+    if new:
+        kopf.warn(body, reason="RayClusterAccessBlocked", message=str(blocked))
     old = plain(body.get("status"))
     patch_status = conditions.status_patch(old, plan.status)
     if patch_status:
@@ -403,6 +423,16 @@ def _run_reconcile(
             body, reason=event.reason, message=event.message
         )
     return plan
+
+
+def _ensure_access(
+    platform: KubeRayPlatform, name: str, namespace: str, uid: str, config: OperatorConfig
+) -> None:
+    """The ModelDeployment's Ray token Secret and NetworkPolicy, or :class:`AccessBlocked`."""
+    try:
+        platform.ensure_cluster_access("ModelDeployment", name, namespace, uid, config)
+    except ChildOwnedByOther as exc:
+        raise AccessBlocked(access_blocked_message(exc)) from None
 
 
 @reconciler("ModelDeployment")

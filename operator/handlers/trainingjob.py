@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +33,13 @@ from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.evidence import node_evidence, pod_disruption
 from mlplane.operator.config import OperatorConfig
-from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.handlers import (
+    AccessBlocked,
+    access_blocked_message,
+    assess,
+    reconciler,
+    with_access,
+)
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.reconcile.trainingjob import (
@@ -215,8 +222,17 @@ def _execute(
     """Carry out the plan's actions; True when MLflow changed (observe again)."""
     for obj in plan.create:
         try:
+            if obj["kind"] == "RayJob":
+                # Its token Secret and NetworkPolicy first: a cluster is never up unclosed.
+                platform.ensure_cluster_access(
+                    "TrainingJob", tj.metadata.name or "", obj["metadata"]["namespace"], uid,
+                    OperatorConfig.from_env(),
+                )  # fmt: skip
             created = platform.create(obj, check_owner=True)
         except ChildOwnedByOther as exc:
+            if exc.kind != "RayJob":
+                # The token Secret or NetworkPolicy is someone else's: no cluster without ours.
+                raise AccessBlocked(access_blocked_message(exc)) from None
             # The index had not shown it yet: observe again (the reconcile then waits for it
             # to go, saying so); this plan's events and actions assumed it was not there.
             log.warning("%s", exc)
@@ -281,7 +297,15 @@ def _run_reconcile(
     for _ in range(3):
         observed, registry = _observe(current, uid, index, config, platform)
         plan = reconcile(current, observed, now, config, uid=uid)
-        changed = _execute(current, uid, plan, registry, body, platform)
+        try:
+            changed = _execute(current, uid, plan, registry, body, platform)
+            blocked = None
+        except AccessBlocked as exc:
+            changed, blocked = False, str(exc)
+        status, new = with_access(plan.status, blocked, now, body["metadata"].get("generation"))
+        if new:
+            kopf.warn(body, reason="RayClusterAccessBlocked", message=str(blocked))
+        plan = replace(plan, status=status)
         current = TrainingJob.model_validate(
             {**current.model_dump(by_alias=True, exclude_none=True), "status": plan.status}
         )

@@ -29,6 +29,9 @@ class ChildOwnedByOther(RuntimeError):
             f"(uid {owner_uid or 'none'}): not adopted"
         )
         self.owner_uid = owner_uid
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 Objects are built by the pure builders (``operator/builders``) and applied by the Kopf
 handlers; this module holds what talks to the API server directly: whether the cluster is
-ready for mlplane (API reachable, KubeRay's and mlplane's CRDs served).
+ready for mlplane (API reachable, KubeRay's and mlplane's CRDs served), and the writes of the
+objects that close each Ray cluster (:meth:`KubeRayPlatform.ensure_cluster_access`).
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
+from mlplane.operator.builders.access import OwnerKind, cluster_access
+from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.base import (
     ChildOwnedByOther,
     ComponentHealth,
@@ -24,6 +28,13 @@ MLPLANE_KINDS = ("TrainingJob", "ModelDeployment", "ABTest")
 
 #: Plurals of the custom kinds the operator writes.
 PLURALS = {"RayJob": "rayjobs", "RayService": "rayservices", "TrainingJob": "trainingjobs"}
+#: Built-in kinds the operator writes: (apiVersion, kind) → (client API class, method suffix).
+BUILTIN = {
+    ("v1", "Secret"): ("CoreV1Api", "namespaced_secret"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("NetworkingV1Api", "namespaced_network_policy"),
+}
+#: Bytes of randomness in a Ray cluster's token (256 bits).
+TOKEN_BYTES = 32
 
 
 class KubeRayPlatform(Platform):
@@ -69,9 +80,14 @@ class KubeRayPlatform(Platform):
         """
         from kubernetes.client.exceptions import ApiException
 
-        group, version, namespace, plural = self._where(obj)
+        namespace = obj["metadata"]["namespace"]
         try:
-            self._api().create_namespaced_custom_object(group, version, namespace, plural, obj)
+            if (obj["apiVersion"], obj["kind"]) in BUILTIN:
+                api, suffix = self._builtin(obj["apiVersion"], obj["kind"])
+                getattr(api, f"create_{suffix}")(namespace, obj)
+            else:
+                group, version, _, plural = self._where(obj)
+                self._api().create_namespaced_custom_object(group, version, namespace, plural, obj)
         except ApiException as exc:
             if exc.status != 409:
                 raise
@@ -110,8 +126,12 @@ class KubeRayPlatform(Platform):
         """
         from kubernetes.client.exceptions import ApiException
 
-        group, version = api_version.split("/")
         try:
+            if (api_version, kind) in BUILTIN:
+                api, suffix = self._builtin(api_version, kind)
+                model = getattr(api, f"read_{suffix}")(name, namespace)
+                return dict(self._client().sanitize_for_serialization(model))
+            group, version = api_version.split("/")
             found = self._api().get_namespaced_custom_object(
                 group, version, namespace, PLURALS[kind], name
             )
@@ -120,6 +140,32 @@ class KubeRayPlatform(Platform):
                 return None
             raise
         return dict(found)
+
+    def _builtin(self, api_version: str, kind: str) -> tuple[Any, str]:
+        from kubernetes import client
+
+        api_class, suffix = BUILTIN[api_version, kind]
+        return getattr(client, api_class)(self._client()), suffix
+
+    def ensure_cluster_access(
+        self,
+        kind: OwnerKind,
+        owner: str,
+        namespace: str,
+        owner_uid: str,
+        config: OperatorConfig,
+    ) -> None:
+        """Create the owner's Ray token Secret and NetworkPolicy unless they exist already.
+
+        Called before every RayJob/RayService create (and RayService patch). An existing
+        Secret of the owner is never rewritten, so its token, made once here at random, is
+        the one every cluster of the owner keeps using across restarts and retries. Either
+        object existing under another controller raises :class:`ChildOwnedByOther`: it is not
+        adopted, and the cluster must not be created (its token would be someone else's).
+        """
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        for obj in cluster_access(kind, owner, namespace, owner_uid, config, token):
+            self.create(obj, check_owner=True)
 
     def _served_kinds(self, group: str, version: str) -> tuple[bool, set[str], str]:
         from kubernetes import client

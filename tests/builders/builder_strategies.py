@@ -199,4 +199,6 @@ def configs(draw: st.DrawFn) -> OperatorConfig:
         mlflow_tracking_uri=draw(st.sampled_from(["http://127.0.0.1:5000", "https://mlflow.x"])),
         capacity_labels=draw(st.sampled_from(["eks", "karpenter", "gke"])),
         artifacts_uri=draw(st.sampled_from([None, "s3://artifacts/mlplane", "/data/art/"])),
+        training_service_account=draw(st.sampled_from([None, "ray-training"])),
+        serving_service_account=draw(st.sampled_from([None, "ray-serving"])),
     )

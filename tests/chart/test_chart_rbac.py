@@ -32,6 +32,10 @@ NAMESPACED: Perms = {
     ("", "pods"): WATCH,
     # Kopf posts core v1 Events; it never patches them nor uses events.k8s.io.
     ("", "events"): {"create"},
+    # Each Ray cluster's token Secret and NetworkPolicy: created, and read back by name only to
+    # check the owner of one that exists (KubeRayPlatform.create with check_owner).
+    ("", "secrets"): {"get", "create"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create"},
 }
 CLUSTER: Perms = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): WATCH,
@@ -81,7 +85,10 @@ def test_no_wildcards_no_secrets_no_escalation(render: str, request: pytest.Fixt
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert all("*" not in item for item in rule[field]), f"wildcard in {field}"
-            assert not {"secrets", "configmaps", "serviceaccounts"} & set(rule["resources"])
+            assert not {"configmaps", "serviceaccounts"} & set(rule["resources"])
+            if "secrets" in rule["resources"]:
+                # Never list or watch (which would read every Secret), never update or delete.
+                assert set(rule["verbs"]) <= {"get", "create"}, rule
             assert not DANGEROUS_VERBS & set(rule["verbs"])
             assert not any(r.startswith(("roles", "clusterroles")) for r in rule["resources"])
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pod_security
 import pytest
-from chart_support import HelmError, by_kind, one, pod_specs, template
+from chart_support import NAMESPACE, HelmError, by_kind, one, pod_specs, template
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
@@ -175,6 +175,15 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, str]:
     return config["data"]
 
 
+OPERATOR_LABELS = ",".join(
+    [
+        "app.kubernetes.io/name=mlplane",
+        "app.kubernetes.io/instance=mlplane",
+        "app.kubernetes.io/component=operator",
+    ]
+)
+
+
 def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
     assert _config(rendered_default) == {
         "MLPLANE_MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc.cluster.local:5000",
@@ -183,7 +192,19 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_MLFLOW_TIMEOUT": "10",
         "MLPLANE_LOG_FORMAT": "json",
+        "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
+        "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
     }
+
+
+def test_ray_cluster_policies_select_the_operators_pods(
+    rendered_default: list[dict[str, Any]],
+) -> None:
+    """The labels the operator puts in each Ray cluster's NetworkPolicy are its pods' own."""
+    config = _config(rendered_default)
+    wanted = dict(item.split("=", 1) for item in config["MLPLANE_OPERATOR_POD_LABELS"].split(","))
+    pod_labels = one(rendered_default, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert wanted.items() <= pod_labels.items()
 
 
 def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
@@ -196,6 +217,8 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_CHECKPOINT_BASE_URI": "s3://ml-checkpoints/mlplane",
         "MLPLANE_MLFLOW_TIMEOUT": "30",
         "MLPLANE_LOG_FORMAT": "text",
+        "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
+        "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
     }
     env = {e["name"] for e in _container(rendered_all)["env"]}
     assert env == {"AWS_REGION", "POD_NAME"}

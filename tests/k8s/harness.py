@@ -54,6 +54,9 @@ OTHER_RESOURCES: dict[tuple[str, str], dict[str, Any]] = {
     ("ray.io/v1", "RayService"): {"plural": "rayservices"},
     ("ray.io/v1", "RayCluster"): {"plural": "rayclusters"},
     ("v1", "Pod"): {"plural": "pods"},
+    # Each Ray cluster's token Secret and NetworkPolicy (``builders/access.py``).
+    ("v1", "Secret"): {"plural": "secrets", "subresources": ()},
+    ("networking.k8s.io/v1", "NetworkPolicy"): {"plural": "networkpolicies", "subresources": ()},
     ("v1", "Node"): {"plural": "nodes", "namespaced": False},
     # Kopf waits for namespaces to be discoverable even when it runs cluster-wide.
     ("v1", "Namespace"): {"plural": "namespaces", "namespaced": False},

@@ -13,6 +13,7 @@ MLflow unreachable → Pending and retried.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -570,3 +571,68 @@ async def test_drift_fills_status_and_retrains_once(emulator, kubeconfig, mlflow
         assert status(emulator, obj)["drift"]["consecutiveDriftedWindows"] == 2
     finally:
         stub.stop()
+
+
+# --- each Ray cluster closed: its token Secret and NetworkPolicy (issue 14, items 1 and 2) ------
+
+SECRETS = "v1/secrets"
+POLICIES = "networking.k8s.io/v1/networkpolicies"
+
+
+async def test_rayservice_gets_an_owned_token_secret_and_network_policy(emulator, operator,
+                                                                        mlflow_uri):  # fmt: skip
+    set_alias(mlflow_uri, "champion", 1)
+    obj = await create(emulator, modeldeployment("closed", "champion"))
+    rs = await wait_for(lambda: rayservice(emulator, "closed"), timeout=TIMEOUT,
+                        message="the RayService", seen=lambda: status(emulator, obj))  # fmt: skip
+    uid = obj["metadata"]["uid"]
+    secret = emulator.get_object(SECRETS, NAMESPACE, "closed-ray-auth")
+    policy = emulator.get_object(POLICIES, NAMESPACE, "closed-ray")
+    assert secret is not None and policy is not None
+    for child in (secret, policy):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("ModelDeployment", uid, True)
+    assert secret["data"]["auth_token"]
+    assert rs["spec"]["rayClusterConfig"]["authOptions"] == {
+        "mode": "token", "secretName": "closed-ray-auth"}  # fmt: skip
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"]["mlplane.dev/modeldeployment"] == "closed"
+    serve_rules = [r for r in spec["ingress"] if r.get("ports") == [{"protocol": "TCP",
+                                                                      "port": 8000}]]  # fmt: skip
+    assert len(serve_rules) == 2  # the operator's pods, the serving clients
+    # Moving the alias patches the RayService: the Secret is kept as it was (same token).
+    set_alias(mlflow_uri, "champion", 2)
+    await wait_for(lambda: model_version(rayservice(emulator, "closed")) == 2, timeout=TIMEOUT,
+                   message="the alias followed", seen=lambda: status(emulator, obj))  # fmt: skip
+    assert emulator.get_object(SECRETS, NAMESPACE, "closed-ray-auth")["data"] == secret["data"]
+
+
+async def test_network_policy_of_another_owner_is_not_adopted(emulator, operator, mlflow_uri):
+    """A NetworkPolicy of the same name controlled by another uid: no RayService, a condition
+    saying what to do; once it is gone the operator makes its own and deploys."""
+    set_alias(mlflow_uri, "champion", 1)
+    await emulator.create_object(POLICIES, {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "taken-ray", "namespace": NAMESPACE, "ownerReferences": [{
+            "apiVersion": "mlplane.dev/v1alpha1", "kind": "ModelDeployment", "name": "taken",
+            "uid": "uid-of-someone-else", "controller": True}]},
+        "spec": {"podSelector": {}, "ingress": [{}]},
+    })  # fmt: skip
+    obj = await create(emulator, modeldeployment("taken", "champion"))
+    blocked = await wait_for(lambda: condition(emulator, obj, "RayClusterAccess"),
+                             timeout=TIMEOUT, message="RayClusterAccess False",
+                             seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (blocked["status"], blocked["reason"]) == ("False", "OwnedByOther")
+    assert "NetworkPolicy" in blocked["message"] and "uid-of-someone-else" in blocked["message"]
+    await asyncio.sleep(2.5)  # timer ticks: still nothing deployed, the policy untouched
+    assert rayservice(emulator, "taken") is None
+    kept = emulator.get_object(POLICIES, NAMESPACE, "taken-ray")
+    assert kept["metadata"]["ownerReferences"][0]["uid"] == "uid-of-someone-else"
+
+    await emulator.delete_object(POLICIES, NAMESPACE, "taken-ray")
+    await wait_for(lambda: rayservice(emulator, "taken"), timeout=TIMEOUT,
+                   message="the RayService", seen=lambda: status(emulator, obj))  # fmt: skip
+    mine = emulator.get_object(POLICIES, NAMESPACE, "taken-ray")
+    assert mine["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    await wait_for(lambda: not condition(emulator, obj, "RayClusterAccess"), timeout=TIMEOUT,
+                   message="the condition removed", seen=lambda: status(emulator, obj))  # fmt: skip

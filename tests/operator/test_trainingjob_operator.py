@@ -336,3 +336,87 @@ async def test_queued_rayjob_is_left_to_kueue(emulator, operator, mlflow_uri):
     warnings = [e for e in events_for(emulator, obj, "Warning")
                 if e["reason"] == "AutoscalingIgnoredUnderKueue"]  # fmt: skip
     assert len(warnings) == 1  # the example's workers set minReplicas/maxReplicas
+
+
+# --- each Ray cluster closed: its token Secret and NetworkPolicy (issue 14, items 1 and 2) ------
+
+SECRETS = "v1/secrets"
+POLICIES = "networking.k8s.io/v1/networkpolicies"
+
+
+async def test_rayjob_gets_an_owned_token_secret_and_network_policy(emulator, kubeconfig,
+                                                                    mlflow_uri):  # fmt: skip
+    """Made before the RayJob, owned by the TrainingJob, the token kept across a restart."""
+    import base64
+
+    async with run_operator():
+        obj = await create(emulator, trainingjob("tj-closed"))
+        job = await wait_for(lambda: rayjob(emulator, "tj-closed-a1"), timeout=TIMEOUT,
+                             message="attempt 1's RayJob")  # fmt: skip
+        await preempt(emulator, "tj-closed", 1)
+    uid = obj["metadata"]["uid"]
+    secret = emulator.get_object(SECRETS, "ml", "tj-closed-ray-auth")
+    policy = emulator.get_object(POLICIES, "ml", "tj-closed-ray")
+    assert secret is not None and policy is not None
+    for child in (secret, policy):
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingJob", uid, True)
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    assert len(token) >= 32
+    assert job["spec"]["rayClusterSpec"]["authOptions"] == {
+        "mode": "token", "secretName": "tj-closed-ray-auth"}  # fmt: skip
+    assert policy["spec"]["podSelector"]["matchLabels"]["mlplane.dev/trainingjob"] == "tj-closed"
+    # Created before the RayJob: its create request comes after both of theirs.
+    log = list(emulator)
+
+    def first_post(ref: str) -> int:
+        posts = {id(r) for r in emulator.requests_to(ref, method="POST")}
+        return next(i for i, r in enumerate(log) if id(r) in posts)
+
+    assert first_post(SECRETS) < first_post(RAYJOBS)
+    assert first_post(POLICIES) < first_post(RAYJOBS)
+    # A restart and attempt 2 keep the same Secret and token (never regenerated).
+    async with run_operator():
+        await wait_for(lambda: rayjob(emulator, "tj-closed-a2"), timeout=TIMEOUT,
+                       message="attempt 2's RayJob")  # fmt: skip
+    again = emulator.get_object(SECRETS, "ml", "tj-closed-ray-auth")
+    assert base64.b64decode(again["data"]["auth_token"]).decode() == token
+
+
+async def test_token_secret_of_another_owner_is_not_adopted(emulator, operator, mlflow_uri):
+    """A Secret of the same name controlled by another uid: no RayJob, a condition saying why;
+    once it is gone the operator makes its own and the attempt starts."""
+    foreign = {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tj-taken-ray-auth", "namespace": "ml", "ownerReferences": [{
+            "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob", "name": "tj-taken",
+            "uid": "uid-of-someone-else", "controller": True}]},
+        "data": {"auth_token": "c3RvbGVu"},
+    }  # fmt: skip
+    await emulator.create_object(SECRETS, foreign)
+    obj = await create(emulator, trainingjob("tj-taken"))
+
+    def access() -> dict[str, Any] | None:
+        return next((c for c in status(emulator, obj).get("conditions", [])
+                     if c["type"] == "RayClusterAccess"), None)  # fmt: skip
+
+    condition = await wait_for(access, timeout=TIMEOUT, message="RayClusterAccess False",
+                               seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (condition["status"], condition["reason"]) == ("False", "OwnedByOther")
+    assert "tj-taken-ray-auth" in condition["message"]
+    assert "uid-of-someone-else" in condition["message"]
+    assert "Delete that Secret" in condition["message"]
+    await asyncio.sleep(2.5)  # timer ticks: still no cluster, the Secret untouched
+    assert rayjob(emulator, "tj-taken-a1") is None
+    kept = emulator.get_object(SECRETS, "ml", "tj-taken-ray-auth")
+    assert kept["metadata"]["ownerReferences"][0]["uid"] == "uid-of-someone-else"
+    assert kept["data"] == {"auth_token": "c3RvbGVu"}
+    assert [e["reason"] for e in events_for(emulator, obj)].count("RayClusterAccessBlocked") == 1
+
+    await emulator.delete_object(SECRETS, "ml", "tj-taken-ray-auth")
+    await wait_for(lambda: rayjob(emulator, "tj-taken-a1"), timeout=TIMEOUT,
+                   message="attempt 1's RayJob", seen=lambda: status(emulator, obj))  # fmt: skip
+    mine = emulator.get_object(SECRETS, "ml", "tj-taken-ray-auth")
+    assert mine["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    await wait_for(lambda: access() is None, timeout=TIMEOUT, message="the condition removed",
+                   seen=lambda: status(emulator, obj))  # fmt: skip

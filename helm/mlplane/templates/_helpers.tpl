@@ -86,7 +86,7 @@ A Kubernetes name from a file name: lower case, [a-z0-9-] only, at most 63 chara
 
 {{/*
 RBAC rules the operator needs inside each namespace it watches. Exact verbs and resources,
-no wildcards, no Secrets. Why each rule exists is written beside it.
+no wildcards; Secrets only get/create (never list/watch). Why each rule exists is written beside it.
 */}}
 {{- define "mlplane.rbac.namespacedRules" -}}
 # ModelDeployments, ABTests: Kopf list+watch (on.event, timers and the kopf.index of each kind
@@ -115,6 +115,16 @@ no wildcards, no Secrets. Why each rule exists is written beside it.
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Each Ray cluster's token Secret and NetworkPolicy, made before its RayJob/RayService
+# (KubeRayPlatform.ensure_cluster_access): create, and get to check the owner of one that exists.
+# No list/watch/update: the operator never reads other Secrets and never rewrites its own.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
+# NetworkPolicies: the same, for each Ray cluster's policy (builders/access.py).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
 # Pods: Kopf list+watch for on.event("", "v1", "pods") in operator/handlers/trainingjob.py
 # (preemption evidence: the DisruptionTarget condition of Ray worker pods).
 - apiGroups: [""]
