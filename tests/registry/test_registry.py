@@ -52,10 +52,10 @@ def test_ensure_run_is_idempotent_by_uid(registry, uid):
 
 def test_observe_run_reads_checkpoint_tags(registry, uid):
     run_id = registry.ensure_run("exp", uid, "ml/churn")
-    assert registry.observe_run("missing", "churn") is None
+    assert registry.observe_run("missing", "churn", experiment="exp") is None
     registry.client.set_tag(run_id, TAG_CHECKPOINT_URI, "s3://b/ckpt/step-20")
     registry.client.set_tag(run_id, TAG_CHECKPOINT_STEP, "20")
-    seen = registry.observe_run(uid, "churn")
+    seen = registry.observe_run(uid, "churn", experiment="exp")
     assert seen.run_id == run_id
     assert seen.checkpoint_uri == "s3://b/ckpt/step-20"
     assert seen.checkpoint_step == 20
@@ -69,7 +69,8 @@ def test_register_once_and_set_alias(registry, uid):
     version = registry.register(reg)
     assert registry.register(reg) == version  # a retry registers nothing new
     assert len(registry.client.search_model_versions(f"name = '{uid}'")) == 1
-    assert registry.observe_run(uid, uid).registered_version == version
+    seen = registry.observe_run(uid, uid, experiment="exp", alias="candidate")
+    assert (seen.registered_version, seen.alias_version) == (version, version)
     resolved = registry.resolve(uid, alias="candidate")
     assert resolved.version == int(version)
     assert resolved.run_id == run_id
