@@ -92,3 +92,20 @@ def test_unreachable_mlflow_is_retryable():
     registry = Registry("http://127.0.0.1:9")  # discard port: nothing listens
     with pytest.raises(RegistryUnavailable):
         registry.ensure_run("exp", "uid", "ml/x")
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [("PERMISSION_DENIED", True), ("UNAUTHENTICATED", True), ("RESOURCE_DOES_NOT_EXIST", True),
+     ("INVALID_PARAMETER_VALUE", True), ("TEMPORARILY_UNAVAILABLE", False),
+     ("INTERNAL_ERROR", False), ("REQUEST_LIMIT_EXCEEDED", False)],
+)  # fmt: skip
+def test_permanent_answers_are_refusals_the_rest_outages(code, refused):
+    """401/403 will not heal by retrying soon: they stall the job with MLflow's message."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    from mlplane.operator.registry import _classify
+
+    exc = MlflowException("no", error_code=getattr(databricks_pb2, code))
+    assert isinstance(_classify(exc, "x"), RegistryError if refused else RegistryUnavailable)
