@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,37 @@ TAG_CHECKPOINT_TIME = "mlplane.checkpoint.time"
 # mlflow.register_model resolves `runs:/` URIs (MLflow 3 logged models included) but only
 # through the process-wide tracking URI; registrations are rare, so they take turns.
 _GLOBAL_URI = threading.Lock()
+
+
+@contextmanager
+def _process_uris(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``uri``, then exactly as before.
+
+    ``set_*_uri(get_*_uri())`` would not restore them: it pins the resolved defaults, and
+    exports them as ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` to every later client and
+    subprocess of this process. So the module globals and the two variables are put back as
+    they were (``mlflow`` is pinned to 3.17 in pyproject.toml; these are its names).
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    with _GLOBAL_URI:
+        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        saved_env = {name: os.environ.get(name) for name in names}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            registry_utils._registry_uri = saved[1]
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class RegistryError(RuntimeError):
@@ -223,10 +255,7 @@ class Registry:
             if existing:
                 version = str(min(int(v.version) for v in existing))
             else:
-                with _GLOBAL_URI:
-                    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-                    mlflow.set_tracking_uri(self.tracking_uri)
-                    mlflow.set_registry_uri(self.tracking_uri)
+                with _process_uris(self.tracking_uri):
                     try:
                         created = mlflow.register_model(
                             registration.source,
@@ -243,9 +272,6 @@ class Registry:
                                 f"code must log one, e.g. TrainingSession.log_model): {exc}"
                             ) from None
                         raise
-                    finally:
-                        mlflow.set_tracking_uri(previous[0])
-                        mlflow.set_registry_uri(previous[1])
                 version = str(created.version)
             if registration.alias:
                 self.client.set_registered_model_alias(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -109,3 +111,21 @@ def test_permanent_answers_are_refusals_the_rest_outages(code, refused):
 
     exc = MlflowException("no", error_code=getattr(databricks_pb2, code))
     assert isinstance(_classify(exc, "x"), RegistryError if refused else RegistryUnavailable)
+
+
+def test_register_leaves_mlflows_process_uris_as_they_were(registry, uid, monkeypatch):
+    """A registration pinned MLflow's default URIs for the whole process (and its children
+    through MLFLOW_*_URI), so later clients without explicit URIs read another store."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    run_id = registry.ensure_run("exp", uid, "ml/churn")
+    log_model(run_id)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
+    registry.register(Registration(run_id, uid, "champion", f"runs:/{run_id}/model", uid))
+    assert (tracking_utils._tracking_uri, registry_utils._registry_uri) == (None, None)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
