@@ -11,15 +11,37 @@ Runs inside a private network namespace (.ci/run does it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from test_local_training import free_port, status, wait
 
 from mlplane.operator.platforms.local import LocalPlatform, Ports
 from mlplane.operator.platforms.store import Store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until ``condition()`` is truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+    return value
+
+
+def status(platform: LocalPlatform, name: str) -> dict[str, Any]:
+    return Store(platform.state_dir).get("TrainingJob", "default", name).get("status") or {}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +72,14 @@ def test_attempt_lost_to_an_s3_outage_spends_no_backoff_limit(platform):
             "mlflow": {"experiment": "e2e-outage"},
         },
     })  # fmt: skip
+
     # boto3 retries (8 attempts, backoff) before the driver gives up: allow a few minutes
-    lost = wait(lambda: status(platform, "s3-down").get("infrastructureFailures")
-                and status(platform, "s3-down"), 300, "the attempt lost to the outage")  # fmt: skip
+    def settled() -> dict[str, Any] | None:
+        now = status(platform, "s3-down")
+        return now if now.get("infrastructureFailures") or now.get("phase") == "Failed" else None
+
+    lost = wait(settled, 300, "the attempt lost to the outage")
+    assert lost["phase"] != "Failed", lost  # a code failure would have spent backoffLimit 0
     assert lost["failures"] == 0
     assert lost["phase"] == "Retrying"
     cond = next(c for c in lost["conditions"] if c["type"] == "InfrastructureAvailable")
