@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from mlplane.crds import TrainingJob, TrainingJobStatus
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile.modeldeployment import Unresolved
 from mlplane.operator.reconcile.trainingjob import (
@@ -319,7 +320,7 @@ class RunLook:
     refused: str | None = None
 
 
-def observe_trainingjob(registry: Registry, tj: Any, uid: str) -> RunLook:
+def observe_trainingjob(registry: Registry, tj: TrainingJob, uid: str) -> RunLook:
     """Read the run of ``tj`` (a parsed TrainingJob): by the ``runId`` its status remembers,
     else in its own experiment; with the alias lookup its spec asks for."""
     run_id = tj.status.mlflow.run_id if tj.status and tj.status.mlflow else None
@@ -344,7 +345,7 @@ class Outcome:
     refused: str | None = None
 
 
-def act_trainingjob(registry: Registry, tj: Any, uid: str, plan: Plan) -> Outcome:
+def act_trainingjob(registry: Registry, tj: TrainingJob, uid: str, plan: Plan) -> Outcome:
     """Create the run or register, as ``plan`` asks; never raises for MLflow's answers.
 
     The caller feeds a failed outcome into the next reconcile (``Observed.registry_error`` /
@@ -368,15 +369,15 @@ def act_trainingjob(registry: Registry, tj: Any, uid: str, plan: Plan) -> Outcom
 
 
 def trainingjob_rounds(
-    tj: Any,
+    tj: TrainingJob,
     uid: str,
     now: datetime,
     config: OperatorConfig,
     registry: Registry,
     *,
-    observe: Callable[[Any], Observed],
-    act: Callable[[Any, Plan], None],
-) -> tuple[Any, Plan, Observed]:
+    observe: Callable[[TrainingJob], Observed],
+    act: Callable[[TrainingJob, Plan], None],
+) -> tuple[TrainingJob, Plan, Observed]:
     """Observe, reconcile, act; again after an MLflow write (to see it) or its failure (to
     write it into status). Both platforms run this; they differ only in ``observe`` (attempts,
     disruption evidence, and :func:`observe_trainingjob`) and ``act`` (children, events).
@@ -384,8 +385,6 @@ def trainingjob_rounds(
     Returns the job with its new status, the last plan and what it was planned from. At most
     four rounds: create the run, start attempt 1; or register, then see it (or its failure).
     """
-    from mlplane.crds import TrainingJobStatus
-
     observed = observe(tj)
     for _ in range(4):
         plan = reconcile(tj, observed, now, config, uid=uid)
