@@ -1,4 +1,4 @@
-"""TrainingJob's MLflow side through the real Kopf operator (issue #12, part A, defect 7).
+"""TrainingJob's MLflow side through the real Kopf operator (issue #12, part A, defects 1 and 7).
 
 MLflow is real (SQLite); the test plays KubeRay (RayJob status) and the training code. Today's
 failures these pin: a refusal from MLflow raised past the status (the job hung with no
@@ -160,3 +160,37 @@ async def test_attempt_lost_to_an_outage_spends_no_backoff_limit(emulator, opera
     assert emulator.get_object(RAYJOBS, "ml", "tj-outage-a3") is None
     assert (status(emulator, obj)["failures"], status(emulator, obj)["phase"]) == (0, "Retrying")
     assert status(emulator, obj)["infrastructureFailures"] == 2
+
+
+async def test_alias_failing_once_is_set_before_succeeded(emulator, operator, mlflow_uri,
+                                                          monkeypatch):  # fmt: skip
+    """Defect 1 on Kubernetes: the version registered, the alias call answered 503 once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from mlplane.operator.registry import registry_for
+
+    client = registry_for(mlflow_uri).client  # the operator's (one per server, in-process)
+    real, calls = client.set_registered_model_alias, []
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("Service Unavailable", error_code=TEMPORARILY_UNAVAILABLE)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "set_registered_model_alias", flaky)
+    obj = await create(emulator, trainingjob("tj-alias"))
+    job = await rayjob(emulator, "tj-alias-a1")
+    await log_model(mlflow_uri, run_id_of(job))
+    await set_job_status(emulator, "tj-alias-a1", jobStatus="SUCCEEDED",
+                         jobDeploymentStatus="Complete")  # fmt: skip
+    final = await wait_for(
+        lambda: status(emulator, obj).get("phase") == "Succeeded" and status(emulator, obj),
+        timeout=TIMEOUT, message="Succeeded", seen=lambda: status(emulator, obj),
+    )  # fmt: skip
+    assert len(calls) >= 2  # failed once, then set
+    mlflow_client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
+    assert str(mlflow_client.get_model_version_by_alias("tj-alias", "candidate").version) == "1"
+    assert condition(emulator, obj, "Registered")["reason"] == "VersionRegistered"
+    assert final["mlflow"]["modelVersion"] == "1"
