@@ -241,7 +241,16 @@ class TrainingJobStatus(StatusModel):
     """What happened, as the operator saw it."""
 
     phase: (
-        Literal["Pending", "Suspended", "Running", "Retrying", "Registering", "Succeeded", "Failed"]
+        Literal[
+            "Pending",
+            "Suspended",
+            "Running",
+            "Retrying",
+            "Registering",
+            "Stalled",
+            "Succeeded",
+            "Failed",
+        ]
         | None
     ) = None
     conditions: list[Condition] = Field(
@@ -252,6 +261,10 @@ class TrainingJobStatus(StatusModel):
     attempts: int = 0
     preemptions: int = 0
     failures: int = 0
+    #: Attempts lost to an MLflow/S3 outage: they spend neither budget.
+    infrastructure_failures: int | None = None
+    #: The next attempt starts no earlier (after an attempt lost to an outage).
+    retry_after: Timestamp | None = None
     current_attempt: CurrentAttempt | None = None
     last_checkpoint: LastCheckpoint | None = None
     checkpoint_uri: str | None = Field(

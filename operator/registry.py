@@ -1,22 +1,41 @@
 """MLflow, as the operator uses it: one run per TrainingJob, registration, alias lookups.
 
-Everything here is found by what it is, never remembered: the run by the TrainingJob's uid tag,
-the registered version by its run. So a restart or a retry after any partial failure finds
-what exists instead of creating a second run or version. MLflow errors surface as
-:class:`RegistryUnavailable` (worth retrying) or :class:`RegistryError` (a clear, permanent
-answer such as an unknown alias).
+Everything here is found by what it is, never trusted from memory alone: the run by the
+TrainingJob's uid tag (the ``runId`` the status remembers is verified with one ``get_run``;
+without it, the search is in the job's own experiment, never across "all" experiments, which
+MLflow pages), the registered version by its run. So a restart or a retry after any partial
+failure finds what exists instead of creating a second run or version. MLflow errors surface
+as :class:`RegistryUnavailable` (worth retrying) or :class:`RegistryError` (a clear, permanent
+answer such as an unknown alias or a refused permission).
+
+:func:`observe_trainingjob`, :func:`act_trainingjob` and :func:`trainingjob_rounds` are the
+TrainingJob's MLflow port and rounds for both platforms (the Kopf handler and the local
+runner): what to read each round, and carrying out the plan's MLflow step with its outcome fed
+back to the pure core, so an outage or a refusal is written to status instead of being raised
+past it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+from mlplane.crds import TrainingJob, TrainingJobStatus
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile.modeldeployment import Unresolved
-from mlplane.operator.reconcile.trainingjob import ObservedRun, Registration
+from mlplane.operator.reconcile.trainingjob import (
+    Observed,
+    ObservedRun,
+    Plan,
+    Registration,
+    experiment_name,
+    reconcile,
+)
 
 #: Tags mlplane writes on runs and model versions.
 TAG_UID = "mlplane.trainingjob.uid"
@@ -29,6 +48,37 @@ TAG_CHECKPOINT_TIME = "mlplane.checkpoint.time"
 # mlflow.register_model resolves `runs:/` URIs (MLflow 3 logged models included) but only
 # through the process-wide tracking URI; registrations are rare, so they take turns.
 _GLOBAL_URI = threading.Lock()
+
+
+@contextmanager
+def _process_uris(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to ``uri``, then exactly as before.
+
+    ``set_*_uri(get_*_uri())`` would not restore them: it pins the resolved defaults, and
+    exports them as ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` to every later client and
+    subprocess of this process. So the module globals and the two variables are put back as
+    they were (``mlflow`` is pinned to 3.17 in pyproject.toml; these are its names).
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    with _GLOBAL_URI:
+        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        saved_env = {name: os.environ.get(name) for name in names}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            registry_utils._registry_uri = saved[1]
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 class RegistryError(RuntimeError):
@@ -47,10 +97,15 @@ class ResolvedModel:
     source: str | None
 
 
+#: MLflow's answers that retrying will not change: a bad request, something that does not exist,
+#: no permission (401/403: an administrator must act; the operator asks again each round).
+_REFUSALS = (400, 401, 403, 404)
+
+
 def _classify(exc: Exception, what: str) -> Exception:
     from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, MlflowException) and exc.get_http_status_code() in (400, 404):
+    if isinstance(exc, MlflowException) and exc.get_http_status_code() in _REFUSALS:
         return RegistryError(f"{what}: {exc.message}")
     return RegistryUnavailable(f"{what}: {exc}")
 
@@ -69,6 +124,13 @@ def bound_http_calls(timeout: float) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout)))
 
 
+def _no_such(exc: Exception) -> bool:
+    """MLflow says the thing asked for does not exist (or the request names none)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.get_http_status_code() in (400, 404)
+
+
 class Registry:
     """One MLflow tracking server (and its model registry)."""
 
@@ -83,9 +145,27 @@ class Registry:
 
     # --- TrainingJob runs ----------------------------------------------------------------------
 
-    def _find_run(self, uid: str) -> Any | None:
+    def _find_run(self, uid: str, experiment: str, run_id: str | None = None) -> Any | None:
+        """The TrainingJob's run: ``run_id`` if it is really this uid's, else searched by the uid
+        tag in ``experiment`` (one request each, however many experiments MLflow holds)."""
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+            except Exception as exc:
+                if not _no_such(exc):
+                    raise
+                run = None
+            if (
+                run is not None
+                and run.data.tags.get(TAG_UID) == uid
+                and run.info.lifecycle_stage == "active"
+            ):
+                return run
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
         runs = self.client.search_runs(
-            experiment_ids=[e.experiment_id for e in self.client.search_experiments()],
+            experiment_ids=[found.experiment_id],
             filter_string=f"tags.`{TAG_UID}` = '{uid}'",
             max_results=1,
         )
@@ -105,10 +185,12 @@ class Registry:
                 raise
             return str(found.experiment_id)
 
-    def ensure_run(self, experiment: str, uid: str, trainingjob: str) -> str:
+    def ensure_run(
+        self, experiment: str, uid: str, trainingjob: str, *, run_id: str | None = None
+    ) -> str:
         """The run of this TrainingJob, created (once) in ``experiment`` if there is none."""
         try:
-            run = self._find_run(uid)
+            run = self._find_run(uid, experiment, run_id)
             if run is not None:
                 return str(run.info.run_id)
             experiment_id = self._experiment_id(experiment)
@@ -123,30 +205,51 @@ class Registry:
         except Exception as exc:  # MLflow raises many types; all mean "try again" or "no"
             raise _classify(exc, f"MLflow at {self.tracking_uri}") from None
 
-    def observe_run(self, uid: str, model: str | None) -> ObservedRun | None:
-        """What training reported on the run, and the version registered from it, if any."""
+    def observe_run(
+        self,
+        uid: str,
+        model: str | None,
+        *,
+        experiment: str,
+        alias: str | None = None,
+        run_id: str | None = None,
+    ) -> ObservedRun | None:
+        """What training reported on the run, the version registered from it, and where
+        ``alias`` points now (asked only once a version is registered)."""
         try:
-            run = self._find_run(uid)
+            run = self._find_run(uid, experiment, run_id)
             if run is None:
                 return None
             tags = run.data.tags
             step = tags.get(TAG_CHECKPOINT_STEP)
-            registered = None
+            registered = alias_version = None
             if model:
                 versions = self.client.search_model_versions(
                     f"name = '{model}' and run_id = '{run.info.run_id}'"
                 )
                 if versions:
                     registered = str(min(int(v.version) for v in versions))
+            if registered is not None and alias:
+                alias_version = self._alias_version(model or "", alias)
             return ObservedRun(
                 run_id=str(run.info.run_id),
                 checkpoint_uri=tags.get(TAG_CHECKPOINT_URI),
                 checkpoint_step=int(step) if step and step.isdigit() else None,
                 checkpoint_time=tags.get(TAG_CHECKPOINT_TIME),
                 registered_version=registered,
+                alias_version=alias_version,
             )
         except Exception as exc:
             raise _classify(exc, f"MLflow at {self.tracking_uri}") from None
+
+    def _alias_version(self, model: str, alias: str) -> str | None:
+        """The version ``alias`` points at, None when it is not set (MLflow answers 400/404)."""
+        try:
+            return str(self.client.get_model_version_by_alias(model, alias).version)
+        except Exception as exc:
+            if _no_such(exc):
+                return None
+            raise
 
     def register(self, registration: Registration) -> str:
         """Register the run's model (once) and set the alias; return the version."""
@@ -159,25 +262,31 @@ class Registry:
             if existing:
                 version = str(min(int(v.version) for v in existing))
             else:
-                with _GLOBAL_URI:
-                    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-                    mlflow.set_tracking_uri(self.tracking_uri)
-                    mlflow.set_registry_uri(self.tracking_uri)
+                with _process_uris(self.tracking_uri):
                     try:
                         created = mlflow.register_model(
                             registration.source,
                             registration.model,
                             tags={TAG_UID: registration.trainingjob_uid},
                         )
-                    finally:
-                        mlflow.set_tracking_uri(previous[0])
-                        mlflow.set_registry_uri(previous[1])
+                    except Exception as exc:
+                        # MLflow 3 answers a run without a logged model with a client-side
+                        # INTERNAL_ERROR; it is the training code's omission, not an outage.
+                        if "Unable to find a logged_model" in str(exc):
+                            raise RegistryError(
+                                f"registering {registration.model}: run {registration.run_id} "
+                                f"has no model logged at artifact path 'model' (the training "
+                                f"code must log one, e.g. TrainingSession.log_model): {exc}"
+                            ) from None
+                        raise
                 version = str(created.version)
             if registration.alias:
                 self.client.set_registered_model_alias(
                     registration.model, registration.alias, version
                 )
             return version
+        except RegistryError:
+            raise
         except Exception as exc:
             raise _classify(exc, f"registering {registration.model}") from None
 
@@ -203,6 +312,100 @@ class Registry:
             self.client.set_registered_model_alias(name, alias, str(version))
         except Exception as exc:
             raise _classify(exc, f"moving alias {alias!r} of {name!r}") from None
+
+
+# --- the TrainingJob's MLflow port (both platforms) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunLook:
+    """One round's look at the TrainingJob's run: the run, or why MLflow gave no answer."""
+
+    run: ObservedRun | None = None
+    unavailable: str | None = None
+    refused: str | None = None
+
+
+def observe_trainingjob(registry: Registry, tj: TrainingJob, uid: str) -> RunLook:
+    """Read the run of ``tj`` (a parsed TrainingJob): by the ``runId`` its status remembers,
+    else in its own experiment; with the alias lookup its spec asks for."""
+    run_id = tj.status.mlflow.run_id if tj.status and tj.status.mlflow else None
+    try:
+        run = registry.observe_run(
+            uid, tj.spec.mlflow.registered_model, experiment=experiment_name(tj),
+            alias=tj.spec.mlflow.alias, run_id=run_id,
+        )  # fmt: skip
+    except RegistryUnavailable as exc:
+        return RunLook(unavailable=str(exc))
+    except RegistryError as exc:
+        return RunLook(refused=str(exc))
+    return RunLook(run=run)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What carrying out a plan's MLflow step gave: a write landed (look again), or why not."""
+
+    wrote: bool = False
+    unavailable: str | None = None
+    refused: str | None = None
+
+
+def act_trainingjob(registry: Registry, tj: TrainingJob, uid: str, plan: Plan) -> Outcome:
+    """Create the run or register, as ``plan`` asks; never raises for MLflow's answers.
+
+    The caller feeds a failed outcome into the next reconcile (``Observed.registry_error`` /
+    ``registry_refused``), so the status says what happened: an exception raised here would
+    leave the job with no condition at all.
+    """
+    namespace, name = tj.metadata.namespace or "default", tj.metadata.name
+    try:
+        if plan.ensure_run:
+            run_id = tj.status.mlflow.run_id if tj.status and tj.status.mlflow else None
+            registry.ensure_run(experiment_name(tj), uid, f"{namespace}/{name}", run_id=run_id)
+            return Outcome(wrote=True)
+        if plan.register is not None:
+            registry.register(plan.register)
+            return Outcome(wrote=True)
+    except RegistryUnavailable as exc:
+        return Outcome(unavailable=str(exc))
+    except RegistryError as exc:
+        return Outcome(refused=str(exc))
+    return Outcome()
+
+
+def trainingjob_rounds(
+    tj: TrainingJob,
+    uid: str,
+    now: datetime,
+    config: OperatorConfig,
+    registry: Registry,
+    *,
+    observe: Callable[[TrainingJob], Observed],
+    act: Callable[[TrainingJob, Plan], None],
+) -> tuple[TrainingJob, Plan, Observed]:
+    """Observe, reconcile, act; again after an MLflow write (to see it) or its failure (to
+    write it into status). Both platforms run this; they differ only in ``observe`` (attempts,
+    disruption evidence, and :func:`observe_trainingjob`) and ``act`` (children, events).
+
+    Returns the job with its new status, the last plan and what it was planned from. At most
+    four rounds: create the run, start attempt 1; or register, then see it (or its failure).
+    """
+    observed = observe(tj)
+    for _ in range(4):
+        plan = reconcile(tj, observed, now, config, uid=uid)
+        act(tj, plan)
+        outcome = act_trainingjob(registry, tj, uid, plan)
+        tj = tj.model_copy(update={"status": TrainingJobStatus.model_validate(plan.status)})
+        if outcome.unavailable or outcome.refused:
+            observed = replace(
+                observed, registry_error=outcome.unavailable, registry_refused=outcome.refused
+            )
+        elif outcome.wrote:
+            observed = observe(tj)
+        else:
+            break
+    return tj, plan, observed
 
 
 _REGISTRIES: dict[str, Registry] = {}

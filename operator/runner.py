@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlplane.crds import ABTestStatus, TrainingJobStatus
+from mlplane.crds import ABTestStatus
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions, metrics
@@ -53,14 +53,14 @@ from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedAttempt,
     ObservedDisruption,
-    reconcile,
 )
 from mlplane.operator.registry import (
     Registry,
     RegistryError,
-    RegistryUnavailable,
+    observe_trainingjob,
     registry_for,
     resolve_model,
+    trainingjob_rounds,
 )
 
 log = logging.getLogger("mlplane.runner")
@@ -297,9 +297,8 @@ class Runner:
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         registry = registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
-        for _ in range(3):  # again after an MLflow action, as the Kopf handler does
-            observed = self._observe_trainingjob(tj, registry, uid)
-            plan = reconcile(tj, observed, now, config, uid=uid)
+
+        def act(_: Any, plan: Any) -> None:
             for rayjob in plan.create:
                 try:
                     self.platform.submit(rayjob)
@@ -307,21 +306,15 @@ class Runner:
                     log.warning("TrainingJob %s/%s: %s", namespace, name, exc)
             for event in plan.events:
                 self.store.add_event(body, event.type, event.reason, event.message)
-            acted = False
-            try:
-                if plan.ensure_run:
-                    experiment = tj.spec.mlflow.experiment or f"{namespace}/{name}"
-                    registry.ensure_run(experiment, uid, f"{namespace}/{name}")
-                    acted = True
-                elif plan.register is not None:
-                    registry.register(plan.register)
-                    acted = True
-            except (RegistryUnavailable, RegistryError) as exc:
-                log.warning("TrainingJob %s/%s: MLflow: %s", namespace, name, exc)
-            self.store.write_status(body, plan.status)
-            tj = tj.model_copy(update={"status": TrainingJobStatus.model_validate(plan.status)})
-            if not acted:
-                break
+
+        tj, plan, observed = trainingjob_rounds(
+            tj, uid, now, config, registry,
+            observe=lambda job: self._observe_trainingjob(job, registry, uid), act=act,
+        )  # fmt: skip
+        self.store.write_status(body, plan.status)
+        if observed.registry_error or observed.registry_refused:
+            log.warning("TrainingJob %s/%s: MLflow: %s", namespace, name,
+                        observed.registry_error or observed.registry_refused)  # fmt: skip
 
     def _observe_trainingjob(self, tj: Any, registry: Registry, uid: str) -> Observed:
         namespace, name = tj.metadata.namespace or "default", tj.metadata.name
@@ -339,11 +332,8 @@ class Runner:
                     job["message"], job["startTime"], job["endTime"], job["ownerUid"],
                 ))  # fmt: skip
         disruptions = self._disruptions(current)
-        try:
-            run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
-        except (RegistryUnavailable, RegistryError) as exc:
-            return Observed(tuple(attempts), disruptions, None, str(exc))
-        return Observed(tuple(attempts), disruptions, run)
+        look = observe_trainingjob(registry, tj, uid)
+        return Observed(tuple(attempts), disruptions, look.run, look.unavailable, look.refused)
 
     def _disruptions(self, current: Any) -> tuple[ObservedDisruption, ...]:
         """Spot-resource Ray nodes that died while the current attempt ran."""

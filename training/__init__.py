@@ -62,6 +62,11 @@ All are optional, so a script also runs by hand (:class:`TrainingContext`):
 * run status: RUNNING while an attempt runs, FINISHED on success, FAILED when the driver
   failed (the next attempt sets RUNNING again).
 
+**Out: the exit.** A driver that dies because MLflow or S3 could not be reached prints
+``mlplane.failure=infrastructure: <what>`` as its last line and exits 75
+(:mod:`mlplane.training.failure`, ``sys.exit(exit_code(main))``): Ray puts the last log lines
+in the job's message, and the operator spends no ``backoffLimit`` on such an attempt.
+
 Checkpoints (:mod:`mlplane.training.checkpoints`) are written file by file with a completion
 marker last, so one cut by a preemption is never resumed from; Ray Train's own checkpoints
 (:mod:`mlplane.training.ray_train`) have the same property through its run snapshot.
@@ -75,6 +80,7 @@ Public API
 - :class:`CheckpointStore` (``open_store(uri)``): local and S3, ``save/latest/prune/...``;
   :func:`find_checkpoint` for a warm start's URI.
 - :class:`RunReporter` / :func:`open_run`: the MLflow side, usable from any process.
+- :func:`mlplane.training.failure.exit_code` / ``outage_of``: tell an outage from a bug.
 - :mod:`mlplane.training.ray_train`: ``run_config()``, ``scaling_config()``,
   ``MlflowProgressCallback`` for Ray Train (imports Ray, hence not re-exported here).
 - Examples: ``python -m mlplane.training.examples.sklearn_tabular`` and

@@ -8,7 +8,9 @@ What the operator watches, and how it reaches the reconcile without an API call 
   so a preempted pod that KubeRay replaces seconds later is still counted: evidence is kept
   until the TrainingJob's status has recorded it (an operator restart loses only evidence of
   pods that are gone by then);
-- the MLflow run is read through :class:`mlplane.operator.registry.Registry`.
+- the MLflow run is read, and created or registered, through the registry's TrainingJob port
+  (:func:`~mlplane.operator.registry.observe_trainingjob`, ``act_trainingjob``): an MLflow
+  outage or refusal during an action goes back into the reconcile, so it lands in status.
 
 A timer per TrainingJob (``MLPLANE_RECONCILE_INTERVAL`` seconds, default 5) runs the reconcile;
 the change handlers (create, update, resume) validate and run it too, so a new job starts at
@@ -47,9 +49,13 @@ from mlplane.operator.reconcile.trainingjob import (
     ObservedAttempt,
     ObservedDisruption,
     Plan,
-    reconcile,
 )
-from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable, registry_for
+from mlplane.operator.registry import (
+    Registry,
+    observe_trainingjob,
+    registry_for,
+    trainingjob_rounds,
+)
 
 log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
@@ -191,8 +197,8 @@ def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
 
 
 def _observe(
-    tj: TrainingJob, uid: str, index: Any, config: OperatorConfig, platform: KubeRayPlatform
-) -> tuple[Observed, Registry]:
+    tj: TrainingJob, uid: str, index: Any, registry: Registry, platform: KubeRayPlatform
+) -> Observed:
     namespace, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     attempts = tuple(index.get((namespace, name), ())) if index is not None else ()
     current = tj.status.current_attempt if tj.status else None
@@ -203,23 +209,19 @@ def _observe(
         found = platform.get("ray.io/v1", "RayJob", namespace, rayjob)
         if found is not None:
             attempts = (*attempts, ObservedAttempt.from_rayjob(found))
-    registry = _registry(tj, config)
-    try:
-        run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
-    except (RegistryUnavailable, RegistryError) as exc:
-        return Observed(attempts, LEDGER.take(namespace, name), None, str(exc)), registry
-    return Observed(attempts, LEDGER.take(namespace, name), run), registry
+    look = observe_trainingjob(registry, tj, uid)
+    disruptions = LEDGER.take(namespace, name)
+    return Observed(attempts, disruptions, look.run, look.unavailable, look.refused)
 
 
 def _execute(
-    tj: TrainingJob,
-    uid: str,
-    plan: Plan,
-    registry: Registry,
-    body: kopf.Body,
-    platform: KubeRayPlatform,
-) -> bool:
-    """Carry out the plan's actions; True when MLflow changed (observe again)."""
+    tj: TrainingJob, uid: str, plan: Plan, body: kopf.Body, platform: KubeRayPlatform
+) -> None:
+    """Carry out the plan's Kubernetes actions (the MLflow step is ``trainingjob_rounds``').
+
+    Raises :class:`AccessBlocked` when the cluster's token Secret or NetworkPolicy is another
+    owner's (no RayJob is created then).
+    """
     for obj in plan.create:
         try:
             if obj["kind"] == "RayJob":
@@ -233,10 +235,10 @@ def _execute(
             if exc.kind != "RayJob":
                 # The token Secret or NetworkPolicy is someone else's: no cluster without ours.
                 raise AccessBlocked(access_blocked_message(exc)) from None
-            # The index had not shown it yet: observe again (the reconcile then waits for it
-            # to go, saying so); this plan's events and actions assumed it was not there.
+            # The index had not shown it yet: the next observation does, and the reconcile then
+            # waits for it to go, saying so (this plan assumed it was not there).
             log.warning("%s", exc)
-            return True
+            return
         log.info("%s %s", "created" if created else "found existing", obj["metadata"]["name"])
     if plan.suspend is not None:
         name, suspend = plan.suspend
@@ -246,19 +248,6 @@ def _execute(
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )
-    try:
-        if plan.ensure_run:
-            experiment = tj.spec.mlflow.experiment or f"{tj.metadata.namespace}/{tj.metadata.name}"
-            registry.ensure_run(experiment, uid, f"{tj.metadata.namespace}/{tj.metadata.name}")
-            return True
-        if plan.register is not None:
-            registry.register(plan.register)
-            return True
-    except RegistryUnavailable as exc:
-        raise kopf.TemporaryError(f"MLflow: {exc}", delay=RETRY_DELAY) from None
-    except RegistryError as exc:
-        raise kopf.PermanentError(f"MLflow refused: {exc}") from None
-    return False
 
 
 def run_reconcile(
@@ -269,7 +258,7 @@ def run_reconcile(
     index: Any,
     platform: KubeRayPlatform | None = None,
 ) -> Plan:
-    """Observe, reconcile, act; again after an MLflow action (at most three rounds)."""
+    """Observe, reconcile, act (``trainingjob_rounds``), then patch the status once."""
     with _lock(tj.metadata.namespace or "default", tj.metadata.name or ""):
         return _run_reconcile(tj, body, patch, now, index, platform)
 
@@ -294,23 +283,24 @@ def _run_reconcile(
         if written is not None and written != old
         else tj
     )
-    for _ in range(3):
-        observed, registry = _observe(current, uid, index, config, platform)
-        plan = reconcile(current, observed, now, config, uid=uid)
+    registry = _registry(current, config)
+    blocked: list[str] = []
+
+    def act(tj: TrainingJob, plan: Plan) -> None:
         try:
-            changed = _execute(current, uid, plan, registry, body, platform)
-            blocked = None
+            _execute(tj, uid, plan, body, platform)
         except AccessBlocked as exc:
-            changed, blocked = False, str(exc)
-        status, new = with_access(plan.status, blocked, now, body["metadata"].get("generation"))
-        if new:
-            kopf.warn(body, reason="RayClusterAccessBlocked", message=str(blocked))
-        plan = replace(plan, status=status)
-        current = TrainingJob.model_validate(
-            {**current.model_dump(by_alias=True, exclude_none=True), "status": plan.status}
-        )
-        if not changed:
-            break
+            blocked.append(str(exc))
+
+    current, plan, observed = trainingjob_rounds(
+        current, uid, now, config, registry,
+        observe=lambda tj: _observe(tj, uid, index, registry, platform), act=act,
+    )  # fmt: skip
+    why = blocked[-1] if blocked else None
+    status, new = with_access(plan.status, why, now, body["metadata"].get("generation"))
+    if new:
+        kopf.warn(body, reason="RayClusterAccessBlocked", message=str(why))
+    plan = replace(plan, status=status)
     _LAST_STATUS[uid] = plan.status
     metrics.trainingjob(current.metadata.namespace or "default", current.metadata.name or "",
                         plan.status)  # fmt: skip

@@ -12,7 +12,8 @@ second attempt or counts a preemption twice:
 - each counted preemption is kept in ``status.disruptions`` and recognised when seen again
   (one node of one attempt is one preemption; evidence of other attempts is not counted);
 - with ``spec.queueName`` Kueue alone unsuspends the RayJob (``WaitingForKueue`` until then);
-- the MLflow run and the registered version are found by the TrainingJob's uid, not remembered.
+- the MLflow run is found by the TrainingJob's uid (``status.mlflow.runId``, verified, or a search
+  in the job's own experiment); the registered version by its run.
 
 Budgets: a failed attempt is a *preemption* when its pods or nodes show capacity loss in the
 minutes before it ended (``PREEMPTION_WINDOW``), otherwise a *code failure*. Preemptions spend
@@ -20,6 +21,21 @@ minutes before it ended (``PREEMPTION_WINDOW``), otherwise a *code failure*. Pre
 it too); code failures spend ``backoffLimit``; neither spends the other. Once the preemption
 budget is spent, ``SpotWithFallback`` workers move to on-demand for the next attempt and pure
 ``Spot`` jobs fail with reason ``PreemptionBudgetExhausted``.
+
+Infrastructure is not the code's fault. An attempt whose driver exited because MLflow or S3
+could not be reached says so with :data:`OUTAGE_MARKER` in its Ray job message (the training
+runtime prints it, see ``mlplane.training.failure``): it spends no budget at all, is counted in
+``status.infrastructureFailures``, and the next attempt starts after a backoff (30 s doubling
+to 10 min, ``status.retryAfter``) rather than at once, since the outage is probably still on
+and every attempt costs a Ray cluster. Retries are unlimited: an outage ends, and the
+``InfrastructureAvailable`` condition says what is being waited for.
+
+MLflow's answers are of three kinds (``Observed``): unreachable (``registry_error``: wait,
+condition ``RegistryAvailable=False``), a permanent refusal (``registry_refused``: the job can
+make no progress until someone fixes it; phase ``Stalled``, condition ``Stalled=True`` with
+MLflow's message, asked again every round), or an answer. Success needs every step the spec
+asks for: the version registered *and* ``spec.mlflow.alias`` pointing at it (condition
+``Registered`` says which is done), checked every round until ``Succeeded``.
 """
 
 from __future__ import annotations
@@ -48,6 +64,13 @@ PREEMPTION_WINDOW = timedelta(minutes=15)
 MAX_DISRUPTIONS = 50
 #: How often to look again while an attempt runs (watch events come sooner).
 POLL_SECONDS = 30.0
+#: What the training runtime prints (last) when its attempt ended because MLflow or S3 could
+#: not be reached; the Ray job's message carries the driver's last log lines. The same text is
+#: ``mlplane.training.failure.OUTAGE_MARKER`` (the training image has no operator code).
+OUTAGE_MARKER = "mlplane.failure=infrastructure"
+#: Wait before the attempt after one lost to an outage: doubling from this, at most the max.
+OUTAGE_BACKOFF = timedelta(seconds=30)
+OUTAGE_BACKOFF_MAX = timedelta(minutes=10)
 
 _FAILED_JOB = frozenset({"FAILED", "STOPPED"})
 _FAILED_DEPLOYMENT = frozenset({"Failed", "ValidationFailed"})
@@ -111,6 +134,20 @@ class ObservedAttempt:
     def suspended(self) -> bool:
         return self.deployment_status in ("Suspended", "Suspending")
 
+    @property
+    def outage(self) -> str | None:
+        """Why the attempt could not reach MLflow or S3, when its driver said so; else None.
+
+        The runtime prints ``<OUTAGE_MARKER>: <what>`` as its last line and Ray puts the
+        driver's last log lines in the job message; the last marker line found is the answer.
+        """
+        text = self.message or ""
+        if OUTAGE_MARKER not in text:
+            return None
+        line = [ln for ln in text.splitlines() if OUTAGE_MARKER in ln][-1]
+        detail = line.split(OUTAGE_MARKER, 1)[1].lstrip(": ").strip()
+        return detail or "MLflow or S3 could not be reached"
+
 
 @dataclass(frozen=True)
 class ObservedDisruption:
@@ -147,6 +184,9 @@ class ObservedRun:
     checkpoint_time: str | None = None
     #: The model version already registered for this TrainingJob, if any.
     registered_version: str | None = None
+    #: The version ``spec.mlflow.alias`` points at now (looked up once a version is registered;
+    #: None: the alias is not set).
+    alias_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,8 +194,11 @@ class Observed:
     attempts: tuple[ObservedAttempt, ...] = ()
     disruptions: tuple[ObservedDisruption, ...] = ()
     run: ObservedRun | None = None
-    #: Why MLflow could not be read or written, when it could not.
+    #: Why MLflow could not be read or written, when it could not (an outage: try again).
     registry_error: str | None = None
+    #: MLflow's permanent "no" to a read or to the last action (400/401/403/404): the job is
+    #: stalled until someone fixes what MLflow says.
+    registry_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +246,11 @@ def _explains(disruption: dict[str, Any], attempt: ObservedAttempt) -> bool:
     return ended - PREEMPTION_WINDOW <= seen <= ended + timedelta(minutes=1)
 
 
+def experiment_name(tj: TrainingJob) -> str:
+    """The MLflow experiment of the job's run: ``spec.mlflow.experiment``, else ``<ns>/<name>``."""
+    return tj.spec.mlflow.experiment or f"{tj.metadata.namespace or 'default'}/{tj.metadata.name}"
+
+
 def _generation(tj: TrainingJob) -> int | None:
     generation = (tj.metadata.model_extra or {}).get("generation")
     return int(generation) if generation is not None else None
@@ -238,13 +286,18 @@ def reconcile(
 
     # MLflow first: every attempt joins the one run, so it must exist before attempt 1.
     if observed.registry_error:
-        s.condition("RegistryAvailable", "False", "MLflowUnreachable", observed.registry_error)
+        s.condition("RegistryAvailable", "False", "MLflowUnreachable",
+                    f"{observed.registry_error}; nothing is started or registered until MLflow "
+                    "answers (retried automatically; check the MLflow server and the network "
+                    "path from the operator)")  # fmt: skip
         st.setdefault("phase", "Pending")
+        return Plan(status=st, events=s.events, requeue_after=POLL_SECONDS)
+    if observed.registry_refused:
+        _stall(s, observed.registry_refused)
         return Plan(status=st, events=s.events, requeue_after=POLL_SECONDS)
     if observed.run is None:
         st.setdefault("phase", "Pending")
         return Plan(status=st, ensure_run=True, events=s.events)
-    s.condition("RegistryAvailable", "True", "MLflowReachable", "MLflow answers")
     run = observed.run
     st["mlflow"] = {**st.get("mlflow", {}), "runId": run.run_id}
     if run.checkpoint_uri:
@@ -281,6 +334,12 @@ def reconcile(
             )
     else:
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
+    if plan.register is None:
+        # A round that asks MLflow for nothing has seen MLflow answer every question: only then
+        # are "reachable" and "not stalled" claims true (a round that plans an MLflow write
+        # leaves both as they were; the write's outcome decides them).
+        s.condition("RegistryAvailable", "True", "MLflowReachable", "MLflow answers")
+        _unstall(s)
     plan.events = s.events
     return plan
 
@@ -310,6 +369,37 @@ def _checkpoint_status(
     resume_from = tj.spec.checkpoint.resume_from if tj.spec.checkpoint else None
     if resume_from:
         st["warmStart"] = {"uri": resume_from}
+
+
+def _stall(s: _Status, refused: str) -> None:
+    """MLflow said no for good: say so (phase ``Stalled``) and what to do; ask again later."""
+    st = s.new
+    st["phase"] = "Stalled"
+    message = (
+        f"MLflow refused: {refused}. The job cannot go on until this is fixed in MLflow or in "
+        "spec.mlflow (permissions, experiment or model name, the run's logged model); the "
+        "operator asks again every round and goes on by itself once MLflow accepts"
+    )
+    if not conditions.is_true(s.old.get("conditions"), "Stalled"):
+        s.event("Warning", "MLflowRefused", message)
+    s.condition("Stalled", "True", "MLflowRefused", message)
+    registered = conditions.find(st.get("conditions"), "Registered")
+    if registered is not None and registered.get("status") != "True":
+        s.condition("Registered", "False", "RegistrationRefused", message)
+
+
+def _unstall(s: _Status) -> None:
+    """MLflow accepted what it refused: the stall is over.
+
+    Called after the attempt was followed, which sets the phase of a running, suspended or
+    finished attempt; one still starting is ``Pending`` again.
+    """
+    st = s.new
+    if st.get("phase") == "Stalled":
+        st["phase"] = "Pending"
+    if conditions.is_true(st.get("conditions"), "Stalled"):
+        s.condition("Stalled", "False", "MLflowAccepted", "MLflow accepts the job's requests")
+        s.event("Normal", "MLflowAccepted", "MLflow accepts the job's requests again")
 
 
 def _count_disruptions(s: _Status, seen: tuple[ObservedDisruption, ...]) -> None:
@@ -443,6 +533,7 @@ def _follow_attempt(
             s.event("Normal", "Running", f"attempt {attempt.number} ({name}) is running")
         st["phase"] = "Running"
         s.condition("Running", "True", "AttemptRunning", f"attempt {attempt.number} is running")
+        _outage_over(s, f"attempt {attempt.number} is running")
         if conditions.find(st.get("conditions"), "Retrying"):
             s.condition("Retrying", "False", "AttemptRunning",
                         f"attempt {attempt.number} is running")  # fmt: skip
@@ -466,29 +557,45 @@ def _succeed(
     run: ObservedRun,
     uid: str,
 ) -> None:
+    """Register, point the alias, and only then ``Succeeded``.
+
+    Registration and the alias are two MLflow writes; either may fail alone. Every round until
+    ``Succeeded`` compares what MLflow holds (``run.registered_version``, ``run.alias_version``)
+    with what the spec asks and plans the registration again (it finds the version and only
+    sets the alias) until both hold, so a job never succeeds with its alias left behind.
+    """
     st = s.new
-    model = tj.spec.mlflow.registered_model
+    model, alias = tj.spec.mlflow.registered_model, tj.spec.mlflow.alias
     s.condition("Running", "False", "AttemptSucceeded", f"attempt {attempt.number} succeeded")
     if conditions.find(st.get("conditions"), "Retrying"):
         s.condition("Retrying", "False", "AttemptSucceeded", f"attempt {attempt.number} succeeded")
-    if model and not run.registered_version:
+    _outage_over(s, f"attempt {attempt.number} succeeded")
+    message = f"attempt {attempt.number} succeeded"
+    version = run.registered_version
+    if model and version:
+        st["mlflow"].update(modelVersion=version, modelUri=f"models:/{model}/{version}")
+    if model and (not version or (alias and run.alias_version != version)):
         st["phase"] = "Registering"
+        if not version:
+            s.condition("Registered", "Unknown", "Registering",
+                        f"registering the run's model as a new version of {model}")  # fmt: skip
+        else:
+            now = f"points at version {run.alias_version}" if run.alias_version else "is not set"
+            s.condition("Registered", "False", "AliasPending",
+                        f"{model} version {version} is registered; alias {alias} {now}: setting "
+                        f"it (the job succeeds once it points at version {version})")  # fmt: skip
         plan.register = Registration(
-            run_id=run.run_id, model=model, alias=tj.spec.mlflow.alias,
+            run_id=run.run_id, model=model, alias=alias,
             source=f"runs:/{run.run_id}/model", trainingjob_uid=uid,
         )  # fmt: skip
         plan.requeue_after = 5.0
         return
-    message = f"attempt {attempt.number} succeeded"
-    if model and run.registered_version:
-        st["mlflow"].update(
-            modelVersion=run.registered_version,
-            modelUri=f"models:/{model}/{run.registered_version}",
-        )
-        alias = f" with alias {tj.spec.mlflow.alias}" if tj.spec.mlflow.alias else ""
-        message += f"; registered {model} version {run.registered_version}{alias}"
-        s.event("Normal", "ModelRegistered",
-                f"{model} version {run.registered_version}{alias}")  # fmt: skip
+    if model and version:
+        with_alias = f" with alias {alias}" if alias else ""
+        message += f"; registered {model} version {version}{with_alias}"
+        s.condition("Registered", "True", "VersionRegistered",
+                    f"{model} version {version}{with_alias}")  # fmt: skip
+        s.event("Normal", "ModelRegistered", f"{model} version {version}{with_alias}")
     st["phase"] = "Succeeded"
     st["completionTime"] = attempt.end_time or s.now_text
     s.condition("Succeeded", "True", "Succeeded", message)
@@ -532,6 +639,9 @@ def _after_failure(
                 f"{st['preemptions']} preemptions exceed preemption.maxPreemptions ({budget})",
             )
             return
+    elif attempt.outage is not None:
+        if not _outage_waited(s, plan, attempt, attempt.outage):
+            return
     else:
         st["failures"] += 1
         s.event("Warning", "AttemptFailed",
@@ -543,6 +653,47 @@ def _after_failure(
                   f"({tj.spec.backoff_limit}); last: {why}")  # fmt: skip
             return
     _start_attempt(s, plan, tj, config, uid, attempt.number + 1, capacity, run.run_id)
+
+
+def _outage_waited(s: _Status, plan: Plan, attempt: ObservedAttempt, what: str) -> bool:
+    """An attempt lost to an MLflow/S3 outage: counted once, no budget; True once the backoff
+    is over and the next attempt may start.
+
+    ``status.retryAfter`` is set in the round that first sees the failure (that is also what
+    keeps it from being counted twice) and removed when the next attempt starts.
+    """
+    st = s.new
+    if "retryAfter" not in st:
+        st["infrastructureFailures"] = st.get("infrastructureFailures", 0) + 1
+        lost = st["infrastructureFailures"]
+        wait = min(OUTAGE_BACKOFF * 2 ** (lost - 1), OUTAGE_BACKOFF_MAX)
+        ended = _parse_time(attempt.end_time) or s.now
+        st["retryAfter"] = conditions.timestamp(ended + wait)
+        s.event("Warning", "AttemptLostToOutage",
+                f"attempt {attempt.number} could not reach its infrastructure ({what}); this "
+                f"spends no backoffLimit ({lost} attempt(s) lost to outages so far)")  # fmt: skip
+    retry_at = _parse_time(st["retryAfter"]) or s.now
+    message = (
+        f"attempt {attempt.number} ended because MLflow or S3 could not be reached: {what}. "
+        f"Outages spend no backoffLimit ({st['infrastructureFailures']} attempt(s) lost so "
+        f"far); attempt {attempt.number + 1} starts at {st['retryAfter']} (backoff doubling "
+        "to 10 min). Check MLflow and the object store from the training pods"
+    )
+    s.condition("InfrastructureAvailable", "False", "AttemptLostToOutage", message)
+    if s.now < retry_at:
+        st["phase"] = "Retrying"
+        s.condition("Running", "False", "WaitingForInfrastructure", message)
+        plan.requeue_after = max(1.0, (retry_at - s.now).total_seconds())
+        return False
+    del st["retryAfter"]
+    return True
+
+
+def _outage_over(s: _Status, why: str) -> None:
+    """A later attempt ran or succeeded: the outage that cost an earlier one is over."""
+    found = conditions.find(s.new.get("conditions"), "InfrastructureAvailable")
+    if found is not None and found.get("status") != "True":
+        s.condition("InfrastructureAvailable", "True", "AttemptRunning", why)
 
 
 def _fail(s: _Status, plan: Plan, reason: str, message: str) -> None:

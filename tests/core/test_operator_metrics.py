@@ -171,7 +171,8 @@ def test_checkpoint_time(m: om.OperatorMetrics) -> None:
 
 def test_phase_is_a_state_set_over_every_crd_phase(m: om.OperatorMetrics) -> None:
     assert set(om.TRAININGJOB_PHASES) == {
-        "Pending", "Suspended", "Running", "Retrying", "Registering", "Succeeded", "Failed"
+        "Pending", "Suspended", "Running", "Retrying", "Registering", "Stalled", "Succeeded",
+        "Failed",
     }  # fmt: skip
     for phase in ("Running", "Failed"):
         m.trainingjob(NS, TJ, status(phase=phase))

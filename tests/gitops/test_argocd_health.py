@@ -142,7 +142,9 @@ def test_argocd_cm_is_current_and_holds_the_scripts() -> None:
 
 # --- properties over arbitrary (schema-shaped) statuses ----------------------------------------
 
-CONDITION_TYPES = ["Succeeded", "Ready", "Drifted", "InvalidSpec", "Running", "Retrying"]
+CONDITION_TYPES = [
+    "Succeeded", "Ready", "Drifted", "InvalidSpec", "Running", "Retrying", "Stalled",
+]  # fmt: skip
 _condition = st.fixed_dictionaries(
     {
         "type": st.sampled_from(CONDITION_TYPES),
@@ -203,8 +205,8 @@ def test_health_rules_hold_for_any_status(
     outcome = _cond(status, key)
     if outcome == "True":
         assert health == "Healthy"
-    elif outcome == "False":
-        assert health == "Degraded"
+    elif outcome == "False" or (kind == "TrainingJob" and _cond(status, "Stalled") == "True"):
+        assert health == "Degraded"  # failed, or stalled: someone must act
     elif kind == "TrainingJob" and status.get("phase") == "Suspended":
         assert health == "Suspended"
     else:

@@ -125,7 +125,8 @@ def test_success_registers_then_succeeds():
     assert plan.register.source == "runs:/run123/model"
     assert plan.register.alias == "candidate"
     registered = Observed(attempts=done.attempts,
-                          run=ObservedRun("run123", registered_version="4"))  # fmt: skip
+                          run=ObservedRun("run123", registered_version="4",
+                                          alias_version="4"))  # fmt: skip
     plan = job.step(registered)
     assert plan.register is None
     assert job.status["phase"] == "Succeeded"

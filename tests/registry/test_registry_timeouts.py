@@ -54,7 +54,7 @@ def test_a_hanging_mlflow_gets_one_try_per_call(silent, monkeypatch):
     monkeypatch.setenv("MLPLANE_MLFLOW_TIMEOUT", "1")
     registry = Registry(f"http://127.0.0.1:{silent.port}")
     with pytest.raises(RegistryUnavailable):
-        registry.observe_run("uid", "model")
+        registry.observe_run("uid", "model", experiment="exp")
     with pytest.raises(RegistryUnavailable):
         registry.ensure_run("exp", "uid", "ml/x")
     assert len(silent.connections) == 2  # no retry inside the client: the loop retries

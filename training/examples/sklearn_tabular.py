@@ -52,6 +52,7 @@ from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mlplane.training.failure import exit_code
 from mlplane.training.runtime import TrainingSession
 
 log = logging.getLogger("mlplane.training.examples.sklearn_tabular")
@@ -295,4 +296,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))  # an MLflow/S3 outage spends no backoffLimit

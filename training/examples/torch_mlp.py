@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from mlplane.training.checkpoints import step_dir
+from mlplane.training.failure import exit_code
 from mlplane.training.mlflow_run import RunReporter
 from mlplane.training.runtime import TAG_WARM_START_STEP, TAG_WARM_START_URI, TrainingSession
 
@@ -355,4 +356,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))  # an MLflow/S3 outage spends no backoffLimit

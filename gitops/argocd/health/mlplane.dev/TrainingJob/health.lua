@@ -1,6 +1,7 @@
 -- Argo CD health check for mlplane.dev/TrainingJob (Lua 5.1, as Argo CD runs it).
--- Healthy once the job succeeded, Degraded when it failed or its spec is invalid, Suspended
--- while suspended, Progressing otherwise: a training run is work in progress until it ends.
+-- Healthy once the job succeeded, Degraded when it failed, its spec is invalid or it is stalled
+-- (MLflow refuses what it needs: someone must act), Suspended while suspended, Progressing
+-- otherwise: a training run is work in progress until it ends.
 
 -- common: the same in every mlplane health check --------------------------------------------
 local function find_condition(status, condition_type)
@@ -61,6 +62,10 @@ if succeeded ~= nil and succeeded.status == "True" then
 end
 if succeeded ~= nil and succeeded.status == "False" then
   return { status = "Degraded", message = describe(succeeded, "Training failed") }
+end
+local stalled = find_condition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  return { status = "Degraded", message = describe(stalled, "Stalled: MLflow refused") }
 end
 -- The Running condition carries the attempt's progress ("attempt 2 is running").
 local running = find_condition(status, "Running")
