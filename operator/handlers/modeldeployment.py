@@ -34,6 +34,10 @@
   the status recording it is written (409: a previous round made it); if the list or the
   create fails, only the ModelDeployment's own status is written and the next round decides
   again from the same drift status (same window, same job name).
+- The request-id signing Secret (``<name>-request-signing``,
+  :mod:`mlplane.operator.handlers.signing`) is made before the RayService and rotated when the
+  annotation ``mlplane.dev/rotate-signing-key`` takes a new value; a Secret of that name that
+  is not this ModelDeployment's stops the deployment with ``SigningSecretConflict``.
 
 Handlers and the timer of one ModelDeployment take turns (a lock each), so two rounds never
 race to create or patch the same RayService. The operator writes the RayService and the
@@ -59,6 +63,7 @@ from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.handlers.signing import ensure_signing_secret
 from mlplane.operator.handlers.trainingjob import plain
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift
@@ -350,6 +355,10 @@ def _run_reconcile(
     rs_name = lbl.rayservice_name(name)
     model = _resolve(md, config, fresh=fresh)
     rayservice = _indexed(index, namespace, name, rs_name)
+    # The signing Secret first: the RayService's pods mount it.
+    signing_conflict, signing_events = ensure_signing_secret(
+        platform, namespace, name, uid, body["metadata"].get("annotations")
+    )
     done = False
     for _ in range(ROUNDS):
         observed = Observed(
@@ -359,6 +368,7 @@ def _run_reconcile(
             bucketing_header=routing.bucketing_header if routing else None,
             abtest=routing.abtest if routing else None,
             objective=routing.objective if routing else None,
+            signing_conflict=signing_conflict,
         )
         plan = reconcile(md, observed, now, config, uid=uid)
         try:
@@ -398,7 +408,7 @@ def _run_reconcile(
         raise kopf.TemporaryError(
             f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1
         )
-    for event in plan.events:
+    for event in [*signing_events, *plan.events]:
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )

@@ -54,6 +54,7 @@ OTHER_RESOURCES: dict[tuple[str, str], dict[str, Any]] = {
     ("ray.io/v1", "RayService"): {"plural": "rayservices"},
     ("ray.io/v1", "RayCluster"): {"plural": "rayclusters"},
     ("v1", "Pod"): {"plural": "pods"},
+    ("v1", "Secret"): {"plural": "secrets", "subresources": ()},
     ("v1", "Node"): {"plural": "nodes", "namespaced": False},
     # Kopf waits for namespaces to be discoverable even when it runs cluster-wide.
     ("v1", "Namespace"): {"plural": "namespaces", "namespaced": False},

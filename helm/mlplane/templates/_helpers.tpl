@@ -92,6 +92,11 @@ no wildcards, no Secrets. Why each rule exists is written beside it.
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Each ModelDeployment's request-id signing Secret (operator/handlers/signing.py): read back
+# by name, created once, patched to rotate. No list/watch: no other Secret is ever enumerated.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 # Preemption detection: the DisruptionTarget condition of Ray worker pods.
 - apiGroups: [""]
   resources: ["pods"]
