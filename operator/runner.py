@@ -182,7 +182,9 @@ class Runner:
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         rs_name = rayservice_name(name)
         # The signing keys first (the Secret on Kubernetes): the application reads them.
-        signing_events = self.serving.signing.ensure(namespace, name, uid, meta.get("annotations"))
+        signing_events = self.serving.signing.ensure(
+            namespace, name, uid, meta.get("annotations"), now
+        )
         model = resolve_model(self.registry(config.mlflow_tracking_uri), md.spec.model)
         rayservice = self.serving.get(namespace, rs_name)
         tests = [t for t in self._abtests.values() if t.metadata.namespace == namespace]

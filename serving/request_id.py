@@ -14,18 +14,20 @@ and nobody without the key can mint ids (forged or edited ids fail verification:
 compared in constant time). The nonce (96 random bits) makes every id unique; it is what the
 feedback ledger deduplicates on.
 
-The keys: a directory holding the file ``current`` and, during a rollover, ``previous``
-(:class:`KeyFiles`). On Kubernetes it is the ModelDeployment's Secret
+The keys: a directory holding the file ``current`` and, around a rotation, ``next`` and
+``previous`` (:class:`KeyFiles`). On Kubernetes it is the ModelDeployment's Secret
 ``<name>-request-signing``, which the operator creates (random, once) and mounts into every
-serving pod; on the local platform a folder under the state dir (mode 0600) written the same
-way. Ids are signed with ``current``; ``current`` and ``previous`` both verify, so rotating the
-key (``previous`` <- ``current``, a new ``current``; see the operator) keeps feedback for ids
-issued before the rotation valid until the next one. Kubernetes updates a mounted Secret in
-place: :class:`KeyFiles` notices a new file by its inode/mtime (one ``stat`` per file at most
-every second, and at once when an id fails to verify) and rereads it, so no replica restarts.
-The key no longer lives in Ray's (unauthenticated) internal key-value store, and replacing the
-Ray cluster (KubeRay's NewCluster upgrade) keeps it. ``MLPLANE_FEEDBACK_KEY`` (one fixed key,
-no rotation) remains for running the app by hand without a key directory.
+serving pod; on the local platform a folder under the state dir (mode 0600) laid out the same
+way. Ids are signed with ``current``; ``current``, ``next`` and ``previous`` all verify. A
+rotation (see ``mlplane.operator.builders.signing``) first stages ``next`` (accepted
+everywhere, signing nowhere) and, once every pod has it, promotes it (``previous`` <-
+``current``, ``current`` <- ``next``): no replica ever meets an id signed with a key it does
+not know, and ids issued before the rotation stay valid until the next one. Kubernetes updates
+a mounted Secret in place: :class:`KeyFiles` notices a new file by its inode/mtime (one
+``stat`` per file at most every second, and at once when an id fails to verify) and rereads it,
+so no replica restarts. The key is not in Ray's (unauthenticated) internal key-value store,
+and replacing the Ray cluster (KubeRay's NewCluster upgrade) keeps it. ``MLPLANE_FEEDBACK_KEY``
+(one fixed key, no rotation) remains for running the app by hand without a key directory.
 
 The payload is readable by the client (base64, not encrypted): it reveals the variant name and
 model version, which the response shows anyway (``x-mlplane-variant``).
@@ -49,6 +51,7 @@ from pathlib import Path
 __all__ = [
     "CURRENT",
     "KEY_ENV",
+    "NEXT",
     "PREVIOUS",
     "InvalidRequestId",
     "KeyFiles",
@@ -65,6 +68,8 @@ KEY_ENV = "MLPLANE_FEEDBACK_KEY"
 #: File names in the key directory (the keys of the operator's Secret).
 CURRENT = "current"
 PREVIOUS = "previous"
+#: A key a rotation has staged: accepted, not signed with until the operator promotes it.
+NEXT = "next"
 #: Shortest key accepted (bytes): HMAC-SHA256 with less would be guessable.
 MIN_KEY_BYTES = 16
 _FORMAT = 1
@@ -112,18 +117,20 @@ def key_from_env(environ: dict[str, str] | None = None) -> bytes | None:
 
 @dataclass(frozen=True)
 class SigningKeys:
-    """The key ids are signed with, and the one still accepted during a rollover."""
+    """The key ids are signed with, and the ones also accepted around a rotation: the one
+    before (``previous``) and the one staged to come (``next``)."""
 
     current: bytes
     previous: bytes | None = None
+    next: bytes | None = None
 
     def __post_init__(self) -> None:
-        for name, key in ((CURRENT, self.current), (PREVIOUS, self.previous)):
+        for name, key in ((CURRENT, self.current), (PREVIOUS, self.previous), (NEXT, self.next)):
             if key is not None and len(key) < MIN_KEY_BYTES:
                 raise ValueError(f"signing key {name!r} must be at least {MIN_KEY_BYTES} bytes")
 
     def verifying(self) -> tuple[bytes, ...]:
-        return (self.current,) if self.previous is None else (self.current, self.previous)
+        return tuple(k for k in (self.current, self.next, self.previous) if k is not None)
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -136,7 +143,8 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
 
 
 class KeyFiles:
-    """The signing keys in a directory (``current``, optional ``previous``), reread on change.
+    """The signing keys in a directory (``current``; ``previous``, ``next`` around a rotation),
+    reread on change.
 
     Raises ``ValueError`` at construction when the directory has no usable ``current`` (the
     replica must not start signing with nothing). A later unreadable state (a half-made
@@ -158,18 +166,20 @@ class KeyFiles:
         self._checked = clock()
 
     def _read_stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
-        return (_file_stamp(self.directory / CURRENT), _file_stamp(self.directory / PREVIOUS))
+        return tuple(_file_stamp(self.directory / name) for name in (CURRENT, PREVIOUS, NEXT))
+
+    def _optional(self, name: str) -> bytes | None:
+        try:
+            return (self.directory / name).read_bytes().strip() or None
+        except FileNotFoundError:
+            return None
 
     def _load(self) -> SigningKeys:
         try:
             current = (self.directory / CURRENT).read_bytes().strip()
         except OSError as exc:
             raise ValueError(f"no signing key {self.directory / CURRENT}: {exc}") from None
-        try:
-            previous: bytes | None = (self.directory / PREVIOUS).read_bytes().strip() or None
-        except FileNotFoundError:
-            previous = None
-        return SigningKeys(current, previous)
+        return SigningKeys(current, self._optional(PREVIOUS), self._optional(NEXT))
 
     def keys(self, *, force: bool = False) -> SigningKeys:
         """The keys, rereading the files when their stamps changed (checked every

@@ -12,16 +12,22 @@ merely reach the cluster. So it is a Kubernetes Secret per ModelDeployment:
 - a Secret of that name controlled by anything else is never adopted (:func:`ownership`): the
   deployment waits with the condition ``Ready=False``, reason ``SigningSecretConflict``;
 - mounted read-only into every Ray container of the RayService at :data:`MOUNT_PATH` (files
-  ``current`` and ``previous``), whose path the app gets in ``args.signing_keys``;
-- **rotation**: the user sets the annotation :data:`ROTATE_ANNOTATION` on the ModelDeployment to
-  a new value (a timestamp, say). When that value differs from the one recorded on the Secret
-  (:data:`ROTATED_FOR`), the operator writes ``previous`` <- ``current`` and a new random
-  ``current``, and records the value, in one patch: the same value never rotates twice, a
-  retried round finds it recorded. Serving signs with ``current`` and accepts both, and
-  Kubernetes updates the mounted files in place (the kubelet's sync, up to about a minute):
-  ids issued before the rotation stay valid until the rotation after it.
+  ``current``, and during and after a rotation ``next`` and ``previous``), whose path the app
+  gets in ``args.signing_keys``;
+- **rotation**, in two steps, because the kubelet updates a mounted Secret in each pod at its
+  own time (its sync period plus cache TTL, about a minute or two): the user sets the
+  annotation :data:`ROTATE_ANNOTATION` on the ModelDeployment to a new value (a timestamp,
+  say). When that value differs from the one recorded on the Secret (:data:`ROTATED_FOR`), the
+  operator *stages* a new random key as ``next`` and records the value and the time
+  (:data:`STAGED_AT`): every replica accepts ``next`` as soon as it sees it, but nobody signs
+  with it yet. After :data:`SETTLE_SECONDS` (every pod has it by then), the operator
+  *promotes* it: ``previous`` <- ``current``, ``current`` <- ``next``. So an id signed by a pod
+  that already has the new key never reaches a pod that does not know it, and ids issued
+  before the rotation stay valid until the rotation after it. Each step is one patch
+  (``resourceVersion``-checked) and is decided from the Secret alone: the same value never
+  rotates twice, a retried round or a restarted operator finds the step recorded.
 
-The local platform keeps the same two files in a folder under its state dir and uses the same
+The local platform keeps the same files in a folder under its state dir and uses the same
 decision (:func:`next_keys`). Pure: the caller passes the random key in.
 """
 
@@ -30,7 +36,8 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from mlplane.operator.builders import labels as lbl
@@ -42,10 +49,17 @@ SECRET_SUFFIX: Final = "-request-signing"
 #: Keys of the Secret (files of the mounted directory).
 CURRENT: Final = "current"
 PREVIOUS: Final = "previous"
+#: A staged key: accepted, not yet signed with.
+NEXT: Final = "next"
 #: On the ModelDeployment, set by the user: a new value asks for one rotation.
 ROTATE_ANNOTATION: Final = "mlplane.dev/rotate-signing-key"
 #: On the Secret, set by the operator: the rotation request it has carried out last.
 ROTATED_FOR: Final = "mlplane.dev/signing-key-rotated-for"
+#: On the Secret, set by the operator while a key is staged: when (RFC 3339, UTC).
+STAGED_AT: Final = "mlplane.dev/signing-key-staged-at"
+#: How long a staged key is only accepted before it signs: the kubelet's sync period (1 min)
+#: plus its Secret cache TTL (1 min) by default, so every pod has it before any signs with it.
+SETTLE_SECONDS: Final = 150.0
 #: Secret names are DNS subdomains: at most 253 characters.
 _MAX_NAME = 253
 
@@ -60,11 +74,27 @@ def secret_name(modeldeployment: str) -> str:
 
 @dataclass(frozen=True)
 class SigningKeys:
-    """What the Secret holds (keys as text) and the rotation request last carried out."""
+    """What the Secret holds (keys as text) and where its rotation stands."""
 
     current: str
     previous: str | None = None
+    #: Staged by a rotation: accepted for verification, promoted to ``current`` later.
+    next: str | None = None
+    #: The rotation request last acted on (staged or promoted).
     rotated_for: str | None = None
+    #: When ``next`` was staged (RFC 3339, UTC); None when nothing is staged.
+    staged_at: str | None = None
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(text: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(text or "", "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def rotate_request(md_annotations: Mapping[str, str] | None) -> str | None:
@@ -74,20 +104,31 @@ def rotate_request(md_annotations: Mapping[str, str] | None) -> str | None:
 
 
 def next_keys(
-    existing: SigningKeys | None, request: str | None, fresh_key: str
+    existing: SigningKeys | None,
+    request: str | None,
+    fresh_key: str,
+    now: datetime,
+    settle_s: float = SETTLE_SECONDS,
 ) -> SigningKeys | None:
     """The keys to write now, or None: nothing to do (the idempotent core of both platforms).
 
     - nothing yet (or no readable ``current``): ``fresh_key`` as ``current``; a pending request
       counts as carried out (the key is new anyway);
-    - a ``request`` different from the recorded one: ``previous`` <- ``current``, ``current`` <-
-      ``fresh_key``, the request recorded;
+    - a key staged for ``settle_s`` seconds (or with an unreadable time): promote it
+      (``previous`` <- ``current``, ``current`` <- ``next``);
+    - a key staged more recently: None (wait; a new request waits for the promotion);
+    - a ``request`` different from the recorded one: stage ``fresh_key`` as ``next``;
     - otherwise None: a key is never regenerated while it exists.
     """
     if existing is None or not existing.current:
-        return SigningKeys(fresh_key, None, request)
+        return SigningKeys(fresh_key, rotated_for=request)
+    if existing.next is not None:
+        staged = _parse_iso(existing.staged_at)
+        if staged is not None and (now - staged).total_seconds() < settle_s:
+            return None
+        return SigningKeys(existing.next, existing.current, None, existing.rotated_for, None)
     if request is not None and request != existing.rotated_for:
-        return SigningKeys(fresh_key, existing.current, request)
+        return replace(existing, next=fresh_key, rotated_for=request, staged_at=_iso(now))
     return None
 
 
@@ -97,13 +138,15 @@ def _b64(text: str) -> str:
 
 def _data(keys: SigningKeys) -> dict[str, str]:
     data = {CURRENT: _b64(keys.current)}
-    if keys.previous is not None:
-        data[PREVIOUS] = _b64(keys.previous)
+    for name, value in ((PREVIOUS, keys.previous), (NEXT, keys.next)):
+        if value is not None:
+            data[name] = _b64(value)
     return data
 
 
 def _annotations(keys: SigningKeys) -> dict[str, str]:
-    return {ROTATED_FOR: keys.rotated_for} if keys.rotated_for is not None else {}
+    pairs = ((ROTATED_FOR, keys.rotated_for), (STAGED_AT, keys.staged_at))
+    return {name: value for name, value in pairs if value is not None}
 
 
 def build_secret(
@@ -116,7 +159,7 @@ def build_secret(
         "labels": lbl.modeldeployment_labels(modeldeployment),
         "ownerReferences": [lbl.owner_reference("ModelDeployment", modeldeployment, owner_uid)],
     }
-    if keys.rotated_for is not None:
+    if _annotations(keys):
         metadata["annotations"] = _annotations(keys)
     return {
         "apiVersion": "v1",
@@ -131,10 +174,10 @@ def secret_patch(secret: Mapping[str, Any], keys: SigningKeys) -> dict[str, Any]
     """Merge patch writing ``keys`` into the stored Secret (``resourceVersion`` included, so
     a concurrent write answers 409 instead of being overwritten)."""
     meta = secret.get("metadata") or {}
-    data: dict[str, Any] = _data(keys)
-    if keys.previous is None:
-        data[PREVIOUS] = None
-    metadata: dict[str, Any] = {"annotations": {ROTATED_FOR: keys.rotated_for}}
+    data: dict[str, Any] = {PREVIOUS: None, NEXT: None, **_data(keys)}
+    metadata: dict[str, Any] = {
+        "annotations": {ROTATED_FOR: keys.rotated_for, STAGED_AT: keys.staged_at}
+    }
     if meta.get("resourceVersion"):
         metadata["resourceVersion"] = meta["resourceVersion"]
     return {"metadata": metadata, "data": data}
@@ -157,7 +200,13 @@ def secret_keys(secret: Mapping[str, Any]) -> SigningKeys | None:
     current = text(CURRENT)
     if current is None:
         return None
-    return SigningKeys(current, text(PREVIOUS), annotations.get(ROTATED_FOR))
+    return SigningKeys(
+        current,
+        text(PREVIOUS),
+        text(NEXT),
+        annotations.get(ROTATED_FOR),
+        annotations.get(STAGED_AT),
+    )
 
 
 def ownership(secret: Mapping[str, Any], owner_uid: str) -> str | None:

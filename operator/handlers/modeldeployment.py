@@ -357,7 +357,7 @@ def _run_reconcile(
     rayservice = _indexed(index, namespace, name, rs_name)
     # The signing Secret first: the RayService's pods mount it.
     signing_conflict, signing_events = ensure_signing_secret(
-        platform, namespace, name, uid, body["metadata"].get("annotations")
+        platform, namespace, name, uid, body["metadata"].get("annotations"), now
     )
     done = False
     for _ in range(ROUNDS):

@@ -10,16 +10,22 @@ reads it again and decides again, at most :data:`ROUNDS` times.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Mapping
+from datetime import datetime
 
 from mlplane.operator.builders import signing
 from mlplane.operator.conditions import Event
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.reconcile.signing import written_event
 
 log = logging.getLogger(__name__)
 
 ROUNDS = 3
+#: Seconds a staged key is only accepted before it signs (see ``builders/signing.py``); raise
+#: it where the kubelet's ``syncFrequency`` or Secret cache TTL is longer than the defaults.
+SETTLE_SECONDS = float(os.environ.get("MLPLANE_SIGNING_KEY_SETTLE", str(signing.SETTLE_SECONDS)))
 
 
 def _status(exc: Exception) -> int | None:
@@ -39,6 +45,7 @@ def ensure_signing_secret(
     md_name: str,
     uid: str,
     md_annotations: Mapping[str, str] | None,
+    now: datetime,
 ) -> tuple[str | None, list[Event]]:
     """Make sure the Secret exists, is this ModelDeployment's and carries out a pending rotation.
 
@@ -56,7 +63,7 @@ def ensure_signing_secret(
             if conflict is not None:
                 return conflict, []
             keys = signing.secret_keys(existing)
-        wanted = signing.next_keys(keys, request, fresh_key())
+        wanted = signing.next_keys(keys, request, fresh_key(), now, SETTLE_SECONDS)
         if wanted is None:
             return None, []
         try:
@@ -79,17 +86,5 @@ def ensure_signing_secret(
 def _written_event(
     name: str, before: signing.SigningKeys | None, after: signing.SigningKeys
 ) -> Event:
-    if before is None:
-        return Event(
-            "Warning",
-            "SigningKeyReplaced",
-            f"Secret {name} had no readable key: a new one was written; ids issued before "
-            "are refused",
-        )
-    return Event(
-        "Normal",
-        "SigningKeyRotated",
-        f"request-id signing key rotated (request {after.rotated_for!r}) in Secret {name}: "
-        "new ids are signed with the new key, ids signed with the previous one stay valid "
-        "until the next rotation; serving pods see the new key within about a minute",
-    )
+    """What a write to an existing Secret did, for the ModelDeployment's events."""
+    return written_event(f"Secret {name}", before, after, SETTLE_SECONDS)

@@ -9,8 +9,10 @@ swaps ``..data`` atomically (a reader sees the old keys or the new ones, never a
 
 The decision is the Kubernetes one (:func:`mlplane.operator.builders.signing.next_keys`): made
 once, rotated once per value of the ModelDeployment's ``mlplane.dev/rotate-signing-key``
-annotation. The owner uid is kept beside the keys: a folder left by a deleted ModelDeployment
-of the same name (what the garbage collector removes on Kubernetes) is replaced, never reused.
+annotation, in the same two steps (stage ``next``, promote it after :data:`SETTLE_SECONDS`:
+here only the app's reread interval, 1 s, must pass, not a kubelet's sync). The owner uid is
+kept beside the keys: a folder left by a deleted ModelDeployment of the same name (what the
+garbage collector removes on Kubernetes) is replaced, never reused.
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 from mlplane.operator.builders import signing
 from mlplane.operator.builders.signing import SigningKeys
 from mlplane.operator.conditions import Event
+from mlplane.operator.reconcile.signing import written_event
 
 log = logging.getLogger("mlplane.local.signing")
 
 _DATA = "..data"
 _META = "owner.json"
+_FILES = (signing.CURRENT, signing.PREVIOUS, signing.NEXT)
+#: Seconds a staged key is only accepted before it signs: a few of the app's 1 s rereads.
+SETTLE_SECONDS = 5.0
 
 
 class LocalSigningKeys:
@@ -51,11 +58,18 @@ class LocalSigningKeys:
             current = (folder / signing.CURRENT).read_text().strip()
         except (OSError, ValueError):
             return None, None
-        try:
-            previous: str | None = (folder / signing.PREVIOUS).read_text().strip() or None
-        except FileNotFoundError:
-            previous = None
-        keys = SigningKeys(current, previous, meta.get("rotatedFor")) if current else None
+        optional: dict[str, str | None] = {}
+        for filename in (signing.PREVIOUS, signing.NEXT):
+            try:
+                optional[filename] = (folder / filename).read_text().strip() or None
+            except FileNotFoundError:
+                optional[filename] = None
+        keys = (
+            SigningKeys(current, optional[signing.PREVIOUS], optional[signing.NEXT],
+                        meta.get("rotatedFor"), meta.get("stagedAt"))
+            if current
+            else None
+        )  # fmt: skip
         return meta.get("uid"), keys
 
     def write(self, namespace: str, name: str, uid: str, keys: SigningKeys) -> None:
@@ -65,8 +79,9 @@ class LocalSigningKeys:
         os.chmod(folder, 0o700)
         version = folder / f"..{secrets.token_hex(6)}"
         version.mkdir(mode=0o700)
+        meta = {"uid": uid, "rotatedFor": keys.rotated_for, "stagedAt": keys.staged_at}
         files = {signing.CURRENT: keys.current, signing.PREVIOUS: keys.previous,
-                 _META: json.dumps({"uid": uid, "rotatedFor": keys.rotated_for})}  # fmt: skip
+                 signing.NEXT: keys.next, _META: json.dumps(meta)}  # fmt: skip
         for filename, text in files.items():
             if text is None:
                 continue
@@ -78,7 +93,7 @@ class LocalSigningKeys:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(version.name)
         os.replace(tmp, folder / _DATA)
-        for filename in (signing.CURRENT, signing.PREVIOUS):
+        for filename in _FILES:
             link = folder / filename
             if not link.is_symlink():
                 link.symlink_to(f"{_DATA}/{filename}")
@@ -86,30 +101,29 @@ class LocalSigningKeys:
             shutil.rmtree(folder / old, ignore_errors=True)
 
     def ensure(
-        self, namespace: str, name: str, uid: str, annotations: Mapping[str, str] | None
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        annotations: Mapping[str, str] | None,
+        now: datetime,
     ) -> list[Event]:
-        """Make the keys once, rotate on a new request; the events to record."""
+        """Make the keys once, stage and promote a rotation; the events to record."""
         owner, keys = self.read(namespace, name)
         if owner is not None and owner != uid:
             log.info("signing keys of %s/%s belong to a deleted incarnation (uid %s): replaced",
                      namespace, name, owner)  # fmt: skip
             keys = None
-        wanted = signing.next_keys(keys, signing.rotate_request(annotations), secrets.token_hex(32))
+        request = signing.rotate_request(annotations)
+        wanted = signing.next_keys(keys, request, secrets.token_hex(32), now, SETTLE_SECONDS)
         if wanted is None:
             return []
         self.write(namespace, name, uid, wanted)
         if keys is None:
             log.info("signing keys of %s/%s made", namespace, name)
             return []
-        return [
-            Event(
-                "Normal",
-                "SigningKeyRotated",
-                f"request-id signing key rotated (request {wanted.rotated_for!r}): new ids are "
-                "signed with the new key, ids signed with the previous one stay valid until the "
-                "next rotation",
-            )
-        ]
+        return [written_event(f"the key folder of {namespace}/{name}", keys, wanted,
+                              SETTLE_SECONDS)]  # fmt: skip
 
     def delete_except(self, keep: Iterable[tuple[str, str]]) -> list[str]:
         """Remove the key folders of ModelDeployments that are gone."""

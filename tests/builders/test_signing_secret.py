@@ -4,7 +4,8 @@ another owner; and the ModelDeployment reconcile deploys nothing while it confli
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -20,38 +21,66 @@ from mlplane.operator.registry import ResolvedModel
 UID = "md-uid"
 
 
+T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+SETTLE = 150.0
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
 def test_first_key_is_made_once_and_never_regenerated():
-    made = next_keys(None, None, "k1")
-    assert made == SigningKeys("k1", None, None)
-    assert next_keys(made, None, "k2") is None  # exists: kept, whatever key is offered
+    made = next_keys(None, None, "k1", T0)
+    assert made == SigningKeys("k1")
+    assert next_keys(made, None, "k2", at(10**6)) is None  # exists: kept, whatever is offered
 
 
-def test_a_request_rotates_once_and_a_new_one_again():
+def test_a_rotation_stages_then_promotes_after_the_settling_time():
     keys = SigningKeys("k1")
-    rotated = next_keys(keys, "t1", "k2")
-    assert rotated == SigningKeys("k2", "k1", "t1")
-    assert next_keys(rotated, "t1", "k3") is None  # the same request: done already
-    assert next_keys(rotated, "t2", "k3") == SigningKeys("k3", "k2", "t2")
-    # A request standing when the Secret is first made counts as carried out.
-    assert next_keys(None, "t1", "k1") == SigningKeys("k1", None, "t1")
-    assert next_keys(SigningKeys("k1", None, "t1"), "t1", "k2") is None
+    staged = next_keys(keys, "t1", "k2", T0, SETTLE)
+    # Staged: accepted from now on, not signed with (current unchanged).
+    assert staged == SigningKeys("k1", None, "k2", "t1", "2026-12-03T09:00:00Z")
+    assert next_keys(staged, "t1", "k3", at(SETTLE - 1), SETTLE) is None  # not yet
+    assert next_keys(staged, "t2", "k3", at(SETTLE - 1), SETTLE) is None  # a new request waits
+    promoted = next_keys(staged, "t1", "k3", at(SETTLE), SETTLE)
+    assert promoted == SigningKeys("k2", "k1", None, "t1", None)  # the staged key, not k3
+    assert next_keys(promoted, "t1", "k3", at(10 * SETTLE), SETTLE) is None  # the same request
+    again = next_keys(promoted, "t2", "k3", at(SETTLE + 1), SETTLE)
+    assert again is not None and (again.current, again.next) == ("k2", "k3")
+    # A request standing when the keys are first made counts as carried out.
+    assert next_keys(None, "t1", "k1", T0) == SigningKeys("k1", rotated_for="t1")
+    assert next_keys(SigningKeys("k1", rotated_for="t1"), "t1", "k2", T0) is None
+    # An unreadable staging time does not leave the key staged for ever.
+    odd = SigningKeys("k1", None, "k2", "t1", "yesterday")
+    assert next_keys(odd, "t1", "k3", T0, SETTLE) == SigningKeys("k2", "k1", None, "t1")
 
 
 @settings(max_examples=50, derandomize=True)
-@given(st.lists(st.sampled_from(["a", "b", "c", None]), max_size=12))
-def test_rotations_follow_distinct_consecutive_requests(requests):
-    """Replaying a request any number of times (retries, timer rounds) changes nothing: the
-    key changes exactly when the request differs from the last one carried out."""
-    keys = next_keys(None, None, "k0")
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", None]), st.integers(0, 400)),
+                max_size=12))  # fmt: skip
+def test_replays_never_rotate_twice_and_no_key_signs_before_it_settled(steps):
+    """Rounds with any requests at any pace (retries, timer rounds, restarts): the key that
+    signs was staged at least SETTLE seconds earlier, each request value is acted on once, and
+    the keys accepted always include the one that signed a moment ago."""
+    keys = next_keys(None, None, "k0", T0)
     assert keys is not None
-    counter, last = 0, None
-    for request in requests:
-        wanted = next_keys(keys, request, f"k{counter + 1}")
-        if request is not None and request != last:
-            assert wanted == SigningKeys(f"k{counter + 1}", keys.current, request)
-            keys, counter, last = wanted, counter + 1, request
-        else:
-            assert wanted is None
+    staged_when: dict[str, datetime] = {"k0": T0 - timedelta(days=1)}
+    t, counter, acted = T0, 0, []
+    for request, pause in steps:
+        t += timedelta(seconds=pause)
+        before = keys
+        wanted = next_keys(keys, request, f"k{counter + 1}", t, SETTLE)
+        if wanted is None:
+            continue
+        if wanted.next is not None and wanted.next != before.next:
+            counter += 1
+            staged_when[wanted.next] = t
+            acted.append(request)
+        assert (t - staged_when[wanted.current]).total_seconds() >= SETTLE
+        accepted = {wanted.current, wanted.previous, wanted.next}
+        assert before.current in accepted
+        keys = wanted
+    assert all(a != b for a, b in itertools.pairwise(acted))
 
 
 def test_secret_round_trip_and_patch():
@@ -62,13 +91,28 @@ def test_secret_round_trip_and_patch():
     assert signing.secret_keys(built) == SigningKeys("k1")
     assert signing.ownership(built, UID) is None
     stored = {**built, "metadata": {**built["metadata"], "resourceVersion": "7"}}
-    patch = signing.secret_patch(stored, SigningKeys("k2", "k1", "t1"))
+    staged = SigningKeys("k1", None, "k2", "t1", "2026-12-03T09:00:00Z")
+    patch = signing.secret_patch(stored, staged)
     assert patch["metadata"] == {
-        "annotations": {signing.ROTATED_FOR: "t1"},
+        "annotations": {signing.ROTATED_FOR: "t1", signing.STAGED_AT: "2026-12-03T09:00:00Z"},
         "resourceVersion": "7",
     }
-    decoded = {k: base64.b64decode(v).decode() for k, v in patch["data"].items()}
-    assert decoded == {"current": "k2", "previous": "k1"}
+    decoded = {k: v and base64.b64decode(v).decode() for k, v in patch["data"].items()}
+    assert decoded == {"current": "k1", "next": "k2", "previous": None}
+    after = {
+        **stored,
+        "data": {k: v for k, v in patch["data"].items() if v},
+        "metadata": {**stored["metadata"], "annotations": patch["metadata"]["annotations"]},
+    }
+    assert signing.secret_keys(after) == staged
+    # The promotion removes the staged key and its time (merge-patch nulls).
+    patch = signing.secret_patch(after, SigningKeys("k2", "k1", None, "t1"))
+    assert (
+        patch["data"]["next"] is None
+        and patch["metadata"]["annotations"][signing.STAGED_AT] is None
+    )
+    decoded = {k: v and base64.b64decode(v).decode() for k, v in patch["data"].items()}
+    assert decoded == {"current": "k2", "previous": "k1", "next": None}
     assert signing.secret_keys({"data": {"current": "!!notbase64"}}) is None
 
 

@@ -6,7 +6,7 @@ deployment. Without Ray: MLflow's answer and Serve's PUT are stood in for."""
 from __future__ import annotations
 
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +67,25 @@ def test_runner_makes_rotates_and_removes_the_key_folder(runner: Runner, tmp_pat
     issued = RequestIdSigner(files, "team/churn").issue("primary", 1, None, 1.0)
 
     runner.pass_once(NOW)  # a second pass, and a new runner (a restart): the same key
-    Runner(tmp_path).serving.signing.ensure(
-        "team", "churn", store.get("ModelDeployment", "team", "churn")["metadata"]["uid"], {}
-    )
+    uid = store.get("ModelDeployment", "team", "churn")["metadata"]["uid"]
+    assert Runner(tmp_path).serving.signing.ensure("team", "churn", uid, {}, NOW) == []
     clock.t += 5
     assert files.keys() == first
 
     store.apply(md_body({ROTATE: "2026-12-03"}))
-    runner.pass_once(NOW)
-    runner.pass_once(NOW)  # the same request again: nothing more
+    runner.pass_once(NOW)  # stage: accepted, not signing yet
+    runner.pass_once(NOW + timedelta(seconds=1))
+    clock.t += 5
+    staged = files.keys()
+    assert staged.current == first.current and staged.next not in (None, first.current)
+    runner.pass_once(NOW + timedelta(seconds=6))  # settled: promoted
+    runner.pass_once(NOW + timedelta(seconds=60))  # the same request again: nothing more
     clock.t += 5
     rotated = files.keys()
-    assert rotated.previous == first.current and rotated.current != first.current
+    assert rotated == type(rotated)(staged.next, first.current)
     assert RequestIdSigner(files, "team/churn").verify(issued).version == 1
     reasons = [e["reason"] for e in store.events("ModelDeployment", "team", "churn")]
-    assert reasons.count("SigningKeyRotated") == 1
+    assert (reasons.count("SigningKeyStaged"), reasons.count("SigningKeyRotated")) == (1, 1)
 
     store.delete("ModelDeployment", "team", "churn")
     runner.pass_once(NOW)
@@ -91,8 +95,8 @@ def test_runner_makes_rotates_and_removes_the_key_folder(runner: Runner, tmp_pat
 def test_a_folder_left_by_a_deleted_incarnation_is_replaced(tmp_path: Path) -> None:
     keys = LocalSigningKeys(tmp_path)
     keys.write("team", "churn", "old-uid", SigningKeys("a" * 64))
-    assert keys.ensure("team", "churn", "new-uid", None) == []
+    assert keys.ensure("team", "churn", "new-uid", None, NOW) == []
     owner, now = keys.read("team", "churn")
     assert owner == "new-uid" and now is not None and now.current != "a" * 64
-    assert keys.ensure("team", "churn", "new-uid", None) == []
+    assert keys.ensure("team", "churn", "new-uid", None, NOW) == []
     assert keys.read("team", "churn") == (owner, now)

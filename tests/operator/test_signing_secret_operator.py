@@ -147,48 +147,64 @@ async def test_secret_made_once_owned_mounted_and_kept_across_a_restart(
     assert len(emulator.list_objects(SECRETS, NAMESPACE)) == 1
 
 
-async def test_rotation_on_the_annotation_happens_once_per_value(emulator, operator, mlflow_uri):
+async def test_rotation_stages_then_promotes_once_per_value(
+    emulator, operator, mlflow_uri, monkeypatch
+):
+    """The annotation stages a new key (accepted, not signing), which is promoted once it has
+    settled; the same value never rotates again, a new value does."""
+    from mlplane.operator.handlers import signing as handler
+
+    monkeypatch.setattr(handler, "SETTLE_SECONDS", 3.0)  # the kubelet's minute or two, in brief
     obj = await create(emulator, modeldeployment("rotating"))
     await wait_for(lambda: secret(emulator, "rotating"), timeout=TIMEOUT, message="the Secret")
     original = keys(secret(emulator, "rotating"))["current"]
 
     request = {"metadata": {"annotations": {ROTATE: "2026-12-03T09:00Z"}}}
     await emulator.patch_object(MDS, NAMESPACE, "rotating", request)
-    rotated = await wait_for(
+    staged = await wait_for(
+        lambda: keys(secret(emulator, "rotating")).get("next") and secret(emulator, "rotating"),
+        timeout=TIMEOUT,
+        message="the staged key",
+        seen=lambda: keys(secret(emulator, "rotating")),
+    )
+    assert keys(staged)["current"] == original and "previous" not in keys(staged)
+    new_key = keys(staged)["next"]
+    assert new_key != original and len(new_key) == 64
+    annotations = staged["metadata"]["annotations"]
+    assert annotations["mlplane.dev/signing-key-rotated-for"] == "2026-12-03T09:00Z"
+    assert "mlplane.dev/signing-key-staged-at" in annotations
+
+    promoted = await wait_for(
         lambda: (
-            keys(secret(emulator, "rotating")).get("previous") == original
+            keys(secret(emulator, "rotating")) == {"current": new_key, "previous": original}
             and secret(emulator, "rotating")
         ),
         timeout=TIMEOUT,
-        message="the rotation",
+        message="the promotion",
         seen=lambda: keys(secret(emulator, "rotating")),
     )
-    first_rotation = keys(rotated)
-    assert first_rotation["current"] not in (original, "")
-    assert rotated["metadata"]["annotations"]["mlplane.dev/signing-key-rotated-for"] == (
-        "2026-12-03T09:00Z"
-    )
+    assert "mlplane.dev/signing-key-staged-at" not in (promoted["metadata"]["annotations"] or {})
     # The same request again (more timer rounds) rotates nothing more.
     writes = len(secret_writes(emulator, "rotating"))
-    rounds = [r for r in emulator.requests_to(SECRETS, method="GET")]
+    looks = len(emulator.requests_to(SECRETS, method="GET"))
     await wait_for(
-        lambda: len(emulator.requests_to(SECRETS, method="GET")) >= len(rounds) + 3,
+        lambda: len(emulator.requests_to(SECRETS, method="GET")) >= looks + 3,
         timeout=TIMEOUT,
         message="three more looks at the Secret",
     )
-    assert keys(secret(emulator, "rotating")) == first_rotation
+    assert keys(secret(emulator, "rotating")) == {"current": new_key, "previous": original}
     assert len(secret_writes(emulator, "rotating")) == writes
-    # A new value rotates again: the first key is gone, the second is previous.
+    # A new value rotates again: the first key goes, the second becomes previous.
     await emulator.patch_object(MDS, NAMESPACE, "rotating",
                                 {"metadata": {"annotations": {ROTATE: "second"}}})  # fmt: skip
     await wait_for(
-        lambda: keys(secret(emulator, "rotating")).get("previous") == first_rotation["current"],
+        lambda: keys(secret(emulator, "rotating")).get("previous") == new_key,
         timeout=TIMEOUT,
         message="the second rotation",
     )
     assert original not in keys(secret(emulator, "rotating")).values()
     reasons = [e["reason"] for e in events_for(emulator, obj)]
-    assert reasons.count("SigningKeyRotated") == 2
+    assert (reasons.count("SigningKeyStaged"), reasons.count("SigningKeyRotated")) == (2, 2)
 
 
 async def test_a_secret_owned_by_another_uid_is_not_adopted(emulator, operator, mlflow_uri):

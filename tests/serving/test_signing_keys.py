@@ -30,7 +30,9 @@ class Clock:
         return self.t
 
 
-def write_secret(directory: Path, current: str, previous: str | None = None) -> None:
+def write_secret(
+    directory: Path, current: str, previous: str | None = None, next_: str | None = None
+) -> None:
     """Write the keys the way the kubelet updates a mounted Secret: a new timestamped folder
     with the files, then the ``..data`` symlink swapped atomically (the key files are links
     through it), so a reader sees the old set or the new one, never half of each."""
@@ -41,10 +43,12 @@ def write_secret(directory: Path, current: str, previous: str | None = None) -> 
     (new / "current").write_text(current)
     if previous is not None:
         (new / "previous").write_text(previous)
+    if next_ is not None:
+        (new / "next").write_text(next_)
     tmp = directory / "..data_tmp"
     tmp.symlink_to(new.name)
     os.replace(tmp, directory / "..data")
-    for name in ("current", "previous"):
+    for name in ("current", "previous", "next"):
         link = directory / name
         if not link.is_symlink():
             link.symlink_to(f"..data/{name}")
@@ -60,6 +64,17 @@ def test_signs_with_current_and_verifies_current_and_previous():
     # Signed with the new current key, not the old one: a replica with only K1 refuses it.
     with pytest.raises(InvalidRequestId, match="signature"):
         old.verify(after)
+
+
+def test_a_staged_key_is_accepted_before_anyone_signs_with_it():
+    """Stage 1 of a rotation: K2 is ``next`` here while a pod that already got the promotion
+    signs with it; this replica must accept those ids, and itself still signs with K1."""
+    staged = RequestIdSigner(SigningKeys(K1.encode(), None, K2.encode()), DEPLOYMENT)
+    promoted = RequestIdSigner(SigningKeys(K2.encode(), K1.encode()), DEPLOYMENT)
+    assert staged.verify(promoted.issue("primary", 2, None, 1.0)).version == 2
+    assert promoted.verify(staged.issue("primary", 2, None, 1.0)).version == 2
+    only_k1 = RequestIdSigner(SigningKeys(K1.encode()), DEPLOYMENT)
+    assert only_k1.verify(staged.issue("primary", 2, None, 1.0)).version == 2
 
 
 def test_a_key_neither_current_nor_previous_is_refused():
@@ -84,8 +99,13 @@ def test_key_files_follow_a_rotation_of_the_mounted_secret(tmp_path):
     before = signer.issue("primary", 3, None, 1.8e9)
     assert signer.keys() == SigningKeys(K1.encode())
 
-    write_secret(keys_dir, K2, K1)  # the operator rotated; the kubelet updated the volume
-    assert signer.keys().current == K1.encode()  # looked at no more than once a second
+    write_secret(keys_dir, K1, None, K2)  # the operator staged K2; the kubelet updated the volume
+    assert signer.keys().next is None  # looked at no more than once a second
+    clock.t += 1.0
+    assert signer.keys() == SigningKeys(K1.encode(), None, K2.encode())
+    assert signer.verify(RequestIdSigner(SigningKeys(K2.encode()), DEPLOYMENT)
+                         .issue("primary", 3, None, 1.0)).version == 3  # fmt: skip
+    write_secret(keys_dir, K2, K1)  # promoted
     clock.t += 1.0
     assert signer.keys() == SigningKeys(K2.encode(), K1.encode())
     after = signer.issue("primary", 3, None, 1.8e9)
