@@ -116,6 +116,9 @@ class Runner:
             self.serving.sync()
         except Exception as exc:  # Serve refused: the statuses say so at the next pass
             log.error("Serve applications: %s", exc)
+        else:  # the applications of gone deployments are stopped: their keys may go
+            for gone in self.serving.signing.delete_except(keep):
+                log.info("signing keys of %s: its ModelDeployment is gone, removed", gone)
         self._export(deployments)
         self.platform.heartbeat_file.touch()
 
@@ -178,6 +181,10 @@ class Runner:
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         rs_name = rayservice_name(name)
+        # The signing keys first (the Secret on Kubernetes): the application reads them.
+        signing_events = self.serving.signing.ensure(
+            namespace, name, uid, meta.get("annotations"), now
+        )
         model = resolve_model(self.registry(config.mlflow_tracking_uri), md.spec.model)
         rayservice = self.serving.get(namespace, rs_name)
         tests = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
@@ -196,7 +203,7 @@ class Runner:
         status = dict(plan.status)
         if "endpoint" in status:  # KubeRay's in-cluster Service there, Serve's proxy here
             status["endpoint"] = self.serving.endpoint(namespace, name)
-        events = list(plan.events)
+        events = [*signing_events, *plan.events]
         status = self._drift(md, body, status, events, now)
         for event in events:
             self.store.add_event(body, event.type, event.reason, event.message)

@@ -35,11 +35,17 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mlplane.serving.config import AppSettings
+from mlplane.serving.config import AppSettings, ConfigError
 from mlplane.serving.drift_tap import load_reference_profile
 from mlplane.serving.model import ModelCore
 from mlplane.serving.monitor import MonitorCore
-from mlplane.serving.request_id import RequestIdSigner, generate_key, key_from_env
+from mlplane.serving.request_id import (
+    KEY_ENV,
+    KeyFiles,
+    KeySource,
+    RequestIdSigner,
+    key_from_env,
+)
 from mlplane.serving.router import (
     FLUSH_INTERVAL_S,
     MODEL_TIMEOUT_S,
@@ -48,7 +54,7 @@ from mlplane.serving.router import (
     RouterCore,
 )
 
-__all__ = ["Model", "Monitor", "Router", "build_app", "resolve_feedback_key"]
+__all__ = ["Model", "Monitor", "Router", "build_app", "signing_keys"]
 
 log = logging.getLogger("mlplane.serving.app")
 
@@ -61,39 +67,24 @@ MONITOR_NUM_CPUS = 0.1
 #: so router and models never drop to zero replicas (the monitor, a single writer, does not
 #: surge: its restart stops the old one first and the routers re-send what it missed).
 MAX_SURGE_PERCENT = 1
-_KV_NAMESPACE = "mlplane"
 
 
-def resolve_feedback_key(deployment: str) -> bytes:
-    """``MLPLANE_FEEDBACK_KEY``, else one random key per app kept in the Ray cluster's KV.
+def signing_keys(settings: AppSettings) -> KeySource:
+    """Where this replica's request-id keys come from: the mounted key directory.
 
-    Stored with ``overwrite=False`` and read back, so concurrent router replicas agree on the
-    first key written, and a redeploy of the app finds it again. Trade-offs: see
-    :mod:`mlplane.serving.request_id`.
+    No fallback to a key made up here or kept in Ray's internal KV (readable by anyone who
+    reaches the cluster, and lost with it): without a directory, only ``MLPLANE_FEEDBACK_KEY``
+    (one fixed key) is accepted, else the replica refuses to start, saying so.
     """
+    if settings.signing_keys is not None:
+        return KeyFiles(settings.signing_keys)
     key = key_from_env()
-    if key is not None:
-        return key
-    name = f"feedback-key/{deployment}"
-    try:
-        from ray.experimental.internal_kv import (
-            _internal_kv_get,
-            _internal_kv_initialized,
-            _internal_kv_put,
+    if key is None:
+        raise ConfigError(
+            "no request-id signing key: args.signing_keys (the key directory the operator "
+            f"mounts) is unset and so is {KEY_ENV}"
         )
-
-        if _internal_kv_initialized():
-            _internal_kv_put(name, generate_key().hex(), overwrite=False, namespace=_KV_NAMESPACE)
-            stored = _internal_kv_get(name, namespace=_KV_NAMESPACE)
-            if stored:
-                return bytes.fromhex(stored.decode())
-    except Exception as exc:  # private API: degrade rather than fail the replica
-        log.warning("cannot keep the feedback key in Ray's KV: %r", exc)
-    log.warning(
-        "MLPLANE_FEEDBACK_KEY is unset and Ray's KV is unavailable: this router replica signs "
-        "request ids with its own key; feedback reaching another replica will be refused"
-    )
-    return generate_key()
+    return key
 
 
 def _log_like_serve() -> None:
@@ -280,11 +271,11 @@ class Router:
     ) -> None:
         _log_like_serve()
         settings = AppSettings.parse(args)
-        key = await asyncio.to_thread(resolve_feedback_key, settings.deployment)
+        keys = await asyncio.to_thread(signing_keys, settings)
         self._models = models
         self.core = RouterCore(
             settings,
-            RequestIdSigner(key, settings.deployment),
+            RequestIdSigner(keys, settings.deployment),
             self._call_model,
             self._call_info,
             _MonitorHandle(monitor),

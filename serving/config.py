@@ -118,6 +118,9 @@ class AppSettings:
     batching: BatchingSettings | None
     slo_latency_p99_ms: int | None
     drift: DriftSettings
+    #: Directory of the request-id signing keys (``current``, ``previous``): the mounted
+    #: Secret. None only outside the operator: then ``MLPLANE_FEEDBACK_KEY`` must be set.
+    signing_keys: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -145,6 +148,7 @@ class AppSettings:
                 "slo_latency_p99_ms",
                 "drift",
             },
+            frozenset({"signing_keys"}),
         )
         deployment = _str("args.deployment", args["deployment"])
         namespace, sep, name = deployment.partition("/")
@@ -172,6 +176,7 @@ class AppSettings:
             batching=batching,
             slo_latency_p99_ms=None if slo is None else _int("args.slo_latency_p99_ms", slo, 1),
             drift=DriftSettings.parse(args["drift"]),
+            signing_keys=_str("args.signing_keys", args.get("signing_keys"), optional=True),
         )
 
 

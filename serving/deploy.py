@@ -67,6 +67,7 @@ def local_serve_config(
     keep_gpus: bool = False,
     name: str | None = None,
     route_prefix: str | None = None,
+    signing_keys: str | None = None,
 ) -> dict[str, Any]:
     """A copy of a Serve config fitted to one small machine.
 
@@ -78,10 +79,13 @@ def local_serve_config(
     - ``name`` / ``route_prefix`` rename the application and mount it elsewhere, so several
       ModelDeployments can share one Ray cluster (e.g. ``ns-churn`` at ``/ns/churn``; the
       router strips the prefix). ``PUT`` replaces *all* of a cluster's applications: send
-      every deployment's application in one config.
+      every deployment's application in one config;
+    - ``signing_keys`` replaces ``args.signing_keys`` (the Secret's mount path in a pod) with
+      the machine's key directory for this application.
 
-    Only resources (and the name and mount point) change: ``args`` and ``user_config`` are
-    untouched, so zero-downtime updates behave as on Kubernetes.
+    Only resources, the name, the mount point and the key directory change: the rest of
+    ``args`` and ``user_config`` are untouched, so zero-downtime updates behave as on
+    Kubernetes.
     """
     config = copy.deepcopy(dict(serve_config))
     config["http_options"] = {"host": host, "port": port}
@@ -91,6 +95,8 @@ def local_serve_config(
             app["name"] = name
         if route_prefix is not None:
             app["route_prefix"] = route_prefix
+        if signing_keys is not None:
+            app.setdefault("args", {})["signing_keys"] = signing_keys
         for deployment in app.get("deployments", []):
             options = deployment.setdefault("ray_actor_options", {})
             options["num_cpus"] = num_cpus

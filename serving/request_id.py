@@ -14,13 +14,20 @@ and nobody without the key can mint ids (forged or edited ids fail verification:
 compared in constant time). The nonce (96 random bits) makes every id unique; it is what the
 feedback ledger deduplicates on.
 
-The key: ``MLPLANE_FEEDBACK_KEY`` from the environment (on Kubernetes: a Secret mounted into the
-Ray pods; every replica must see the same value). Without it, :mod:`mlplane.serving.app`
-generates a random key once per application and keeps it in the Ray cluster's internal KV so
-every router replica and later redeploys of the app share it. Trade-off: ids then stop verifying
-when the Ray cluster is replaced (KubeRay's NewCluster upgrade, ``mlplane local down``), so
-feedback for requests served before that is rejected as unknown; set the variable where
-feedback must survive cluster replacement. Rotating the key has the same effect.
+The keys: a directory holding the file ``current`` and, around a rotation, ``next`` and
+``previous`` (:class:`KeyFiles`). On Kubernetes it is the ModelDeployment's Secret
+``<name>-request-signing``, which the operator creates (random, once) and mounts into every
+serving pod; on the local platform a folder under the state dir (mode 0600) laid out the same
+way. Ids are signed with ``current``; ``current``, ``next`` and ``previous`` all verify. A
+rotation (see ``mlplane.operator.builders.signing``) first stages ``next`` (accepted
+everywhere, signing nowhere) and, once every pod has it, promotes it (``previous`` <-
+``current``, ``current`` <- ``next``): no replica ever meets an id signed with a key it does
+not know, and ids issued before the rotation stay valid until the next one. Kubernetes updates
+a mounted Secret in place: :class:`KeyFiles` notices a new file by its inode/mtime (one
+``stat`` per file at most every second, and at once when an id fails to verify) and rereads it,
+so no replica restarts. The key is not in Ray's (unauthenticated) internal key-value store,
+and replacing the Ray cluster (KubeRay's NewCluster upgrade) keeps it. ``MLPLANE_FEEDBACK_KEY``
+(one fixed key, no rotation) remains for running the app by hand without a key directory.
 
 The payload is readable by the client (base64, not encrypted): it reveals the variant name and
 model version, which the response shows anyway (``x-mlplane-variant``).
@@ -33,20 +40,38 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
+    "CURRENT",
     "KEY_ENV",
+    "NEXT",
+    "PREVIOUS",
     "InvalidRequestId",
+    "KeyFiles",
     "RequestIdSigner",
     "RequestInfo",
+    "SigningKeys",
     "generate_key",
     "key_from_env",
 ]
 
+log = logging.getLogger("mlplane.serving.request_id")
+
 KEY_ENV = "MLPLANE_FEEDBACK_KEY"
+#: File names in the key directory (the keys of the operator's Secret).
+CURRENT = "current"
+PREVIOUS = "previous"
+#: A key a rotation has staged: accepted, not signed with until the operator promotes it.
+NEXT = "next"
+#: Shortest key accepted (bytes): HMAC-SHA256 with less would be guessable.
+MIN_KEY_BYTES = 16
 _FORMAT = 1
 _TAG_BYTES = 16
 _NONCE_BYTES = 12
@@ -90,18 +115,134 @@ def key_from_env(environ: dict[str, str] | None = None) -> bytes | None:
     return value.encode() if value else None
 
 
-class RequestIdSigner:
-    """Issues and verifies request ids of one deployment (``"<namespace>/<name>"``)."""
+@dataclass(frozen=True)
+class SigningKeys:
+    """The key ids are signed with, and the ones also accepted around a rotation: the one
+    before (``previous``) and the one staged to come (``next``)."""
 
-    def __init__(self, key: bytes, deployment: str) -> None:
-        if len(key) < 16:
-            raise ValueError(f"{KEY_ENV} must be at least 16 bytes long")
-        self._key = key
+    current: bytes
+    previous: bytes | None = None
+    next: bytes | None = None
+
+    def __post_init__(self) -> None:
+        for name, key in ((CURRENT, self.current), (PREVIOUS, self.previous), (NEXT, self.next)):
+            if key is not None and len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"signing key {name!r} must be at least {MIN_KEY_BYTES} bytes")
+
+    def verifying(self) -> tuple[bytes, ...]:
+        return tuple(k for k in (self.current, self.next, self.previous) if k is not None)
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """Identity of a file's content as cheaply as a ``stat`` (follows the Secret's symlinks)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class KeyFiles:
+    """The signing keys in a directory (``current``; ``previous``, ``next`` around a rotation),
+    reread on change.
+
+    Raises ``ValueError`` at construction when the directory has no usable ``current`` (the
+    replica must not start signing with nothing). A later unreadable state (a half-made
+    rotation, a deleted file) keeps the last good keys and logs a warning.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        recheck_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = Path(directory)
+        self._recheck_s = recheck_s
+        self._clock = clock
+        self._stamps = self._read_stamps()
+        self._keys = self._load()
+        self._checked = clock()
+
+    def _read_stamps(self) -> tuple[tuple[int, int, int] | None, ...]:
+        return tuple(_file_stamp(self.directory / name) for name in (CURRENT, PREVIOUS, NEXT))
+
+    def _optional(self, name: str) -> bytes | None:
+        try:
+            return (self.directory / name).read_bytes().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _load(self) -> SigningKeys:
+        try:
+            current = (self.directory / CURRENT).read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"no signing key {self.directory / CURRENT}: {exc}") from None
+        return SigningKeys(current, self._optional(PREVIOUS), self._optional(NEXT))
+
+    def keys(self, *, force: bool = False) -> SigningKeys:
+        """The keys, rereading the files when their stamps changed (checked every
+        ``recheck_s`` seconds, or now with ``force``)."""
+        now = self._clock()
+        if not force and now - self._checked < self._recheck_s:
+            return self._keys
+        self._checked = now
+        stamps = self._read_stamps()
+        if stamps != self._stamps:
+            try:
+                keys = self._load()
+            except (OSError, ValueError) as exc:
+                log.warning("signing keys in %s unreadable, keeping the last ones: %s",
+                            self.directory, exc)  # fmt: skip
+                return self._keys
+            self._stamps = stamps
+            if keys != self._keys:
+                log.info("signing keys in %s changed: reloaded", self.directory)
+            self._keys = keys
+        return self._keys
+
+
+KeySource = bytes | SigningKeys | KeyFiles
+
+
+class RequestIdSigner:
+    """Issues and verifies request ids of one deployment (``"<namespace>/<name>"``).
+
+    ``keys``: one fixed key, a :class:`SigningKeys` pair, or :class:`KeyFiles` (followed as
+    the files change: rotation without a restart).
+    """
+
+    def __init__(self, keys: KeySource, deployment: str) -> None:
+        if isinstance(keys, bytes):
+            if len(keys) < MIN_KEY_BYTES:
+                raise ValueError(f"{KEY_ENV} must be at least {MIN_KEY_BYTES} bytes long")
+            keys = SigningKeys(keys)
+        self._source = keys
         self.deployment = deployment
 
-    def _tag(self, payload: str) -> str:
-        mac = hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest()
+    def keys(self, *, force: bool = False) -> SigningKeys:
+        """The keys in use now."""
+        if isinstance(self._source, KeyFiles):
+            return self._source.keys(force=force)
+        return self._source
+
+    @staticmethod
+    def _tag(key: bytes, payload: str) -> str:
+        mac = hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest()
         return _b64(mac[:_TAG_BYTES])
+
+    def _signed(self, payload: str, tag: str) -> bool:
+        """Whether ``tag`` is ``payload``'s under a key accepted now (each compared in
+        constant time). On a miss the key files are looked at once more: this replica may
+        not have seen a rotation another replica has already signed with."""
+        keys = self.keys()
+        if any(hmac.compare_digest(self._tag(k, payload), tag) for k in keys.verifying()):
+            return True
+        fresh = self.keys(force=True)
+        return fresh != keys and any(
+            hmac.compare_digest(self._tag(k, payload), tag) for k in fresh.verifying()
+        )
 
     def issue(self, variant: str, version: int, abtest: str | None, now: float) -> str:
         """A new id for a request served now by ``variant`` (model ``version``)."""
@@ -115,7 +256,7 @@ class RequestIdSigner:
             secrets.token_hex(_NONCE_BYTES),
         ]
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
-        return f"{payload}.{self._tag(payload)}"
+        return f"{payload}.{self._tag(self.keys().current, payload)}"
 
     def verify(self, request_id: str) -> RequestInfo:
         """The request's attribution; raises :class:`InvalidRequestId` for anything else."""
@@ -124,7 +265,7 @@ class RequestIdSigner:
         payload, sep, tag = request_id.partition(".")
         if not sep or not payload.isascii() or not tag.isascii():
             raise InvalidRequestId("not a request id issued by this deployment")
-        if not hmac.compare_digest(self._tag(payload), tag):
+        if not self._signed(payload, tag):
             raise InvalidRequestId("unknown request id (bad signature)")
         try:
             body = json.loads(_unb64(payload))

@@ -68,6 +68,8 @@ from mlplane.operator.builders.pods import (
     pod_template,
     ray_container,
 )
+from mlplane.operator.builders.signing import MOUNT_PATH as SIGNING_KEYS_PATH
+from mlplane.operator.builders.signing import mount_signing_keys
 from mlplane.operator.config import OperatorConfig
 
 APPLICATION = "mlplane"
@@ -181,6 +183,7 @@ def serve_args(
           threshold: float         # resolved: the spec's, else the method's default
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
+        signing_keys: str          # directory of the request-id keys (the mounted Secret)
 
     What changes without a restart is in the deployments' ``user_config`` (see
     :func:`router_user_config`, :func:`model_user_config`). ``build_app`` binds an ingress
@@ -214,6 +217,7 @@ def serve_args(
             "window_s": parse_duration(drift.window),
             "min_samples": drift.min_samples,
         },
+        "signing_keys": SIGNING_KEYS_PATH,
     }
 
 
@@ -389,6 +393,16 @@ def _worker_group(
     }
 
 
+def _with_signing_keys(rayservice: dict[str, Any], md_name: str) -> dict[str, Any]:
+    """Mount the ModelDeployment's signing Secret into the head and every worker group (see
+    :mod:`mlplane.operator.builders.signing`): router replicas may run on any of them."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    mount_signing_keys(cluster["headGroupSpec"]["template"], md_name)
+    for group in cluster["workerGroupSpecs"]:
+        mount_signing_keys(group["template"], md_name)
+    return rayservice
+
+
 def _rayservice(
     md: ModelDeployment,
     model_version: int,
@@ -428,7 +442,7 @@ def _rayservice(
         abtest=abtest,
         objective=objective,
     )
-    return {
+    rayservice: dict[str, Any] = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": metadata,
@@ -458,6 +472,7 @@ def _rayservice(
             },
         },
     }
+    return _with_signing_keys(rayservice, name)
 
 
 def build_rayservice(

@@ -34,6 +34,10 @@
   the status recording it is written (409: a previous round made it); if the list or the
   create fails, only the ModelDeployment's own status is written and the next round decides
   again from the same drift status (same window, same job name).
+- The request-id signing Secret (``<name>-request-signing``,
+  :mod:`mlplane.operator.handlers.signing`) is made before the RayService and rotated when the
+  annotation ``mlplane.dev/rotate-signing-key`` takes a new value; a Secret of that name that
+  is not this ModelDeployment's stops the deployment with ``SigningSecretConflict``.
 
 Handlers and the timer of one ModelDeployment take turns (a lock each), so two rounds never
 race to create or patch the same RayService. The operator writes the RayService and the
@@ -65,6 +69,7 @@ from mlplane.operator.handlers import (
     reconciler,
     with_access,
 )
+from mlplane.operator.handlers.signing import ensure_signing_secret
 from mlplane.operator.handlers.trainingjob import plain
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
@@ -357,6 +362,10 @@ def _run_reconcile(
     rs_name = lbl.rayservice_name(name)
     model = _resolve(md, config, fresh=fresh)
     rayservice = _indexed(index, namespace, name, rs_name)
+    # The signing Secret first: the RayService's pods mount it.
+    signing_conflict, signing_events = ensure_signing_secret(
+        platform, namespace, name, uid, body["metadata"].get("annotations"), now
+    )
     done = False
     blocked: str | None = None
     for _ in range(ROUNDS):
@@ -367,6 +376,7 @@ def _run_reconcile(
             bucketing_header=routing.bucketing_header if routing else None,
             abtest=routing.abtest if routing else None,
             objective=routing.objective if routing else None,
+            signing_conflict=signing_conflict,
         )
         plan = reconcile(md, observed, now, config, uid=uid)
         try:
@@ -418,7 +428,7 @@ def _run_reconcile(
         raise kopf.TemporaryError(
             f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1
         )
-    for event in plan.events:
+    for event in [*signing_events, *plan.events]:
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )

@@ -167,6 +167,41 @@ class KubeRayPlatform(Platform):
         for obj in cluster_access(kind, owner, namespace, owner_uid, config, token):
             self.create(obj, check_owner=True)
 
+    # --- core v1 Secrets (the request-id signing key of a ModelDeployment) ---------------------
+
+    def _core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self._client())
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as stored now (None when there is none), as a plain dict."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = self._core().read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(self._client().sanitize_for_serialization(found))
+
+    def create_secret(self, secret: dict[str, Any]) -> bool:
+        """Create a Secret; False when one of that name exists (the caller reads it again)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._core().create_namespaced_secret(secret["metadata"]["namespace"], secret)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
+
+    def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """Patch a Secret (a merge patch; 409 when its ``resourceVersion`` moved meanwhile)."""
+        self._core().patch_namespaced_secret(name, namespace, patch)
+
     def _served_kinds(self, group: str, version: str) -> tuple[bool, set[str], str]:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException

@@ -11,6 +11,8 @@ there is one Ray cluster (the local platform's) and Serve's REST API, whose ``PU
   is renamed ``<namespace>-<name>`` and mounted at ``/<namespace>/<name>`` on the platform's
   Serve port (:func:`mlplane.serving.deploy.local_serve_config`), and it is PUT only when it
   differs from the one last PUT (or Serve lost it: Ray was restarted);
+- each application's ``args.signing_keys`` (the Secret's mount path in a pod) becomes its key
+  folder on this machine (:mod:`mlplane.operator.platforms.local_signing`);
 - Serve's application status is translated into the shape of KubeRay 1.7's RayService status
   (``Ready`` condition, ``observedGeneration``, ``activeServiceStatus``), so
   ``reconcile/modeldeployment.py`` reads it with the same code as on Kubernetes.
@@ -33,6 +35,7 @@ import yaml
 
 from mlplane.operator.builders.rayservice import APPLICATION
 from mlplane.operator.platforms.local import LocalPlatform
+from mlplane.operator.platforms.local_signing import LocalSigningKeys
 from mlplane.serving.deploy import (
     DeployError,
     delete_applications,
@@ -82,6 +85,8 @@ class LocalServing:
         self.applied_file = platform.state_dir / "serve-applied.json"
         #: Serve's applications as last read (:meth:`refresh`); None: Serve not reachable.
         self.apps: dict[str, Any] | None = None
+        #: The request-id signing keys (the Secrets' stand-in), one folder per deployment.
+        self.signing = LocalSigningKeys(platform.state_dir)
 
     # --- records -----------------------------------------------------------------------------
 
@@ -165,21 +170,25 @@ class LocalServing:
             self.apps = dict((answer or {}).get("applications") or {})
         return self.apps
 
+    def app_config(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The Serve config of one record's application on this machine."""
+        meta = record["metadata"]
+        namespace, owner = meta["namespace"], self._owner(record)
+        return local_serve_config(
+            serve_config_of(record),
+            port=self.platform.ports.serve,
+            num_cpus=REPLICA_CPUS,
+            max_replicas=MAX_REPLICAS,
+            name=app_name(namespace, owner),
+            route_prefix=route_prefix(namespace, owner),
+            signing_keys=str(self.signing.directory(namespace, owner)),
+        )
+
     def desired_config(self) -> dict[str, Any]:
         """Every recorded RayService's application in one Serve config (PUT replaces all)."""
         applications = []
         for record in self._records():
-            meta = record["metadata"]
-            namespace, owner = meta["namespace"], self._owner(record)
-            config = local_serve_config(
-                serve_config_of(record),
-                port=self.platform.ports.serve,
-                num_cpus=REPLICA_CPUS,
-                max_replicas=MAX_REPLICAS,
-                name=app_name(namespace, owner),
-                route_prefix=route_prefix(namespace, owner),
-            )
-            applications.extend(config["applications"])
+            applications.extend(self.app_config(record)["applications"])
         return {
             "proxy_location": "HeadOnly",
             "http_options": {"host": "127.0.0.1", "port": self.platform.ports.serve},
@@ -239,7 +248,7 @@ class LocalServing:
                 "conditions": [{"type": "Ready", "status": "False", "reason": "Initializing",
                                 "message": "Serve has not deployed the application yet"}],
             }  # fmt: skip
-        wanted = local_serve_config(serve_config_of(record))["applications"][0]
+        wanted = self.app_config(record)["applications"][0]
         current = _runs_config(app, wanted)
         deployments = {
             name: {"status": d.get("status"), "message": d.get("message", "")}

@@ -40,7 +40,8 @@ Status (``ModelDeploymentStatus``):
   ``Unknown`` (reason ``Deploying``) while it comes up, ``False`` when broken (reasons
   ``AliasNotFound``, ``ModelNotFound``, ``VersionNotFound``, ``RegistryUnavailable``,
   ``DeployFailed``, ``InitializingTimeout``, ``NoServeEndpoints``, ``RayServiceConflict``,
-  ``InvalidRayService``).
+  ``InvalidRayService``, ``SigningSecretConflict``: a Secret ``<name>-request-signing`` exists
+  and is not this ModelDeployment's — nothing is created or changed until it is removed).
 - condition ``ModelResolved``: ``True`` (reason ``Resolved``) or ``False`` with reason
   ``ModelNotFound`` / ``AliasNotFound`` / ``VersionNotFound`` (permanent until the user acts;
   still looked at every resolve interval, since an alias may be created later) or
@@ -139,6 +140,9 @@ class Observed:
     bucketing_header: str | None = None
     abtest: str | None = None
     objective: str | None = None
+    #: Why the request-id signing Secret is not this ModelDeployment's (None: it is, or the
+    #: caller has no Secrets): then nothing is created or changed.
+    signing_conflict: str | None = None
 
 
 @dataclass
@@ -530,6 +534,10 @@ def reconcile(
         if conflict is not None:
             plan.requeue_after = RETRY_SECONDS
             return _finish(s, plan, "Failed", "False", "RayServiceConflict", conflict)
+    if observed.signing_conflict is not None:
+        plan.requeue_after = RETRY_SECONDS
+        phase = "Failed" if rs is None else "Degraded"
+        return _finish(s, plan, phase, "False", "SigningSecretConflict", observed.signing_conflict)
 
     # What mlplane wants, when it knows the version.
     desired = None

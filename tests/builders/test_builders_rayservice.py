@@ -172,6 +172,7 @@ def test_serve_config_is_the_mlplane_app():
             "window_s": 3600.0,
             "min_samples": 2000,
         },
+        "signing_keys": "/etc/mlplane/request-signing",
     }
     router, monitor, model = app["deployments"]
     assert router["name"] == "router"
@@ -382,3 +383,36 @@ def test_abtest_does_not_render_alone():
     abtest = parse(yaml.safe_load((EXAMPLES / "abtest.yaml").read_text()))
     with pytest.raises(ValueError, match="ModelDeployment 'churn'"):
         render(abtest, CONFIG)
+
+
+# --- the request-id signing Secret (issue #14, item 5) -------------------------------------------
+
+
+@pytest.mark.parametrize("n_variants", [1, 2])
+def test_every_ray_container_mounts_the_signing_secret_read_only(n_variants):
+    """Head and workers mount ``<md>-request-signing`` where ``args.signing_keys`` points:
+    router replicas may land on any pod, and every one must verify the others' ids."""
+    variants = [Variant(f"v{i}", 3 + i, 100 // n_variants + (100 % n_variants if i == 0 else 0))
+                for i in range(n_variants)]  # fmt: skip
+    rayservice = _build(variants=variants)
+    assert_valid(rayservice)
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+    path = _serve(rayservice)["applications"][0]["args"]["signing_keys"]
+    for template in templates:
+        volumes = [v for v in template["spec"]["volumes"] if v["name"] == "request-signing"]
+        assert volumes == [
+            {"name": "request-signing",
+             "secret": {"secretName": "churn-request-signing", "defaultMode": 0o444}}
+        ]  # fmt: skip
+        for container in template["spec"]["containers"]:
+            mounts = [m for m in container["volumeMounts"] if m["name"] == "request-signing"]
+            assert mounts == [{"name": "request-signing", "mountPath": path, "readOnly": True}]
+
+
+def test_the_signing_mount_does_not_depend_on_the_version():
+    """A version change stays a serveConfigV2-only change with the Secret mounted."""
+    a, b = _build(version=3), _build(version=4)
+    assert a["spec"]["rayClusterConfig"] == b["spec"]["rayClusterConfig"]

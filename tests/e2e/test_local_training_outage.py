@@ -85,7 +85,8 @@ def test_attempt_lost_to_an_s3_outage_spends_no_backoff_limit(platform):
     cond = next(c for c in lost["conditions"] if c["type"] == "InfrastructureAvailable")
     assert (cond["status"], cond["reason"]) == ("False", "AttemptLostToOutage")
     assert "S3 could not be reached" in cond["message"]
-    job = platform.job("default", "s3-down-a1")
+    uid = Store(platform.state_dir).get("TrainingJob", "default", "s3-down")["metadata"]["uid"]
+    job = platform.job("default", "s3-down-a1", uid)
     assert job is not None and job["jobStatus"] == "FAILED"
     assert "exit code 75" in job["message"]
     assert job["message"].strip().splitlines()[-1].startswith("mlplane.failure=infrastructure: ")

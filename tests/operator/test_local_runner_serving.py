@@ -41,11 +41,11 @@ def serving(tmp_path: Path) -> LocalServing:
     return LocalServing(LocalPlatform(tmp_path, Ports(serve=8123)))
 
 
-def serve_app(record: dict[str, Any], status: str, deployment_status: str) -> dict[str, Any]:
-    """Serve's GET /api/serve/applications/ entry for a record's application."""
-    from mlplane.serving.deploy import local_serve_config, serve_config_of
-
-    app = local_serve_config(serve_config_of(record))["applications"][0]
+def serve_app(
+    serving: LocalServing, record: dict[str, Any], status: str, deployment_status: str
+) -> dict[str, Any]:
+    """Serve's GET /api/serve/applications/ entry for a record's application (as PUT)."""
+    app = serving.app_config(record)["applications"][0]
     return {
         "status": status,
         "message": "",
@@ -115,7 +115,7 @@ def test_serve_status_reads_like_kuberays(serving: LocalServing) -> None:
     health = core.service_health(serving.get("team", name))  # type: ignore[arg-type]
     assert (health.serving, health.current) == (False, False)
     # Running the record's config: ready, current, running, one model replica.
-    serving.apps = {"team-churn": serve_app(record, "RUNNING", "HEALTHY")}
+    serving.apps = {"team-churn": serve_app(serving, record, "RUNNING", "HEALTHY")}
     health = core.service_health(serving.get("team", name))  # type: ignore[arg-type]
     assert (health.serving, health.current, health.running, health.ready_workers) == (
         True, True, True, 1)  # fmt: skip
@@ -127,7 +127,9 @@ def test_serve_status_reads_like_kuberays(serving: LocalServing) -> None:
     # A failed deploy is reported with Serve's message.
     serving.apps["team-churn"].update(status="DEPLOY_FAILED", message="import error")
     serving.apps["team-churn"]["deployed_app_config"] = yaml.safe_load(
-        yaml.safe_dump(serve_app(serving.get("team", name), "x", "x")["deployed_app_config"])  # type: ignore[arg-type]
+        yaml.safe_dump(
+            serve_app(serving, serving.get("team", name), "x", "x")["deployed_app_config"]
+        )  # type: ignore[arg-type]
     )
     health = core.service_health(serving.get("team", name))  # type: ignore[arg-type]
     assert health.failed_reason == "DeployFailed" and "import error" in (health.problem or "")
@@ -142,7 +144,7 @@ def test_reconcile_over_local_records_is_idempotent(serving: LocalServing) -> No
     serving.create(plan.desired)
     name = plan.desired["metadata"]["name"]
     record = serving.get("team", name)
-    serving.apps = {"team-churn": serve_app(record, "RUNNING", "HEALTHY")}  # type: ignore[arg-type]
+    serving.apps = {"team-churn": serve_app(serving, record, "RUNNING", "HEALTHY")}  # type: ignore[arg-type]
     md = md.model_copy(update={"status": ModelDeploymentStatus.model_validate(plan.status)})
     plan = core.reconcile(md, core.Observed(model, serving.get("team", name)), NOW, CONFIG, uid=UID)
     assert plan.status["phase"] == "Ready" and plan.status["servedVersion"] == "1"

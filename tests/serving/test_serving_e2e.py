@@ -34,7 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mlplane.crds.validate import parse
 from mlplane.operator.builders import Variant, build_rayservice
+from mlplane.operator.builders.signing import SigningKeys
 from mlplane.operator.config import OperatorConfig
+from mlplane.operator.platforms.local_signing import LocalSigningKeys
 from mlplane.serving.deploy import (
     get_applications,
     local_serve_config,
@@ -42,6 +44,8 @@ from mlplane.serving.deploy import (
     serve_config_of,
     wait_running,
 )
+from mlplane.serving.request_id import InvalidRequestId, RequestIdSigner
+from mlplane.serving.request_id import SigningKeys as Keys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -270,8 +274,11 @@ def _md():
 class App:
     """Builds configs with the operator's builder and deploys them like the local platform."""
 
-    def __init__(self, dashboard: str, port: int, tracking_uri: str) -> None:
+    def __init__(self, dashboard: str, port: int, tracking_uri: str, keys_root: Path) -> None:
         self.dashboard = dashboard
+        # The request-id keys, in a folder laid out like a mounted Secret (the local platform's).
+        self.keys = LocalSigningKeys(keys_root)
+        self.keys.write("e2e", "churn", UID, SigningKeys(secrets.token_hex(32)))
         # Mounted like the local platform mounts one of several deployments.
         self.base = f"http://127.0.0.1:{port}{PREFIX}"
         self.port = port
@@ -287,6 +294,7 @@ class App:
             num_cpus=0.25,
             name="e2e-churn",
             route_prefix=PREFIX,
+            signing_keys=str(self.keys.directory("e2e", "churn")),
         )
         # Windows of 2 s instead of the CRD's 60 s minimum, so a test sees evaluations.
         config["applications"][0]["args"]["drift"]["window_s"] = 2.0
@@ -306,9 +314,9 @@ class App:
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, registry):
+def app(ray_cluster, registry, tmp_path_factory):
     dashboard, port = ray_cluster
-    app = App(dashboard, port, registry)
+    app = App(dashboard, port, registry, tmp_path_factory.mktemp("keys"))
     app.deploy(app.serve_config(1))
     return app
 
@@ -585,3 +593,47 @@ def test_drift_tap_evaluates_windows_against_the_reference(ab):
     assert _total(samples, "mlplane_feature_drifted", feature="tenure") == 1
     assert _total(samples, "mlplane_feature_drift_score", feature="tenure", method="psi") > 0
     assert _total(samples, "mlplane_drift_last_evaluation_timestamp_seconds") > 0
+
+
+def test_a_key_rotation_under_the_running_app_loses_no_feedback(ab):
+    """The operator's two steps, as the kubelet would update the mounted Secret, under the
+    running app (nothing restarts): a staged key is accepted at once but signs nothing; once
+    promoted it signs new ids, and feedback for ids issued before is still accepted."""
+    _, before = ab.keys.read("e2e", "churn")
+    first = _predict_counted(ab, {"x-user-id": "user-rotation"}).json()
+    fresh = secrets.token_hex(32)
+    old_key = RequestIdSigner(Keys(before.current.encode()), "e2e/churn")
+    new_key = RequestIdSigner(Keys(fresh.encode()), "e2e/churn")
+    url = f"{ab.base}/v1/feedback"
+
+    # Step 1: staged. An id another pod would sign with the new key is accepted here...
+    staged = SigningKeys(before.current, None, fresh, "e2e", "2026-12-03T09:00:00Z")
+    ab.keys.write("e2e", "churn", UID, staged)
+    minted = new_key.issue(first["variant"], first["version"], "ab-e2e", time.time())
+    answer = wait_for(
+        lambda: (a := http("POST", url, {"requestId": minted, "outcome": 1})).status == 200 and a,
+        30,
+        "feedback for an id signed with the staged key",
+    )
+    assert answer.json()["variant"] == first["variant"]
+    # ... while this app still signs with the current key.
+    signed = _predict_counted(ab, {"x-user-id": "user-rotation"}).json()["requestId"]
+    assert old_key.verify(signed).variant == first["variant"]
+
+    # Step 2: promoted.
+    ab.keys.write("e2e", "churn", UID, SigningKeys(fresh, before.current, None, "e2e"))
+
+    def signed_with_new_key() -> str | None:
+        request_id = _predict_counted(ab, {"x-user-id": "user-rotation"}).json()["requestId"]
+        try:
+            new_key.verify(request_id)
+        except InvalidRequestId:
+            return None
+        return request_id
+
+    new_id = wait_for(signed_with_new_key, 30, "ids signed with the promoted key")
+    with pytest.raises(InvalidRequestId):
+        old_key.verify(new_id)
+    for request_id in (first["requestId"], new_id):
+        answer = http("POST", url, {"requestId": request_id, "outcome": 1})
+        assert answer.status == 200, answer.body

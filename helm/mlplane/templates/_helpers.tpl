@@ -115,12 +115,13 @@ no wildcards; Secrets only get/create (never list/watch). Why each rule exists i
 - apiGroups: ["ray.io"]
   resources: ["rayjobs", "rayservices"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Each Ray cluster's token Secret and NetworkPolicy, made before its RayJob/RayService
-# (KubeRayPlatform.ensure_cluster_access): create, and get to check the owner of one that exists.
-# No list/watch/update: the operator never reads other Secrets and never rewrites its own.
+# Secrets, by name only (no list/watch: no other Secret is ever enumerated): each Ray cluster's
+# token Secret (KubeRayPlatform.ensure_cluster_access: create, get to check the owner of one that
+# exists; never rewritten) and each ModelDeployment's request-id signing Secret
+# (operator/handlers/signing.py: read back, created once, patched to rotate).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "patch"]
 # NetworkPolicies: the same, for each Ray cluster's policy (builders/access.py).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
