@@ -13,7 +13,6 @@ MLflow unreachable → Pending and retried.
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import json
 import os
@@ -624,7 +623,11 @@ async def test_network_policy_of_another_owner_is_not_adopted(emulator, operator
                              seen=lambda: status(emulator, obj))  # fmt: skip
     assert (blocked["status"], blocked["reason"]) == ("False", "OwnedByOther")
     assert "NetworkPolicy" in blocked["message"] and "uid-of-someone-else" in blocked["message"]
-    await asyncio.sleep(2.5)  # timer ticks: still nothing deployed, the policy untouched
+    # Two more timer rounds (a positive sign the operator looked again): still nothing
+    # deployed, the policy untouched.
+    start = timer_runs(operator, obj)
+    await wait_for(lambda: timer_runs(operator, obj) >= start + 2, timeout=TIMEOUT,
+                   message="two more timer rounds")  # fmt: skip
     assert rayservice(emulator, "taken") is None
     kept = emulator.get_object(POLICIES, NAMESPACE, "taken-ray")
     assert kept["metadata"]["ownerReferences"][0]["uid"] == "uid-of-someone-else"
