@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -33,21 +32,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from local_ports import isolated_ports
 
 from mlplane.operator.builders.retrain import retrain_name
-from mlplane.operator.platforms.local import LocalPlatform, Ports
+from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import NotFound, Store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 MODEL = "churn-monitoring-e2e"
 WINDOW_S = 60.0
 DASHBOARDS = Path(__file__).resolve().parents[2] / "monitoring" / "generated" / "dashboards"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait(condition: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
@@ -88,9 +82,7 @@ def prom_query(base: str, expr: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
-    ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
-                  mlflow=free_port(), serve=free_port(), runner_metrics=free_port(),
-                  prometheus=free_port())  # fmt: skip
+    ports = isolated_ports()
     assert shutil.which("prometheus"), (
         "needs Prometheus on PATH (Debian's `prometheus` package; scripts/setup.sh installs it)"
     )

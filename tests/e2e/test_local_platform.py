@@ -14,18 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from local_ports import free_port, isolated_ports
 
 from mlplane.operator.platforms import processes
-from mlplane.operator.platforms.local import LocalPlatform, LocalPlatformError, Ports
+from mlplane.operator.platforms.local import LocalPlatform, LocalPlatformError
 
 pytestmark = pytest.mark.e2e
 MLPLANE = str(Path(sys.executable).parent / "mlplane")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -88,8 +83,7 @@ def test_busy_port_is_a_clear_error(tmp_path):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        platform = LocalPlatform(tmp_path / "s", Ports(mlflow=busy, ray_gcs=free_port(),
-                                 ray_dashboard=free_port(), ray_client=free_port()))  # fmt: skip
+        platform = LocalPlatform(tmp_path / "s", isolated_ports(mlflow=busy))
         with pytest.raises(LocalPlatformError, match=f"port {busy} \\(mlflow\\).*in use"):
             platform.up()
     assert platform.state() is None

@@ -14,7 +14,6 @@ Runs inside a private network namespace (.ci/run does it).
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +26,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from local_ports import isolated_ports
 
-from mlplane.operator.platforms.local import LocalPlatform, Ports
+from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
 from mlplane.operator.platforms.store import Store
 
@@ -37,12 +37,6 @@ BIN = Path(sys.executable).parent
 MODEL = "churn-local-e2e"
 FEATURES = ("tenure", "spend", "plan")
 DEPLOY_TIMEOUT = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -85,8 +79,7 @@ def rows(n: int, seed: int) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
-    ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
-                  mlflow=free_port(), serve=free_port())  # fmt: skip
+    ports = isolated_ports()
     local = LocalPlatform(tmp_path_factory.mktemp("platform") / "state", ports)
     local.up(num_cpus=2)
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,10 +31,11 @@ from typing import Any
 import boto3
 import mlflow.sklearn
 import pytest
+from local_ports import free_port, isolated_ports
 from mlflow.tracking import MlflowClient
 
 from mlplane.operator.platforms import processes
-from mlplane.operator.platforms.local import LocalPlatform, Ports
+from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import Store
 from mlplane.training import TrainingContext, TrainingSession, open_store
 from mlplane.training.examples import sklearn_tabular
@@ -43,12 +43,6 @@ from mlplane.training.examples import sklearn_tabular
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent
 CHECKPOINT_EVERY = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -65,8 +59,7 @@ def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
-    ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
-                  mlflow=free_port())  # fmt: skip
+    ports = isolated_ports()
     local = LocalPlatform(tmp_path_factory.mktemp("platform") / "state", ports)
     local.up(num_cpus=1)  # the head: drivers only; training runs on the "spot" workers
     try:

@@ -11,23 +11,17 @@ Runs inside a private network namespace (.ci/run does it).
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from local_ports import free_port, isolated_ports
 
-from mlplane.operator.platforms.local import LocalPlatform, Ports
+from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import Store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -46,8 +40,7 @@ def status(platform: LocalPlatform, name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory) -> Iterator[LocalPlatform]:
-    ports = Ports(ray_gcs=free_port(), ray_dashboard=free_port(), ray_client=free_port(),
-                  mlflow=free_port())  # fmt: skip
+    ports = isolated_ports()
     local = LocalPlatform(tmp_path_factory.mktemp("platform") / "state", ports)
     local.up(num_cpus=1)
     try:
