@@ -20,8 +20,10 @@ fails loudly at deploy time instead of being ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from mlplane.serving.flavors import ModelPolicy
 
 __all__ = [
     "AppSettings",
@@ -118,6 +120,8 @@ class AppSettings:
     batching: BatchingSettings | None
     slo_latency_p99_ms: int | None
     drift: DriftSettings
+    #: What the model deployments may load (optional key ``model_policy``; absent: closed).
+    model_policy: ModelPolicy = field(default_factory=ModelPolicy)
 
     @property
     def namespace(self) -> str:
@@ -145,6 +149,7 @@ class AppSettings:
                 "slo_latency_p99_ms",
                 "drift",
             },
+            frozenset({"model_policy"}),
         )
         deployment = _str("args.deployment", args["deployment"])
         namespace, sep, name = deployment.partition("/")
@@ -172,7 +177,15 @@ class AppSettings:
             batching=batching,
             slo_latency_p99_ms=None if slo is None else _int("args.slo_latency_p99_ms", slo, 1),
             drift=DriftSettings.parse(args["drift"]),
+            model_policy=_model_policy(args.get("model_policy")),
         )
+
+
+def _model_policy(value: Any) -> ModelPolicy:
+    try:
+        return ModelPolicy.from_args(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from mlplane.operator.builders.pods import (
     ray_container,
 )
 from mlplane.operator.config import OperatorConfig
+from mlplane.serving.flavors import ModelPolicy
 
 APPLICATION = "mlplane"
 IMPORT_PATH = "mlplane.serving.app:build_app"
@@ -174,6 +175,9 @@ def serve_args(
           threshold: float         # resolved: the spec's, else the method's default
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
+        model_policy:              # what the model deployments may load (serving/flavors.py)
+          allowed: [str]           # the operator's allowed serialisations
+          allow_unsafe: bool       # spec.model.allowUnsafeDeserialization
 
     What changes without a restart is in the deployments' ``user_config`` (see
     :func:`router_user_config`, :func:`model_user_config`). ``build_app`` binds an ingress
@@ -207,6 +211,9 @@ def serve_args(
             "window_s": parse_duration(drift.window),
             "min_samples": drift.min_samples,
         },
+        "model_policy": ModelPolicy(
+            config.allowed_model_flavors, md.spec.model.allow_unsafe_deserialization
+        ).to_args(),
     }
 
 
