@@ -53,12 +53,14 @@ from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedAttempt,
     ObservedDisruption,
+    policy_refusal,
     reconcile,
 )
 from mlplane.operator.registry import (
     Registry,
     RegistryError,
     RegistryUnavailable,
+    flavors_of,
     registry_for,
     resolve_model,
 )
@@ -182,11 +184,17 @@ class Runner:
         rayservice = self.serving.get(namespace, rs_name)
         tests = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
         split = ab_core.routing_for(name, tests, namespace)
-        observed = md_core.Observed(model, rayservice)
+        flavors = None
+        if not isinstance(model, md_core.Unresolved):  # the registry policy, as on Kubernetes
+            versions = (model.version, *(v.version for v in (split.variants if split else ())))
+            registry = self.registry(config.mlflow_tracking_uri)
+            flavors, unavailable = flavors_of(registry, md.spec.model.name, versions)
+            model = unavailable or model
+        observed = md_core.Observed(model, rayservice, flavors=flavors)
         if split is not None:
             observed = md_core.Observed(
                 model, rayservice, split.variants, split.bucketing_header, split.abtest,
-                split.objective,
+                split.objective, flavors,
             )  # fmt: skip
         plan = md_core.reconcile(md, observed, now, config, uid=uid)
         if plan.create and plan.desired is not None:
@@ -296,7 +304,12 @@ class Runner:
         tj = parse(body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        registry = registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+        # A tracking URI or model name the registry policy refuses: MLflow is not contacted.
+        registry = (
+            None
+            if policy_refusal(tj, config) is not None
+            else registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+        )
         for _ in range(3):  # again after an MLflow action, as the Kopf handler does
             observed = self._observe_trainingjob(tj, registry, uid)
             plan = reconcile(tj, observed, now, config, uid=uid)
@@ -309,7 +322,9 @@ class Runner:
                 self.store.add_event(body, event.type, event.reason, event.message)
             acted = False
             try:
-                if plan.ensure_run:
+                if registry is None:
+                    pass
+                elif plan.ensure_run:
                     experiment = tj.spec.mlflow.experiment or f"{namespace}/{name}"
                     registry.ensure_run(experiment, uid, f"{namespace}/{name}")
                     acted = True
@@ -323,7 +338,7 @@ class Runner:
             if not acted:
                 break
 
-    def _observe_trainingjob(self, tj: Any, registry: Registry, uid: str) -> Observed:
+    def _observe_trainingjob(self, tj: Any, registry: Registry | None, uid: str) -> Observed:
         namespace, name = tj.metadata.namespace or "default", tj.metadata.name
         status = tj.status
         attempts: list[ObservedAttempt] = []
@@ -339,6 +354,8 @@ class Runner:
                     job["message"], job["startTime"], job["endTime"], job["ownerUid"],
                 ))  # fmt: skip
         disruptions = self._disruptions(current)
+        if registry is None:  # held by the registry policy
+            return Observed(tuple(attempts), disruptions)
         try:
             run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
         except (RegistryUnavailable, RegistryError) as exc:

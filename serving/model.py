@@ -89,6 +89,7 @@ def load_mlflow_model(
 
     policy = policy or ModelPolicy()
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=config.model_uri,
         dst_path=tempfile.mkdtemp(prefix="mlplane-model-"),

@@ -40,6 +40,7 @@ from mlplane.operator.reconcile.trainingjob import (
     ObservedAttempt,
     ObservedDisruption,
     Plan,
+    policy_refusal,
     reconcile,
 )
 from mlplane.operator.registry import Registry, RegistryError, RegistryUnavailable, registry_for
@@ -185,7 +186,7 @@ def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
 
 def _observe(
     tj: TrainingJob, uid: str, index: Any, config: OperatorConfig, platform: KubeRayPlatform
-) -> tuple[Observed, Registry]:
+) -> tuple[Observed, Registry | None]:
     namespace, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     attempts = tuple(index.get((namespace, name), ())) if index is not None else ()
     current = tj.status.current_attempt if tj.status else None
@@ -196,6 +197,8 @@ def _observe(
         found = platform.get("ray.io/v1", "RayJob", namespace, rayjob)
         if found is not None:
             attempts = (*attempts, ObservedAttempt.from_rayjob(found))
+    if policy_refusal(tj, config) is not None:  # a refused MLflow is never contacted
+        return Observed(attempts, LEDGER.take(namespace, name)), None
     registry = _registry(tj, config)
     try:
         run = registry.observe_run(uid, tj.spec.mlflow.registered_model)
@@ -208,7 +211,7 @@ def _execute(
     tj: TrainingJob,
     uid: str,
     plan: Plan,
-    registry: Registry,
+    registry: Registry | None,
     body: kopf.Body,
     platform: KubeRayPlatform,
 ) -> bool:
@@ -230,6 +233,8 @@ def _execute(
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )
+    if registry is None:  # held by the registry policy: the plan asks nothing of MLflow
+        return False
     try:
         if plan.ensure_run:
             experiment = tj.spec.mlflow.experiment or f"{tj.metadata.namespace}/{tj.metadata.name}"

@@ -130,10 +130,11 @@ def registry(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-policy")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     marker = folder / "marker"
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("p", artifact_location=(folder / "a").as_uri())
-    old = mlflow.get_tracking_uri()
+    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # registered_model_name registers through the global one
     try:
         with mlflow.start_run(experiment_id=experiment):
             mlflow.pyfunc.log_model(
@@ -148,7 +149,8 @@ def registry(tmp_path_factory):
                     pip_requirements=["scikit-learn"],
                 )  # fmt: skip
     finally:
-        mlflow.set_tracking_uri(old)
+        mlflow.set_tracking_uri(old[0])
+        mlflow.set_registry_uri(old[1])
     client.set_registered_model_alias("marker", "champion", "1")
     return uri, marker
 
