@@ -38,6 +38,14 @@ class ModelRef(SpecModel):
         description="Follow this alias: moving it in MLflow rolls the deployment in place.",
     )
     version: int | None = Field(None, ge=1, description="Serve exactly this version.")
+    allow_unsafe_deserialization: bool = Field(
+        False,
+        description="UNSAFE: load any model serialisation, including pickle/cloudpickle and "
+        "custom pyfunc code, which execute code stored in the model on load. Off by default: "
+        "only formats that execute no code (the operator's allowed list, e.g. skops, ONNX) "
+        "load. Turn on only if everyone who can write this registered model and move its "
+        "aliases is trusted to run code in serving.",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

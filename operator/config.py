@@ -29,14 +29,31 @@
   children; ``MLPLANE_RESOLVE_INTERVAL`` (default 30 s): how often a ModelDeployment asks
   MLflow where its alias points; ``MLPLANE_RETRY_DELAY`` (default 15 s): retry after MLflow
   could not be reached. (Read by the Kopf handlers at import.)
+
+The registry policy (the registry is a code boundary, see ``docs/security.md``):
+
+- ``MLPLANE_ALLOWED_MODEL_FLAVORS``: comma-separated serialisations a ModelDeployment may load
+  without opting in (``mlplane.serving.flavors``; default ``sklearn:skops,onnx``, the formats
+  that execute no code on load); anything else needs ``spec.model.allowUnsafeDeserialization``;
+- ``MLPLANE_MODEL_NAME_POLICY``: JSON ``{"<namespace>": ["<name>", "<prefix>*", ...]}``: the
+  registered model names a namespace's TrainingJobs may register and alias (``"*"`` as a key:
+  namespaces not listed). Unset: no restriction. Set: a namespace that matches no key may
+  register nothing;
+- ``MLPLANE_ALLOWED_TRACKING_URIS``: comma-separated MLflow tracking URIs a TrainingJob's
+  ``spec.mlflow.trackingUri`` may name, besides ``MLPLANE_MLFLOW_TRACKING_URI`` (always
+  allowed); default none: any other URI is refused and never contacted.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from mlplane.serving.flavors import SAFE_SERIALIZATIONS
 
 CapacityLabels = Literal["eks", "karpenter", "gke"]
 RAY_IMAGE = "rayproject/ray:2.60.0-py311"
@@ -72,6 +89,13 @@ class OperatorConfig:
     kuberay_namespace: str = "kuberay-system"
     kuberay_pod_labels: tuple[tuple[str, str], ...] = KUBERAY_POD_LABELS
     serving_client_namespaces: tuple[str, ...] = ()
+    #: Serialisations a ModelDeployment may load without opting in (``serving/flavors.py``).
+    allowed_model_flavors: tuple[str, ...] = SAFE_SERIALIZATIONS
+    #: Per namespace, the model names (``name`` or ``prefix*``) its TrainingJobs may register
+    #: and alias; None: no restriction.
+    model_name_policy: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    #: Tracking URIs a spec may name besides :attr:`mlflow_tracking_uri`.
+    allowed_tracking_uris: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -114,7 +138,31 @@ class OperatorConfig:
                 for n in env.get("MLPLANE_SERVING_CLIENT_NAMESPACES", "").split(",")
                 if n.strip()
             ),
+            allowed_model_flavors=_list(env, "MLPLANE_ALLOWED_MODEL_FLAVORS", SAFE_SERIALIZATIONS),
+            model_name_policy=_name_policy(env.get("MLPLANE_MODEL_NAME_POLICY", "")),
+            allowed_tracking_uris=_list(env, "MLPLANE_ALLOWED_TRACKING_URIS", ()),
         )
+
+    def tracking_uri_allowed(self, uri: str | None) -> bool:
+        """Whether a spec may name ``uri`` (None: the operator's own, always allowed)."""
+        if uri is None:
+            return True
+        allowed = {u.rstrip("/") for u in (self.mlflow_tracking_uri, *self.allowed_tracking_uris)}
+        return uri.rstrip("/") in allowed
+
+    def model_names_for(self, namespace: str) -> tuple[str, ...] | None:
+        """The model-name patterns ``namespace`` may register (None: any name)."""
+        if self.model_name_policy is None:
+            return None
+        policy = dict(self.model_name_policy)
+        return policy.get(namespace, policy.get("*", ()))
+
+    def model_name_allowed(self, namespace: str, name: str) -> bool:
+        """Whether ``namespace``'s TrainingJobs may register and alias model ``name``."""
+        patterns = self.model_names_for(namespace)
+        if patterns is None:
+            return True
+        return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
 
     @property
     def checkpoint_base(self) -> str | None:
@@ -158,3 +206,32 @@ def _labels(
             )
         pairs.append((key.strip(), value.strip()))
     return tuple(pairs)
+
+
+def _list(env: Mapping[str, str], variable: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(variable)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _name_policy(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """``MLPLANE_MODEL_NAME_POLICY`` parsed: JSON namespace -> list of names / ``prefix*``."""
+    if not raw.strip():
+        return None
+    problem = (
+        'MLPLANE_MODEL_NAME_POLICY must be JSON {"<namespace>": ["<name>", "<prefix>*"]} '
+        f"(got {raw!r})"
+    )
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise ValueError(problem) from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, list)
+        and all(isinstance(p, str) and p.strip("*") for p in v)
+        for k, v in parsed.items()
+    ):
+        raise ValueError(problem)
+    return tuple(sorted((k, tuple(v)) for k, v in parsed.items()))

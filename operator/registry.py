@@ -142,6 +142,7 @@ class Registry:
         bound_http_calls(timeout)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._flavors: dict[tuple[str, int], dict[str, Any] | None] = {}
 
     # --- TrainingJob runs ----------------------------------------------------------------------
 
@@ -306,6 +307,43 @@ class Registry:
             raise _classify(exc, what) from None
         return ResolvedModel(name, int(found.version), found.run_id, found.source)
 
+    def model_flavors(self, name: str, version: int) -> dict[str, Any] | None:
+        """The ``flavors`` of a model version's ``MLmodel`` file (None: the file has none).
+
+        Only that small file is downloaded. Kept per version for the client's life (a
+        version's files do not change in normal use; the serving app checks its own copy
+        again before loading, so a file changed later is still caught).
+        """
+        key = (name, int(version))
+        cache = self._flavors
+        if key in cache:
+            return cache[key]
+        import tempfile
+        from pathlib import Path
+
+        import mlflow.artifacts
+        import yaml
+
+        what = f"the MLmodel file of {name!r} version {version}"
+        try:
+            where = self.client.get_model_version_download_uri(name, str(version))
+            with tempfile.TemporaryDirectory(prefix="mlplane-mlmodel-") as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{str(where).rstrip('/')}/MLmodel",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+                text = Path(path).read_text()
+        except Exception as exc:
+            raise _classify(exc, what) from None
+        try:
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            parsed = None
+        flavors = parsed.get("flavors") if isinstance(parsed, dict) else None
+        cache[key] = flavors if isinstance(flavors, dict) else None
+        return cache[key]
+
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``alias`` at ``version`` (what an ABTest's promotion does)."""
         try:
@@ -326,9 +364,14 @@ class RunLook:
     refused: str | None = None
 
 
-def observe_trainingjob(registry: Registry, tj: TrainingJob, uid: str) -> RunLook:
+def observe_trainingjob(registry: Registry | None, tj: TrainingJob, uid: str) -> RunLook:
     """Read the run of ``tj`` (a parsed TrainingJob): by the ``runId`` its status remembers,
-    else in its own experiment; with the alias lookup its spec asks for."""
+    else in its own experiment; with the alias lookup its spec asks for.
+
+    ``registry`` None: the registry policy holds the job (``policy_refusal``), nothing is read.
+    """
+    if registry is None:
+        return RunLook()
     run_id = tj.status.mlflow.run_id if tj.status and tj.status.mlflow else None
     try:
         run = registry.observe_run(
@@ -351,7 +394,7 @@ class Outcome:
     refused: str | None = None
 
 
-def act_trainingjob(registry: Registry, tj: TrainingJob, uid: str, plan: Plan) -> Outcome:
+def act_trainingjob(registry: Registry | None, tj: TrainingJob, uid: str, plan: Plan) -> Outcome:
     """Create the run or register, as ``plan`` asks; never raises for MLflow's answers.
 
     The caller feeds a failed outcome into the next reconcile (``Observed.registry_error`` /
@@ -359,6 +402,8 @@ def act_trainingjob(registry: Registry, tj: TrainingJob, uid: str, plan: Plan) -
     leave the job with no condition at all.
     """
     namespace, name = tj.metadata.namespace or "default", tj.metadata.name
+    if registry is None:  # held by the registry policy: the plan asks nothing of MLflow
+        return Outcome()
     try:
         if plan.ensure_run:
             run_id = tj.status.mlflow.run_id if tj.status and tj.status.mlflow else None
@@ -379,7 +424,7 @@ def trainingjob_rounds(
     uid: str,
     now: datetime,
     config: OperatorConfig,
-    registry: Registry,
+    registry: Registry | None,
     *,
     observe: Callable[[TrainingJob], Observed],
     act: Callable[[TrainingJob, Plan], None],
@@ -458,3 +503,23 @@ def resolve_model(registry: Registry, ref: Any) -> ResolvedModel | Unresolved:
         "VersionNotFound",
         f"registered model {ref.name!r} has no version {ref.version} in {where} ({answer})",
     )
+
+
+def flavors_of(
+    registry: Registry, name: str, versions: tuple[int, ...]
+) -> tuple[dict[int, dict[str, Any] | None], Unresolved | None]:
+    """The ``MLmodel`` flavors of the versions to serve, for the policy check in the core.
+
+    A version whose file MLflow says is not there gets None (the core refuses it: unknown is
+    unsafe); MLflow unreachable gives ``RegistryUnavailable`` (retried).
+    """
+    found: dict[int, dict[str, Any] | None] = {}
+    for version in sorted(set(versions)):
+        try:
+            found[version] = registry.model_flavors(name, version)
+        except RegistryError:
+            found[version] = None
+        except RegistryUnavailable as exc:
+            where = f"MLflow at {registry.tracking_uri}"
+            return found, Unresolved("RegistryUnavailable", f"{where} cannot be reached: {exc}")
+    return found, None

@@ -53,10 +53,12 @@ from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedAttempt,
     ObservedDisruption,
+    policy_refusal,
 )
 from mlplane.operator.registry import (
     Registry,
     RegistryError,
+    flavors_of,
     observe_trainingjob,
     registry_for,
     resolve_model,
@@ -189,11 +191,17 @@ class Runner:
         rayservice = self.serving.get(namespace, rs_name)
         tests = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
         split = ab_core.routing_for(name, tests, namespace)
-        observed = md_core.Observed(model, rayservice)
+        flavors = None
+        if not isinstance(model, md_core.Unresolved):  # the registry policy, as on Kubernetes
+            versions = (model.version, *(v.version for v in (split.variants if split else ())))
+            registry = self.registry(config.mlflow_tracking_uri)
+            flavors, unavailable = flavors_of(registry, md.spec.model.name, versions)
+            model = unavailable or model
+        observed = md_core.Observed(model, rayservice, flavors=flavors)
         if split is not None:
             observed = md_core.Observed(
                 model, rayservice, split.variants, split.bucketing_header, split.abtest,
-                split.objective,
+                split.objective, flavors,
             )  # fmt: skip
         plan = md_core.reconcile(md, observed, now, config, uid=uid)
         if plan.create and plan.desired is not None:
@@ -303,7 +311,12 @@ class Runner:
         tj = parse(body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        registry = registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+        # A tracking URI or model name the registry policy refuses: MLflow is never contacted.
+        registry = (
+            None
+            if policy_refusal(tj, config) is not None
+            else registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+        )
 
         def act(_: Any, plan: Any) -> None:
             for rayjob in plan.create:
@@ -323,7 +336,7 @@ class Runner:
             log.warning("TrainingJob %s/%s: MLflow: %s", namespace, name,
                         observed.registry_error or observed.registry_refused)  # fmt: skip
 
-    def _observe_trainingjob(self, tj: Any, registry: Registry, uid: str) -> Observed:
+    def _observe_trainingjob(self, tj: Any, registry: Registry | None, uid: str) -> Observed:
         namespace, name = tj.metadata.namespace or "default", tj.metadata.name
         status = tj.status
         attempts: list[ObservedAttempt] = []

@@ -134,7 +134,7 @@ class Model:
     async def __init__(self, args: dict[str, Any]) -> None:
         _log_like_serve()
         settings = AppSettings.parse(args)
-        self.core = ModelCore(settings.tracking_uri)
+        self.core = ModelCore(settings.tracking_uri, policy=settings.model_policy)
         self.batching = settings.batching
         if self.batching is not None:
             self._predict_batched.set_max_batch_size(self.batching.max_batch_size)

@@ -20,8 +20,10 @@ fails loudly at deploy time instead of being ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from mlplane.serving.flavors import ModelPolicy
 
 __all__ = [
     "AppSettings",
@@ -121,6 +123,8 @@ class AppSettings:
     #: Directory of the request-id signing keys (``current``, ``previous``): the mounted
     #: Secret. None only outside the operator: then ``MLPLANE_FEEDBACK_KEY`` must be set.
     signing_keys: str | None = None
+    #: What the model deployments may load (optional key ``model_policy``; absent: closed).
+    model_policy: ModelPolicy = field(default_factory=ModelPolicy)
 
     @property
     def namespace(self) -> str:
@@ -148,7 +152,7 @@ class AppSettings:
                 "slo_latency_p99_ms",
                 "drift",
             },
-            frozenset({"signing_keys"}),
+            frozenset({"signing_keys", "model_policy"}),
         )
         deployment = _str("args.deployment", args["deployment"])
         namespace, sep, name = deployment.partition("/")
@@ -177,7 +181,15 @@ class AppSettings:
             slo_latency_p99_ms=None if slo is None else _int("args.slo_latency_p99_ms", slo, 1),
             drift=DriftSettings.parse(args["drift"]),
             signing_keys=_str("args.signing_keys", args.get("signing_keys"), optional=True),
+            model_policy=_model_policy(args.get("model_policy")),
         )
+
+
+def _model_policy(value: Any) -> ModelPolicy:
+    try:
+        return ModelPolicy.from_args(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

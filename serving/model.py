@@ -10,6 +10,11 @@ thin Serve class around it):
   is served start to finish by one version and reports that version. This is what makes moving an
   alias a zero-downtime, in-place update (Serve calls ``reconfigure`` on the running replicas
   and keeps routing to them meanwhile).
+- **Only allowed serialisations load** (:mod:`mlplane.serving.flavors`): the model's files are
+  downloaded first, its ``MLmodel`` flavors are checked against the app's ``model_policy``, and
+  only then is it loaded from that same local copy (so what was checked is what loads). A
+  refused model raises :class:`UnsafeModelError` before any of its code could run; like any
+  failed load, it leaves a serving replica on its previous model.
 - **A failed load keeps the old model** serving and is reported (``info()['loadError']``,
   ``GET /v1/models``). Raising instead would make Serve replace the replica with one that fails
   the same way — downtime for a registry hiccup. Only a replica that has no model at all (its
@@ -26,18 +31,31 @@ thin Serve class around it):
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mlplane.serving.config import ConfigError, ModelConfig
+from mlplane.serving.flavors import ModelPolicy
 from mlplane.serving.inputs import InputError, InputSchema, to_frame
 
-__all__ = ["LoadedModel", "ModelCore", "load_mlflow_model", "predict_items", "to_jsonable"]
+__all__ = [
+    "LoadedModel",
+    "ModelCore",
+    "UnsafeModelError",
+    "load_mlflow_model",
+    "predict_items",
+    "to_jsonable",
+]
 
 log = logging.getLogger("mlplane.serving.model")
 
@@ -55,12 +73,36 @@ class LoadedModel:
     loaded_at: float
 
 
-def load_mlflow_model(tracking_uri: str, config: ModelConfig) -> LoadedModel:
-    """Load ``config.model_uri`` as a pyfunc model (blocking: call it in a thread)."""
+class UnsafeModelError(RuntimeError):
+    """The model's serialisation is not allowed by the app's ``model_policy``."""
+
+
+def load_mlflow_model(
+    tracking_uri: str, config: ModelConfig, policy: ModelPolicy | None = None
+) -> LoadedModel:
+    """Load ``config.model_uri`` as a pyfunc model if ``policy`` allows its flavors (blocking).
+
+    The files are downloaded once; the ``MLmodel`` of that copy is checked and that copy is
+    loaded, so a registry changed between the check and the load cannot slip code in.
+    """
     import mlflow  # lazy: the router and the tests of the pure parts need no MLflow
 
+    policy = policy or ModelPolicy()
     mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(config.model_uri)
+    mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=config.model_uri,
+        dst_path=tempfile.mkdtemp(prefix="mlplane-model-"),
+        tracking_uri=tracking_uri,
+    )
+    try:
+        flavors = (yaml.safe_load((Path(local) / "MLmodel").read_text()) or {}).get("flavors")
+    except (OSError, yaml.YAMLError, AttributeError):
+        flavors = None
+    refused = policy.refusal(flavors)
+    if refused is not None:
+        raise UnsafeModelError(f"{config.model_uri} refused: {refused}")
+    model = mlflow.pyfunc.load_model(local)
     schema = InputSchema.from_mlflow(model.metadata.get_input_schema())
     return LoadedModel(config.model_uri, config.version, model, schema, time.time())
 
@@ -175,10 +217,13 @@ class ModelCore:
     def __init__(
         self,
         tracking_uri: str,
-        loader: Callable[[str, ModelConfig], LoadedModel] = load_mlflow_model,
+        loader: Callable[[str, ModelConfig], LoadedModel] | None = None,
+        policy: ModelPolicy | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
-        self._loader = loader
+        self._loader = loader or functools.partial(
+            load_mlflow_model, policy=policy or ModelPolicy()
+        )
         self.loaded: LoadedModel | None = None
         self.desired: ModelConfig | None = None
         self.load_error: str | None = None

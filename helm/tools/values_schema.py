@@ -231,6 +231,34 @@ def values_schema() -> dict[str, Any]:
                     "none: spot jobs without checkpoint.uri are then rejected).",
                     pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|/.*)?$",
                 ),
+                allowedModelFlavors=array(
+                    "MLPLANE_ALLOWED_MODEL_FLAVORS: serialisations a ModelDeployment may load "
+                    "without spec.model.allowUnsafeDeserialization (serving/flavors.py).",
+                    string("A flavor, e.g. sklearn:skops.", pattern=r"^[a-z][a-z0-9_.:-]*$"),
+                    uniqueItems=True,
+                ),
+                modelNamePolicy={
+                    "description": 'MLPLANE_MODEL_NAME_POLICY: per namespace ("*": the others), '
+                    "the model names (exact, or prefix*) its TrainingJobs may register and alias. "
+                    "Empty: no restriction.",
+                    "type": "object",
+                    "propertyNames": {"pattern": r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"},
+                    "additionalProperties": array(
+                        "Allowed names.", string("A name or prefix*.", pattern=r"^[^*]+\*?$")
+                    ),
+                },
+                allowedTrackingUris=array(
+                    "MLPLANE_ALLOWED_TRACKING_URIS: MLflow servers a TrainingJob may name besides "
+                    "mlflowTrackingUri.",
+                    string("A tracking URI.", pattern=r"^[a-z][a-z0-9+.-]*:"),
+                    uniqueItems=True,
+                ),
+                servingClientNamespaces=array(
+                    "MLPLANE_SERVING_CLIENT_NAMESPACES: namespaces whose pods may call the Serve "
+                    'port of serving clusters ("*": all; empty: the ModelDeployment\'s own).',
+                    string("A namespace or *.", pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"),
+                    uniqueItems=True,
+                ),
                 capacityLabels={
                     "description": "MLPLANE_CAPACITY_LABELS: which labels mark spot nodes.",
                     "enum": ["eks", "karpenter", "gke"],

@@ -71,6 +71,7 @@ from mlplane.operator.builders.pods import (
 from mlplane.operator.builders.signing import MOUNT_PATH as SIGNING_KEYS_PATH
 from mlplane.operator.builders.signing import mount_signing_keys
 from mlplane.operator.config import OperatorConfig
+from mlplane.serving.flavors import ModelPolicy
 
 APPLICATION = "mlplane"
 IMPORT_PATH = "mlplane.serving.app:build_app"
@@ -184,6 +185,9 @@ def serve_args(
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
         signing_keys: str          # directory of the request-id keys (the mounted Secret)
+        model_policy:              # what the model deployments may load (serving/flavors.py)
+          allowed: [str]           # the operator's allowed serialisations
+          allow_unsafe: bool       # spec.model.allowUnsafeDeserialization
 
     What changes without a restart is in the deployments' ``user_config`` (see
     :func:`router_user_config`, :func:`model_user_config`). ``build_app`` binds an ingress
@@ -218,6 +222,9 @@ def serve_args(
             "min_samples": drift.min_samples,
         },
         "signing_keys": SIGNING_KEYS_PATH,
+        "model_policy": ModelPolicy(
+            config.allowed_model_flavors, md.spec.model.allow_unsafe_deserialization
+        ).to_args(),
     }
 
 

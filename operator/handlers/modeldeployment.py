@@ -4,6 +4,9 @@
   ``mlplane.dev/modeldeployment``) are kept in a Kopf index by owner, so a look costs no API
   call. The index may lag behind a write by a moment: a create answered 409 or a patch answered
   409/404 reads the RayService directly and reconciles again (at most three rounds).
+- The registry policy: the ``MLmodel`` flavors of every version to serve (the resolved one and
+  an A/B split's) are read (:func:`flavors_of`) and the core refuses a serialisation the
+  configuration does not allow (``UnsafeModelFlavor``).
 - The model is resolved through :class:`~mlplane.operator.registry.Registry`
   (:func:`resolve_model` tells a missing model from a missing alias or version, and both from
   an unreachable MLflow).
@@ -77,7 +80,7 @@ from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift
 from mlplane.operator.reconcile.abtest import Routing, routing_for
 from mlplane.operator.reconcile.drift import DriftPlan, ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.modeldeployment import Observed, Plan, Unresolved, reconcile
-from mlplane.operator.registry import ResolvedModel, registry_for, resolve_model
+from mlplane.operator.registry import ResolvedModel, flavors_of, registry_for, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +364,12 @@ def _run_reconcile(
     namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
     rs_name = lbl.rayservice_name(name)
     model = _resolve(md, config, fresh=fresh)
+    flavors = None
+    if not isinstance(model, Unresolved):  # the registry policy: what would be loaded
+        versions = (model.version, *(v.version for v in (routing.variants if routing else ())))
+        registry = registry_for(config.mlflow_tracking_uri)
+        flavors, unavailable = flavors_of(registry, md.spec.model.name, versions)
+        model = unavailable or model
     rayservice = _indexed(index, namespace, name, rs_name)
     # The signing Secret first: the RayService's pods mount it.
     signing_conflict, signing_events = ensure_signing_secret(
@@ -377,6 +386,7 @@ def _run_reconcile(
             abtest=routing.abtest if routing else None,
             objective=routing.objective if routing else None,
             signing_conflict=signing_conflict,
+            flavors=flavors,
         )
         plan = reconcile(md, observed, now, config, uid=uid)
         try:

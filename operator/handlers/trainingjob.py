@@ -49,6 +49,7 @@ from mlplane.operator.reconcile.trainingjob import (
     ObservedAttempt,
     ObservedDisruption,
     Plan,
+    policy_refusal,
 )
 from mlplane.operator.registry import (
     Registry,
@@ -197,7 +198,7 @@ def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
 
 
 def _observe(
-    tj: TrainingJob, uid: str, index: Any, registry: Registry, platform: KubeRayPlatform
+    tj: TrainingJob, uid: str, index: Any, registry: Registry | None, platform: KubeRayPlatform
 ) -> Observed:
     namespace, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     attempts = tuple(index.get((namespace, name), ())) if index is not None else ()
@@ -283,7 +284,8 @@ def _run_reconcile(
         if written is not None and written != old
         else tj
     )
-    registry = _registry(current, config)
+    # A tracking URI or model name the registry policy refuses: MLflow is never contacted.
+    registry = None if policy_refusal(current, config) is not None else _registry(current, config)
     blocked: list[str] = []
 
     def act(tj: TrainingJob, plan: Plan) -> None:

@@ -46,6 +46,13 @@ Status (``ModelDeploymentStatus``):
   ``ModelNotFound`` / ``AliasNotFound`` / ``VersionNotFound`` (permanent until the user acts;
   still looked at every resolve interval, since an alias may be created later) or
   ``RegistryUnavailable`` (retried sooner).
+- condition ``ModelAllowed`` (present only while refused): ``False`` with reason
+  ``UnsafeModelFlavor`` when a version to serve (the resolved one, or an A/B variant's) has a
+  serialisation the operator does not allow (``mlplane.serving.flavors``: by default only
+  skops and ONNX, which execute no code on load) and ``spec.model.allowUnsafeDeserialization``
+  is not set. Nothing is deployed for it: without a RayService, ``Ready=False`` with that
+  reason (phase ``Failed``); an existing RayService keeps serving its version (phase
+  ``Degraded``, saying why it does not follow).
 - ``servedVersion`` / ``modelUri``: what the RayService's Serve config holds, once KubeRay has
   observed that spec and the application runs; during a rollout the previous value stays (the
   previous version keeps answering until Serve swaps the new one in). With an A/B split it is
@@ -63,7 +70,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -81,6 +88,7 @@ from mlplane.operator.builders.rayservice import (
 )
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
+from mlplane.serving.flavors import refusal
 
 #: Annotation on the RayService: ``{"<top-level spec field>": "<hash>"}`` as mlplane last wrote.
 APPLIED = "mlplane.dev/applied-spec"
@@ -91,7 +99,7 @@ DEPLOYING_POLL = 5.0
 RETRY_SECONDS = 15.0
 
 UnresolvedReason = Literal[
-    "ModelNotFound", "AliasNotFound", "VersionNotFound", "RegistryUnavailable"
+    "ModelNotFound", "AliasNotFound", "VersionNotFound", "RegistryUnavailable", "UnsafeModelFlavor"
 ]
 Phase = Literal["Pending", "Deploying", "Ready", "Degraded", "Failed"]
 
@@ -143,6 +151,29 @@ class Observed:
     #: Why the request-id signing Secret is not this ModelDeployment's (None: it is, or the
     #: caller has no Secrets): then nothing is created or changed.
     signing_conflict: str | None = None
+    #: The ``MLmodel`` flavors of the versions to serve, by version (read from the registry).
+    #: A version missing here is not deployed: closed by default.
+    flavors: Mapping[int, Mapping[str, Any] | None] | None = None
+
+
+def flavor_refusal(
+    md: ModelDeployment,
+    versions: tuple[int, ...],
+    flavors: Mapping[int, Mapping[str, Any] | None] | None,
+    config: OperatorConfig,
+) -> Unresolved | None:
+    """Why these versions must not be deployed (their serialisation), or None."""
+    allow = md.spec.model.allow_unsafe_deserialization
+    for version in sorted(set(versions)):
+        if flavors is None or version not in flavors:
+            why = "its MLmodel flavors were not read"
+        else:
+            why = refusal(flavors[version], config.allowed_model_flavors, allow_unsafe=allow)
+        if why is not None:
+            return Unresolved(
+                "UnsafeModelFlavor", f"version {version} of {md.spec.model.name} is refused: {why}"
+            )
+    return None
 
 
 @dataclass
@@ -487,6 +518,17 @@ def _set_model_resolved(s: _Status, md: ModelDeployment, model: Resolved | Unres
         s.event("Normal", "ModelResolved", message)
 
 
+def _set_model_allowed(s: _Status, refused: Unresolved | None) -> None:
+    old = s.old_condition("ModelAllowed")
+    if refused is None:
+        if old:
+            s.new["conditions"] = conditions.remove(s.new.get("conditions"), "ModelAllowed")
+        return
+    s.condition("ModelAllowed", "False", refused.reason, refused.message)
+    if old.get("status") != "False" or old.get("message") != refused.message:
+        s.event("Warning", refused.reason, refused.message)
+
+
 def _set_phase(s: _Status, phase: Phase, message: str) -> None:
     old = s.old.get("phase")
     s.new["phase"] = phase
@@ -518,6 +560,13 @@ def reconcile(
     namespace = md.metadata.namespace or "default"
     st["selector"] = lbl.serving_pod_selector(name)
     _set_model_resolved(s, md, observed.model)
+    refused = None
+    if not isinstance(observed.model, Unresolved):
+        versions = (observed.model.version, *(v.version for v in observed.variants or ()))
+        refused = flavor_refusal(md, versions, observed.flavors, config)
+    _set_model_allowed(s, refused)
+    if refused is not None:  # nothing is deployed for it; what serves keeps serving
+        observed = replace(observed, model=refused)
     plan = Plan(status=st)
 
     try:

@@ -15,6 +15,13 @@ second attempt or counts a preemption twice:
 - the MLflow run is found by the TrainingJob's uid (``status.mlflow.runId``, verified, or a search
   in the job's own experiment); the registered version by its run.
 
+Registry policy (the operator's configuration, ``OperatorConfig``): a TrainingJob whose
+``spec.mlflow.trackingUri`` is not an allowed MLflow, or whose namespace may not register its
+``spec.mlflow.registeredModel``, is held (:func:`policy_refusal`): condition ``Admitted=False``
+with reason ``TrackingUriNotAllowed`` or ``ModelNameNotAllowed``, ``Running=False`` with the
+same reason, nothing created, registered or aliased, and the callers do not even contact the
+named MLflow. Fixing the spec (or the configuration) lets it go on.
+
 Budgets: a failed attempt is a *preemption* when its pods or nodes show capacity loss in the
 minutes before it ended (``PREEMPTION_WINDOW``), otherwise a *code failure*. Preemptions spend
 ``preemption.maxPreemptions`` (and every counted worker loss inside a running attempt spends
@@ -273,6 +280,47 @@ class _Status(conditions.StatusDraft):
         return conditions.timestamp(self.now)
 
 
+def policy_refusal(tj: TrainingJob, config: OperatorConfig) -> tuple[str, str] | None:
+    """Why the registry policy holds this TrainingJob: ``(reason, message)``, or None.
+
+    Callers ask before they contact MLflow: a refused tracking URI is never contacted.
+    """
+    namespace = namespace_of(tj)
+    uri = tj.spec.mlflow.tracking_uri
+    if not config.tracking_uri_allowed(uri):
+        return (
+            "TrackingUriNotAllowed",
+            f"spec.mlflow.trackingUri {uri!r} is not an MLflow this operator may contact: it "
+            "was not contacted and nothing runs. Remove spec.mlflow.trackingUri to use the "
+            "operator's MLflow, or ask the platform team to add the URI to "
+            "MLPLANE_ALLOWED_TRACKING_URIS",
+        )
+    model = tj.spec.mlflow.registered_model
+    if model and not config.model_name_allowed(namespace, model):
+        patterns = config.model_names_for(namespace) or ()
+        return (
+            "ModelNameNotAllowed",
+            f"namespace {namespace} may not register or alias model {model!r} (allowed: "
+            f"{', '.join(patterns) or 'no names'}): nothing runs and nothing is registered. "
+            "Change spec.mlflow.registeredModel to an allowed name, or ask the platform team "
+            "to allow it in MLPLANE_MODEL_NAME_POLICY",
+        )
+    return None
+
+
+def _refuse(s: _Status, reason: str, message: str) -> Plan:
+    """Status of a TrainingJob the registry policy holds: nothing is done, it says why."""
+    st = s.new
+    if not st.get("currentAttempt"):
+        st["phase"] = "Pending"
+    old = s.old_condition("Admitted")
+    if old.get("status") != "False" or old.get("reason") != reason:
+        s.event("Warning", reason, message)
+    s.condition("Admitted", "False", reason, message)
+    s.condition("Running", "False", reason, message)
+    return Plan(status=st, events=s.events, requeue_after=POLL_SECONDS)
+
+
 def reconcile(
     tj: TrainingJob, observed: Observed, now: datetime, config: OperatorConfig, *, uid: str
 ) -> Plan:
@@ -283,6 +331,11 @@ def reconcile(
         return Plan(status=st, requeue_after=None)
     st.setdefault("startTime", s.now_text)
     _checkpoint_status(st, tj, config, uid)
+    refused = policy_refusal(tj, config)
+    if refused is not None:
+        return _refuse(s, *refused)
+    if conditions.find(st.get("conditions"), "Admitted") is not None:
+        st["conditions"] = conditions.remove(st.get("conditions"), "Admitted")
 
     # MLflow first: every attempt joins the one run, so it must exist before attempt 1.
     if observed.registry_error:

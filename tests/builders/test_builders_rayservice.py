@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from mlplane.operator.builders import Variant, abtest_variants, build_rayservice
 from mlplane.operator.builders import quantities as q
 from mlplane.operator.builders.rayservice import MONITOR_NUM_CPUS, ROUTER_NUM_CPUS
 from mlplane.operator.config import OperatorConfig
+from mlplane.serving.config import AppSettings
+from mlplane.serving.flavors import ModelPolicy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "crds" / "examples"
 UID = "6a1f3c2e-0000-4000-8000-000000000002"
@@ -173,6 +176,7 @@ def test_serve_config_is_the_mlplane_app():
             "min_samples": 2000,
         },
         "signing_keys": "/etc/mlplane/request-signing",
+        "model_policy": {"allowed": ["sklearn:skops", "onnx"], "allow_unsafe": False},
     }
     router, monitor, model = app["deployments"]
     assert router["name"] == "router"
@@ -416,3 +420,13 @@ def test_the_signing_mount_does_not_depend_on_the_version():
     """A version change stays a serveConfigV2-only change with the Secret mounted."""
     a, b = _build(version=3), _build(version=4)
     assert a["spec"]["rayClusterConfig"] == b["spec"]["rayClusterConfig"]
+
+
+def test_model_policy_reaches_the_app_args():
+    """The serving app re-checks flavors with the operator's list and the deployment's opt-in."""
+    body = _body()
+    body["spec"]["model"]["allowUnsafeDeserialization"] = True
+    config = replace(CONFIG, allowed_model_flavors=("onnx",))
+    args = _serve(_build(parse(body), config=config))["applications"][0]["args"]
+    assert args["model_policy"] == {"allowed": ["onnx"], "allow_unsafe": True}
+    assert AppSettings.parse(args).model_policy == ModelPolicy(("onnx",), True)

@@ -160,4 +160,6 @@ def test_reconcile_deploys_nothing_while_the_secret_conflicts():
     assert plan.status["phase"] == "Failed"
     assert plan.requeue_after is not None
     # Once it is resolved, the RayService is created as usual.
-    assert reconcile(_md(), Observed(model), now, OperatorConfig(), uid=UID).create
+    skops = {1: {"python_function": {"loader_module": "mlflow.sklearn"},  # an allowed format
+                 "sklearn": {"serialization_format": "skops"}}}  # fmt: skip
+    assert reconcile(_md(), Observed(model, flavors=skops), now, OperatorConfig(), uid=UID).create

@@ -14,6 +14,8 @@ import pod_security
 import pytest
 from chart_support import NAMESPACE, HelmError, by_kind, one, pod_specs, template
 
+from mlplane.operator.config import OperatorConfig
+
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
     """What in a pod spec breaks the restricted profile (or the chart's extra promises)."""
@@ -191,6 +193,7 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_TRAINING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_MLFLOW_TIMEOUT": "10",
+        "MLPLANE_ALLOWED_MODEL_FLAVORS": "sklearn:skops,onnx",
         "MLPLANE_LOG_FORMAT": "json",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
@@ -216,12 +219,35 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_ARTIFACTS_URI": "s3://ml-artifacts/mlplane",
         "MLPLANE_CHECKPOINT_BASE_URI": "s3://ml-checkpoints/mlplane",
         "MLPLANE_MLFLOW_TIMEOUT": "30",
+        "MLPLANE_ALLOWED_MODEL_FLAVORS": "sklearn:skops,onnx,sklearn:cloudpickle",
+        "MLPLANE_MODEL_NAME_POLICY": '{"*":[],"ml-team":["churn-*","fraud"]}',
+        "MLPLANE_ALLOWED_TRACKING_URIS": "https://mlflow-research.example.com",
+        "MLPLANE_SERVING_CLIENT_NAMESPACES": "web,batch",
         "MLPLANE_LOG_FORMAT": "text",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
     }
     env = {e["name"] for e in _container(rendered_all)["env"]}
     assert env == {"AWS_REGION", "POD_NAME"}
+
+
+def test_the_operator_reads_the_rendered_config(
+    rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]]
+) -> None:
+    """What the chart writes is what the operator's parser accepts, with the same meaning."""
+    default = OperatorConfig.from_env(_config(rendered_default))
+    assert default.allowed_model_flavors == ("sklearn:skops", "onnx")
+    assert default.model_name_policy is None
+    assert default.allowed_tracking_uris == ()
+    assert default.serving_client_namespaces == ()
+    full = OperatorConfig.from_env(_config(rendered_all))
+    assert full.allowed_model_flavors == ("sklearn:skops", "onnx", "sklearn:cloudpickle")
+    assert full.model_name_allowed("ml-team", "churn-v2")
+    assert not full.model_name_allowed("ml-team", "other")
+    assert not full.model_name_allowed("elsewhere", "churn-v2")
+    assert full.tracking_uri_allowed("https://mlflow-research.example.com")
+    assert not full.tracking_uri_allowed("https://evil.example.com")
+    assert full.serving_client_namespaces == ("web", "batch")
 
 
 def test_config_change_rolls_the_pod(rendered_default: list[dict[str, Any]]) -> None:

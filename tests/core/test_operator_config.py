@@ -47,3 +47,32 @@ def test_checkpoint_base_from_its_variable_else_artifacts():
 def test_bad_checkpoint_base_names_the_variable(value):
     with pytest.raises(ValueError, match="MLPLANE_CHECKPOINT_BASE_URI"):
         OperatorConfig.from_env({"MLPLANE_CHECKPOINT_BASE_URI": value})
+
+
+def test_registry_policy_settings():
+    """Closed by default for flavors and tracking URIs; model names open unless configured."""
+    from mlplane.operator.config import OperatorConfig as Config
+
+    default = Config.from_env({"MLPLANE_MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert default.allowed_model_flavors == ("sklearn:skops", "onnx")
+    assert default.tracking_uri_allowed(None) and default.tracking_uri_allowed(
+        "http://mlflow:5000/"
+    )
+    assert not default.tracking_uri_allowed("http://elsewhere:5000")
+    assert default.model_name_allowed("any", "any-name")
+    config = Config.from_env({
+        "MLPLANE_ALLOWED_MODEL_FLAVORS": "onnx, sklearn:cloudpickle",
+        "MLPLANE_ALLOWED_TRACKING_URIS": "http://other:5000",
+        "MLPLANE_MODEL_NAME_POLICY": '{"team-a": ["churn-*", "fraud"], "*": ["shared-*"]}',
+    })  # fmt: skip
+    assert config.allowed_model_flavors == ("onnx", "sklearn:cloudpickle")
+    assert config.tracking_uri_allowed("http://other:5000")
+    assert config.model_name_allowed("team-a", "churn-x") and config.model_name_allowed(
+        "team-a", "fraud"
+    )
+    assert not config.model_name_allowed("team-a", "fraud-x")
+    assert config.model_name_allowed("team-b", "shared-y") and not config.model_name_allowed(
+        "team-b", "churn-x"
+    )
+    with pytest.raises(ValueError, match="MLPLANE_MODEL_NAME_POLICY"):
+        Config.from_env({"MLPLANE_MODEL_NAME_POLICY": '["team-a"]'})

@@ -41,6 +41,12 @@ def mlflow_uri(tmp_path_factory) -> Iterator[str]:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_registered_model(MODEL)
+    # The operator reads each version's MLmodel flavors (registry policy): a skops model's.
+    (folder / "model").mkdir()
+    (folder / "model" / "MLmodel").write_text(
+        "flavors:\n  python_function: {loader_module: mlflow.sklearn}\n"
+        "  sklearn: {serialization_format: skops}\n"
+    )
     for _ in range(3):
         client.create_model_version(MODEL, source=(folder / "model").as_uri())
     old = os.environ.get("MLPLANE_MLFLOW_TRACKING_URI")

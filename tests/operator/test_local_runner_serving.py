@@ -139,18 +139,23 @@ def test_reconcile_over_local_records_is_idempotent(serving: LocalServing) -> No
     """Create, run, reconcile again: the second round changes nothing (no patch, no events)."""
     md = parse(md_body())
     model = ResolvedModel("churn", 1, None, None)
-    plan = core.reconcile(md, core.Observed(model, None), NOW, CONFIG, uid=UID)
+    skops = {"python_function": {"loader_module": "mlflow.sklearn"},
+             "sklearn": {"serialization_format": "skops"}}  # fmt: skip
+    flavors = {1: skops}
+    plan = core.reconcile(md, core.Observed(model, None, flavors=flavors), NOW, CONFIG, uid=UID)
     assert plan.create and plan.desired is not None
     serving.create(plan.desired)
     name = plan.desired["metadata"]["name"]
     record = serving.get("team", name)
     serving.apps = {"team-churn": serve_app(serving, record, "RUNNING", "HEALTHY")}  # type: ignore[arg-type]
     md = md.model_copy(update={"status": ModelDeploymentStatus.model_validate(plan.status)})
-    plan = core.reconcile(md, core.Observed(model, serving.get("team", name)), NOW, CONFIG, uid=UID)
+    plan = core.reconcile(
+        md, core.Observed(model, serving.get("team", name), flavors=flavors), NOW, CONFIG, uid=UID
+    )
     assert plan.status["phase"] == "Ready" and plan.status["servedVersion"] == "1"
     md = md.model_copy(update={"status": ModelDeploymentStatus.model_validate(plan.status)})
-    again = core.reconcile(md, core.Observed(model, serving.get("team", name)), NOW, CONFIG,
-                           uid=UID)  # fmt: skip
+    observed = core.Observed(model, serving.get("team", name), flavors=flavors)
+    again = core.reconcile(md, observed, NOW, CONFIG, uid=UID)
     assert again.patch is None and not again.create and again.events == []
     assert again.status == plan.status
 

@@ -7,7 +7,7 @@ own Ray jobs, never its predecessor's (finished) one and its result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,8 @@ def trainingjob(tracking_uri: str) -> dict[str, Any]:
 def test_a_trainingjob_applied_again_gets_its_own_ray_job(tmp_path: Path, jobs: FakeJobs):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runner = Runner(tmp_path / "state")
-    config = local_config(runner.platform)
+    # This test's own MLflow, not the platform's: the registry policy must allow it.
+    config = replace(local_config(runner.platform), allowed_tracking_uris=(uri,))
     runner.store.apply(trainingjob(uri))
     first = runner.store.get("TrainingJob", "ml", "churn")
     runner.trainingjob(first, NOW, config)
@@ -111,3 +112,19 @@ def test_submit_never_takes_a_ray_job_of_another_owner(tmp_path: Path, jobs: Fak
         platform.submit(rayjob)
     assert platform.job("ml", "churn-a1", "uid-b") is None
     assert platform.job("ml", "churn-a1", "uid-a")["ownerUid"] == "someone-else"
+
+
+def test_a_refused_tracking_uri_is_not_contacted_by_the_local_runner(
+    tmp_path: Path, jobs: FakeJobs
+):
+    """The local runner applies the registry policy as the Kopf handler does."""
+    evil = tmp_path / "elsewhere.db"
+    runner = Runner(tmp_path / "state")
+    runner.store.apply(trainingjob(f"sqlite:///{evil}"))
+    body = runner.store.get("TrainingJob", "ml", "churn")
+    runner.trainingjob(body, NOW, local_config(runner.platform))
+    status = runner.store.get("TrainingJob", "ml", "churn")["status"]
+    admitted = next(c for c in status["conditions"] if c["type"] == "Admitted")
+    assert (admitted["status"], admitted["reason"]) == ("False", "TrackingUriNotAllowed")
+    assert jobs.jobs == {}
+    assert not evil.exists()

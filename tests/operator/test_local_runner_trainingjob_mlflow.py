@@ -74,7 +74,10 @@ def apply(runner: Runner, mlflow_uri: str, name: str, **mlflow_spec: Any) -> Non
 
 def one_pass(runner: Runner, name: str, now: datetime) -> dict[str, Any]:
     body = runner.store.get("TrainingJob", "ml", name)
-    runner.trainingjob(body, now, OperatorConfig(mlflow_tracking_uri="http://unused:1"))
+    # The spec names its own MLflow: the registry policy must allow it (closed by default).
+    allowed = (body["spec"]["mlflow"]["trackingUri"],)
+    config = OperatorConfig(mlflow_tracking_uri="http://unused:1", allowed_tracking_uris=allowed)
+    runner.trainingjob(body, now, config)
     return runner.store.get("TrainingJob", "ml", name).get("status") or {}
 
 

@@ -44,6 +44,11 @@ class Clock:
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runner:
     resolved = ResolvedModel("churn", 1, "run", "models:/x")
     monkeypatch.setattr(runner_module, "resolve_model", lambda registry, ref: resolved)
+    skops = {"python_function": {"loader_module": "mlflow.sklearn"},  # registry policy: allowed
+             "sklearn": {"serialization_format": "skops"}}  # fmt: skip
+    monkeypatch.setattr(
+        runner_module, "flavors_of", lambda registry, name, versions: ({1: skops}, None)
+    )
     r = Runner(tmp_path)
     r.serving.refresh = lambda: None  # type: ignore[method-assign]  # no Ray here
     r.serving.sync = lambda: False  # type: ignore[method-assign]

@@ -37,6 +37,14 @@ CONFIG = OperatorConfig()
 UID = "md-uid-1"
 MODEL = "churn-classifier"
 ALIAS_GONE = Unresolved("AliasNotFound", f"model {MODEL!r} has no alias 'champion'")
+#: MLmodel flavors of a scikit-learn model saved with skops (allowed by default).
+SKOPS = {
+    "python_function": {"loader_module": "mlflow.sklearn", "model_path": "model.skops"},
+    "sklearn": {"serialization_format": "skops"},
+}
+PICKLE = {**SKOPS, "sklearn": {"serialization_format": "cloudpickle"}}
+#: Every version the tests use is a skops model unless a test says otherwise.
+SAFE_FLAVORS = dict.fromkeys(range(1, 100), SKOPS)
 MLFLOW_DOWN = Unresolved("RegistryUnavailable", "MLflow at http://mlflow:5000: connection refused")
 
 
@@ -165,6 +173,7 @@ class Deployment:
 
     def step(self, model: ResolvedModel | Unresolved, *, act: bool = True, **kw: Any) -> Plan:
         self.now += timedelta(seconds=30)
+        kw.setdefault("flavors", SAFE_FLAVORS)
         observed = Observed(model, copy.deepcopy(self.server.rs), **kw)
         plan = reconcile(parse(self.body), observed, self.now, CONFIG, uid=UID)
         # The same inputs again give the same plan: nothing depends on hidden state.
@@ -730,3 +739,61 @@ def test_patch_records_what_it_applied():
     assert patch is not None and APPLIED in patch["metadata"]["annotations"]
     d.server.patch(patch)
     assert rayservice_patch(d.server.rs, desired, UID) == (None, ())
+
+
+# --- registry policy: the model's serialisation ------------------------------------------------
+
+
+def test_unsafe_flavor_deploys_nothing_and_says_how_to_opt_in():
+    d = Deployment(modeldeployment())
+    plan = d.step(resolved(1), flavors={1: PICKLE})
+    assert d.server.rs is None and not plan.create and plan.desired is None
+    assert d.status["phase"] == "Failed"
+    ready, allowed = d.condition("Ready"), d.condition("ModelAllowed")
+    assert (ready["status"], ready["reason"]) == ("False", "UnsafeModelFlavor")
+    assert (allowed["status"], allowed["reason"]) == ("False", "UnsafeModelFlavor")
+    assert "'sklearn:cloudpickle'" in allowed["message"]
+    assert "spec.model.allowUnsafeDeserialization: true" in allowed["message"]
+    assert d.condition("ModelResolved")["status"] == "True"  # resolved, but refused
+    assert "UnsafeModelFlavor" in d.events(plan)
+    assert "UnsafeModelFlavor" not in d.events(d.step(resolved(1), flavors={1: PICKLE}))
+
+
+def test_flavors_not_read_deploy_nothing():
+    d = Deployment(modeldeployment())
+    d.step(resolved(1), flavors=None)
+    assert d.server.rs is None
+    assert "were not read" in d.condition("ModelAllowed")["message"]
+
+
+def test_opt_in_deploys_an_unsafe_flavor_and_lifts_the_condition():
+    d = Deployment(modeldeployment())
+    d.step(resolved(1), flavors={1: PICKLE})
+    d.edit(model={"name": MODEL, "alias": "champion", "allowUnsafeDeserialization": True})
+    plan = d.step(resolved(1), flavors={1: PICKLE})
+    assert plan.create
+    assert conditions.find(d.status["conditions"], "ModelAllowed") is None
+    args = serve(d.server.rs)["applications"][0]["args"]
+    assert args["model_policy"]["allow_unsafe"] is True
+
+
+def test_alias_moved_to_an_unsafe_version_keeps_serving_the_safe_one():
+    d = ready_deployment(1)
+    rs = copy.deepcopy(d.server.rs)
+    plan = d.step(resolved(2), flavors={1: SKOPS, 2: PICKLE})
+    assert plan.patch is None and d.server.rs == rs
+    assert d.status["servedVersion"] == "1"
+    assert d.status["phase"] == "Degraded"
+    assert "version 2 of" in d.condition("Ready")["message"]
+    assert d.condition("ModelAllowed")["reason"] == "UnsafeModelFlavor"
+
+
+def test_an_ab_variant_with_an_unsafe_flavor_is_refused_too():
+    d = ready_deployment(1)
+    rs = copy.deepcopy(d.server.rs)
+    variants = (Variant("control", 1, 50), Variant("candidate", 2, 50))
+    d.step(resolved(1), variants=variants, flavors={1: SKOPS, 2: PICKLE})
+    assert d.server.rs == rs
+    assert "version 2" in d.condition("ModelAllowed")["message"]
+    d.step(resolved(1), variants=variants, flavors={1: SKOPS, 2: SKOPS})
+    assert len(deployments_of(d.server.rs)) == 4  # router, monitor, model-0, model-1
