@@ -51,8 +51,11 @@ _GLOBAL_URI = threading.Lock()
 
 
 @contextmanager
-def _process_uris(uri: str) -> Iterator[None]:
+def process_uris(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking and registry URIs set to ``uri``, then exactly as before.
+
+    Also for tests and tools that log through MLflow's fluent API: restoring by hand with
+    ``set_registry_uri(get_registry_uri())`` pins a stale registry for every later caller.
 
     ``set_*_uri(get_*_uri())`` would not restore them: it pins the resolved defaults, and
     exports them as ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` to every later client and
@@ -263,7 +266,7 @@ class Registry:
             if existing:
                 version = str(min(int(v.version) for v in existing))
             else:
-                with _process_uris(self.tracking_uri):
+                with process_uris(self.tracking_uri):
                     try:
                         created = mlflow.register_model(
                             registration.source,

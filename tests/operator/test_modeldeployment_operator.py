@@ -28,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 
 from mlplane.operator import conditions
 from mlplane.operator.builders.retrain import retrain_name
+from mlplane.operator.registry import process_uris
 
 RAYSERVICES = "ray.io/v1/rayservices"
 MDS = "mlplane.dev/v1alpha1/modeldeployments"
@@ -43,12 +44,10 @@ def mlflow_uri(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-md")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     old_env = os.environ.get("MLPLANE_MLFLOW_TRACKING_URI")
-    old_uri = mlflow.get_tracking_uri()
     os.environ["MLPLANE_MLFLOW_TRACKING_URI"] = uri
     client = MlflowClient(uri)
     experiment = client.create_experiment("md", artifact_location=(folder / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)
-    try:
+    with process_uris(uri):  # MLflow's globals, restored exactly
         for threshold in (1.5, 2.5):  # two versions that predict differently
             x = [[0.0], [1.0], [2.0], [3.0]]
             y = [int(v[0] > threshold) for v in x]
@@ -59,8 +58,6 @@ def mlflow_uri(tmp_path_factory):
                     registered_model_name=MODEL,
                     pip_requirements=["scikit-learn"],
                 )
-    finally:
-        mlflow.set_tracking_uri(old_uri)
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL}'")) == [
         1,
         2,

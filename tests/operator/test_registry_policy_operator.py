@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from mlplane.operator import conditions
+from mlplane.operator.registry import process_uris
 
 RAYSERVICES = "ray.io/v1/rayservices"
 RAYJOBS = "ray.io/v1/rayjobs"
@@ -37,19 +38,13 @@ def mlflow_uri(tmp_path_factory):
     os.environ["MLPLANE_MLFLOW_TRACKING_URI"] = uri
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("p", artifact_location=(folder / "a").as_uri())
-    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # registered_model_name registers through the global one
-    try:
-        with mlflow.start_run(experiment_id=experiment):
-            mlflow.sklearn.log_model(
+    # MLflow's globals set for the fluent API, then restored exactly
+    with process_uris(uri), mlflow.start_run(experiment_id=experiment):
+        mlflow.sklearn.log_model(
                 LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1]),
                 name="model", registered_model_name=MODEL, serialization_format="cloudpickle",
                 pip_requirements=["scikit-learn"],
             )  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(old[0])
-        mlflow.set_registry_uri(old[1])
     client.set_registered_model_alias(MODEL, "champion", "1")
     yield uri
     if old_env is None:

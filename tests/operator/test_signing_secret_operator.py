@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from mlplane.operator import conditions
+from mlplane.operator.registry import process_uris
 
 RAYSERVICES = "ray.io/v1/rayservices"
 SECRETS = "v1/secrets"
@@ -32,21 +33,17 @@ def mlflow_uri(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow-signing")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     old_env = os.environ.get("MLPLANE_MLFLOW_TRACKING_URI")
-    old_uri = mlflow.get_tracking_uri()
     os.environ["MLPLANE_MLFLOW_TRACKING_URI"] = uri
     client = MlflowClient(uri)
     experiment = client.create_experiment("sig", artifact_location=(folder / "a").as_uri())
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(experiment_id=experiment):
-            mlflow.sklearn.log_model(
-                LogisticRegression().fit([[0.0], [1.0]], [0, 1]),
-                name="model",
-                registered_model_name=MODEL,
-                pip_requirements=["scikit-learn"],
-            )
-    finally:
-        mlflow.set_tracking_uri(old_uri)
+    # MLflow's globals set for the fluent API, then restored exactly
+    with process_uris(uri), mlflow.start_run(experiment_id=experiment):
+        mlflow.sklearn.log_model(
+            LogisticRegression().fit([[0.0], [1.0]], [0, 1]),
+            name="model",
+            registered_model_name=MODEL,
+            pip_requirements=["scikit-learn"],
+        )
     client.set_registered_model_alias(MODEL, "champion", "1")
     yield uri
     if old_env is None:

@@ -19,6 +19,8 @@ from k8s.harness import create, events_for, example, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from mlplane.operator.registry import process_uris
+
 RAYJOBS = "ray.io/v1/rayjobs"
 TIMEOUT = 30
 #: What Ray's job supervisor writes on a failed driver, with the runtime's last line
@@ -78,8 +80,7 @@ def run_id_of(job: dict[str, Any]) -> str:
 
 async def log_model(uri: str, run_id: str) -> None:
     def work() -> None:
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=run_id):
+        with process_uris(uri), mlflow.start_run(run_id=run_id):
             model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
             mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
 

@@ -19,6 +19,8 @@ from k8s.harness import create, events_for, example, run_operator, stored, wait_
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from mlplane.operator.registry import process_uris
+
 RAYJOBS = "ray.io/v1/rayjobs"
 TIMEOUT = 30
 
@@ -70,8 +72,7 @@ async def train(uri: str, run_id: str, step: int = 10) -> None:
         client = MlflowClient(uri)
         client.set_tag(run_id, "mlplane.checkpoint.uri", f"s3://ckpt/step-{step}")
         client.set_tag(run_id, "mlplane.checkpoint.step", str(step))
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=run_id):
+        with process_uris(uri), mlflow.start_run(run_id=run_id):
             model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
             mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
 

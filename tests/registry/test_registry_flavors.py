@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from mlplane.operator.registry import Registry, flavors_of
+from mlplane.operator.registry import Registry, flavors_of, process_uris
 from mlplane.serving.flavors import serialization_of
 
 
@@ -22,10 +22,7 @@ def registry(tmp_path_factory):
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("f", artifact_location=folder.as_uri())
-    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # registered_model_name registers through the global one
-    try:
+    with process_uris(uri):  # MLflow's globals, restored exactly
         with mlflow.start_run(experiment_id=experiment):
             mlflow.sklearn.log_model(
                 LogisticRegression().fit([[0.0], [1.0]], [0, 1]), name="model",
@@ -36,9 +33,6 @@ def registry(tmp_path_factory):
                 name="model", python_model=Echo(), registered_model_name="tabular",
                 pip_requirements=["mlflow"],
             )  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(old[0])
-        mlflow.set_registry_uri(old[1])
     return Registry(uri)
 
 

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
+from mlplane.operator.registry import process_uris
 from mlplane.serving.config import AppSettings, ConfigError, ModelConfig
 from mlplane.serving.flavors import SAFE_SERIALIZATIONS, ModelPolicy, refusal, serialization_of
 from mlplane.serving.model import ModelCore, UnsafeModelError, load_mlflow_model
@@ -132,10 +133,7 @@ def registry(tmp_path_factory):
     marker = folder / "marker"
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("p", artifact_location=(folder / "a").as_uri())
-    old = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # registered_model_name registers through the global one
-    try:
+    with process_uris(uri):  # MLflow's globals, restored exactly
         with mlflow.start_run(experiment_id=experiment):
             mlflow.pyfunc.log_model(
                 name="model", python_model=MarkerModel(), model_config={"marker": str(marker)},
@@ -148,11 +146,15 @@ def registry(tmp_path_factory):
                     name="model", registered_model_name=name, serialization_format=fmt,
                     pip_requirements=["scikit-learn"],
                 )  # fmt: skip
-    finally:
-        mlflow.set_tracking_uri(old[0])
-        mlflow.set_registry_uri(old[1])
     client.set_registered_model_alias("marker", "champion", "1")
     return uri, marker
+
+
+@pytest.fixture(autouse=True)
+def _process_uris_restored(registry):
+    """The serving loader sets MLflow's process URIs (a replica serves one MLflow): put back."""
+    with process_uris(registry[0]):
+        yield
 
 
 def test_a_pyfunc_with_loader_code_is_refused_by_default_and_loads_with_the_opt_in(registry):

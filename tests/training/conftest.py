@@ -37,6 +37,19 @@ def clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.chdir(tmp_path)
+    # The runtime points MLflow's process-wide tracking URI at the run's server (a training
+    # process is its own); run in-process here, the next test module must not inherit it.
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_tracking_uri exports them
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:  # delenv of an absent variable records nothing to undo: set it, then delete
+            monkeypatch.setenv(name, "")
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
