@@ -20,8 +20,12 @@
   labels); ``MLPLANE_KUBERAY_NAMESPACE`` / ``MLPLANE_KUBERAY_POD_LABELS``: the same for the
   KubeRay operator (default ``kuberay-system``, ``app.kubernetes.io/name=kuberay-operator``);
   ``MLPLANE_SERVING_CLIENT_NAMESPACES`` (comma-separated; empty: the ModelDeployment's own
-  namespace; ``*``: every namespace): who may call Serve's port. The per-cluster
-  NetworkPolicies (``builders/access.py``) let only these in;
+  namespace; ``*``: every namespace): who may call Serve's port;
+  ``MLPLANE_PROMETHEUS_NAMESPACE`` / ``MLPLANE_PROMETHEUS_POD_LABELS``: where Prometheus runs
+  (unset: nothing scrapes Ray pods); set, it may reach Ray's metrics port (8080) on every Ray
+  pod and Serve's port on serving clusters (the app's ``/metrics``). The chart sets them when
+  ``servingMonitor.enabled``. The per-cluster NetworkPolicies (``builders/access.py``) let
+  only these in;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
 - ``MLPLANE_MLFLOW_TIMEOUT`` (default 10 s): the longest one MLflow call may take; calls are
   not retried inside (the reconcile loop retries), so a reconcile never blocks for minutes;
@@ -89,6 +93,9 @@ class OperatorConfig:
     kuberay_namespace: str = "kuberay-system"
     kuberay_pod_labels: tuple[tuple[str, str], ...] = KUBERAY_POD_LABELS
     serving_client_namespaces: tuple[str, ...] = ()
+    #: Where Prometheus runs and its pods' labels (None: no scraping of Ray pods is allowed).
+    prometheus_namespace: str | None = None
+    prometheus_pod_labels: tuple[tuple[str, str], ...] = ()
     #: Serialisations a ModelDeployment may load without opting in (``serving/flavors.py``).
     allowed_model_flavors: tuple[str, ...] = SAFE_SERIALIZATIONS
     #: Per namespace, the model names (``name`` or ``prefix*``) its TrainingJobs may register
@@ -133,6 +140,8 @@ class OperatorConfig:
             operator_pod_labels=_labels(env, "MLPLANE_OPERATOR_POD_LABELS", OPERATOR_POD_LABELS),
             kuberay_namespace=env.get("MLPLANE_KUBERAY_NAMESPACE") or cls.kuberay_namespace,
             kuberay_pod_labels=_labels(env, "MLPLANE_KUBERAY_POD_LABELS", KUBERAY_POD_LABELS),
+            prometheus_namespace=env.get("MLPLANE_PROMETHEUS_NAMESPACE") or None,
+            prometheus_pod_labels=_labels(env, "MLPLANE_PROMETHEUS_POD_LABELS", ()),
             serving_client_namespaces=tuple(
                 n.strip()
                 for n in env.get("MLPLANE_SERVING_CLIENT_NAMESPACES", "").split(",")

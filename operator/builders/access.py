@@ -19,9 +19,10 @@ serving cluster it can redeploy the Serve apps. So every cluster is closed twice
   dashboard, and Serve's port on serving clusters: KubeRay reads Serve's status and health),
   and on serving clusters Serve's port (8000) from the mlplane operator (``/v1/stats``,
   ``/v1/drift``) and from the client namespaces the configuration names (default: the
-  ModelDeployment's own namespace). Everything else, GCS/dashboard/client ports included, is
-  closed. Token auth does not cover Serve's HTTP port (it is the app's public face): the policy
-  is what limits who reaches it.
+  ModelDeployment's own namespace); when the configuration names Prometheus, from it to Ray's
+  metrics port (8080) and, on serving clusters, Serve's port (the app's ``/metrics``).
+  Everything else, GCS/dashboard/client ports included, is closed. Token auth does not cover
+  Serve's HTTP port (it is the app's public face): the policy is what limits who reaches it.
 
 Pure: the token is an argument (the edge makes it with :mod:`secrets`), so the same inputs give
 the same objects.
@@ -33,6 +34,7 @@ import base64
 from typing import Any, Literal
 
 from mlplane.operator.builders import labels as lbl
+from mlplane.operator.builders.pods import METRICS_PORT
 from mlplane.operator.config import OperatorConfig
 
 OwnerKind = Literal["TrainingJob", "ModelDeployment"]
@@ -148,6 +150,10 @@ def build_network_policy(
             }
         )
         ingress.append({"from": _serving_clients(config), "ports": _ports(SERVE_PORT)})
+    if config.prometheus_namespace:
+        scraped = _ports(METRICS_PORT, SERVE_PORT) if serving else _ports(METRICS_PORT)
+        prometheus = _peer(config.prometheus_namespace, config.prometheus_pod_labels)
+        ingress.append({"from": [prometheus], "ports": scraped})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -10,6 +10,10 @@ from mlplane.operator.builders.placement import GPU_RESOURCE, Placement
 #: The Ray version of mlplane's images (``rayVersion`` tells KubeRay which features to use).
 RAY_VERSION = "2.60.0"
 HEAD_CONTAINER = "ray-head"
+#: Ray's Prometheus endpoint on every node and Serve's HTTP port, declared under KubeRay's own
+#: port names so that scrape configs (the chart's PodMonitors) select them by name.
+METRICS_PORT_NAME, METRICS_PORT = "metrics", 8080
+SERVE_PORT_NAME, SERVE_PORT = "serve", 8000
 WORKER_CONTAINER = "ray-worker"
 #: Largest value of an int32 field in KubeRay's API.
 INT32_MAX = 2**31 - 1
@@ -64,13 +68,20 @@ def quantity(value: int | str) -> str:
 
 
 def ray_container(
-    name: str, image: str, *, cpu: int | str, memory: int | str, gpus: int = 0
+    name: str,
+    image: str,
+    *,
+    cpu: int | str,
+    memory: int | str,
+    gpus: int = 0,
+    serve_port: bool = False,
 ) -> dict[str, Any]:
     """The Ray container of a pod, with requests equal to limits.
 
     Equal requests and limits give the pod Guaranteed QoS (the last to be evicted under node
     pressure) and make KubeRay tell Ray exactly the CPUs, memory and GPUs the pod owns
-    (KubeRay derives ``num-cpus``/``memory``/``num-gpus`` from the limits).
+    (KubeRay derives ``num-cpus``/``memory``/``num-gpus`` from the limits). Every container
+    declares Ray's metrics port, and ``serve_port`` adds Serve's (a serving cluster's head).
     """
     resources = {"cpu": quantity(cpu), "memory": quantity(memory)}
     if gpus > 0:
@@ -80,6 +91,14 @@ def ray_container(
         "image": image,
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "securityContext": container_security_context(),
+        "ports": [
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+            *(
+                [{"name": SERVE_PORT_NAME, "containerPort": SERVE_PORT, "protocol": "TCP"}]
+                if serve_port
+                else []
+            ),
+        ],
     }
 
 

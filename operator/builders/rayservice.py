@@ -433,6 +433,7 @@ def _rayservice(
         md.spec.image or config.default_serving_image,
         cpu=head_resources.cpu,
         memory=head_resources.memory,
+        serve_port=True,  # the chart's serving PodMonitor scrapes the app's /metrics there
     )
     metadata: dict[str, Any] = {
         "name": lbl.rayservice_name(name),

@@ -61,12 +61,42 @@ _SELECTOR = {
     "type": "object",
     "additionalProperties": False,
     "required": ["matchLabels"],
-    "properties": {"matchLabels": _LABELS},
+    "properties": {
+        "matchLabels": _LABELS,
+        "matchExpressions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["key", "operator"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                    "values": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
 }
 _NS_SELECTOR = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"matchNames": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+    "maxProperties": 1,
+    "properties": {
+        "any": {"type": "boolean"},
+        "matchNames": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    },
+}
+_RELABELING = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+        "targetLabel": {"type": "string"},
+        "replacement": {"type": "string"},
+        "regex": {"type": "string"},
+        "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep"]},
+    },
 }
 _ENDPOINT = {
     "type": "object",
@@ -77,6 +107,8 @@ _ENDPOINT = {
         "path": {"type": "string", "pattern": "^/"},
         "interval": _DURATION,
         "scrapeTimeout": _DURATION,
+        "honorLabels": {"type": "boolean"},
+        "relabelings": {"type": "array", "items": _RELABELING},
     },
 }
 
@@ -297,7 +329,11 @@ def test_servicemonitor_finds_the_service(rendered_all: list[dict[str, Any]]) ->
 
 
 def test_podmonitor_finds_the_pod(rendered_all: list[dict[str, Any]]) -> None:
-    monitor = one(rendered_all, "PodMonitor")
+    (monitor,) = [
+        m
+        for m in by_kind(rendered_all, "PodMonitor")
+        if m["metadata"]["name"] == "mlplane-operator"
+    ]  # fmt: skip  (the others scrape Ray pods: test_chart_scrape)
     assert _selects(monitor["spec"]["selector"]["matchLabels"], _pod_labels(rendered_all))
     ports = _container_ports(rendered_all)
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= set(ports)

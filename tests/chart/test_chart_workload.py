@@ -223,6 +223,10 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_MODEL_NAME_POLICY": '{"*":[],"ml-team":["churn-*","fraud"]}',
         "MLPLANE_ALLOWED_TRACKING_URIS": "https://mlflow-research.example.com",
         "MLPLANE_SERVING_CLIENT_NAMESPACES": "web,batch",
+        "MLPLANE_PROMETHEUS_NAMESPACE": "monitoring",
+        "MLPLANE_PROMETHEUS_POD_LABELS": (
+            "app.kubernetes.io/name=prometheus,prometheus=kube-prometheus-stack"
+        ),
         "MLPLANE_LOG_FORMAT": "text",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,

@@ -161,3 +161,26 @@ Cluster-scoped rules, needed whatever namespaces are watched.
   verbs: ["list", "watch"]
 {{- end }}
 {{- end -}}
+
+{{/*
+The namespaces whose Ray clusters the PodMonitors scrape: the watched ones, else all.
+*/}}
+{{- define "mlplane.monitoredNamespaces" -}}
+{{- if .Values.operator.watchNamespaces }}
+matchNames:
+  {{- toYaml .Values.operator.watchNamespaces | nindent 2 }}
+{{- else }}
+any: true
+{{- end }}
+{{- end }}
+
+{{/*
+Prometheus' pod labels as k=v,k=v (MLPLANE_PROMETHEUS_POD_LABELS).
+*/}}
+{{- define "mlplane.prometheusPodLabels" -}}
+{{- $pairs := list }}
+{{- range $k, $v := .Values.prometheus.podLabels }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
