@@ -1,0 +1,558 @@
+"""Chaos: the real operator under injected faults, then invariants that say nothing was lost.
+
+    .venv/bin/python bench/chaos.py --seed 7 --resources 200 --faults 500
+    .venv/bin/python bench/chaos.py --quick          # 8 TrainingJobs, 60 faults (the CI subset)
+
+One in-memory Kubernetes API server (``tests/k8s/emulator.py``) runs in this process; the operator
+runs as it is deployed (``mlplane operator -A``) in a child process against it, with a real
+MLflow server (SQLite) in another. This script plays KubeRay and the training pods: it moves
+each RayJob through Initializing, Running and an end, reclaims spot workers (a pod with a
+``DisruptionTarget`` condition on a spot node, before or after the RayJob fails: both orders
+happen in production), fails some attempts as code failures, and does what the training runtime
+does on success (checkpoint tags and a model logged into the attempt's MLflow run).
+
+Faults, all drawn from ``--seed`` (the same seed gives the same schedule; timing still varies):
+
+- **operator SIGKILL** at random moments, then a new process (kills land mid-reconcile too);
+- **API faults** on a fraction of the operator's requests: 409 Conflict, 500, 503, 429 with
+  ``Retry-After``, a slow answer, and a write that is *applied* but answered 503 (a timeout
+  whose write landed: the client must find it, not repeat it);
+- **MLflow outages** in windows: the server stopped (SIGSTOP: calls hang until the client's
+  timeout) or killed and restarted (connections refused).
+
+Invariants checked at the end, each violation printed with the seed and the resource:
+
+- every TrainingJob ends Succeeded or Failed within the deadline after the last fault;
+- ``status.attempts`` equals the RayJobs that exist for it, ``preemptions`` the reclaims this
+  script made, ``failures`` the code failures it made (nothing lost, nothing double-counted);
+- one MLflow run per TrainingJob uid; a Succeeded job has exactly one model version for its
+  uid, its alias points there, and its status names it; a Failed job registered nothing;
+- the counters in status never went back in any status write the emulator saw;
+- after every TrainingJob is deleted, none of their RayJobs, Secrets or NetworkPolicies remain;
+- the operator never exited by itself (a crash loop), and the tracebacks it logged are counted.
+
+Not covered yet (issue #17): ModelDeployments and ABTests (they need a played RayService and
+serving app), watch streams cut mid-stream (only refused at their start), S3 outages, and the
+local platform's variant (Ray worker, serving monitor and runner kills).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from operator_trainingjobs import Child, MlflowServer, load, trainingjob
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "chaos"
+TRAININGJOBS = "mlplane.dev/v1alpha1/trainingjobs"
+RAYJOBS = "ray.io/v1/rayjobs"
+PODS = "v1/pods"
+COUNTERS = ("attempts", "preemptions", "failures")
+API_FAULTS = ("conflict", "error500", "unavailable503", "throttle429", "slow", "applied503")
+
+
+@dataclass
+class Plan:
+    """What this script does to one TrainingJob's attempts (drawn from the seed)."""
+
+    #: Per attempt number: "preempt-before" / "preempt-after" (evidence before or after the
+    #: RayJob fails), "fail" (a code failure), or "succeed".
+    outcomes: dict[int, str] = field(default_factory=dict)
+    preemptions: int = 0
+    failures: int = 0
+
+
+@dataclass
+class Faults:
+    """The fault schedule and what was injected, by type."""
+
+    rng: random.Random
+    api_rate: float
+    injected: Counter[str] = field(default_factory=Counter)
+    last_fault_at: float = 0.0
+    enabled: bool = True
+
+    def api_fault(self) -> str | None:
+        if not self.enabled or self.rng.random() >= self.api_rate:
+            return None
+        kind = self.rng.choice(API_FAULTS)
+        self.injected[f"api {kind}"] += 1
+        self.last_fault_at = time.monotonic()
+        return kind
+
+
+def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> type:
+    """The harness's emulator with faults on the operator's requests, recording status writes."""
+    import aiohttp.web
+    import attrs
+    import kmock
+    from k8s.emulator import Emulator
+
+    def status_answer(code: int, reason: str, headers: dict[str, str] | None = None) -> Any:
+        body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                "reason": reason, "message": f"injected by bench/chaos.py: {reason}"}  # fmt: skip
+        return aiohttp.web.json_response(body, status=code, headers=headers)
+
+    @attrs.define(kw_only=True)
+    class ChaosEmulator(Emulator):
+        async def _handle(self, request: Any) -> Any:
+            res = request.resource
+            is_write = request.action in (kmock.action.CREATE, kmock.action.UPDATE,
+                                          kmock.action.DELETE)  # fmt: skip
+            kind = faults.api_fault() if res is not None and res.plural else None
+            if kind == "slow":
+                await asyncio.sleep(faults.rng.uniform(0.5, 3.0))
+            elif kind == "conflict" and is_write:
+                return status_answer(409, "Conflict")
+            elif kind == "error500" and request.action != kmock.action.WATCH:
+                return status_answer(500, "InternalError")
+            elif kind == "unavailable503":
+                return status_answer(503, "ServiceUnavailable")
+            elif kind == "throttle429":
+                return status_answer(429, "TooManyRequests", {"Retry-After": "1"})
+            try:
+                answer = await super()._handle(request)
+            finally:
+                log = self._requests  # keep the log short (see operator_trainingjobs.py)
+                for i in range(len(log) - 1, -1, -1):
+                    if log[i] is request:
+                        del log[i]
+                        break
+            if res is not None and res.plural == "trainingjobs" and request.name and is_write:
+                found = self.get_object(TRAININGJOBS, request.namespace, request.name)
+                if found is not None:
+                    st = found.get("status") or {}
+                    writes[request.name].append({c: int(st.get(c) or 0) for c in COUNTERS})
+            if kind == "applied503" and is_write:
+                return status_answer(503, "ServiceUnavailable")  # the write did land
+            return answer
+
+    return ChaosEmulator
+
+
+class Operator:
+    """``mlplane operator -A`` in a child process, killed and restarted on demand."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env, self.workdir = env, workdir
+        self.child: Child | None = None
+        self.starts = 0
+        self.crashes = 0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "mlplane.operator.cli", "operator", "-A",
+               "--metrics-port", "0"]  # fmt: skip
+        self.starts += 1
+        self.child = Child.spawn(cmd, self.env, self.workdir / f"operator-{self.starts}.log")
+
+    async def kill(self) -> None:
+        assert self.child is not None
+        self.child.proc.send_signal(signal.SIGKILL)
+        await self.child.reap()
+
+    async def check(self) -> None:
+        """Restart it if it exited by itself (counted: a crash loop is a violation)."""
+        assert self.child is not None
+        if self.child.proc.poll() is not None or await self.child.reap(0):
+            self.crashes += 1
+            self.start()
+
+    async def stop(self) -> None:
+        if self.child is not None and self.child.proc.returncode is None:
+            await self.child.stop(grace=10)
+
+    def tracebacks(self) -> int:
+        return sum(p.read_text(errors="replace").count("Traceback (most recent call last)")
+                   for p in self.workdir.glob("operator-*.log"))  # fmt: skip
+
+
+class Mlflow:
+    """The MLflow server, with outages: stopped (calls hang) or killed and restarted (refused)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.server = MlflowServer(workdir)
+        self.uri = self.server.uri
+
+    async def outage(self, rng: random.Random, seconds: float, faults: Faults) -> None:
+        proc = self.server.proc
+        if rng.random() < 0.5:
+            faults.injected["mlflow hang"] += 1
+            os.killpg(proc.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                os.killpg(proc.pid, signal.SIGCONT)
+        else:
+            faults.injected["mlflow down"] += 1
+            port = self.server.port
+            self.server.stop()
+            await asyncio.sleep(seconds)
+            self.server = _restart_mlflow(self.workdir, port)
+            await self.server.wait_healthy()
+        faults.last_fault_at = time.monotonic()
+
+
+def _restart_mlflow(workdir: Path, port: int) -> MlflowServer:
+    """A new server on the same port and store (MlflowServer picks a free port: reuse ours)."""
+    server = MlflowServer.__new__(MlflowServer)
+    server.port, server.uri = port, f"http://127.0.0.1:{port}"
+    import subprocess
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+           f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination",
+           str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    with (workdir / "mlflow-server.log").open("ab") as log:
+        server.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+    return server
+
+
+# --- playing KubeRay and the training runtime ------------------------------------------------
+
+
+def _run_id(rayjob: dict[str, Any]) -> str:
+    return yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_RUN_ID"]
+
+
+def _train(uri: str, run_id: str) -> None:
+    """What the runtime does on success: checkpoint tags and a model in the attempt's run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    from mlplane.operator.registry import process_uris
+
+    client = MlflowClient(uri)
+    client.set_tag(run_id, "mlplane.checkpoint.uri", f"s3://ckpt/{run_id}/step-10")
+    client.set_tag(run_id, "mlplane.checkpoint.step", "10")
+    with process_uris(uri), mlflow.start_run(run_id=run_id):
+        model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+        mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+
+
+class KubeRay:
+    """Moves every RayJob of the namespace along, as KubeRay and the pods would."""
+
+    def __init__(self, emulator: Any, rng: random.Random, mlflow: Mlflow, args: Any) -> None:
+        self.emulator, self.rng, self.mlflow, self.args = emulator, rng, mlflow, args
+        self.plans: dict[str, Plan] = defaultdict(Plan)
+        self.state: dict[str, tuple[str, float]] = {}  # rayjob -> (stage, since)
+        self.trained: set[str] = set()
+
+    def _outcome(self, tj: str, attempt: int) -> str:
+        plan = self.plans[tj]
+        if attempt not in plan.outcomes:
+            draw = self.rng.random()
+            if draw < self.args.preempt_rate and plan.preemptions < 3:
+                outcome = self.rng.choice(("preempt-before", "preempt-after"))
+                plan.preemptions += 1
+            elif draw < self.args.preempt_rate + self.args.fail_rate:
+                outcome = "fail"
+                plan.failures += 1
+            else:
+                outcome = "succeed"
+            plan.outcomes[attempt] = outcome
+        return plan.outcomes[attempt]
+
+    async def _status(self, name: str, job: str, deployment: str) -> None:
+        with contextlib.suppress(Exception):  # deleted meanwhile
+            await self.emulator.patch_object(RAYJOBS, NAMESPACE, name,
+                                             {"status": {"jobStatus": job,
+                                                         "jobDeploymentStatus": deployment}},
+                                             subresource="status")  # fmt: skip
+
+    async def _reclaim(self, tj: str, attempt: int) -> None:
+        pod = f"{tj}-a{attempt}-worker-chaos"
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NAMESPACE,
+                             "labels": {"mlplane.dev/trainingjob": tj,
+                                        "mlplane.dev/attempt": str(attempt),
+                                        "ray.io/node-type": "worker"}},
+                "spec": {"nodeName": f"spot-{tj}-{attempt}",
+                         "containers": [{"name": "ray-worker", "image": "r"}]}}  # fmt: skip
+        with contextlib.suppress(Exception):
+            await self.emulator.create_object(PODS, body)
+            await self.emulator.patch_object(PODS, NAMESPACE, pod, {"status": {"conditions": [
+                {"type": "DisruptionTarget", "status": "True",
+                 "reason": "DeletionByTaintManager"}]}}, subresource="status")  # fmt: skip
+
+    async def step(self) -> None:
+        now = time.monotonic()
+        for rayjob in self.emulator.list_objects(RAYJOBS, NAMESPACE):
+            name = rayjob["metadata"]["name"]
+            labels = rayjob["metadata"].get("labels") or {}
+            tj, attempt = labels.get("mlplane.dev/trainingjob"), labels.get("mlplane.dev/attempt")
+            if not tj or not attempt:
+                continue
+            stage, since = self.state.get(name, ("new", now))
+            waited = now - since
+            if stage == "new":
+                await self._status(name, "PENDING", "Initializing")
+                self.state[name] = ("init", now)
+            elif stage == "init" and waited > 0.5:
+                await self._status(name, "RUNNING", "Running")
+                self.state[name] = ("running", now)
+            elif stage == "running" and waited > self.args.attempt_seconds:
+                outcome = self._outcome(tj, int(attempt))
+                if outcome == "preempt-before":
+                    await self._reclaim(tj, int(attempt))
+                    self.state[name] = ("evidence", now)
+                elif outcome == "preempt-after":
+                    await self._status(name, "FAILED", "Failed")
+                    self.state[name] = ("failed-first", now)
+                elif outcome == "fail":
+                    await self._status(name, "FAILED", "Failed")
+                    self.state[name] = ("done", now)
+                else:
+                    try:
+                        await asyncio.to_thread(_train, self.mlflow.uri, _run_id(rayjob))
+                    except Exception:  # MLflow is out: the runtime tries again next step
+                        continue
+                    await self._status(name, "SUCCEEDED", "Complete")
+                    self.state[name] = ("done", now)
+            elif stage == "evidence" and waited > 1.0:
+                await self._status(name, "FAILED", "Failed")
+                self.state[name] = ("done", now)
+            elif stage == "failed-first" and waited > 1.0:
+                await self._reclaim(tj, int(attempt))
+                self.state[name] = ("done", now)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _violations(
+    emulator: Any, kuberay: KubeRay, writes: dict[str, list[dict[str, int]]], uri: str,
+    names: list[str], uids: dict[str, str],
+) -> list[str]:  # fmt: skip
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    out: list[str] = []
+    for name in names:
+        obj = emulator.get_object(TRAININGJOBS, NAMESPACE, name) or {}
+        st = obj.get("status") or {}
+        phase, uid = st.get("phase"), uids[name]
+        plan = kuberay.plans[name]
+        if phase not in ("Succeeded", "Failed"):
+            last = max(st.get("conditions") or [{}], key=lambda c: c.get("lastTransitionTime", ""))
+            out.append(f"{name}: did not converge (phase {phase}; {last.get('type')} "
+                       f"{last.get('reason')}: {last.get('message')})")  # fmt: skip
+            continue
+        rayjobs = [
+            r
+            for r in emulator.list_objects(RAYJOBS, NAMESPACE)
+            if (r["metadata"].get("labels") or {}).get("mlplane.dev/trainingjob") == name
+        ]
+        if int(st.get("attempts") or 0) != len(rayjobs):
+            out.append(f"{name}: status.attempts {st.get('attempts')} != {len(rayjobs)} RayJobs")
+        if int(st.get("preemptions") or 0) != plan.preemptions:
+            out.append(f"{name}: status.preemptions {st.get('preemptions')} != "
+                       f"{plan.preemptions} reclaims made ({plan.outcomes})")  # fmt: skip
+        if int(st.get("failures") or 0) != plan.failures:
+            out.append(f"{name}: status.failures {st.get('failures')} != "
+                       f"{plan.failures} code failures made ({plan.outcomes})")  # fmt: skip
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"tags.`mlplane.trainingjob.uid` = '{uid}'",
+        )
+        if len(runs) != 1:
+            out.append(f"{name}: {len(runs)} MLflow runs for uid {uid}")
+        versions = client.search_model_versions(f"name = '{name}'")
+        mine = [v for v in versions if (v.tags or {}).get("mlplane.trainingjob.uid") == uid]
+        if phase == "Succeeded":
+            if len(mine) != 1:
+                out.append(f"{name}: Succeeded with {len(mine)} model versions for its uid")
+            else:
+                alias = client.get_model_version_by_alias(name, "candidate").version
+                if str(alias) != str(mine[0].version):
+                    out.append(f"{name}: alias candidate -> {alias}, not {mine[0].version}")
+                if str((st.get("mlflow") or {}).get("modelVersion")) != str(mine[0].version):
+                    out.append(f"{name}: status names version "
+                               f"{(st.get('mlflow') or {}).get('modelVersion')}")  # fmt: skip
+        elif mine:
+            out.append(f"{name}: Failed but registered {len(mine)} versions")
+        previous = {c: 0 for c in COUNTERS}
+        for write in writes.get(name, []):
+            back = [c for c in COUNTERS if write[c] < previous[c]]
+            if back:
+                out.append(f"{name}: status counters went back: {previous} -> {write}")
+                break
+            previous = write
+    return out
+
+
+async def run(args: argparse.Namespace) -> int:
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import kmock
+    from k8s.harness import declare_all, write_kubeconfig
+
+    rng = random.Random(args.seed)
+    faults = Faults(random.Random(args.seed + 1), api_rate=args.api_rate)
+    writes: dict[str, list[dict[str, int]]] = defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="mlplane-chaos-") as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        mlflow = Mlflow(workdir)
+        await mlflow.server.wait_healthy()
+        k8s = emulator_class(faults, writes)()
+        declare_all(k8s)
+        operator: Operator | None = None
+        try:
+            async with k8s, kmock.Server(k8s):
+                kubeconfig = write_kubeconfig(workdir / "kubeconfig", str(k8s.url).rstrip("/"))
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if not k.startswith(("KUBERNETES_SERVICE_", "MLPLANE_", "MLFLOW_"))
+                }
+                env.update(KUBECONFIG=str(kubeconfig), MLPLANE_MLFLOW_TRACKING_URI=mlflow.uri,
+                           MLPLANE_MLFLOW_TIMEOUT="3", MLPLANE_RETRY_DELAY="2",
+                           MLPLANE_RECONCILE_INTERVAL="2")  # fmt: skip
+                print(f"seed {args.seed}: {args.resources} TrainingJobs, {args.faults} faults "
+                      f"(API fault rate {args.api_rate:.0%}); {load()}", flush=True)  # fmt: skip
+                operator = Operator(env, workdir)
+                operator.start()
+                kuberay = KubeRay(k8s, rng, mlflow, args)
+                names = [f"tj-{i:04d}" for i in range(args.resources)]
+                uids: dict[str, str] = {}
+                for name in names:
+                    body = trainingjob(0, NAMESPACE, shared_experiment=False)
+                    body["metadata"]["name"] = name
+                    body["spec"]["mlflow"] = {"registeredModel": name, "alias": "candidate"}
+                    body["spec"]["checkpoint"]["uri"] = f"s3://chaos/{name}"
+                    created = await k8s.create_object(TRAININGJOBS, body)
+                    uids[name] = created["metadata"]["uid"]
+                started = time.monotonic()
+                # Non-API faults: operator kills and MLflow outages, spread over the run.
+                other = max(1, int(args.faults * (1 - args.api_share)))
+                api_budget = args.faults - other
+                schedule = sorted(rng.uniform(0, args.chaos_seconds) for _ in range(other))
+                kinds = [rng.choice(("kill", "kill", "mlflow")) for _ in schedule]
+                outage: asyncio.Task[None] | None = None
+                while True:
+                    elapsed = time.monotonic() - started
+                    await kuberay.step()
+                    await operator.check()
+                    while schedule and schedule[0] <= elapsed:
+                        schedule.pop(0)
+                        kind = kinds.pop(0)
+                        if kind == "kill":
+                            faults.injected["operator SIGKILL"] += 1
+                            faults.last_fault_at = time.monotonic()
+                            await operator.kill()
+                            operator.start()
+                        elif outage is None or outage.done():
+                            outage = asyncio.create_task(
+                                mlflow.outage(rng, rng.uniform(2, 8), faults)
+                            )
+                    api_done = sum(v for k, v in faults.injected.items() if k.startswith("api "))
+                    if api_done >= api_budget:
+                        faults.enabled = False
+                    done = all((k8s.get_object(TRAININGJOBS, NAMESPACE, n) or {})
+                               .get("status", {}).get("phase") in ("Succeeded", "Failed")
+                               for n in names)  # fmt: skip
+                    if (not schedule and not faults.enabled and done
+                            and (outage is None or outage.done())):  # fmt: skip
+                        break
+                    if elapsed > args.chaos_seconds + args.converge_seconds:
+                        break
+                    await asyncio.sleep(0.3)
+                faults.enabled = False
+                converged_at = time.monotonic()
+                after_last = converged_at - (faults.last_fault_at or started)
+                finished = {n: (k8s.get_object(TRAININGJOBS, NAMESPACE, n) or {}) for n in names}
+                problems = _violations(k8s, kuberay, writes, mlflow.uri, names, uids)
+                # Deletion: every child goes with its TrainingJob.
+                for name in names:
+                    with contextlib.suppress(Exception):
+                        await k8s.delete_object(TRAININGJOBS, NAMESPACE, name)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    await operator.check()
+                    left = k8s.list_objects(TRAININGJOBS, NAMESPACE)
+                    if not left:
+                        break
+                    await asyncio.sleep(0.5)
+                for ref in (TRAININGJOBS, RAYJOBS, "v1/secrets",
+                            "networking.k8s.io/v1/networkpolicies"):  # fmt: skip
+                    left = [o["metadata"]["name"] for o in k8s.list_objects(ref, NAMESPACE)]
+                    if left:
+                        problems.append(f"after deletion, {ref} left: {left[:5]}")
+                if operator.crashes:
+                    problems.append(f"the operator exited by itself {operator.crashes} times")
+                phases = Counter((o.get("status") or {}).get("phase") for o in finished.values())
+                attempts = [int((o.get("status") or {}).get("attempts") or 0)
+                            for o in finished.values()]  # fmt: skip
+        finally:
+            if operator is not None:
+                await operator.stop()
+            mlflow.server.stop()
+        tracebacks = operator.tracebacks() if operator else 0
+    print(f"\nfaults injected ({sum(faults.injected.values())}):")
+    for kind, n in sorted(faults.injected.items()):
+        print(f"  {kind:<22} {n:>6}")
+    print(f"resources: {args.resources} TrainingJobs -> {dict(phases)}; attempts per job "
+          f"p50 {statistics.median(attempts):.0f}, max {max(attempts)}")  # fmt: skip
+    print(
+        f"operator: {operator.starts if operator else 0} starts, "
+        f"{operator.crashes if operator else 0} exits by itself, {tracebacks} tracebacks logged"
+    )
+    print(f"converged {after_last:.1f}s after the last fault")
+    print(f"invariant violations: {len(problems)}")
+    for problem in problems:
+        print(f"  seed {args.seed}: {problem}")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--resources", type=int, default=40, help="TrainingJobs")
+    parser.add_argument("--faults", type=int, default=200, help="faults to inject in all")
+    parser.add_argument(
+        "--api-share",
+        type=float,
+        default=0.9,
+        help="share of the faults that are API faults (the rest: kills, MLflow)",
+    )
+    parser.add_argument(
+        "--api-rate",
+        type=float,
+        default=0.05,
+        help="fraction of the operator's requests that fail while faults last",
+    )
+    parser.add_argument("--chaos-seconds", type=float, default=120.0)
+    parser.add_argument("--converge-seconds", type=float, default=240.0)
+    parser.add_argument("--attempt-seconds", type=float, default=3.0)
+    parser.add_argument("--preempt-rate", type=float, default=0.3)
+    parser.add_argument("--fail-rate", type=float, default=0.1)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep logs here")
+    parser.add_argument("--quick", action="store_true", help="8 jobs, 60 faults, 60 s")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.resources, args.faults, args.chaos_seconds = 8, 60, 60.0
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
