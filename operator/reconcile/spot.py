@@ -246,13 +246,18 @@ def account(
     begin = max(t for t in (start, since) if t is not None) if (start or since) else None
     if begin is None:
         return
-    if not final and since is not None and (end - begin).total_seconds() < ACCOUNT_EVERY:
+    if since is None or since < begin:
+        cost["accountedUntil"] = _text(begin)
+    if not final and (end - begin).total_seconds() < ACCOUNT_EVERY:
         return
     if end > begin:
         add_hours(cost, tj, config, current["capacity"], (end - begin).total_seconds())
-        cost["accountedUntil"] = end.isoformat().replace("+00:00", "Z")
-    elif since is None:
-        cost["accountedUntil"] = begin.isoformat().replace("+00:00", "Z")
+        cost["accountedUntil"] = _text(end)
+
+
+def _text(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment.microsecond == 0 else (
+        moment.isoformat().replace("+00:00", "Z"))  # fmt: skip
 
 
 def lost_seconds(
