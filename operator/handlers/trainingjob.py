@@ -162,13 +162,14 @@ LEDGER = DisruptionLedger()
 _RECLAIMS: ReclaimHistoryKeeper | None = None
 
 
-def reclaim_keeper(platform: KubeRayPlatform, config: OperatorConfig) -> ReclaimHistoryKeeper:
+def reclaim_keeper(config: OperatorConfig) -> ReclaimHistoryKeeper:
     """The process's one keeper of the reclaim history (loaded once, written when worth it)."""
     global _RECLAIMS
     with _LOCKS_GUARD:
         if _RECLAIMS is None:
             _RECLAIMS = ReclaimHistoryKeeper(
-                ConfigMapHistoryStore(platform.core_api(), config.operator_namespace)
+                ConfigMapHistoryStore(lambda: KubeRayPlatform().core_api(),
+                                      config.operator_namespace)  # fmt: skip
             )
         return _RECLAIMS
 
@@ -315,7 +316,7 @@ def _run_reconcile(
         except AccessBlocked as exc:
             blocked.append(str(exc))
 
-    reclaims = reclaim_keeper(platform, config)
+    reclaims = reclaim_keeper(config)
     current, plan, observed = trainingjob_rounds(
         current, uid, now, config, registry,
         observe=lambda tj: _observe(tj, uid, index, registry, platform, reclaims), act=act,

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,7 +62,11 @@ class FileHistoryStore:
 class ConfigMapHistoryStore:
     """The Kubernetes adapter: a ConfigMap in the operator's namespace."""
 
-    def __init__(self, core_api: Any, namespace: str, name: str = CONFIGMAP_NAME) -> None:
+    def __init__(
+        self, core_api: Callable[[], Any], namespace: str, name: str = CONFIGMAP_NAME
+    ) -> None:
+        """``core_api`` gives a core v1 API client when called (each read or write: the
+        handlers build their clients per round too)."""
         self.core = core_api
         self.namespace = namespace
         self.name = name
@@ -71,7 +75,7 @@ class ConfigMapHistoryStore:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            found = self.core.read_namespaced_config_map(self.name, self.namespace)
+            found = self.core().read_namespaced_config_map(self.name, self.namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -92,12 +96,13 @@ class ConfigMapHistoryStore:
             },
             "data": dict(data),
         }
+        core = self.core()
         try:
-            self.core.patch_namespaced_config_map(self.name, self.namespace, {"data": dict(data)})
+            core.patch_namespaced_config_map(self.name, self.namespace, {"data": dict(data)})
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.core.create_namespaced_config_map(self.namespace, body)
+            core.create_namespaced_config_map(self.namespace, body)
 
 
 class ReclaimHistoryKeeper:
