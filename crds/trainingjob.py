@@ -241,16 +241,18 @@ class CheckpointStatus(StatusModel):
 
     interval: str = Field(..., description="What the spec asks: Auto or a duration.")
     interval_seconds: float | None = Field(
-        None, description="The interval in use (reported by the running attempt once it has "
-        "checkpointed; until then, the one the operator gave it)."
+        None,
+        description="The interval in use (reported by the running attempt once it has "
+        "checkpointed; until then, the one the operator gave it).",
     )
     write_seconds: float | None = Field(
         None, description="C: the measured time to write one checkpoint (a running mean)."
     )
     mean_time_between_reclaims_seconds: float | None = Field(
-        None, description="M: the job's expected time between spot reclaims, from the "
+        None,
+        description="M: the job's expected time between spot reclaims, from the "
         "operator's history of its pools (a prior when there is none); unset with no spot "
-        "workers."
+        "workers.",
     )
 
 
@@ -260,8 +262,9 @@ class CostStatus(StatusModel):
     spot_gpu_hours: float = 0.0
     on_demand_gpu_hours: float = 0.0
     lost_gpu_hours: float = Field(
-        0.0, description="Work repeated since the last checkpoint before each reclaim, plus "
-        "the restart time of attempts that followed a preemption (in GPU-hours)."
+        0.0,
+        description="Work repeated since the last checkpoint before each reclaim, plus "
+        "the restart time of attempts that followed a preemption (in GPU-hours).",
     )
     estimated_cost: float | None = Field(
         None, description="From the operator's GPU price table; unset without one."

@@ -943,8 +943,12 @@ def _spot_panels(sel: str, by: str, legend: str) -> list[dict[str, Any]]:
     return [
         timeseries(
             "GPU-hours by capacity",
-            [(f"max by ({by}, capacity) ({n.TRAININGJOB_GPU_HOURS}{{{sel}}})",
-              "{{namespace}}/{{trainingjob}} {{capacity}}")],  # fmt: skip
+            [
+                (
+                    f"max by ({by}, capacity) ({n.TRAININGJOB_GPU_HOURS}{{{sel}}})",
+                    "{{namespace}}/{{trainingjob}} {{capacity}}",
+                )
+            ],
             width=8,
             description="Cumulative GPU-hours of the job's workers on spot and on-demand nodes.",
         ),
@@ -957,8 +961,12 @@ def _spot_panels(sel: str, by: str, legend: str) -> list[dict[str, Any]]:
         ),
         timeseries(
             "Estimated cost",
-            [(f"max by ({by}, currency) ({n.TRAININGJOB_ESTIMATED_COST}{{{sel}}})",
-              "{{namespace}}/{{trainingjob}} {{currency}}")],  # fmt: skip
+            [
+                (
+                    f"max by ({by}, currency) ({n.TRAININGJOB_ESTIMATED_COST}{{{sel}}})",
+                    "{{namespace}}/{{trainingjob}} {{currency}}",
+                )
+            ],
             width=8,
             description="From the operator's GPU price table (chart value "
             "operator.gpuPrices); empty without one.",
@@ -966,13 +974,19 @@ def _spot_panels(sel: str, by: str, legend: str) -> list[dict[str, Any]]:
         timeseries(
             "Checkpoint interval, write time C, time between reclaims M",
             [
-                (f"max by ({by}) ({n.TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS}{{{sel}}})",
-                 f"interval {legend}"),
-                (f"max by ({by}) ({n.TRAININGJOB_CHECKPOINT_WRITE_SECONDS}{{{sel}}})",
-                 f"C {legend}"),
-                (f"max by ({by}) ({n.TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS}{{{sel}}})",
-                 f"M {legend}"),
-            ],  # fmt: skip
+                (
+                    f"max by ({by}) ({n.TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS}{{{sel}}})",
+                    f"interval {legend}",
+                ),
+                (
+                    f"max by ({by}) ({n.TRAININGJOB_CHECKPOINT_WRITE_SECONDS}{{{sel}}})",
+                    f"C {legend}",
+                ),
+                (
+                    f"max by ({by}) ({n.TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS}{{{sel}}})",
+                    f"M {legend}",
+                ),
+            ],
             unit="s",
             log_scale=True,
             width=24,

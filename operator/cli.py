@@ -368,9 +368,9 @@ def spot_summary(status: dict[str, Any]) -> dict[str, str]:
         rows["Checkpoint write time (C)"] = _seconds(checkpoint.get("writeSeconds")) or (
             "not measured yet"
         )
-        rows["Mean time between reclaims (M)"] = _seconds(
-            checkpoint.get("meanTimeBetweenReclaimsSeconds")
-        ) or "no spot workers"
+        rows["Mean time between reclaims (M)"] = (
+            _seconds(checkpoint.get("meanTimeBetweenReclaimsSeconds")) or "no spot workers"
+        )
     if cost:
         rows["GPU-hours spot / on-demand"] = (
             f"{_hours(cost.get('spotGpuHours'))} / {_hours(cost.get('onDemandGpuHours'))}"

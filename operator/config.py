@@ -279,7 +279,9 @@ def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
     try:
         return parse_duration(raw)
     except ValueError:
-        raise ValueError(f"{variable} must be a duration such as 30s, 10m or 1h (got {raw!r})")
+        raise ValueError(
+            f"{variable} must be a duration such as 30s, 10m or 1h (got {raw!r})"
+        ) from None
 
 
 def _gpu_prices(raw: str) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...] | None:
@@ -308,5 +310,7 @@ def _gpu_prices(raw: str) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ..
     ):
         raise ValueError(problem)
     return tuple(
-        sorted((str(k), tuple(sorted((c, float(p)) for c, p in v.items()))) for k, v in parsed.items())
+        sorted(
+            (str(k), tuple(sorted((c, float(p)) for c, p in v.items()))) for k, v in parsed.items()
+        )
     )

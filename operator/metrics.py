@@ -227,7 +227,7 @@ class OperatorMetrics:
             self._spot(key, obj, st)
 
     def _spot(self, key: tuple[str, str, str], obj: tuple[str, str], st: dict[str, Any]) -> None:
-        """Hours, waste, cost and the checkpoint interval's C and M (``status.cost``/``checkpoint``)."""
+        """Hours, waste, cost, and the checkpoint interval with its C and M, from status."""
         for family, (section, field) in _TRAINING_GAUGES:
             value = (st.get(section) or {}).get(field)
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -243,7 +243,9 @@ class OperatorMetrics:
                 self._set(key, n.TRAININGJOB_GPU_HOURS, (*obj, capacity)).set(float(value))
         self._drop_other(key, n.TRAININGJOB_GPU_HOURS, keep)
         price = cost.get("estimatedCost")
-        priced = {(*obj, str(cost.get("currency") or ""))} if isinstance(price, int | float) else set()
+        priced = (
+            {(*obj, str(cost.get("currency") or ""))} if isinstance(price, int | float) else set()
+        )
         for labels in priced:
             self._set(key, n.TRAININGJOB_ESTIMATED_COST, labels).set(float(price))
         self._drop_other(key, n.TRAININGJOB_ESTIMATED_COST, priced)

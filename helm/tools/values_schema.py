@@ -263,7 +263,8 @@ def values_schema() -> dict[str, Any]:
                 ),
                 gpuPrices={
                     "description": "MLPLANE_GPU_PRICES: price per GPU-hour by accelerator "
-                    '("*": the others) and capacity, for TrainingJob status.cost. Empty: hours only.',
+                    '("*": the others) and capacity, for TrainingJob status.cost. Empty: hours '
+                    "only.",
                     "type": "object",
                     "propertyNames": {"pattern": r"^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"},
                     "additionalProperties": {

@@ -322,8 +322,14 @@ def _rayjob(
     job_spec: dict[str, Any] = {
         "entrypoint": spec.entrypoint,
         "runtimeEnvYAML": yaml.safe_dump(
-            runtime_env(tj, attempt, config, run_id=run_id, owner_uid=owner_uid,
-                        checkpoint_env=checkpoint_env),
+            runtime_env(
+                tj,
+                attempt,
+                config,
+                run_id=run_id,
+                owner_uid=owner_uid,
+                checkpoint_env=checkpoint_env,
+            ),
             sort_keys=True,
             default_flow_style=False,
         ),

@@ -168,10 +168,12 @@ def reclaim_keeper(config: OperatorConfig) -> ReclaimHistoryKeeper:
     with _LOCKS_GUARD:
         if _RECLAIMS is None:
             _RECLAIMS = ReclaimHistoryKeeper(
-                ConfigMapHistoryStore(lambda: KubeRayPlatform().core_api(),
-                                      config.operator_namespace)  # fmt: skip
+                ConfigMapHistoryStore(
+                    lambda: KubeRayPlatform().core_api(), config.operator_namespace
+                )
             )
         return _RECLAIMS
+
 
 #: Kopf runs a resource's change handlers and its timer concurrently (in threads): one lock per
 #: TrainingJob makes them take turns, so two rounds never race to create the same MLflow run.

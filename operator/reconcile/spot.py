@@ -28,9 +28,9 @@ from datetime import datetime
 from typing import Any
 
 from mlplane.crds import TrainingJob
+from mlplane.monitoring import spot
 from mlplane.operator.builders.rayjob import worker_capacity
 from mlplane.operator.config import OperatorConfig
-from mlplane.monitoring import spot
 
 #: Variables the training runtime reads (``mlplane.training.context`` has the same names).
 ENV_CHECKPOINT_INTERVAL = "MLPLANE_CHECKPOINT_INTERVAL"
@@ -297,7 +297,8 @@ def reclaim_samples(
     main = max(pools, key=lambda p: pools[p])
     contribution = f"{uid}/{current['number']}"
     return [
-        ReclaimSample(pool, contribution,
-                      spot.Exposure(nodes * seconds, reclaims if pool == main else 0))  # fmt: skip
+        ReclaimSample(
+            pool, contribution, spot.Exposure(nodes * seconds, reclaims if pool == main else 0)
+        )
         for pool, nodes in sorted(pools.items())
     ]

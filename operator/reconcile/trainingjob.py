@@ -54,6 +54,7 @@ from typing import Any, Literal
 
 from mlplane.crds import TrainingJob
 from mlplane.crds.validate import warnings_for
+from mlplane.monitoring.spot import PoolHistory
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
 from mlplane.operator.builders.rayjob import (
@@ -65,7 +66,6 @@ from mlplane.operator.builders.rayjob import (
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile import spot as spot_core
-from mlplane.monitoring.spot import PoolHistory
 
 AttemptCapacity = Literal["OnDemand", "Spot"]
 #: Capacity loss seen at most this long before an attempt ended explains its failure.
@@ -406,8 +406,15 @@ def reconcile(
             _hold(s, tj, current)
         else:
             plan.create.append(
-                build_rayjob(tj, current, capacity, config, run_id=run.run_id, owner_uid=uid,
-                             checkpoint_env=s.attempt_env(capacity))  # fmt: skip
+                build_rayjob(
+                    tj,
+                    current,
+                    capacity,
+                    config,
+                    run_id=run.run_id,
+                    owner_uid=uid,
+                    checkpoint_env=s.attempt_env(capacity),
+                )
             )
     else:
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
@@ -573,8 +580,9 @@ def _start_attempt(
     name = rayjob_name(tj.metadata.name or "", number)
     held = _held_out_of_queue(tj)
     if not held:
+        env = s.attempt_env(capacity)
         plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id,
-                                        owner_uid=uid, checkpoint_env=s.attempt_env(capacity)))  # fmt: skip
+                                        owner_uid=uid, checkpoint_env=env))  # fmt: skip
     st["attempts"] = number
     st["currentAttempt"] = {"number": number, "rayJob": name, "capacity": capacity,
                             "startTime": s.now_text}  # fmt: skip

@@ -129,7 +129,9 @@ def test_auto_without_spot_workers_checkpoints_at_the_upper_bound():
     job = Job(body("Auto", capacity="OnDemand"))
     plan = job.step(Observed(run=ObservedRun("run-1", checkpoint_write_seconds=5.0)),
                     at=timedelta(0))  # fmt: skip
-    assert float(env_of(plan)["MLPLANE_CHECKPOINT_INTERVAL_SECONDS"]) == CONFIG.checkpoint_interval_max
+    assert (
+        float(env_of(plan)["MLPLANE_CHECKPOINT_INTERVAL_SECONDS"]) == CONFIG.checkpoint_interval_max
+    )
     assert "meanTimeBetweenReclaimsSeconds" not in job.status["checkpoint"]
 
 

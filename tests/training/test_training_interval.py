@@ -77,9 +77,10 @@ def test_a_fixed_interval_is_due_once_it_has_passed_since_the_last_checkpoint(tm
 
 def test_auto_recomputes_the_interval_from_measured_c_and_the_given_m(tmp_path):
     clock = Clock()
+    bounds = {"checkpoint_interval_min": 60.0, "checkpoint_interval_max": 7200.0}
     session = session_with(tmp_path, clock, write=8.0, checkpoint_interval="Auto",
                            checkpoint_interval_seconds=60.0, reclaim_mtbr_seconds=3600.0,
-                           checkpoint_interval_min=60.0, checkpoint_interval_max=7200.0)  # fmt: skip
+                           **bounds)  # fmt: skip
     assert session.checkpoint_interval == 60.0  # the operator's start (C unknown yet)
     session.checkpoint(1, {"m": b"x"})
     assert session.checkpoint_interval == pytest.approx(math.sqrt(2 * 8.0 * 3600.0))
@@ -106,7 +107,9 @@ def test_c_and_the_interval_reach_the_operator_through_the_run(mlflow_uri, exper
     """The runtime writes them with the checkpoint tags; the operator's existing read finds them."""
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name(experiment)
-    run_id = client.create_run(exp.experiment_id, tags={"mlplane.trainingjob.uid": "u-9"}).info.run_id
+    run_id = client.create_run(
+        exp.experiment_id, tags={"mlplane.trainingjob.uid": "u-9"}
+    ).info.run_id
     clock = Clock()
     context = TrainingContext(
         checkpoint_uri=str(tmp_path / "ck"), tracking_uri=mlflow_uri, run_id=run_id, attempt=2,
