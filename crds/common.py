@@ -187,6 +187,31 @@ def duration_string(*, min_seconds: float, max_seconds: float) -> Any:
     ]
 
 
+#: ``Auto`` or a duration: a checkpoint interval (``spec.checkpoint.interval``).
+INTERVAL_PATTERN = r"^(Auto|([0-9]+(ms|s|m|h|d))+)$"
+
+
+def interval_string(*, min_seconds: float, max_seconds: float) -> Any:
+    """``Auto`` or a duration string with bounds (checked by the models, as durations are)."""
+
+    def check(value: str) -> str:
+        if value == "Auto":
+            return value
+        seconds = parse_duration(value)
+        if not min_seconds <= seconds <= max_seconds:
+            raise ValueError(
+                f"{value!r} is out of range: must be Auto or between {_human(min_seconds)} and "
+                f"{_human(max_seconds)}"
+            )
+        return value
+
+    return Annotated[
+        str,
+        AfterValidator(check),
+        WithJsonSchema({"type": "string", "pattern": INTERVAL_PATTERN, "maxLength": 32}),
+    ]
+
+
 def _human(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:

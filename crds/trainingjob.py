@@ -20,7 +20,9 @@ from mlplane.crds.common import (
     Timestamp,
     Toleration,
     dns_label,
+    interval_string,
     name_rules,
+    parse_duration,
 )
 
 ACCELERATOR = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -98,6 +100,21 @@ class Checkpoint(SpecModel):
         "own yet; its own checkpoints always win. Shown in status.warmStart. The attempt "
         "fails if nothing is there.",
     )
+    interval: interval_string(min_seconds=10, max_seconds=7 * 86400) | None = Field(  # type: ignore[valid-type]
+        None,
+        description="How often a loop using TrainingSession.checkpoint_due() checkpoints: a "
+        "duration (10s to 7d) or Auto, which follows sqrt(2*C*M) from the measured checkpoint "
+        "write time C and the operator's observed mean time between spot reclaims M, within "
+        "the operator's bounds (status.checkpoint shows the values). Unset: the loop's own "
+        "cadence (e.g. every K steps).",
+    )
+
+    @property
+    def interval_seconds(self) -> float | None:
+        """The fixed interval in seconds; None when Auto or unset."""
+        if self.interval is None or self.interval == "Auto":
+            return None
+        return parse_duration(self.interval)
 
 
 class Preemption(SpecModel):
@@ -207,12 +224,55 @@ class CurrentAttempt(StatusModel):
     ray_job: str
     capacity: Literal["OnDemand", "Spot"]
     start_time: Timestamp | None = None
+    #: When the operator first saw it running.
+    running_time: Timestamp | None = None
+    #: Started because the previous attempt was lost to a preemption (its start-up is waste).
+    after_preemption: bool | None = None
 
 
 class LastCheckpoint(StatusModel):
     uri: str
     step: int | None = None
     time: Timestamp | None = None
+
+
+class CheckpointStatus(StatusModel):
+    """The checkpoint interval in use and the estimates it comes from (spec.checkpoint.interval)."""
+
+    interval: str = Field(..., description="What the spec asks: Auto or a duration.")
+    interval_seconds: float | None = Field(
+        None,
+        description="The interval in use (reported by the running attempt once it has "
+        "checkpointed; until then, the one the operator gave it).",
+    )
+    write_seconds: float | None = Field(
+        None, description="C: the measured time to write one checkpoint (a running mean)."
+    )
+    mean_time_between_reclaims_seconds: float | None = Field(
+        None,
+        description="M: the job's expected time between spot reclaims, from the "
+        "operator's history of its pools (a prior when there is none); unset with no spot "
+        "workers.",
+    )
+
+
+class CostStatus(StatusModel):
+    """GPU-hours by capacity, GPU-hours lost to reclaims, and their estimated price."""
+
+    spot_gpu_hours: float = 0.0
+    on_demand_gpu_hours: float = 0.0
+    lost_gpu_hours: float = Field(
+        0.0,
+        description="Work repeated since the last checkpoint before each reclaim, plus "
+        "the restart time of attempts that followed a preemption (in GPU-hours).",
+    )
+    estimated_cost: float | None = Field(
+        None, description="From the operator's GPU price table; unset without one."
+    )
+    lost_cost: float | None = Field(None, description="The price of lostGpuHours.")
+    currency: str | None = None
+    #: Time up to which hours are counted (each round adds from here: nothing twice).
+    accounted_until: Timestamp | None = None
 
 
 class WarmStart(StatusModel):
@@ -273,6 +333,8 @@ class TrainingJobStatus(StatusModel):
         "(<checkpoint.uri>/<uid> or <operator base>/<namespace>/<name>/<uid>).",
     )
     warm_start: WarmStart | None = None
+    checkpoint: CheckpointStatus | None = None
+    cost: CostStatus | None = None
     mlflow: TrainingMLflowStatus | None = None
     #: The most recent counted preemptions (bounded), so a retry never counts one twice.
     disruptions: list[Disruption] = Field(default_factory=list, max_length=50)

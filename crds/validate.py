@@ -24,7 +24,13 @@ from pydantic import ValidationError
 
 from mlplane.crds import API_VERSION, BY_KIND, Resource, TrainingJob
 from mlplane.crds import cel as cel_rules
-from mlplane.crds.common import DECIMAL_PATTERN, DNS_LABEL, DURATION_PATTERN, QUANTITY_PATTERN
+from mlplane.crds.common import (
+    DECIMAL_PATTERN,
+    DNS_LABEL,
+    DURATION_PATTERN,
+    INTERVAL_PATTERN,
+    QUANTITY_PATTERN,
+)
 from mlplane.crds.schema import schema_by_kind
 
 
@@ -94,6 +100,7 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
 #: What a pattern means, in words, for the patterns users meet most.
 PATTERN_HINTS = {
     DURATION_PATTERN: "must be a duration such as 30s, 10m, 1h30m or 14d",
+    INTERVAL_PATTERN: "must be Auto or a duration such as 30s, 10m or 1h30m",
     DECIMAL_PATTERN: 'must be a decimal number written as a string, such as "0.05" or "99.9"',
     QUANTITY_PATTERN: "must be a Kubernetes quantity such as 2, 500m or 16Gi",
     DNS_LABEL: "must be a lowercase DNS label: a-z, 0-9 and '-', starting and ending "

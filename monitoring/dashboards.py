@@ -865,7 +865,7 @@ def drift_dashboard() -> dict[str, Any]:
 
 
 def training_dashboard() -> dict[str, Any]:
-    """Phases, attempts, spot preemptions, failures and checkpoint age of TrainingJobs."""
+    """Phases, attempts, spot preemptions, failures, checkpoint age; spot hours, waste, cost."""
     sel = 'namespace=~"$namespace", trainingjob=~"$trainingjob"'
     by = "namespace, trainingjob"
     legend = "{{namespace}}/{{trainingjob}}"
@@ -917,6 +917,7 @@ def training_dashboard() -> dict[str, Any]:
             description="Work lost if the job were preempted now; alerts past 1h while Running.",
         ),
     ]
+    spot = _spot_panels(sel, by, legend)
     return dashboard(
         "mlplane-training",
         "mlplane / Training",
@@ -931,9 +932,68 @@ def training_dashboard() -> dict[str, Any]:
                 f'label_values({n.TRAININGJOB_PHASE}{{namespace=~"$namespace"}}, trainingjob)',
             ),
         ],
-        [("Jobs", jobs)],
+        [("Jobs", jobs), ("Spot: hours, waste, cost and checkpoint interval", spot)],
         time_from="now-24h",
     )
+
+
+def _spot_panels(sel: str, by: str, legend: str) -> list[dict[str, Any]]:
+    """GPU-hours by capacity, hours lost to reclaims, estimated cost, and the interval with
+    the C and M it follows (``status.cost``, ``status.checkpoint``)."""
+    return [
+        timeseries(
+            "GPU-hours by capacity",
+            [
+                (
+                    f"max by ({by}, capacity) ({n.TRAININGJOB_GPU_HOURS}{{{sel}}})",
+                    "{{namespace}}/{{trainingjob}} {{capacity}}",
+                )
+            ],
+            width=8,
+            description="Cumulative GPU-hours of the job's workers on spot and on-demand nodes.",
+        ),
+        timeseries(
+            "GPU-hours lost to reclaims",
+            [(f"max by ({by}) ({n.TRAININGJOB_LOST_GPU_HOURS}{{{sel}}})", legend)],
+            width=8,
+            description="Work repeated since the last checkpoint before each reclaim, plus "
+            "the restart time of attempts after a preemption.",
+        ),
+        timeseries(
+            "Estimated cost",
+            [
+                (
+                    f"max by ({by}, currency) ({n.TRAININGJOB_ESTIMATED_COST}{{{sel}}})",
+                    "{{namespace}}/{{trainingjob}} {{currency}}",
+                )
+            ],
+            width=8,
+            description="From the operator's GPU price table (chart value "
+            "operator.gpuPrices); empty without one.",
+        ),
+        timeseries(
+            "Checkpoint interval, write time C, time between reclaims M",
+            [
+                (
+                    f"max by ({by}) ({n.TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS}{{{sel}}})",
+                    f"interval {legend}",
+                ),
+                (
+                    f"max by ({by}) ({n.TRAININGJOB_CHECKPOINT_WRITE_SECONDS}{{{sel}}})",
+                    f"C {legend}",
+                ),
+                (
+                    f"max by ({by}) ({n.TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS}{{{sel}}})",
+                    f"M {legend}",
+                ),
+            ],
+            unit="s",
+            log_scale=True,
+            width=24,
+            description="spec.checkpoint.interval: Auto follows sqrt(2*C*M) within the "
+            "operator's bounds.",
+        ),
+    ]
 
 
 def operator_dashboard() -> dict[str, Any]:

@@ -46,6 +46,12 @@ Operator, training; labels ``namespace, trainingjob``:
     mlplane_trainingjob_failures_total           counter
     mlplane_trainingjob_last_checkpoint_timestamp_seconds  gauge
     mlplane_trainingjob_phase                    gauge      + phase (1 for the current one)
+    mlplane_trainingjob_gpu_hours                gauge      + capacity (spot, on_demand)
+    mlplane_trainingjob_lost_gpu_hours           gauge
+    mlplane_trainingjob_estimated_cost           gauge      + currency (with a price table)
+    mlplane_trainingjob_checkpoint_interval_seconds  gauge
+    mlplane_trainingjob_checkpoint_write_seconds     gauge
+    mlplane_trainingjob_mean_time_between_reclaims_seconds  gauge
 
 Operator, itself (scrape job ``mlplane-operator``):
 
@@ -123,6 +129,14 @@ TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS = (
     "mlplane_trainingjob_last_checkpoint_timestamp_seconds"
 )
 TRAININGJOB_PHASE = "mlplane_trainingjob_phase"
+TRAININGJOB_GPU_HOURS = "mlplane_trainingjob_gpu_hours"
+TRAININGJOB_LOST_GPU_HOURS = "mlplane_trainingjob_lost_gpu_hours"
+TRAININGJOB_ESTIMATED_COST = "mlplane_trainingjob_estimated_cost"
+TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS = "mlplane_trainingjob_checkpoint_interval_seconds"
+TRAININGJOB_CHECKPOINT_WRITE_SECONDS = "mlplane_trainingjob_checkpoint_write_seconds"
+TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS = (
+    "mlplane_trainingjob_mean_time_between_reclaims_seconds"
+)
 
 # --- operator --------------------------------------------------------------------------------
 OPERATOR_RECONCILE_TOTAL = "mlplane_operator_reconcile_total"
@@ -357,6 +371,48 @@ METRICS: Mapping[str, Metric] = {
             (*_TJ, "phase"),
             "operator",
             "1 for the job's current phase.",
+        ),
+        Metric(
+            TRAININGJOB_GPU_HOURS,
+            "gauge",
+            (*_TJ, "capacity"),
+            "operator",
+            "GPU-hours the job's workers used so far, by capacity (spot or on_demand).",
+        ),
+        Metric(
+            TRAININGJOB_LOST_GPU_HOURS,
+            "gauge",
+            _TJ,
+            "operator",
+            "GPU-hours lost to reclaims: work repeated since the last checkpoint plus restarts.",
+        ),
+        Metric(
+            TRAININGJOB_ESTIMATED_COST,
+            "gauge",
+            (*_TJ, "currency"),
+            "operator",
+            "Estimated price of the job's GPU-hours from the operator's price table.",
+        ),
+        Metric(
+            TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS,
+            "gauge",
+            _TJ,
+            "operator",
+            "Checkpoint interval in use (spec.checkpoint.interval; Auto: sqrt(2*C*M)).",
+        ),
+        Metric(
+            TRAININGJOB_CHECKPOINT_WRITE_SECONDS,
+            "gauge",
+            _TJ,
+            "operator",
+            "C: measured time to write one checkpoint (running mean).",
+        ),
+        Metric(
+            TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS,
+            "gauge",
+            _TJ,
+            "operator",
+            "M: the job's expected time between spot reclaims (operator's history).",
         ),
         Metric(
             OPERATOR_RECONCILE_TOTAL,

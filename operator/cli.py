@@ -338,16 +338,69 @@ def _age(timestamp: str | None) -> str:
     return f"{seconds}s"
 
 
+def _seconds(value: Any) -> str:
+    """``90`` → ``1m30s``: a status number of seconds, short ("" when absent)."""
+    if not isinstance(value, int | float):
+        return ""
+    seconds = round(float(value))
+    if seconds < 60:
+        return f"{float(value):.3g}s"
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out
+
+
+def _hours(value: Any) -> str:
+    return f"{float(value):.2f}" if isinstance(value, int | float) else ""
+
+
+def spot_summary(status: dict[str, Any]) -> dict[str, str]:
+    """The interval in use with C and M, GPU-hours, waste and cost, as ``describe`` shows them."""
+    checkpoint, cost = status.get("checkpoint") or {}, status.get("cost") or {}
+    rows: dict[str, str] = {}
+    if checkpoint:
+        rows["Checkpoint interval"] = (
+            f"{_seconds(checkpoint.get('intervalSeconds')) or '-'} ({checkpoint['interval']})"
+        )
+        rows["Checkpoint write time (C)"] = _seconds(checkpoint.get("writeSeconds")) or (
+            "not measured yet"
+        )
+        rows["Mean time between reclaims (M)"] = (
+            _seconds(checkpoint.get("meanTimeBetweenReclaimsSeconds")) or "no spot workers"
+        )
+    if cost:
+        rows["GPU-hours spot / on-demand"] = (
+            f"{_hours(cost.get('spotGpuHours'))} / {_hours(cost.get('onDemandGpuHours'))}"
+        )
+        rows["GPU-hours lost to reclaims"] = _hours(cost.get("lostGpuHours"))
+        if "estimatedCost" in cost:
+            currency = cost.get("currency", "")
+            rows["Estimated cost"] = (
+                f"{cost['estimatedCost']:.2f} {currency} (lost: {cost.get('lostCost', 0):.2f})"
+            )
+            if cost.get("unpriced"):
+                rows["Estimated cost"] += f"; no price for {', '.join(cost['unpriced'])}"
+    return rows
+
+
 def _row(kind: str, body: dict[str, Any]) -> list[str]:
     status = body.get("status") or {}
     meta = body["metadata"]
     if kind == "TrainingJob":
         checkpoint = (status.get("lastCheckpoint") or {}).get("step")
         model = (status.get("mlflow") or {}).get("modelUri") or ""
+        interval = _seconds((status.get("checkpoint") or {}).get("intervalSeconds"))
+        cost = status.get("cost") or {}
+        hours = (f"{_hours(cost.get('spotGpuHours'))}/{_hours(cost.get('onDemandGpuHours'))}"
+                 if cost else "")  # fmt: skip
         return [meta["name"], status.get("phase", "Pending"), str(status.get("attempts", 0)),
                 str(status.get("preemptions", 0)),
                 (status.get("currentAttempt") or {}).get("capacity", ""),
-                "" if checkpoint is None else str(checkpoint), model,
+                "" if checkpoint is None else str(checkpoint), interval, hours,
+                _hours(cost.get("lostGpuHours")), model,
                 _age(meta.get("creationTimestamp"))]  # fmt: skip
     if kind == "ModelDeployment":
         return [meta["name"], body["spec"]["model"]["name"], str(status.get("servedVersion", "")),
@@ -360,7 +413,7 @@ def _row(kind: str, body: dict[str, Any]) -> list[str]:
 
 COLUMNS = {
     "TrainingJob": ["NAME", "PHASE", "ATTEMPTS", "PREEMPTIONS", "CAPACITY", "CHECKPOINT",
-                    "MODEL", "AGE"],
+                    "INTERVAL", "GPU-H SPOT/OD", "GPU-H LOST", "MODEL", "AGE"],
     "ModelDeployment": ["NAME", "MODEL", "VERSION", "PHASE", "REPLICAS", "ENDPOINT", "AGE"],
     "ABTest": ["NAME", "DEPLOYMENT", "PHASE", "DECISION", "WINNER", "AGE"],
 }  # fmt: skip
@@ -481,6 +534,12 @@ def describe(
     found = status.pop("conditions", [])
     out.print(f"[bold]{kind}/{name}[/bold] (namespace {namespace})")
     sys.stdout.write(yaml.safe_dump({"status": status}, sort_keys=False))
+    summary = spot_summary(status) if kind == "TrainingJob" else {}
+    if summary:
+        spot = Table("", "", box=None, title="Spot", show_header=False)
+        for label, value in summary.items():
+            spot.add_row(label, value)
+        out.print(spot)
     table = Table("TYPE", "STATUS", "REASON", "MESSAGE", "SINCE", box=None, title="Conditions")
     for c in found:
         table.add_row(c["type"], c["status"], c["reason"], c.get("message", ""),

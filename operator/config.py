@@ -46,6 +46,14 @@ The registry policy (the registry is a code boundary, see ``docs/security.md``):
 - ``MLPLANE_ALLOWED_TRACKING_URIS``: comma-separated MLflow tracking URIs a TrainingJob's
   ``spec.mlflow.trackingUri`` may name, besides ``MLPLANE_MLFLOW_TRACKING_URI`` (always
   allowed); default none: any other URI is refused and never contacted.
+
+Spot economics (``docs/spot.md``):
+
+- ``MLPLANE_CHECKPOINT_INTERVAL_MIN`` / ``MLPLANE_CHECKPOINT_INTERVAL_MAX`` (durations, default
+  ``1m`` and ``4h``): the bounds of an Auto checkpoint interval (``sqrt(2*C*M)`` clamped);
+- ``MLPLANE_GPU_PRICES``: JSON ``{"<accelerator>": {"Spot": <price>, "OnDemand": <price>}}``
+  per GPU-hour (``"*"``: any accelerator not listed); unset: status shows hours, no cost;
+  ``MLPLANE_PRICE_CURRENCY`` (default ``USD``) names the unit.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from mlplane.crds.common import parse_duration
+from mlplane.monitoring.spot import DEFAULT_MAX_INTERVAL_SECONDS, DEFAULT_MIN_INTERVAL_SECONDS
 from mlplane.serving.flavors import SAFE_SERIALIZATIONS
 
 CapacityLabels = Literal["eks", "karpenter", "gke"]
@@ -103,6 +113,12 @@ class OperatorConfig:
     model_name_policy: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     #: Tracking URIs a spec may name besides :attr:`mlflow_tracking_uri`.
     allowed_tracking_uris: tuple[str, ...] = ()
+    #: Bounds of an Auto checkpoint interval, in seconds.
+    checkpoint_interval_min: float = DEFAULT_MIN_INTERVAL_SECONDS
+    checkpoint_interval_max: float = DEFAULT_MAX_INTERVAL_SECONDS
+    #: Price per GPU-hour: (accelerator or "*", (("OnDemand", p), ("Spot", p))); None: no table.
+    gpu_prices: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] | None = None
+    price_currency: str = "USD"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -124,6 +140,13 @@ class OperatorConfig:
         if not 1 <= mlflow_timeout <= 600:
             raise ValueError(
                 f"MLPLANE_MLFLOW_TIMEOUT must be seconds between 1 and 600 (got {timeout!r})"
+            )
+        low = _seconds(env, "MLPLANE_CHECKPOINT_INTERVAL_MIN", DEFAULT_MIN_INTERVAL_SECONDS)
+        high = _seconds(env, "MLPLANE_CHECKPOINT_INTERVAL_MAX", DEFAULT_MAX_INTERVAL_SECONDS)
+        if not 0 < low <= high:
+            raise ValueError(
+                "MLPLANE_CHECKPOINT_INTERVAL_MIN must be above 0 and at most "
+                f"MLPLANE_CHECKPOINT_INTERVAL_MAX (got {low:g}s and {high:g}s)"
             )
         return cls(
             mlflow_tracking_uri=env.get("MLPLANE_MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
@@ -150,6 +173,10 @@ class OperatorConfig:
             allowed_model_flavors=_list(env, "MLPLANE_ALLOWED_MODEL_FLAVORS", SAFE_SERIALIZATIONS),
             model_name_policy=_name_policy(env.get("MLPLANE_MODEL_NAME_POLICY", "")),
             allowed_tracking_uris=_list(env, "MLPLANE_ALLOWED_TRACKING_URIS", ()),
+            checkpoint_interval_min=low,
+            checkpoint_interval_max=high,
+            gpu_prices=_gpu_prices(env.get("MLPLANE_GPU_PRICES", "")),
+            price_currency=env.get("MLPLANE_PRICE_CURRENCY", "").strip() or cls.price_currency,
         )
 
     def tracking_uri_allowed(self, uri: str | None) -> bool:
@@ -172,6 +199,14 @@ class OperatorConfig:
         if patterns is None:
             return True
         return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
+
+    def gpu_price(self, accelerator: str | None, capacity: str) -> float | None:
+        """Price of one GPU-hour of ``accelerator`` on ``capacity`` (None: no price known)."""
+        if self.gpu_prices is None:
+            return None
+        table = dict(self.gpu_prices)
+        prices = table.get(accelerator or "", table.get("*"))
+        return dict(prices).get(capacity) if prices is not None else None
 
     @property
     def checkpoint_base(self) -> str | None:
@@ -244,3 +279,47 @@ def _name_policy(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
     ):
         raise ValueError(problem)
     return tuple(sorted((k, tuple(v)) for k, v in parsed.items()))
+
+
+def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+    raw = env.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise ValueError(
+            f"{variable} must be a duration such as 30s, 10m or 1h (got {raw!r})"
+        ) from None
+
+
+def _gpu_prices(raw: str) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ...] | None:
+    """``MLPLANE_GPU_PRICES`` parsed: accelerator -> {"Spot": price, "OnDemand": price}."""
+    if not raw.strip():
+        return None
+    problem = (
+        'MLPLANE_GPU_PRICES must be JSON {"<accelerator>": {"Spot": <price>, "OnDemand": '
+        f"<price>}}}} with prices >= 0 per GPU-hour (got {raw!r})"
+    )
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise ValueError(problem) from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(prices, dict)
+        and prices
+        and all(
+            c in ("Spot", "OnDemand")
+            and isinstance(p, int | float)
+            and not isinstance(p, bool)
+            and p >= 0
+            for c, p in prices.items()
+        )
+        for prices in parsed.values()
+    ):
+        raise ValueError(problem)
+    return tuple(
+        sorted(
+            (str(k), tuple(sorted((c, float(p)) for c, p in v.items()))) for k, v in parsed.items()
+        )
+    )

@@ -60,12 +60,23 @@ _TRAINING_COUNTERS = (
     (n.TRAININGJOB_PREEMPTIONS_TOTAL, "preemptions"),
     (n.TRAININGJOB_FAILURES_TOTAL, "failures"),
 )
+#: TrainingJob gauges and the (section, field) of status each follows (absent: no series).
+_TRAINING_GAUGES = (
+    (n.TRAININGJOB_LOST_GPU_HOURS, ("cost", "lostGpuHours")),
+    (n.TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS, ("checkpoint", "intervalSeconds")),
+    (n.TRAININGJOB_CHECKPOINT_WRITE_SECONDS, ("checkpoint", "writeSeconds")),
+    (n.TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS,
+     ("checkpoint", "meanTimeBetweenReclaimsSeconds")),
+)  # fmt: skip
 #: The families each kind's object exports (what :meth:`OperatorMetrics.forget` removes).
 _FAMILIES: Mapping[str, tuple[str, ...]] = {
     TRAININGJOB: (
         *(name for name, _ in _TRAINING_COUNTERS),
         n.TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS,
         n.TRAININGJOB_PHASE,
+        *(name for name, _ in _TRAINING_GAUGES),
+        n.TRAININGJOB_GPU_HOURS,
+        n.TRAININGJOB_ESTIMATED_COST,
     ),
     MODELDEPLOYMENT: (n.SLO_AVAILABILITY_TARGET, n.SLO_LATENCY_TARGET_SECONDS),
     ABTEST: (n.ABTEST_P_VALUE, n.ABTEST_DECISION),
@@ -213,6 +224,31 @@ class OperatorMetrics:
                 self._set(key, n.TRAININGJOB_PHASE, (*obj, value)).set(
                     1.0 if value == phase else 0.0
                 )
+            self._spot(key, obj, st)
+
+    def _spot(self, key: tuple[str, str, str], obj: tuple[str, str], st: dict[str, Any]) -> None:
+        """Hours, waste, cost, and the checkpoint interval with its C and M, from status."""
+        for family, (section, field) in _TRAINING_GAUGES:
+            value = (st.get(section) or {}).get(field)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._set(key, family, obj).set(float(value))
+            else:
+                self._drop_other(key, family, set())
+        cost = st.get("cost") or {}
+        hours = {"spot": cost.get("spotGpuHours"), "on_demand": cost.get("onDemandGpuHours")}
+        keep = set()
+        for capacity, value in hours.items():
+            if isinstance(value, int | float):
+                keep.add((*obj, capacity))
+                self._set(key, n.TRAININGJOB_GPU_HOURS, (*obj, capacity)).set(float(value))
+        self._drop_other(key, n.TRAININGJOB_GPU_HOURS, keep)
+        price = cost.get("estimatedCost")
+        priced = (
+            {(*obj, str(cost.get("currency") or ""))} if isinstance(price, int | float) else set()
+        )
+        for labels in priced:
+            self._set(key, n.TRAININGJOB_ESTIMATED_COST, labels).set(float(price))
+        self._drop_other(key, n.TRAININGJOB_ESTIMATED_COST, priced)
 
     def modeldeployment(
         self, namespace: str, name: str, slo: Mapping[str, Any] | SLO | None

@@ -44,6 +44,10 @@ TAG_TRAININGJOB = "mlplane.trainingjob"
 TAG_CHECKPOINT_URI = "mlplane.checkpoint.uri"
 TAG_CHECKPOINT_STEP = "mlplane.checkpoint.step"
 TAG_CHECKPOINT_TIME = "mlplane.checkpoint.time"
+#: Written with the checkpoint tags (same call): C, and the interval the attempt uses.
+TAG_CHECKPOINT_WRITE_SECONDS = "mlplane.checkpoint.write_seconds"
+TAG_CHECKPOINT_INTERVAL_SECONDS = "mlplane.checkpoint.interval_seconds"
+TAG_CHECKPOINT_INTERVAL_ATTEMPT = "mlplane.checkpoint.interval_attempt"
 
 # mlflow.register_model resolves `runs:/` URIs (MLflow 3 logged models included) but only
 # through the process-wide tracking URI; registrations are rare, so they take turns.
@@ -82,6 +86,19 @@ def process_uris(uri: str) -> Iterator[None]:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+def _number(text: str | None) -> float | None:
+    """A non-negative number tag; anything else (a hand-edited tag) is as if absent."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 and value == value else None
+
+
+def _whole(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
 
 
 class RegistryError(RuntimeError):
@@ -242,6 +259,9 @@ class Registry:
                 checkpoint_time=tags.get(TAG_CHECKPOINT_TIME),
                 registered_version=registered,
                 alias_version=alias_version,
+                checkpoint_write_seconds=_number(tags.get(TAG_CHECKPOINT_WRITE_SECONDS)),
+                checkpoint_interval_seconds=_number(tags.get(TAG_CHECKPOINT_INTERVAL_SECONDS)),
+                checkpoint_interval_attempt=_whole(tags.get(TAG_CHECKPOINT_INTERVAL_ATTEMPT)),
             )
         except Exception as exc:
             raise _classify(exc, f"MLflow at {self.tracking_uri}") from None

@@ -44,6 +44,7 @@ from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
+from mlplane.operator.platforms.reclaim_history import file_keeper
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift, fetch_stats
 from mlplane.operator.platforms.store import NotFound, Store
 from mlplane.operator.reconcile import abtest as ab_core
@@ -89,6 +90,8 @@ class Runner:
         self.platform = LocalPlatform(state_dir)
         self.store = Store(state_dir)
         self.serving = LocalServing(self.platform)
+        #: The reclaim history (M of Auto checkpoint intervals), kept in the state dir.
+        self.reclaims = file_keeper(self.platform.state_dir)
         #: This pass's valid ABTests by uid (their statuses as this pass leaves them).
         self._abtests: dict[str, Any] = {}
         self._due: dict[str, float] = {}
@@ -332,6 +335,7 @@ class Runner:
             observe=lambda job: self._observe_trainingjob(job, registry, uid), act=act,
         )  # fmt: skip
         self.store.write_status(body, plan.status)
+        self.reclaims.offer(plan.reclaim_samples)
         if observed.registry_error or observed.registry_refused:
             log.warning("TrainingJob %s/%s: MLflow: %s", namespace, name,
                         observed.registry_error or observed.registry_refused)  # fmt: skip
@@ -353,7 +357,8 @@ class Runner:
                 ))  # fmt: skip
         disruptions = self._disruptions(current)
         look = observe_trainingjob(registry, tj, uid)
-        return Observed(tuple(attempts), disruptions, look.run, look.unavailable, look.refused)
+        return Observed(tuple(attempts), disruptions, look.run, look.unavailable, look.refused,
+                        reclaim_history=self.reclaims.history())  # fmt: skip
 
     def _disruptions(self, current: Any) -> tuple[ObservedDisruption, ...]:
         """Spot-resource Ray nodes that died while the current attempt ran."""

@@ -38,6 +38,15 @@ ENV_WORKER_RESOURCES = "MLPLANE_WORKER_RESOURCES"
 #: Optional: number of Ray Train workers and whether they use a GPU each.
 ENV_NUM_WORKERS = "MLPLANE_NUM_WORKERS"
 ENV_USE_GPU = "MLPLANE_USE_GPU"
+#: Optional: ``spec.checkpoint.interval`` ("Auto" or the duration as written) and the values
+#: the operator computed for this attempt (seconds): the starting interval, C known from
+#: earlier attempts, M for this attempt's spot workers, and the bounds of an Auto interval.
+ENV_CHECKPOINT_INTERVAL = "MLPLANE_CHECKPOINT_INTERVAL"
+ENV_CHECKPOINT_INTERVAL_SECONDS = "MLPLANE_CHECKPOINT_INTERVAL_SECONDS"
+ENV_CHECKPOINT_WRITE_SECONDS = "MLPLANE_CHECKPOINT_WRITE_SECONDS"
+ENV_RECLAIM_MTBR_SECONDS = "MLPLANE_RECLAIM_MTBR_SECONDS"
+ENV_CHECKPOINT_INTERVAL_MIN = "MLPLANE_CHECKPOINT_INTERVAL_MIN_SECONDS"
+ENV_CHECKPOINT_INTERVAL_MAX = "MLPLANE_CHECKPOINT_INTERVAL_MAX_SECONDS"
 
 DEFAULT_CHECKPOINT_KEEP = 3
 #: A hand-run script gets a few restarts on worker loss, as a TrainingJob with defaults would.
@@ -65,6 +74,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ValueError(f"{name} must be an integer (got {raw!r})") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum} (got {value})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds (got {raw!r})") from None
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0 (got {raw!r})")
     return value
 
 
@@ -137,6 +159,13 @@ class TrainingContext:
     worker_resources: Mapping[str, float] = field(default_factory=dict)
     num_workers: int | None = None
     use_gpu: bool = False
+    #: ``Auto``, a duration as written, or None (the loop keeps its own cadence).
+    checkpoint_interval: str | None = None
+    checkpoint_interval_seconds: float | None = None
+    checkpoint_write_seconds: float | None = None
+    reclaim_mtbr_seconds: float | None = None
+    checkpoint_interval_min: float | None = None
+    checkpoint_interval_max: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainingContext:
@@ -161,6 +190,12 @@ class TrainingContext:
             worker_resources=_resources(env),
             num_workers=_int(env, ENV_NUM_WORKERS, 0, 1) if workers else None,
             use_gpu=_bool(env, ENV_USE_GPU),
+            checkpoint_interval=env.get(ENV_CHECKPOINT_INTERVAL, "").strip() or None,
+            checkpoint_interval_seconds=_float(env, ENV_CHECKPOINT_INTERVAL_SECONDS),
+            checkpoint_write_seconds=_float(env, ENV_CHECKPOINT_WRITE_SECONDS),
+            reclaim_mtbr_seconds=_float(env, ENV_RECLAIM_MTBR_SECONDS),
+            checkpoint_interval_min=_float(env, ENV_CHECKPOINT_INTERVAL_MIN),
+            checkpoint_interval_max=_float(env, ENV_CHECKPOINT_INTERVAL_MAX),
         )
 
     @property

@@ -39,6 +39,10 @@ TAG_TRAININGJOB_UID = "mlplane.trainingjob.uid"
 TAG_CHECKPOINT_URI = "mlplane.checkpoint.uri"
 TAG_CHECKPOINT_STEP = "mlplane.checkpoint.step"
 TAG_CHECKPOINT_TIME = "mlplane.checkpoint.time"
+#: C (running mean of the checkpoint write time) and the interval in use, with its attempt.
+TAG_CHECKPOINT_WRITE_SECONDS = "mlplane.checkpoint.write_seconds"
+TAG_CHECKPOINT_INTERVAL_SECONDS = "mlplane.checkpoint.interval_seconds"
+TAG_CHECKPOINT_INTERVAL_ATTEMPT = "mlplane.checkpoint.interval_attempt"
 TAG_STEP = "mlplane.step"
 TAG_RESUMED_FROM = "mlplane.resumed_from_step"
 #: Metric (one point per restore) recording the step each (re)start resumed from: its history
@@ -132,14 +136,23 @@ class RunReporter:
             except MlflowException as exc:  # a concurrent writer logged one first
                 log.warning("some params were not logged: %s", exc)
 
-    def checkpoint_saved(self, uri: str, step: int, when: str | datetime | None = None) -> None:
-        """The progress tags the operator polls: where the newest checkpoint is, its step, time."""
+    def checkpoint_saved(
+        self,
+        uri: str,
+        step: int,
+        when: str | datetime | None = None,
+        *,
+        extra: Mapping[str, str] | None = None,
+    ) -> None:
+        """The progress tags the operator polls: where the newest checkpoint is, its step, time
+        (and ``extra``, e.g. the write time and interval, in the same request)."""
         stamp = when if isinstance(when, str) else rfc3339(when)
         self.set_tags(
             {
                 TAG_CHECKPOINT_URI: uri,
                 TAG_CHECKPOINT_STEP: str(int(step)),
                 TAG_CHECKPOINT_TIME: stamp,
+                **(extra or {}),
             }
         )
 

@@ -19,9 +19,15 @@ lazily), so the driver can open it and ship it to the Ray task or actor that tra
         for step in range(step0 + 1, steps + 1):
             ...
             session.report(step, {"loss": loss})
-            if session.due(step, every=10):
+            if session.checkpoint_due(step, last_step=steps):  # or session.due(step, every=10)
                 session.checkpoint(step, {"model.pkl": pickle.dumps(model)})
         return model
+
+``checkpoint_due`` follows ``spec.checkpoint.interval``: a duration, or ``Auto``, which the
+session recomputes after every checkpoint as ``sqrt(2*C*M)`` (``mlplane.monitoring.spot``) from
+its own running mean of the write time C and the M the operator gave the attempt. C and the
+interval in use go to the run with the checkpoint tags (one request), where the operator reads
+them into ``status.checkpoint``.
 
 For Ray Train (data-parallel workers, restarts inside an attempt) see
 :mod:`mlplane.training.ray_train`: Ray Train keeps its own checkpoints, and its callback writes
@@ -31,10 +37,12 @@ the same tags.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlplane.monitoring import spot
 from mlplane.monitoring.profile import Profile
 from mlplane.training.checkpoints import (
     CheckpointInfo,
@@ -43,7 +51,13 @@ from mlplane.training.checkpoints import (
     open_store,
 )
 from mlplane.training.context import TrainingContext
-from mlplane.training.mlflow_run import RunReporter, open_run
+from mlplane.training.mlflow_run import (
+    TAG_CHECKPOINT_INTERVAL_ATTEMPT,
+    TAG_CHECKPOINT_INTERVAL_SECONDS,
+    TAG_CHECKPOINT_WRITE_SECONDS,
+    RunReporter,
+    open_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +66,9 @@ TAG_WARM_START_URI = "mlplane.warm_start.uri"
 TAG_WARM_START_STEP = "mlplane.warm_start.step"
 
 
-def _best_effort(fn: Any, *args: Any) -> None:
+def _best_effort(fn: Any, *args: Any, **kwargs: Any) -> None:
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except Exception as exc:
         log.warning("MLflow progress update %s failed: %s", getattr(fn, "__name__", fn), exc)
 
@@ -86,6 +100,14 @@ class TrainingSession:
         self.context = context
         self.reporter = reporter
         self.store = store
+        #: Seconds on a monotonic clock (replaced in tests); read where the loop runs.
+        self.clock: Callable[[], float] = time.monotonic
+        self.write_seconds: float | None = context.checkpoint_write_seconds
+        self._interval: float | None = context.checkpoint_interval_seconds
+        #: When the interval started counting (the first ``checkpoint_due`` call or the last
+        #: checkpoint), on this process's clock: None until the loop runs, so a session
+        #: pickled to a Ray worker never compares clocks of two machines.
+        self._since: float | None = None
 
     @classmethod
     def start(
@@ -165,6 +187,41 @@ class TrainingSession:
         """True every ``every`` steps, and at ``last_step`` so the final state is always saved."""
         return (every > 0 and step % every == 0) or (last_step is not None and step == last_step)
 
+    @property
+    def checkpoint_interval(self) -> float | None:
+        """Seconds between checkpoints for :meth:`checkpoint_due` (None: no interval set)."""
+        return self._interval
+
+    def checkpoint_due(self, step: int, *, last_step: int | None = None) -> bool:
+        """True once the checkpoint interval has passed since the last checkpoint (or since the
+        loop began), and at ``last_step``. Always False without ``spec.checkpoint.interval``
+        (use :meth:`due` for a step cadence); checked at step boundaries by the loop.
+        """
+        if last_step is not None and step == last_step:
+            return True
+        if self._interval is None:
+            return False
+        now = self.clock()
+        if self._since is None:
+            self._since = now
+            return False
+        return now - self._since >= self._interval
+
+    def _measured(self, seconds: float) -> None:
+        """A checkpoint took ``seconds`` to write: update C and, when Auto, the interval."""
+        self.write_seconds = spot.update_write_seconds(self.write_seconds, seconds)
+        ctx = self.context
+        if ctx.checkpoint_interval != "Auto":
+            return
+        low = ctx.checkpoint_interval_min or spot.DEFAULT_MIN_INTERVAL_SECONDS
+        high = ctx.checkpoint_interval_max or spot.DEFAULT_MAX_INTERVAL_SECONDS
+        if ctx.reclaim_mtbr_seconds is None:  # no spot workers: nothing is reclaimed
+            self._interval = high
+            return
+        self._interval = spot.young_daly(
+            self.write_seconds, ctx.reclaim_mtbr_seconds, min_seconds=low, max_seconds=high
+        )
+
     def checkpoint(
         self,
         step: int,
@@ -175,6 +232,7 @@ class TrainingSession:
         """Save, prune to ``keep``, then publish the checkpoint tags (None without a store)."""
         if self.store is None:
             return None
+        began = self.clock()
         info = self.store.save(
             step,
             files,
@@ -182,12 +240,20 @@ class TrainingSession:
             metadata=metadata,
             trainingjob_uid=self.context.trainingjob_uid,
         )
+        done = self.clock()
+        self._measured(done - began)
+        self._since = done
         try:
             self.store.prune(self.context.checkpoint_keep)
         except OSError as exc:  # cleanup is best effort: the next prune retries it
             log.warning("pruning old checkpoints failed: %s", exc)
         if self.reporter is not None:
-            _best_effort(self.reporter.checkpoint_saved, info.uri, info.step, info.time)
+            extra = {TAG_CHECKPOINT_WRITE_SECONDS: f"{self.write_seconds:.3f}"}
+            if self._interval is not None:
+                extra[TAG_CHECKPOINT_INTERVAL_SECONDS] = f"{self._interval:.3f}"
+                extra[TAG_CHECKPOINT_INTERVAL_ATTEMPT] = str(self.context.attempt)
+            _best_effort(self.reporter.checkpoint_saved, info.uri, info.step, info.time,
+                         extra=extra)  # fmt: skip
         return info
 
     # --- MLflow ---------------------------------------------------------------------------------

@@ -253,6 +253,31 @@ def values_schema() -> dict[str, Any]:
                     string("A tracking URI.", pattern=r"^[a-z][a-z0-9+.-]*:"),
                     uniqueItems=True,
                 ),
+                checkpointIntervalMin=string(
+                    "MLPLANE_CHECKPOINT_INTERVAL_MIN: lower bound of an Auto checkpoint interval.",
+                    pattern=r"^([0-9]+(ms|s|m|h|d))+$",
+                ),
+                checkpointIntervalMax=string(
+                    "MLPLANE_CHECKPOINT_INTERVAL_MAX: upper bound of an Auto checkpoint interval.",
+                    pattern=r"^([0-9]+(ms|s|m|h|d))+$",
+                ),
+                gpuPrices={
+                    "description": "MLPLANE_GPU_PRICES: price per GPU-hour by accelerator "
+                    '("*": the others) and capacity, for TrainingJob status.cost. Empty: hours '
+                    "only.",
+                    "type": "object",
+                    "propertyNames": {"pattern": r"^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$"},
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "properties": {
+                            "Spot": {"type": "number", "minimum": 0},
+                            "OnDemand": {"type": "number", "minimum": 0},
+                        },
+                    },
+                },
+                priceCurrency=string("MLPLANE_PRICE_CURRENCY: the unit of gpuPrices (a label)."),
                 servingClientNamespaces=array(
                     "MLPLANE_SERVING_CLIENT_NAMESPACES: namespaces whose pods may call the Serve "
                     'port of serving clusters ("*": all; empty: the ModelDeployment\'s own).',

@@ -39,6 +39,7 @@ One RayJob per attempt, named ``<name>-a<attempt>``. Choices, and why:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
@@ -164,8 +165,13 @@ def training_env(
     *,
     run_id: str | None,
     owner_uid: str | None,
+    checkpoint_env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The variables the training runtime reads (they override the user's of the same name)."""
+    """The variables the training runtime reads (they override the user's of the same name).
+
+    ``checkpoint_env``: the checkpoint interval variables the reconcile computed for this
+    attempt (``reconcile/trainingjob.py``: ``spec.checkpoint.interval`` with C and M).
+    """
     env = {
         ENV_ATTEMPT: str(attempt),
         ENV_MAX_WORKER_FAILURES: str(tj.spec.preemption.max_worker_failures),
@@ -183,6 +189,7 @@ def training_env(
         env[ENV_RUN_ID] = run_id
     if owner_uid:
         env[ENV_TRAININGJOB_UID] = owner_uid
+    env.update(checkpoint_env or {})
     return env
 
 
@@ -193,6 +200,7 @@ def runtime_env(
     *,
     run_id: str | None,
     owner_uid: str | None,
+    checkpoint_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The user's ``runtimeEnv`` with mlplane's variables added to ``env_vars``."""
     user = dict(tj.spec.runtime_env or {})
@@ -206,7 +214,8 @@ def runtime_env(
                 f"spec.runtimeEnv.env_vars.{name} must be a string (got {type(value).__name__})"
             )
         env[str(name)] = str(value)
-    env.update(training_env(tj, attempt, config, run_id=run_id, owner_uid=owner_uid))
+    env.update(training_env(tj, attempt, config, run_id=run_id, owner_uid=owner_uid,
+                            checkpoint_env=checkpoint_env))  # fmt: skip
     user["env_vars"] = dict(sorted(env.items()))
     return user
 
@@ -237,6 +246,7 @@ def _rayjob(
     *,
     run_id: str | None,
     owner_uid: str | None,
+    checkpoint_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     if capacity not in ("OnDemand", "Spot"):
         raise ValueError(f"an attempt's capacity is OnDemand or Spot (got {capacity!r})")
@@ -312,7 +322,14 @@ def _rayjob(
     job_spec: dict[str, Any] = {
         "entrypoint": spec.entrypoint,
         "runtimeEnvYAML": yaml.safe_dump(
-            runtime_env(tj, attempt, config, run_id=run_id, owner_uid=owner_uid),
+            runtime_env(
+                tj,
+                attempt,
+                config,
+                run_id=run_id,
+                owner_uid=owner_uid,
+                checkpoint_env=checkpoint_env,
+            ),
             sort_keys=True,
             default_flow_style=False,
         ),
@@ -348,14 +365,17 @@ def build_rayjob(
     *,
     run_id: str | None,
     owner_uid: str,
+    checkpoint_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The RayJob of attempt ``attempt`` (from 1) of a validated TrainingJob.
 
     ``capacity`` is the attempt's: ``Spot`` puts spot-capable worker groups on spot nodes,
     ``OnDemand`` moves ``SpotWithFallback`` groups to on-demand. ``run_id`` is the MLflow run
-    shared by all attempts once known; ``owner_uid`` the TrainingJob's ``metadata.uid``.
+    shared by all attempts once known; ``owner_uid`` the TrainingJob's ``metadata.uid``;
+    ``checkpoint_env`` the attempt's checkpoint interval variables (see :func:`training_env`).
 
     Raises ``ValueError`` (including ``PlacementConflict``) for a spec KubeRay or Kueue would
     reject: a permanent error, not worth retrying.
     """
-    return _rayjob(tj, attempt, capacity, config, run_id=run_id, owner_uid=owner_uid)
+    return _rayjob(tj, attempt, capacity, config, run_id=run_id, owner_uid=owner_uid,
+                   checkpoint_env=checkpoint_env)  # fmt: skip

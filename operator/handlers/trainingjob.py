@@ -44,6 +44,7 @@ from mlplane.operator.handlers import (
 )
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.platforms.reclaim_history import ConfigMapHistoryStore, ReclaimHistoryKeeper
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedAttempt,
@@ -156,6 +157,23 @@ class DisruptionLedger:
 
 
 LEDGER = DisruptionLedger()
+#: The reclaim history (M of Auto checkpoint intervals), in a ConfigMap of the operator's
+#: namespace; made on first use (it needs the API client).
+_RECLAIMS: ReclaimHistoryKeeper | None = None
+
+
+def reclaim_keeper(config: OperatorConfig) -> ReclaimHistoryKeeper:
+    """The process's one keeper of the reclaim history (loaded once, written when worth it)."""
+    global _RECLAIMS
+    with _LOCKS_GUARD:
+        if _RECLAIMS is None:
+            _RECLAIMS = ReclaimHistoryKeeper(
+                ConfigMapHistoryStore(
+                    lambda: KubeRayPlatform().core_api(), config.operator_namespace
+                )
+            )
+        return _RECLAIMS
+
 
 #: Kopf runs a resource's change handlers and its timer concurrently (in threads): one lock per
 #: TrainingJob makes them take turns, so two rounds never race to create the same MLflow run.
@@ -198,7 +216,12 @@ def _registry(tj: TrainingJob, config: OperatorConfig) -> Registry:
 
 
 def _observe(
-    tj: TrainingJob, uid: str, index: Any, registry: Registry | None, platform: KubeRayPlatform
+    tj: TrainingJob,
+    uid: str,
+    index: Any,
+    registry: Registry | None,
+    platform: KubeRayPlatform,
+    reclaims: ReclaimHistoryKeeper,
 ) -> Observed:
     namespace, name = tj.metadata.namespace or "default", tj.metadata.name or ""
     attempts = tuple(index.get((namespace, name), ())) if index is not None else ()
@@ -212,7 +235,8 @@ def _observe(
             attempts = (*attempts, ObservedAttempt.from_rayjob(found))
     look = observe_trainingjob(registry, tj, uid)
     disruptions = LEDGER.take(namespace, name)
-    return Observed(attempts, disruptions, look.run, look.unavailable, look.refused)
+    return Observed(attempts, disruptions, look.run, look.unavailable, look.refused,
+                    reclaim_history=reclaims.history())  # fmt: skip
 
 
 def _execute(
@@ -294,9 +318,10 @@ def _run_reconcile(
         except AccessBlocked as exc:
             blocked.append(str(exc))
 
+    reclaims = reclaim_keeper(config)
     current, plan, observed = trainingjob_rounds(
         current, uid, now, config, registry,
-        observe=lambda tj: _observe(tj, uid, index, registry, platform), act=act,
+        observe=lambda tj: _observe(tj, uid, index, registry, platform, reclaims), act=act,
     )  # fmt: skip
     why = blocked[-1] if blocked else None
     status, new = with_access(plan.status, why, now, body["metadata"].get("generation"))
@@ -311,6 +336,7 @@ def _run_reconcile(
         patch.setdefault("status", {}).update(patch_status)
     LEDGER.forget(current.metadata.namespace or "default", current.metadata.name or "",
                   plan.status.get("disruptions", []))  # fmt: skip
+    reclaims.offer(plan.reclaim_samples)
     if observed.registry_error:
         raise kopf.TemporaryError(
             f"MLflow unreachable: {observed.registry_error}", delay=RETRY_DELAY

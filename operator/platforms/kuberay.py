@@ -174,6 +174,10 @@ class KubeRayPlatform(Platform):
 
         return client.CoreV1Api(self._client())
 
+    def core_api(self) -> Any:
+        """The core v1 API (ConfigMaps of the operator's own namespace: the reclaim history)."""
+        return self._core()
+
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret as stored now (None when there is none), as a plain dict."""
         from kubernetes.client.exceptions import ApiException

@@ -47,12 +47,14 @@ asks for: the version registered *and* ``spec.mlflow.alias`` pointing at it (con
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from mlplane.crds import TrainingJob
 from mlplane.crds.validate import warnings_for
+from mlplane.monitoring.spot import PoolHistory
 from mlplane.operator import conditions
 from mlplane.operator.builders.labels import ATTEMPT, CAPACITY, rayjob_name
 from mlplane.operator.builders.rayjob import (
@@ -63,6 +65,7 @@ from mlplane.operator.builders.rayjob import (
 )
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
+from mlplane.operator.reconcile import spot as spot_core
 
 AttemptCapacity = Literal["OnDemand", "Spot"]
 #: Capacity loss seen at most this long before an attempt ended explains its failure.
@@ -194,6 +197,11 @@ class ObservedRun:
     #: The version ``spec.mlflow.alias`` points at now (looked up once a version is registered;
     #: None: the alias is not set).
     alias_version: str | None = None
+    #: C: the runtime's running mean of its checkpoint write time (seconds).
+    checkpoint_write_seconds: float | None = None
+    #: The checkpoint interval the runtime uses, and the attempt that reported it.
+    checkpoint_interval_seconds: float | None = None
+    checkpoint_interval_attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,8 @@ class Observed:
     #: MLflow's permanent "no" to a read or to the last action (400/401/403/404): the job is
     #: stalled until someone fixes what MLflow says.
     registry_refused: str | None = None
+    #: The operator's reclaim history (``monitoring/spot.py``), for M; empty: the prior.
+    reclaim_history: Mapping[str, PoolHistory] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -232,6 +242,8 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     #: Seconds until the next look, or None when the job is finished.
     requeue_after: float | None = POLL_SECONDS
+    #: The current spot attempt's contributions to the reclaim history (store when worth it).
+    reclaim_samples: list[spot_core.ReclaimSample] = field(default_factory=list)
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -274,6 +286,10 @@ class _Status(conditions.StatusDraft):
         for key in ("attempts", "preemptions", "failures"):
             self.new.setdefault(key, 0)
         self.new.setdefault("disruptions", [])
+        #: The checkpoint interval variables of a new attempt of a capacity (set by reconcile).
+        self.attempt_env: Callable[[str], dict[str, str]] = lambda capacity: {}
+        self.tj = tj
+        self.config: OperatorConfig | None = None
 
     @property
     def now_text(self) -> str:
@@ -361,11 +377,18 @@ def reconcile(
             checkpoint["time"] = run.checkpoint_time
         st["lastCheckpoint"] = checkpoint
 
+    s.config = config
+    s.attempt_env = lambda capacity: spot_core.checkpoint_env(
+        tj, config, capacity, run.checkpoint_write_seconds, observed.reclaim_history
+    )
+    if spot_core.has_gpus(tj):
+        st.setdefault("cost", spot_core.new_cost(config))
     _count_disruptions(s, observed.disruptions)
 
     plan = Plan(status=st)
     current = (st.get("currentAttempt") or {}).get("number", 0)
     attempts = {a.number: a for a in observed.attempts if a.owned_by(uid)}
+    plan.reclaim_samples = _account(s, tj, config, uid, attempts.get(current))
     # A Ray job of this name controlled by another uid (an earlier TrainingJob of the same
     # name, not yet garbage-collected) is never adopted: its result is not this job's.
     others = {a.number: a for a in observed.attempts if not a.owned_by(uid)}
@@ -383,10 +406,19 @@ def reconcile(
             _hold(s, tj, current)
         else:
             plan.create.append(
-                build_rayjob(tj, current, capacity, config, run_id=run.run_id, owner_uid=uid)
+                build_rayjob(
+                    tj,
+                    current,
+                    capacity,
+                    config,
+                    run_id=run.run_id,
+                    owner_uid=uid,
+                    checkpoint_env=s.attempt_env(capacity),
+                )
             )
     else:
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
+    _checkpoint_interval_status(s, tj, config, run, observed)
     if plan.register is None:
         # A round that asks MLflow for nothing has seen MLflow answer every question: only then
         # are "reachable" and "not stalled" claims true (a round that plans an MLflow write
@@ -395,6 +427,47 @@ def reconcile(
         _unstall(s)
     plan.events = s.events
     return plan
+
+
+def _account(
+    s: _Status, tj: TrainingJob, config: OperatorConfig, uid: str, attempt: ObservedAttempt | None
+) -> list[spot_core.ReclaimSample]:
+    """GPU-hours of the current attempt up to now (or its end), and its reclaim history sample.
+
+    Runs before the attempt is followed: a failed attempt is replaced in the same round, and
+    its last stretch must be counted against it, not against its successor.
+    """
+    st = s.new
+    current = st.get("currentAttempt")
+    if not current:
+        return []
+    end = s.now
+    final = attempt is not None and (attempt.succeeded or attempt.failed)
+    if final:
+        end = min(_parse_time(attempt.end_time) or s.now, s.now)  # type: ignore[union-attr]
+    if "cost" in st:
+        spot_core.account(st["cost"], tj, config, current, end, final=final)
+    reclaims = sum(1 for d in st["disruptions"] if d.get("attempt") == current["number"])
+    return spot_core.reclaim_samples(tj, uid, current, reclaims, end)
+
+
+def _checkpoint_interval_status(
+    s: _Status, tj: TrainingJob, config: OperatorConfig, run: ObservedRun, observed: Observed
+) -> None:
+    """``status.checkpoint``: the interval in use with the C and M it follows."""
+    st = s.new
+    current = st.get("currentAttempt")
+    capacity = current["capacity"] if current else "Spot"
+    reported = None
+    if current and run.checkpoint_interval_attempt == current["number"]:
+        reported = run.checkpoint_interval_seconds
+    found = spot_core.checkpoint_status(
+        tj, config, capacity, run.checkpoint_write_seconds, reported, observed.reclaim_history
+    )
+    if found is None:
+        st.pop("checkpoint", None)
+    else:
+        st["checkpoint"] = found
 
 
 def _wait_for_other(s: _Status, tj: TrainingJob, other: ObservedAttempt) -> None:
@@ -469,6 +542,10 @@ def _count_disruptions(s: _Status, seen: tuple[ObservedDisruption, ...]) -> None
             continue
         known.add(disruption.key())
         st["preemptions"] += 1
+        if "cost" in st and s.config is not None:  # the work since the last checkpoint is lost
+            at = _parse_time(disruption.time) or s.now
+            lost = spot_core.lost_seconds(st["currentAttempt"], st.get("lastCheckpoint"), at)
+            spot_core.add_lost(st["cost"], s.tj, s.config, st["currentAttempt"]["capacity"], lost)
         record = {"attempt": disruption.attempt, "reason": disruption.reason,
                   "time": disruption.time or s.now_text}  # fmt: skip
         where = []
@@ -496,15 +573,21 @@ def _start_attempt(
     number: int,
     capacity: AttemptCapacity,
     run_id: str,
+    *,
+    after_preemption: bool = False,
 ) -> None:
     st = s.new
     name = rayjob_name(tj.metadata.name or "", number)
     held = _held_out_of_queue(tj)
     if not held:
-        plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id, owner_uid=uid))
+        env = s.attempt_env(capacity)
+        plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id,
+                                        owner_uid=uid, checkpoint_env=env))  # fmt: skip
     st["attempts"] = number
     st["currentAttempt"] = {"number": number, "rayJob": name, "capacity": capacity,
                             "startTime": s.now_text}  # fmt: skip
+    if after_preemption:
+        st["currentAttempt"]["afterPreemption"] = True
     resumes = f", resuming from {st['lastCheckpoint']['uri']}" if st.get("lastCheckpoint") else ""
     if number == 1:
         st["phase"] = "Suspended" if tj.spec.suspend else "Pending"
@@ -584,6 +667,7 @@ def _follow_attempt(
     elif attempt.running:
         if st.get("phase") != "Running":
             s.event("Normal", "Running", f"attempt {attempt.number} ({name}) is running")
+        _first_seen_running(s, tj, config)
         st["phase"] = "Running"
         s.condition("Running", "True", "AttemptRunning", f"attempt {attempt.number} is running")
         _outage_over(s, f"attempt {attempt.number} is running")
@@ -593,6 +677,18 @@ def _follow_attempt(
     else:
         state = attempt.deployment_status or attempt.job_status or "created"
         s.condition("Running", "False", "Starting", f"attempt {attempt.number}: {state}")
+
+
+def _first_seen_running(s: _Status, tj: TrainingJob, config: OperatorConfig) -> None:
+    """Record when the attempt began running; after a preemption its start-up was waste."""
+    current = s.new["currentAttempt"]
+    if "runningTime" in current:
+        return
+    current["runningTime"] = s.now_text
+    started = _parse_time(current.get("startTime"))
+    if current.get("afterPreemption") and "cost" in s.new and started is not None:
+        restart = (s.now - started).total_seconds()
+        spot_core.add_lost(s.new["cost"], tj, config, current["capacity"], restart)
 
 
 _SUSPEND_UNDER_KUEUE = (
@@ -705,7 +801,8 @@ def _after_failure(
                   f"{st['failures']} failed attempt(s) exceed backoffLimit "
                   f"({tj.spec.backoff_limit}); last: {why}")  # fmt: skip
             return
-    _start_attempt(s, plan, tj, config, uid, attempt.number + 1, capacity, run.run_id)
+    _start_attempt(s, plan, tj, config, uid, attempt.number + 1, capacity, run.run_id,
+                   after_preemption=preempted)  # fmt: skip
 
 
 def _outage_waited(s: _Status, plan: Plan, attempt: ObservedAttempt, what: str) -> bool:

@@ -74,7 +74,36 @@ def permissions(rules: list[dict[str, Any]]) -> Perms:
 
 
 def rbac_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] in {"ClusterRole", "Role"}]
+    """The roles over users' resources (the operator's own state Role is checked apart)."""
+    return [o for o in objects if o["kind"] in {"ClusterRole", "Role"} and not is_state(o)]
+
+
+def is_state(obj: dict[str, Any]) -> bool:
+    return obj["metadata"]["name"].endswith("-state")
+
+
+#: The operator's own state in its namespace: the reclaim history ConfigMap
+#: (operator/platforms/reclaim_history.py). Create cannot be limited by name in Kubernetes;
+#: reading and patching are, to that one ConfigMap.
+STATE_RULES = [
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["configmaps"],
+     "resourceNames": ["mlplane-reclaim-history"], "verbs": ["get", "patch"]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_the_state_role_reaches_one_configmap_in_the_release_namespace(
+    render: str, request: pytest.FixtureRequest
+) -> None:
+    objects = request.getfixturevalue(render)
+    (role,) = [o for o in by_kind(objects, "Role") if is_state(o)]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == STATE_RULES
+    (binding,) = [o for o in by_kind(objects, "RoleBinding") if is_state(o)]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
@@ -96,7 +125,7 @@ def test_no_wildcards_no_secrets_no_escalation(render: str, request: pytest.Fixt
 def test_cluster_wide_mode_has_exactly_the_contract(rendered_default: list[dict[str, Any]]) -> None:
     role = one(rendered_default, "ClusterRole")
     assert permissions(role["rules"]) == NAMESPACED | CLUSTER
-    assert not by_kind(rendered_default, "Role")
+    assert not [r for r in by_kind(rendered_default, "Role") if not is_state(r)]
     binding = one(rendered_default, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -129,11 +158,11 @@ def test_every_rule_says_which_code_needs_it() -> None:
 def test_namespaced_mode_scopes_the_namespaced_rules(rendered_all: list[dict[str, Any]]) -> None:
     cluster_role = one(rendered_all, "ClusterRole")
     assert permissions(cluster_role["rules"]) == CLUSTER | NAMESPACES
-    roles = by_kind(rendered_all, "Role")
+    roles = [r for r in by_kind(rendered_all, "Role") if not is_state(r)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-research", "ml-team"]
     for role in roles:
         assert permissions(role["rules"]) == NAMESPACED
-    bindings = by_kind(rendered_all, "RoleBinding")
+    bindings = [b for b in by_kind(rendered_all, "RoleBinding") if not is_state(b)]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-research", "ml-team"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"

@@ -241,6 +241,8 @@ def test_default_render_is_valid(rendered_default: list[dict[str, Any]]) -> None
             "ConfigMap",
             "Deployment",
             "NetworkPolicy",
+            "Role",  # the operator's state (the reclaim history ConfigMap)
+            "RoleBinding",
             "Service",
             "ServiceAccount",
         ]

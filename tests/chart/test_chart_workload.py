@@ -194,6 +194,9 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_MLFLOW_TIMEOUT": "10",
         "MLPLANE_ALLOWED_MODEL_FLAVORS": "sklearn:skops,onnx",
+        "MLPLANE_CHECKPOINT_INTERVAL_MIN": "1m",
+        "MLPLANE_CHECKPOINT_INTERVAL_MAX": "4h",
+        "MLPLANE_PRICE_CURRENCY": "USD",
         "MLPLANE_LOG_FORMAT": "json",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
@@ -227,6 +230,10 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_PROMETHEUS_POD_LABELS": (
             "app.kubernetes.io/name=prometheus,prometheus=kube-prometheus-stack"
         ),
+        "MLPLANE_CHECKPOINT_INTERVAL_MIN": "2m",
+        "MLPLANE_CHECKPOINT_INTERVAL_MAX": "2h",
+        "MLPLANE_GPU_PRICES": '{"*":{"OnDemand":3},"nvidia-l4":{"OnDemand":0.98,"Spot":0.35}}',
+        "MLPLANE_PRICE_CURRENCY": "EUR",
         "MLPLANE_LOG_FORMAT": "text",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
@@ -244,7 +251,14 @@ def test_the_operator_reads_the_rendered_config(
     assert default.model_name_policy is None
     assert default.allowed_tracking_uris == ()
     assert default.serving_client_namespaces == ()
+    assert (default.checkpoint_interval_min, default.checkpoint_interval_max) == (60.0, 14400.0)
+    assert default.gpu_prices is None
     full = OperatorConfig.from_env(_config(rendered_all))
+    assert (full.checkpoint_interval_min, full.checkpoint_interval_max) == (120.0, 7200.0)
+    assert full.gpu_price("nvidia-l4", "Spot") == 0.35
+    assert full.gpu_price("nvidia-a100", "OnDemand") == 3.0
+    assert full.gpu_price("nvidia-a100", "Spot") is None
+    assert full.price_currency == "EUR"
     assert full.allowed_model_flavors == ("sklearn:skops", "onnx", "sklearn:cloudpickle")
     assert full.model_name_allowed("ml-team", "churn-v2")
     assert not full.model_name_allowed("ml-team", "other")

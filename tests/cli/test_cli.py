@@ -121,3 +121,35 @@ def test_validate_warns_that_autoscaling_bounds_are_ignored_under_kueue(tmp_path
     assert f"runs at exactly replicas ({group['replicas']})" in result.stderr
     plain = mlplane("validate", "-f", "crds/examples/trainingjob-gpu-spot.yaml")
     assert "warning" not in plain.stderr
+
+
+def test_get_and_describe_show_interval_c_m_hours_waste_and_cost(tmp_path):
+    """``get tj`` and ``describe tj`` read the spot part of status the operator wrote."""
+    from mlplane.operator.platforms.store import Store
+
+    store = Store(tmp_path)
+    body = yaml.safe_load((REPO / "crds/examples/trainingjob-local-sklearn.yaml").read_text())
+    body["metadata"]["namespace"] = "default"
+    store.apply(body)
+    stored = store.get("TrainingJob", "default", body["metadata"]["name"])
+    store.write_status(stored, {
+        "phase": "Running", "attempts": 2, "preemptions": 1,
+        "currentAttempt": {"number": 2, "rayJob": "x-a2", "capacity": "Spot"},
+        "checkpoint": {"interval": "Auto", "intervalSeconds": 754.0, "writeSeconds": 12.5,
+                       "meanTimeBetweenReclaimsSeconds": 22740.0},
+        "cost": {"spotGpuHours": 3.5, "onDemandGpuHours": 0.25, "lostGpuHours": 0.4,
+                 "estimatedCost": 1.3, "lostCost": 0.12, "currency": "EUR"},
+    })  # fmt: skip
+    name = body["metadata"]["name"]
+    got = mlplane("get", "tj", "--state-dir", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert "INTERVAL" in got.stdout and "GPU-H LOST" in got.stdout
+    row = next(line for line in got.stdout.splitlines() if line.startswith(name))
+    assert "12m34s" in row and "3.50/0.25" in row and "0.40" in row
+    described = mlplane("describe", "tj", name, "--state-dir", str(tmp_path))
+    assert described.returncode == 0, described.stderr
+    text = described.stdout
+    assert "Checkpoint interval" in text and "12m34s (Auto)" in text
+    assert "Checkpoint write time (C)" in text and "12.5s" in text
+    assert "Mean time between reclaims (M)" in text and "6h19m" in text
+    assert "3.50 / 0.25" in text and "1.30 EUR (lost: 0.12)" in text

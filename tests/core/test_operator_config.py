@@ -76,3 +76,36 @@ def test_registry_policy_settings():
     )
     with pytest.raises(ValueError, match="MLPLANE_MODEL_NAME_POLICY"):
         Config.from_env({"MLPLANE_MODEL_NAME_POLICY": '["team-a"]'})
+
+
+def test_spot_settings_default_to_bounds_and_no_price_table():
+    config = OperatorConfig.from_env({})
+    assert (config.checkpoint_interval_min, config.checkpoint_interval_max) == (60.0, 14400.0)
+    assert config.gpu_prices is None and config.gpu_price("nvidia-l4", "Spot") is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MLPLANE_CHECKPOINT_INTERVAL_MIN": "soon"}, "MLPLANE_CHECKPOINT_INTERVAL_MIN"),
+        ({"MLPLANE_CHECKPOINT_INTERVAL_MIN": "2h", "MLPLANE_CHECKPOINT_INTERVAL_MAX": "1h"},
+         "at most MLPLANE_CHECKPOINT_INTERVAL_MAX"),
+        ({"MLPLANE_GPU_PRICES": "cheap"}, "MLPLANE_GPU_PRICES"),
+        ({"MLPLANE_GPU_PRICES": '{"nvidia-l4": {"Preemptible": 1}}'}, "MLPLANE_GPU_PRICES"),
+        ({"MLPLANE_GPU_PRICES": '{"nvidia-l4": {"Spot": -1}}'}, "MLPLANE_GPU_PRICES"),
+    ],
+)  # fmt: skip
+def test_bad_spot_settings_name_the_variable(env, message):
+    with pytest.raises(ValueError, match=message):
+        OperatorConfig.from_env(env)
+
+
+def test_price_table_with_a_fallback_accelerator():
+    config = OperatorConfig.from_env({
+        "MLPLANE_GPU_PRICES": '{"nvidia-l4": {"Spot": 0.3, "OnDemand": 0.8}, "*": {"OnDemand": 2}}',
+        "MLPLANE_PRICE_CURRENCY": "EUR",
+    })  # fmt: skip
+    assert config.gpu_price("nvidia-l4", "Spot") == 0.3
+    assert config.gpu_price(None, "OnDemand") == 2.0
+    assert config.gpu_price("nvidia-h100", "Spot") is None
+    assert config.price_currency == "EUR"

@@ -47,8 +47,9 @@ def status(**kw: object) -> dict[str, object]:
 def test_every_series_matches_the_contract(m: om.OperatorMetrics) -> None:
     m.observe_reconcile("TrainingJob", True, 0.02)
     m.trainingjob(
-        NS, TJ, status(lastCheckpoint={"uri": "s3://c/1", "time": "2025-01-02T03:04:05Z"})
-    )
+        NS, TJ, status(lastCheckpoint={"uri": "s3://c/1", "time": "2025-01-02T03:04:05Z"},
+                       **SPOT_STATUS)
+    )  # fmt: skip
     m.modeldeployment(NS, "churn-md", {"availability": "99.5", "latencyP99Ms": 300})
     m.abtest(NS, "ab", {"decision": "Continue", "variants": [{"name": "b", "pValue": 0.2}]})
 
@@ -70,6 +71,33 @@ def test_every_series_matches_the_contract(m: om.OperatorMetrics) -> None:
     }
     assert seen_families == operator_families
     assert set(m.collectors) == operator_families
+
+
+SPOT_STATUS = {
+    "checkpoint": {"interval": "Auto", "intervalSeconds": 600.0, "writeSeconds": 12.5,
+                   "meanTimeBetweenReclaimsSeconds": 14400.0},
+    "cost": {"spotGpuHours": 3.5, "onDemandGpuHours": 1.25, "lostGpuHours": 0.5,
+             "estimatedCost": 2.1, "currency": "USD"},
+}  # fmt: skip
+
+
+def test_spot_hours_waste_cost_and_interval_follow_status(m: om.OperatorMetrics) -> None:
+    m.trainingjob(NS, TJ, status(**SPOT_STATUS))
+    get = m.registry.get_sample_value
+    labels = {"namespace": NS, "trainingjob": TJ}
+    assert get(n.TRAININGJOB_GPU_HOURS, {**labels, "capacity": "spot"}) == 3.5
+    assert get(n.TRAININGJOB_GPU_HOURS, {**labels, "capacity": "on_demand"}) == 1.25
+    assert get(n.TRAININGJOB_LOST_GPU_HOURS, labels) == 0.5
+    assert get(n.TRAININGJOB_ESTIMATED_COST, {**labels, "currency": "USD"}) == 2.1
+    assert get(n.TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS, labels) == 600.0
+    assert get(n.TRAININGJOB_CHECKPOINT_WRITE_SECONDS, labels) == 12.5
+    assert get(n.TRAININGJOB_MEAN_TIME_BETWEEN_RECLAIMS_SECONDS, labels) == 14400.0
+    # the interval unset, no price table: those series go
+    m.trainingjob(NS, TJ, status(cost={"spotGpuHours": 4.0, "onDemandGpuHours": 0.0,
+                                       "lostGpuHours": 0.5}))  # fmt: skip
+    assert get(n.TRAININGJOB_CHECKPOINT_INTERVAL_SECONDS, labels) is None
+    assert get(n.TRAININGJOB_ESTIMATED_COST, {**labels, "currency": "USD"}) is None
+    assert get(n.TRAININGJOB_GPU_HOURS, {**labels, "capacity": "spot"}) == 4.0
 
 
 def test_registry_is_the_one_passed_in() -> None:

@@ -126,3 +126,21 @@ def test_spot_workers_without_checkpoint_uri_are_valid_for_the_api():
     body["spec"]["checkpoint"] = {"resumeFrom": "s3://old-job/ckpt/u-1/step-000000000040"}
     assert check(body) == []
     assert parse(body).spec.checkpoint.uri is None
+
+
+@pytest.mark.parametrize("interval", ["Auto", "10m", "1h30m", "45s"])
+def test_checkpoint_interval_is_auto_or_a_duration(interval):
+    body = _example("TrainingJob")
+    body["spec"].setdefault("checkpoint", {})["interval"] = interval
+    assert check(body) == []
+    checkpoint = parse(body).spec.checkpoint
+    expected = None if interval == "Auto" else {"10m": 600, "1h30m": 5400, "45s": 45}[interval]
+    assert checkpoint.interval == interval and checkpoint.interval_seconds == expected
+
+
+def test_checkpoint_interval_is_in_the_crd_schema():
+    from mlplane.crds.schema import schema_by_kind
+
+    found = schema_by_kind()["TrainingJob"]["properties"]["spec"]["properties"]["checkpoint"]
+    interval = found["properties"]["interval"]
+    assert interval["pattern"] == "^(Auto|([0-9]+(ms|s|m|h|d))+)$"

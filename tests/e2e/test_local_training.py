@@ -274,3 +274,22 @@ def test_spot_job_without_checkpoint_uri_uses_the_default_base(platform, tmp_pat
         assert final["lastCheckpoint"]["uri"] == f"{folder}/step-000000000010"
     finally:
         processes.stop_group(node.pid, grace=5)
+
+
+def test_auto_checkpoint_interval_shows_c_and_m_from_a_real_run(platform, tmp_path):
+    """``checkpoint.interval: Auto`` end to end: the runtime measures C and writes it with the
+    checkpoint tags; the runner reads it into status.checkpoint with M from its history."""
+    body = trainingjob("auto-interval", "--no-ray --steps 20 --step-seconds 0.1", {},
+                       str(tmp_path / "checkpoints" / "auto"))  # fmt: skip
+    body["spec"]["checkpoint"]["interval"] = "Auto"
+    body["spec"]["workers"] = [{"name": "spot", "replicas": 1, "capacity": "Spot"}]
+    Store(platform.state_dir).apply(body)
+    final = finished(platform, "auto-interval", 300)
+    assert final["phase"] == "Succeeded", final
+    checkpoint = final["checkpoint"]
+    assert checkpoint["interval"] == "Auto"
+    assert checkpoint["writeSeconds"] > 0  # measured by the runtime, read from the run's tags
+    assert checkpoint["meanTimeBetweenReclaimsSeconds"] > 0  # one spot worker: its pool's M
+    # C is milliseconds here: sqrt(2*C*M) is below the lower bound, which the runtime reports
+    assert checkpoint["intervalSeconds"] == 60.0
+    assert final["lastCheckpoint"]["step"] == 20

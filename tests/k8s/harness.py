@@ -56,6 +56,8 @@ OTHER_RESOURCES: dict[tuple[str, str], dict[str, Any]] = {
     ("v1", "Pod"): {"plural": "pods"},
     # Each Ray cluster's token Secret and NetworkPolicy (``builders/access.py``).
     ("v1", "Secret"): {"plural": "secrets", "subresources": ()},
+    # The operator's reclaim history (``platforms/reclaim_history.py``).
+    ("v1", "ConfigMap"): {"plural": "configmaps", "subresources": ()},
     ("networking.k8s.io/v1", "NetworkPolicy"): {"plural": "networkpolicies", "subresources": ()},
     ("v1", "Node"): {"plural": "nodes", "namespaced": False},
     # Kopf waits for namespaces to be discoverable even when it runs cluster-wide.

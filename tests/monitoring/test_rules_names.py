@@ -36,6 +36,12 @@ def test_the_brief_names_exactly():
         "mlplane_trainingjob_failures_total",
         "mlplane_trainingjob_last_checkpoint_timestamp_seconds",
         "mlplane_trainingjob_phase",
+        "mlplane_trainingjob_gpu_hours",
+        "mlplane_trainingjob_lost_gpu_hours",
+        "mlplane_trainingjob_estimated_cost",
+        "mlplane_trainingjob_checkpoint_interval_seconds",
+        "mlplane_trainingjob_checkpoint_write_seconds",
+        "mlplane_trainingjob_mean_time_between_reclaims_seconds",
         "mlplane_operator_reconcile_total",
         "mlplane_operator_reconcile_duration_seconds",
     }

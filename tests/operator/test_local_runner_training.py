@@ -36,12 +36,14 @@ class FakeJobs:
     """Ray's JobSubmissionClient as the platform uses it."""
 
     jobs: dict[str, Info] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: Any,
                    metadata: dict[str, str]) -> str:  # fmt: skip
         if submission_id in self.jobs:
             raise RuntimeError(f"Job with submission_id {submission_id} already exists.")
         self.jobs[submission_id] = Info("RUNNING", dict(metadata))
+        self.envs[submission_id] = dict((runtime_env or {}).get("env_vars") or {})
         return submission_id
 
     def get_job_info(self, submission_id: str) -> Info:
@@ -128,3 +130,68 @@ def test_a_refused_tracking_uri_is_not_contacted_by_the_local_runner(
     assert (admitted["status"], admitted["reason"]) == ("False", "TrackingUriNotAllowed")
     assert jobs.jobs == {}
     assert not evil.exists()
+
+
+def spot_job(tracking_uri: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": "spotty", "namespace": "ml"},
+        "spec": {"entrypoint": "python train.py",
+                 "workers": [{"name": "w", "replicas": 2, "capacity": "Spot",
+                              "resources": {"gpu": 1}, "accelerator": "nvidia-l4"}],
+                 "checkpoint": {"interval": "Auto"},
+                 "preemption": {"maxPreemptions": 5},
+                 "mlflow": {"trackingUri": tracking_uri}},
+    }  # fmt: skip
+
+
+def test_reclaim_history_survives_a_runner_restart_in_the_state_dir(
+    tmp_path: Path, jobs: FakeJobs, monkeypatch: pytest.MonkeyPatch
+):
+    """Auto interval on the local platform: M comes from the runner's own history, kept in
+    ``<state-dir>/reclaim-history.json``; a reclaim seen by one runner is known to the next."""
+    from datetime import timedelta
+
+    from mlplane.monitoring import spot
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = tmp_path / "state"
+    pool = spot.pool_key("nvidia-l4", None)
+    # An earlier life of the operator saw 20 node-hours and 10 reclaims in this pool.
+    (state).mkdir(parents=True)
+    earlier = spot.record({}, pool, "old-job/1", spot.Exposure(20 * 3600.0, 10))
+    (state / "reclaim-history.json").write_text(
+        __import__("json").dumps(spot.dump_history(earlier))
+    )
+    runner = Runner(state)
+    config = replace(local_config(runner.platform), allowed_tracking_uris=(uri,))
+    runner.store.apply(spot_job(uri))
+    for _ in range(2):
+        runner.trainingjob(runner.store.get("TrainingJob", "ml", "spotty"), NOW, config)
+    (submission,) = jobs.envs
+    expected_m = spot.node_mtbr(earlier, pool) / 2
+    env = jobs.envs[submission]
+    assert env["MLPLANE_CHECKPOINT_INTERVAL"] == "Auto"
+    assert float(env["MLPLANE_RECLAIM_MTBR_SECONDS"]) == pytest.approx(expected_m, abs=1e-3)
+    status = runner.store.get("TrainingJob", "ml", "spotty")["status"]
+    assert status["checkpoint"]["meanTimeBetweenReclaimsSeconds"] == pytest.approx(
+        expected_m, abs=0.1
+    )
+    uid = runner.store.get("TrainingJob", "ml", "spotty")["metadata"]["uid"]
+
+    # Running for 30 minutes, then a spot node dies: counted, and written to the history.
+    runner.trainingjob(runner.store.get("TrainingJob", "ml", "spotty"), NOW, config)
+    died = NOW + timedelta(minutes=30)
+    monkeypatch.setattr(LocalPlatform, "dead_nodes", lambda self: [
+        {"node_id": "f" * 32, "end_time_ms": int(died.timestamp() * 1000)}])  # fmt: skip
+    later = NOW + timedelta(minutes=31)
+    runner.trainingjob(runner.store.get("TrainingJob", "ml", "spotty"), later, config)
+    status = runner.store.get("TrainingJob", "ml", "spotty")["status"]
+    assert status["preemptions"] == 1
+    assert status["cost"]["lostGpuHours"] > 0
+
+    restarted = Runner(state)  # a new process reads the file
+    history = restarted.reclaims.history()
+    assert history[pool].recent[f"{uid}/1"] == spot.Exposure(2 * 31 * 60.0, 1)
+    assert history[pool].total().reclaims == 11
+    assert spot.node_mtbr(history, pool) < spot.node_mtbr(earlier, pool)

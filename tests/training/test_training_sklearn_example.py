@@ -101,3 +101,18 @@ def test_hand_run_without_contract_creates_its_own_run(monkeypatch, mlflow_uri, 
     assert run.info.status == "FINISHED"
     assert "mlplane.checkpoint.step" not in run.data.tags  # no checkpoint URI: no checkpoints
     assert run.data.tags["mlplane.step"] == "3"
+
+
+def test_the_example_follows_the_jobs_checkpoint_interval_when_it_sets_one(tmp_path):
+    """With spec.checkpoint.interval the loop checkpoints by time (checkpoint_due), not every K."""
+    config = ex.Config(steps=12, checkpoint_every=4, rows=300, batch_size=32)
+    ctx = TrainingContext(checkpoint_uri=str(tmp_path / "ck"), checkpoint_keep=100,
+                          checkpoint_interval="10m", checkpoint_interval_seconds=600.0)  # fmt: skip
+    session = TrainingSession.start(ctx, mlflow=False)
+    clock = iter(range(0, 10_000, 100))  # each look at the clock: 100 s later
+    session.clock = lambda: float(next(clock))
+    ex.train(session, config)
+    # step 1 starts the count at 0 s; step 7 sees 600 s; the write takes one tick (100 s);
+    # steps 8-11 are within 600 s of it; step 12 is the last
+    assert [c.step for c in session.store.checkpoints()] == [7, 12]
+    assert session.write_seconds == 100.0

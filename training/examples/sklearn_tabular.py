@@ -186,7 +186,13 @@ def train(session: TrainingSession, config: Config) -> Pipeline:
         if config.crash_at_step == step and (restored is None or restored.warm_start):
             log.error("--crash-at-step %d: exiting abruptly", step)
             os._exit(17)
-        if session.due(step, config.checkpoint_every, last_step=config.steps):
+        # spec.checkpoint.interval (a duration or Auto) when the job sets one, else every K.
+        due = (
+            session.checkpoint_due(step, last_step=config.steps)
+            if session.checkpoint_interval is not None
+            else session.due(step, config.checkpoint_every, last_step=config.steps)
+        )
+        if due:
             session.checkpoint(
                 step, {MODEL_FILE: pickle.dumps(model)}, metadata={"rows": config.rows}
             )
