@@ -46,6 +46,12 @@ class ModelRef(SpecModel):
         "load. Turn on only if everyone who can write this registered model and move its "
         "aliases is trusted to run code in serving.",
     )
+    allow_non_finite_inputs: bool = Field(
+        False,
+        description="The model takes NaN and Infinity as feature values (sent as the JSON "
+        "literals NaN, Infinity, -Infinity or as numbers beyond the float range). Off: "
+        "/v1/predict refuses them with a 400 naming the column (null is still a missing value).",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

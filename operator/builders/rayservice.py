@@ -188,6 +188,9 @@ def serve_args(
         model_policy:              # what the model deployments may load (serving/flavors.py)
           allowed: [str]           # the operator's allowed serialisations
           allow_unsafe: bool       # spec.model.allowUnsafeDeserialization
+        allow_non_finite: true     # only when spec.model.allowNonFiniteInputs (NaN/Infinity
+                                   # features); absent otherwise, so args of existing
+                                   # deployments do not change (no restart on upgrade)
 
     What changes without a restart is in the deployments' ``user_config`` (see
     :func:`router_user_config`, :func:`model_user_config`). ``build_app`` binds an ingress
@@ -202,7 +205,7 @@ def serve_args(
         else DEFAULT_DRIFT_THRESHOLD[drift.method]
     )
     batching = md.spec.batching
-    return {
+    args: dict[str, Any] = {
         "deployment": f"{md.metadata.namespace or 'default'}/{md.metadata.name}",
         "model_name": md.spec.model.name,
         "tracking_uri": config.mlflow_tracking_uri,
@@ -226,6 +229,9 @@ def serve_args(
             config.allowed_model_flavors, md.spec.model.allow_unsafe_deserialization
         ).to_args(),
     }
+    if md.spec.model.allow_non_finite_inputs:
+        args["allow_non_finite"] = True
+    return args
 
 
 def router_user_config(
@@ -235,6 +241,7 @@ def router_user_config(
     bucketing_header: str | None = None,
     abtest: str | None = None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The router's ``user_config``: the traffic split, applied without a restart.
 
@@ -249,8 +256,9 @@ def router_user_config(
         bucketing_header: str|None # request header hashed for sticky assignment (A/B only)
         abtest: str|None           # name of the active ABTest (metric label, hash salt)
         objective: str|None        # the ABTest's objective metric; "Conversion": outcomes 0/1
+        outcome_range: [min, max]  # only for a Mean objective: accepted outcomes
     """
-    return {
+    config: dict[str, Any] = {
         "variants": [
             {
                 "name": v.name,
@@ -265,6 +273,9 @@ def router_user_config(
         "abtest": abtest,
         "objective": objective,
     }
+    if outcome_range is not None:
+        config["outcome_range"] = [float(outcome_range[0]), float(outcome_range[1])]
+    return config
 
 
 def model_user_config(model_name: str, variant: Variant) -> dict[str, Any]:
@@ -287,6 +298,7 @@ def serve_config(
     bucketing_header: str | None = None,
     abtest: str | None = None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The Serve config (``serveConfigV2`` before YAML): one application, its deployments."""
     scaling = md.spec.autoscaling
@@ -318,6 +330,7 @@ def serve_config(
                 bucketing_header=bucketing_header,
                 abtest=abtest,
                 objective=objective,
+                outcome_range=outcome_range,
             ),
         },
         {
@@ -420,6 +433,7 @@ def _rayservice(
     bucketing_header: str | None,
     abtest: str | None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     if model_version < 1:
         raise ValueError(f"model versions start at 1 (got {model_version})")
@@ -448,6 +462,7 @@ def _rayservice(
         bucketing_header=bucketing_header,
         abtest=abtest,
         objective=objective,
+        outcome_range=outcome_range,
     )
     rayservice: dict[str, Any] = {
         "apiVersion": "ray.io/v1",
@@ -492,6 +507,7 @@ def build_rayservice(
     bucketing_header: str | None = None,
     abtest: str | None = None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The RayService of a validated ModelDeployment serving ``model_version``.
 
@@ -510,4 +526,5 @@ def build_rayservice(
         bucketing_header=bucketing_header,
         abtest=abtest,
         objective=objective,
+        outcome_range=outcome_range,
     )

@@ -254,6 +254,21 @@ def test_ab_variants_become_one_deployment_each():
     assert_valid(rayservice)
 
 
+def test_a_mean_objectives_outcome_range_and_non_finite_inputs_reach_the_app():
+    """The ABTest's outcomeRange goes to the router's user_config (it refuses feedback outside);
+    spec.model.allowNonFiniteInputs to the args (absent when off: no restart on upgrade)."""
+    variants = [Variant("control", 3, 50), Variant("candidate", 4, 50)]
+    rayservice = _build(
+        version=3, variants=variants, abtest="ab1", objective="Mean", outcome_range=(0.0, 250.0)
+    )
+    app = _serve(rayservice)["applications"][0]
+    assert app["deployments"][0]["user_config"]["outcome_range"] == [0.0, 250.0]
+    assert "allow_non_finite" not in app["args"]
+    md = _md(model={"name": "churn-classifier", "alias": "champion", "allowNonFiniteInputs": True})
+    assert _serve(_build(md))["applications"][0]["args"]["allow_non_finite"] is True
+    assert_valid(rayservice)
+
+
 @pytest.mark.parametrize(
     "variants",
     [

@@ -689,3 +689,10 @@ def test_overflowed_outcome_sums_are_not_read_as_zero():
     assert isinstance(read, StatsUnavailable) and "outcomeSum" in read.message
     row["outcomeSum"] = float("inf")
     assert isinstance(stats_from_response({"variants": [row]}, "ab"), StatsUnavailable)
+
+
+def test_a_mean_objectives_outcome_range_travels_with_the_routing():
+    lab = _fifty_fifty(objective={"metric": "Mean", "outcomeRange": {"min": "0", "max": "250.5"}})
+    routing = routing_for("churn", [lab.test])
+    assert routing is not None and routing.outcome_range == (0.0, 250.5)
+    assert routing_for("churn", [Lab(abtest_body()).test]) is None
