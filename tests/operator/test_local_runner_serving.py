@@ -188,7 +188,9 @@ class _Registry:
     tracking_uri = "http://127.0.0.1:5000"
 
     def resolve(self, name: str, *, alias: str | None, version: int | None) -> ResolvedModel:
-        return ResolvedModel(name, version or {"champion": 1, "candidate": 2}[str(alias)], None, None)
+        return ResolvedModel(
+            name, version or {"champion": 1, "candidate": 2}[str(alias)], None, None
+        )
 
     def model_flavors(self, name: str, version: int) -> dict[str, Any]:
         return {"python_function": {"loader_module": "mlflow.sklearn"},
@@ -230,5 +232,7 @@ def test_runner_serves_a_running_abtests_split_with_its_outcome_range(tmp_path: 
         ("candidate", 2, 50),
     ]
     assert (router["abtest"], router["objective"], router["outcome_range"]) == (
-        "ab", "Mean", [0.0, 100.0]
+        "ab",
+        "Mean",
+        [0.0, 100.0],
     )
