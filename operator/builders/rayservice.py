@@ -185,6 +185,7 @@ def serve_args(
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
         signing_keys: str          # directory of the request-id keys (the mounted Secret)
+        feedback_token_file: str   # only with spec.feedback.tokenSecret: the mounted token
         model_policy:              # what the model deployments may load (serving/flavors.py)
           allowed: [str]           # the operator's allowed serialisations
           allow_unsafe: bool       # spec.model.allowUnsafeDeserialization
@@ -231,7 +232,46 @@ def serve_args(
     }
     if md.spec.model.allow_non_finite_inputs:
         args["allow_non_finite"] = True
+    if feedback_token_secret(md) is not None:
+        args["feedback_token_file"] = f"{FEEDBACK_TOKEN_PATH}/{FEEDBACK_TOKEN_KEY}"
     return args
+
+
+#: Where the Secret named by ``spec.feedback.tokenSecret`` is mounted, and the key read.
+FEEDBACK_TOKEN_PATH = "/etc/mlplane/feedback-token"
+FEEDBACK_TOKEN_KEY = "token"
+FEEDBACK_TOKEN_VOLUME = "feedback-token"
+
+
+def feedback_token_secret(md: ModelDeployment) -> str | None:
+    """The Secret holding the feedback token (``spec.feedback.tokenSecret``), None when unset."""
+    return md.spec.feedback.token_secret if md.spec.feedback is not None else None
+
+
+def _with_feedback_token(rayservice: dict[str, Any], secret: str) -> dict[str, Any]:
+    """Mount the user's feedback-token Secret (only its ``token`` key) read-only into the head
+    and every worker group, where router replicas run."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    for template in (
+        cluster["headGroupSpec"]["template"],
+        *(g["template"] for g in cluster["workerGroupSpecs"]),
+    ):
+        spec = template["spec"]
+        spec.setdefault("volumes", []).append(
+            {
+                "name": FEEDBACK_TOKEN_VOLUME,
+                "secret": {
+                    "secretName": secret,
+                    "defaultMode": 0o444,
+                    "items": [{"key": FEEDBACK_TOKEN_KEY, "path": FEEDBACK_TOKEN_KEY}],
+                },
+            }
+        )
+        for container in spec["containers"]:
+            container.setdefault("volumeMounts", []).append(
+                {"name": FEEDBACK_TOKEN_VOLUME, "mountPath": FEEDBACK_TOKEN_PATH, "readOnly": True}
+            )
+    return rayservice
 
 
 def router_user_config(
@@ -494,7 +534,9 @@ def _rayservice(
             },
         },
     }
-    return _with_signing_keys(rayservice, name)
+    rayservice = _with_signing_keys(rayservice, name)
+    secret = feedback_token_secret(md)
+    return rayservice if secret is None else _with_feedback_token(rayservice, secret)
 
 
 def build_rayservice(

@@ -445,3 +445,30 @@ def test_model_policy_reaches_the_app_args():
     args = _serve(_build(parse(body), config=config))["applications"][0]["args"]
     assert args["model_policy"] == {"allowed": ["onnx"], "allow_unsafe": True}
     assert AppSettings.parse(args).model_policy == ModelPolicy(("onnx",), True)
+
+
+def test_a_feedback_token_secret_is_mounted_where_the_app_reads_it():
+    """spec.feedback.tokenSecret: the user's Secret (its 'token' key only) read-only in every
+    Ray container, and args.feedback_token_file pointing at it; nothing without the field."""
+    plain = _build()
+    assert "feedback_token_file" not in _serve(plain)["applications"][0]["args"]
+    md = _md(feedback={"tokenSecret": "churn-feedback"})
+    rayservice = _build(md)
+    args = _serve(rayservice)["applications"][0]["args"]
+    assert args["feedback_token_file"] == "/etc/mlplane/feedback-token/token"
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+    for template in templates:
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "feedback-token"]
+        assert volume["secret"] == {
+            "secretName": "churn-feedback",
+            "defaultMode": 0o444,
+            "items": [{"key": "token", "path": "token"}],
+        }
+        for container in template["spec"]["containers"]:
+            assert {"name": "feedback-token", "mountPath": "/etc/mlplane/feedback-token",
+                    "readOnly": True} in container["volumeMounts"]  # fmt: skip
+    assert AppSettings.parse(args).feedback_token_file == "/etc/mlplane/feedback-token/token"
+    assert_valid(rayservice)

@@ -236,3 +236,16 @@ def test_runner_serves_a_running_abtests_split_with_its_outcome_range(tmp_path: 
         "Mean",
         [0.0, 100.0],
     )
+
+
+def test_a_feedback_token_secret_is_a_file_under_the_state_dir(serving: LocalServing) -> None:
+    """On this machine the Secret named by spec.feedback.tokenSecret is the file
+    secrets/<namespace>/<secret>/token; without the field the app gets no token."""
+    body = md_body()
+    body["spec"]["feedback"] = {"tokenSecret": "churn-feedback"}
+    record = build_rayservice(parse(body), 1, CONFIG, owner_uid=UID)
+    args = serving.app_config(record)["applications"][0]["args"]
+    expected = serving.platform.state_dir / "secrets" / "team" / "churn-feedback" / "token"
+    assert args["feedback_token_file"] == str(expected)
+    plain = serving.app_config(desired(1))["applications"][0]["args"]
+    assert "feedback_token_file" not in plain
