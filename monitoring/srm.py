@@ -32,9 +32,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy.special import gammaln
 
-__all__ = ["DEFAULT_CONCENTRATION", "SRM_ALPHA", "SampleRatio", "log_bayes_factor", "srm_check"]
+__all__ = [
+    "DEFAULT_CONCENTRATION",
+    "SRM_ALPHA",
+    "SampleRatio",
+    "log_bayes_factor",
+    "log_bayes_factor_path",
+    "srm_check",
+]
 
 #: The false-alarm rate of the check (fixed: an SRM stop ends an experiment, so it must be rare
 #: on healthy splits; real mismatches are usually gross and still found within thousands).
@@ -93,6 +102,31 @@ def log_bayes_factor(
     )
     log_null = sum(ni * math.log(p) for ni, (_, p) in zip(n, pairs, strict=True))
     return log_mixture - log_null
+
+
+def log_bayes_factor_path(
+    counts: ArrayLike, weights: Sequence[float], concentration: float = DEFAULT_CONCENTRATION
+) -> NDArray[np.float64]:
+    """:func:`log_bayes_factor` after every observation at once: ``counts`` has one row per
+    variant and one column per point in time (cumulative counts, e.g. a ``cumsum``)."""
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 2 or n.shape[0] != len(weights):
+        raise ValueError("counts must have one row per weight")
+    w = np.asarray(weights, dtype=np.float64)
+    if (n < 0).any() or (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError("counts and weights must be >= 0, weights finite, one positive")
+    p = w / w.sum()
+    live = p > 0
+    a = concentration * p[live][:, None]
+    nl = n[live]
+    out = (
+        gammaln(a.sum())
+        - gammaln(a.sum() + nl.sum(axis=0))
+        + (gammaln(a + nl) - gammaln(a)).sum(axis=0)
+        - (nl * np.log(p[live])[:, None]).sum(axis=0)
+    )
+    dead = n[~live].sum(axis=0) > 0
+    return np.where(dead, np.inf, out)
 
 
 def srm_check(

@@ -83,3 +83,13 @@ def test_a_60_40_router_is_found_within_a_few_hundred_requests_when_read_continu
         if srm_check([int(control[i]), i + 1 - int(control[i])], [50, 50]).mismatch
     )
     assert found < 1_000
+
+
+def test_the_path_agrees_with_the_single_evaluation():
+    from mlplane.monitoring.srm import log_bayes_factor_path
+
+    counts = np.array([[0, 3, 60, 600, 7], [0, 1, 40, 400, 0], [0, 0, 0, 0, 1]])
+    path = log_bayes_factor_path(counts, [45, 45, 10])
+    for t in range(counts.shape[1]):
+        assert path[t] == pytest.approx(log_bayes_factor(counts[:, t].tolist(), [45, 45, 10]))
+    assert log_bayes_factor_path([[1, 2], [0, 1]], [100, 0])[1] == math.inf
