@@ -27,8 +27,9 @@ Phases:
   treatment, at once, or every treatment significantly worse: treatments' effective weight 0,
   the alias stays) or NoDifference (``maxDuration``; the control keeps the alias).
 - ``Failed`` (final): the test cannot go on — the ModelDeployment was deleted mid-test (its
-  router and counts are gone), or its variants were changed mid-test (a different experiment:
-  create a new ABTest).
+  router and counts are gone), its variants were changed mid-test (a different experiment:
+  create a new ABTest), or the observed split does not match the weights (sample ratio
+  mismatch: the evidence is broken, nothing is promoted or rolled back).
 
 A concluded or failed test never changes again: replays write nothing and never move the alias
 twice. Spec changes while Running apply from the next evaluation (weights, guardrails,
@@ -45,6 +46,11 @@ Conditions:
   True with reason ``Promote``/``Rollback``/``NoDifference`` and the why.
 - ``GuardrailBreached``: True (reason ``TreatmentBreach`` or ``ControlBreach``: the control's
   breach is reported but decides nothing) or False (``WithinGuardrails``), once evaluated.
+- ``SampleRatioMismatch``: checked before every analysis (:func:`_sample_ratio`, a separate
+  step: :mod:`mlplane.monitoring.srm`) on the requests since ``status.variants[].srmBaseline``;
+  False (``SplitAsConfigured``), Unknown (``WeightsChanging``: new weights not yet served;
+  ``WeightsSettling``: served since this evaluation, counted from the next) or True (``ObservedSplitDiffers``: phase Failed, Concluded
+  False with reason ``SampleRatioMismatch``).
 
 Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
 ``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
@@ -786,7 +792,8 @@ def _carry_over(
 # --- sample ratio mismatch (a separate step before the analysis) -----------------------------
 
 #: Reasons of the ``SampleRatioMismatch`` condition.
-SRM_OK, SRM_REWEIGHTING, SRM_FOUND = "SplitAsConfigured", "WeightsChanging", "ObservedSplitDiffers"
+SRM_OK, SRM_FOUND = "SplitAsConfigured", "ObservedSplitDiffers"
+SRM_REWEIGHTING, SRM_SETTLING = "WeightsChanging", "WeightsSettling"
 
 
 def _sample_ratio(
@@ -800,14 +807,16 @@ def _sample_ratio(
 
     The check counts from ``srmBaseline`` (requests before the weights in force took effect).
     While the router does not serve the spec's weights yet (a weight change on its way), the
-    baseline follows the totals and nothing is checked; it is set one last time at the first
-    evaluation that sees the router on the new weights, so every request counted after it was
-    split by those weights.
+    baseline follows the totals and nothing is checked (``WeightsChanging``). Once it serves
+    them, one more evaluation passes (``WeightsSettling``): requests assigned under the old
+    weights may still be on their way to the counts (routers ship every half second), and one
+    of them on a variant now at weight 0 would be a mismatch at once. The baseline set at the
+    end of that evaluation is after every old-weight request.
     """
     spec_weights = [v.weight for v in test.spec.variants]
     served = all(rows[v.name].weight == v.weight for v in test.spec.variants)
-    old = s.old_condition("SampleRatioMismatch")
-    if rebase or not served or old.get("reason") == SRM_REWEIGHTING:
+    old_reason = s.old_condition("SampleRatioMismatch").get("reason")
+    if rebase or not served or old_reason in (SRM_REWEIGHTING, SRM_SETTLING):
         for item in old_variants:
             item["srmBaseline"] = rows[item["name"]].requests
     if not served or rebase:
@@ -817,6 +826,15 @@ def _sample_ratio(
             SRM_REWEIGHTING,
             "the weights changed: the split is checked again once the router serves the new "
             "weights",
+        )
+        return None
+    if old_reason == SRM_REWEIGHTING:
+        s.condition(
+            "SampleRatioMismatch",
+            "Unknown",
+            SRM_SETTLING,
+            "the router serves the new weights: the split is counted from the next evaluation "
+            "(requests assigned under the old weights may still arrive until then)",
         )
         return None
     counts = [

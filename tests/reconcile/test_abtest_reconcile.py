@@ -658,24 +658,31 @@ def test_a_weight_change_restarts_the_sample_ratio_count_once_the_router_serves_
     lab.step(T0 + timedelta(minutes=2), stats=rows((900, 90), (100, 10), requests=(9900, 1100)))
     srm = lab.condition("SampleRatioMismatch")
     assert (srm["status"], srm["reason"]) == ("Unknown", "WeightsChanging")
-    # The router serves 50/50 now (some requests since were split 90/10: not counted).
+    # The router serves 50/50 now; requests split 90/10 before it may still arrive, even on
+    # a variant the new weights leave out: one more evaluation before counting.
     lab.step(
         T0 + timedelta(minutes=3),
         stats=rows((900, 90), (100, 10), requests=(10800, 1200), weights=(50, 50)),
     )
     assert lab.status["phase"] == "Running"
-    assert [v["srmBaseline"] for v in lab.status["variants"]] == [10800, 1200]
-    # From there a 50/50 split: totals 90/10-heavy, yet no mismatch.
+    assert lab.condition("SampleRatioMismatch")["reason"] == "WeightsSettling"
     lab.step(
         T0 + timedelta(minutes=4),
-        stats=rows((900, 90), (100, 10), requests=(12800, 3200), weights=(50, 50)),
+        stats=rows((900, 90), (100, 10), requests=(11000, 1250), weights=(50, 50)),
+    )
+    assert [v["srmBaseline"] for v in lab.status["variants"]] == [11000, 1250]
+    assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
+    # From there a 50/50 split: totals 90/10-heavy, yet no mismatch.
+    lab.step(
+        T0 + timedelta(minutes=5),
+        stats=rows((900, 90), (100, 10), requests=(13000, 3250), weights=(50, 50)),
     )
     assert lab.status["phase"] == "Running"
     assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
     # ... and 60/40 from there (1800 vs 1200 more requests) is found.
     lab.step(
-        T0 + timedelta(minutes=5),
-        stats=rows((900, 90), (100, 10), requests=(14600, 4400), weights=(50, 50)),
+        T0 + timedelta(minutes=6),
+        stats=rows((900, 90), (100, 10), requests=(14800, 4450), weights=(50, 50)),
     )
     assert lab.status["phase"] == "Failed"
     assert lab.condition("SampleRatioMismatch")["status"] == "True"
@@ -696,3 +703,27 @@ def test_a_mean_objectives_outcome_range_travels_with_the_routing():
     routing = routing_for("churn", [lab.test])
     assert routing is not None and routing.outcome_range == (0.0, 250.5)
     assert routing_for("churn", [Lab(abtest_body()).test]) is None
+
+
+def test_late_requests_of_the_old_weights_do_not_stop_a_test_moving_a_variant_to_zero():
+    """Weights 50/50 -> 100/0 (control only): the router switched, but a request it assigned
+    to the candidate before is shipped after the evaluation that first saw the switch. It is
+    not counted; a candidate request one evaluation later is a mismatch."""
+    lab = _fifty_fifty()
+    lab.step(T0 + timedelta(minutes=1), stats=rows((1000, 100), (1000, 100), weights=(50, 50)))
+    lab.body["spec"]["variants"][0]["weight"], lab.body["spec"]["variants"][1]["weight"] = 100, 0
+    lab.body["metadata"]["generation"] = 2
+
+    def at(minute: int, control: int, candidate: int) -> None:
+        counts = rows((1000, 100), (1000, 100), requests=(control, candidate), weights=(100, 0))
+        lab.step(T0 + timedelta(minutes=minute), stats=counts)
+
+    at(2, 5050, 5001)  # spec changed: Unknown, WeightsChanging
+    at(3, 5100, 5003)  # the router serves 100/0: WeightsSettling
+    assert lab.condition("SampleRatioMismatch")["reason"] == "WeightsSettling"
+    at(4, 5200, 5004)  # one late candidate request, assigned before the switch
+    assert lab.status["phase"] == "Running"
+    at(5, 7200, 5004)
+    assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
+    at(6, 7200, 5005)
+    assert lab.status["phase"] == "Failed"
