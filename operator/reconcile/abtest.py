@@ -49,8 +49,8 @@ Conditions:
 - ``SampleRatioMismatch``: checked before every analysis (:func:`_sample_ratio`, a separate
   step: :mod:`mlplane.monitoring.srm`) on the requests since ``status.variants[].srmBaseline``;
   False (``SplitAsConfigured``), Unknown (``WeightsChanging``: new weights not yet served;
-  ``WeightsSettling``: served since this evaluation, counted from the next) or True (``ObservedSplitDiffers``: phase Failed, Concluded
-  False with reason ``SampleRatioMismatch``).
+  ``WeightsSettling``: served since this evaluation, counted from the next) or True
+  (``ObservedSplitDiffers``: phase Failed, Concluded False with reason ``SampleRatioMismatch``).
 
 Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
 ``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
