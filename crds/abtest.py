@@ -55,13 +55,51 @@ class Bucketing(SpecModel):
     )
 
 
+#: Largest bound of a Mean outcome range: outcomes, their sums and sums of squares stay far
+#: from float overflow (1e12 squared is 1e24; 1e284 such outcomes before a sum overflows).
+MAX_OUTCOME = "1e12"
+
+
+class OutcomeRange(SpecModel):
+    """The values a Mean outcome may take; feedback outside is refused (400)."""
+
+    min: decimal_string(ge="0", le=MAX_OUTCOME) = Field(  # type: ignore[valid-type]
+        ..., description="Smallest accepted outcome (>= 0: outcome sums are counters)."
+    )
+    max: decimal_string(ge="0", le=MAX_OUTCOME) = Field(  # type: ignore[valid-type]
+        ..., description=f"Largest accepted outcome (at most {MAX_OUTCOME})."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule("double(self.min) < double(self.max)", "outcomeRange.min must be below max", ".min"),
+    )
+
+
 class Objective(SpecModel):
     metric: Literal["Conversion", "Mean", "Latency"] = Field(
         "Conversion",
-        description="Conversion: 0/1 outcomes posted to /v1/feedback; Mean: numeric outcomes; "
-        "Latency: request latency measured by the router.",
+        description="Conversion: 0/1 outcomes posted to /v1/feedback; Mean: numeric outcomes "
+        "within outcomeRange; Latency: request latency measured by the router.",
     )
     direction: Literal["Increase", "Decrease"] = "Increase"
+    outcome_range: OutcomeRange | None = Field(
+        None,
+        description="Required for Mean, refused otherwise: the outcomes /v1/feedback accepts "
+        "(a bounded range keeps one client from swamping the mean and the sums finite).",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.metric != 'Mean' || has(self.outcomeRange)",
+            "a Mean objective needs outcomeRange {min, max}",
+            ".outcomeRange",
+        ),
+        Rule(
+            "self.metric == 'Mean' || !has(self.outcomeRange)",
+            "outcomeRange applies to a Mean objective only",
+            ".outcomeRange",
+        ),
+    )
 
 
 class Analysis(SpecModel):
@@ -165,6 +203,9 @@ class VariantStatus(StatusModel):
     #: Totals from before the router's counts restarted (its monitor replica restarted), added
     #: to what it reports since, so a restart loses only what it had not yet been asked for.
     carried: CountTotals | None = None
+    #: Requests counted before the current weights took effect: the sample ratio check counts
+    #: the split from there (a weight change starts a new expected ratio).
+    srm_baseline: int | None = None
     mean: float | None = None
     interval: list[float] | None = None
     p_value: float | None = None

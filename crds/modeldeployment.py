@@ -10,6 +10,7 @@ from mlplane.crds.common import (
     CAPACITY_DESCRIPTION,
     Capacity,
     Condition,
+    Name,
     Resource,
     Resources,
     Rule,
@@ -46,6 +47,12 @@ class ModelRef(SpecModel):
         "load. Turn on only if everyone who can write this registered model and move its "
         "aliases is trusted to run code in serving.",
     )
+    allow_non_finite_inputs: bool = Field(
+        False,
+        description="The model takes NaN and Infinity as feature values (sent as the JSON "
+        "literals NaN, Infinity, -Infinity or as numbers beyond the float range). Off: "
+        "/v1/predict refuses them with a 400 naming the column (null is still a missing value).",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -53,6 +60,19 @@ class ModelRef(SpecModel):
             "set exactly one of model.alias or model.version",
             ".alias",
         ),
+    )
+
+
+class Feedback(SpecModel):
+    """Who may post outcomes to ``/v1/feedback`` (A/B evidence)."""
+
+    token_secret: Name | None = Field(
+        None,
+        description="A Secret in this namespace whose key 'token' POST /v1/feedback must carry "
+        "as 'Authorization: Bearer <token>' (compared in constant time; 401 otherwise). For "
+        "deployments whose feedback comes from a backend that can hold a secret. Unset: "
+        "feedback needs no token (anyone who can predict can post outcomes for their own "
+        "predictions; see docs/security.md).",
     )
 
 
@@ -172,6 +192,7 @@ class ModelDeploymentSpec(SpecModel):
     batching: Batching | None = None
     slo: SLO = Field(default_factory=SLO)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    feedback: Feedback | None = None
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

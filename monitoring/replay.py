@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from mlplane.monitoring.abtest_analysis import Direction
 from mlplane.monitoring.sequential import DEFAULT_MIXTURE, MetricKind, Mixture, compare
+from mlplane.monitoring.srm import SRM_ALPHA, log_bayes_factor_path
 
 __all__ = ["DEFAULT_MIN_SAMPLES", "ReplayMetric", "replay"]
 
@@ -160,6 +161,7 @@ def replay(
     direction: Direction = "Increase",
     mixture: Mixture = DEFAULT_MIXTURE,
     chunk_rows: int = 1 << 16,
+    weights: Mapping[str, float] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Replay each experiment of a CSV through the sequential test; one dict per experiment.
 
@@ -171,7 +173,8 @@ def replay(
     Yields, in order of each experiment's first row, JSON-ready dicts::
 
         {"experiment": str,
-         "decision": "Promote" | "Rollback" | "Continue",   # Continue: data ran out undecided
+         "decision": "Promote" | "Rollback" | "Continue"    # Continue: data ran out undecided
+                     | "SampleRatioMismatch",          # only with ``weights``
          "winner": str | None,                             # with Promote
          "samplesPerVariant": {variant: int},              # at the stopping observation
          "pValue": float | None,                           # see below
@@ -182,6 +185,13 @@ def replay(
     (compare them with alpha directly), ``None`` before the test started. ``pValue`` is the
     winner's (Promote), the largest (Rollback: every treatment is worse) or the smallest
     (Continue). There is no maximum duration here, so no ``NoDifference``.
+
+    ``weights`` (variant name -> configured weight, e.g. percent) adds the operator's sample
+    ratio check (:mod:`mlplane.monitoring.srm`, alpha 0.001) before the test at every
+    observation, each row counting as one assigned request: the first observation at which the
+    observed split mismatches the weights ends the experiment with decision
+    ``SampleRatioMismatch`` (no winner, p-values as they stood). Every variant of an experiment
+    must have a weight.
 
     The whole file is read and checked by the call itself, before any result: a ValueError
     (raised by ``replay(...)``, not by the first ``next``) names the line, column or
@@ -199,7 +209,16 @@ def replay(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     table = _read(source, metric)
-    return _replay_table(table, alpha, _KIND[metric], min_samples, direction, mixture, chunk_rows)
+    if weights is not None:
+        bad = sorted(n for n, w in weights.items() if not (w >= 0 and math.isfinite(w)))
+        if bad:
+            raise ValueError(f"weight of variant {bad[0]!r} must be a finite number >= 0")
+        missing = sorted(set(table.variant_names) - set(weights))
+        if missing:
+            raise ValueError(f"variant {missing[0]!r} has no weight (weights: {dict(weights)})")
+    return _replay_table(
+        table, alpha, _KIND[metric], min_samples, direction, mixture, chunk_rows, weights
+    )
 
 
 def _replay_table(
@@ -210,6 +229,7 @@ def _replay_table(
     direction: Direction,
     mixture: Mixture,
     chunk_rows: int,
+    weights: Mapping[str, float] | None = None,
 ) -> Iterator[dict[str, Any]]:
     exp = table.experiment_codes
     n_exp = len(table.experiment_names)
@@ -241,7 +261,7 @@ def _replay_table(
             variants = pair_var[pair_bounds[e] : pair_bounds[e + 1]]
             names = [table.variant_names[c] for c in variants]
             totals = counts[pair_bounds[e] : pair_bounds[e + 1]]
-            if totals.min() < need:  # the test never starts: nothing to compute row by row
+            if weights is None and totals.min() < need:  # never starts: nothing to compute
                 yield _result(
                     table.experiment_names[e], "Continue", None, None, names, totals, None
                 )
@@ -259,6 +279,7 @@ def _replay_table(
                 direction,
                 mixture,
                 chunk_rows,
+                None if weights is None else [float(weights[nm]) for nm in names],
             )
 
     return run()
@@ -275,6 +296,7 @@ def _replay_experiment(
     direction: Direction,
     mixture: Mixture,
     chunk_rows: int,
+    weights: list[float] | None = None,
 ) -> dict[str, Any]:
     k_all = len(names)
     k = k_all - 1
@@ -319,6 +341,21 @@ def _replay_experiment(
         promote = (significant & better).any(axis=0)
         rollback = (significant & ~better).all(axis=0)
         done = promote | rollback
+        if weights is not None:
+            # The sample ratio check runs first at each observation, as in the operator.
+            mismatch = log_bayes_factor_path(n, weights) >= math.log(1 / SRM_ALPHA)
+            if mismatch.any() and (not done.any() or np.argmax(mismatch) <= np.argmax(done)):
+                t = int(np.argmax(mismatch))
+                adjusted = np.where(started[t], p_adj[:, t], np.nan)
+                return _result(
+                    experiment,
+                    "SampleRatioMismatch",
+                    None,
+                    None,
+                    names,
+                    n[:, t],
+                    None if not started[t] else adjusted,
+                )
         if done.any():
             t = int(np.argmax(done))
             samples = n[:, t]

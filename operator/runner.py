@@ -204,7 +204,7 @@ class Runner:
         if split is not None:
             observed = md_core.Observed(
                 model, rayservice, split.variants, split.bucketing_header, split.abtest,
-                split.objective, flavors,
+                split.objective, outcome_range=split.outcome_range, flavors=flavors,
             )  # fmt: skip
         plan = md_core.reconcile(md, observed, now, config, uid=uid)
         if plan.create and plan.desired is not None:

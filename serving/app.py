@@ -37,6 +37,7 @@ from starlette.responses import Response
 
 from mlplane.serving.config import AppSettings, ConfigError
 from mlplane.serving.drift_tap import load_reference_profile
+from mlplane.serving.feedback import FeedbackToken
 from mlplane.serving.model import ModelCore
 from mlplane.serving.monitor import MonitorCore
 from mlplane.serving.request_id import (
@@ -54,7 +55,7 @@ from mlplane.serving.router import (
     RouterCore,
 )
 
-__all__ = ["Model", "Monitor", "Router", "build_app", "signing_keys"]
+__all__ = ["Model", "Monitor", "Router", "build_app", "feedback_token", "signing_keys"]
 
 log = logging.getLogger("mlplane.serving.app")
 
@@ -85,6 +86,19 @@ def signing_keys(settings: AppSettings) -> KeySource:
             f"mounts) is unset and so is {KEY_ENV}"
         )
     return key
+
+
+def feedback_token(settings: AppSettings) -> FeedbackToken | None:
+    """The token feedback must carry (``args.feedback_token_file``), None when unset.
+
+    A configured file that cannot be read stops the replica (it must not silently accept
+    unauthenticated feedback)."""
+    if settings.feedback_token_file is None:
+        return None
+    try:
+        return FeedbackToken(settings.feedback_token_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"args.feedback_token_file: {exc}") from None
 
 
 def _log_like_serve() -> None:
@@ -280,6 +294,7 @@ class Router:
             self._call_info,
             _MonitorHandle(monitor),
             router_id=_replica_id(),
+            feedback_token=await asyncio.to_thread(feedback_token, settings),
         )
         self._flusher = asyncio.get_running_loop().create_task(
             self.core.run_flusher(FLUSH_INTERVAL_S)

@@ -19,6 +19,7 @@ fails loudly at deploy time instead of being ignored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +126,11 @@ class AppSettings:
     signing_keys: str | None = None
     #: What the model deployments may load (optional key ``model_policy``; absent: closed).
     model_policy: ModelPolicy = field(default_factory=ModelPolicy)
+    #: The model takes NaN/Infinity features (optional key ``allow_non_finite``; absent: no).
+    allow_non_finite: bool = False
+    #: File holding the token ``POST /v1/feedback`` requires (optional key
+    #: ``feedback_token_file``; absent: feedback is not authenticated).
+    feedback_token_file: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -152,8 +158,11 @@ class AppSettings:
                 "slo_latency_p99_ms",
                 "drift",
             },
-            frozenset({"signing_keys", "model_policy"}),
+            frozenset({"signing_keys", "model_policy", "allow_non_finite", "feedback_token_file"}),
         )
+        allow_non_finite = args.get("allow_non_finite", False)
+        if not isinstance(allow_non_finite, bool):
+            raise ConfigError("args.allow_non_finite must be true or false")
         deployment = _str("args.deployment", args["deployment"])
         namespace, sep, name = deployment.partition("/")
         if not (sep and namespace and name) or "/" in name:
@@ -182,6 +191,10 @@ class AppSettings:
             drift=DriftSettings.parse(args["drift"]),
             signing_keys=_str("args.signing_keys", args.get("signing_keys"), optional=True),
             model_policy=_model_policy(args.get("model_policy")),
+            allow_non_finite=allow_non_finite,
+            feedback_token_file=_str(
+                "args.feedback_token_file", args.get("feedback_token_file"), optional=True
+            ),
         )
 
 
@@ -225,10 +238,17 @@ class RouterConfig:
     bucketing_header: str | None
     abtest: str | None
     objective: str | None
+    #: ``(min, max)`` of a Mean objective's outcomes (optional key ``outcome_range``).
+    outcome_range: tuple[float, float] | None = None
 
     @classmethod
     def parse(cls, d: Any, model_deployments: Sequence[str]) -> RouterConfig:
-        _keys("user_config", d, {"variants", "bucketing_header", "abtest", "objective"})
+        _keys(
+            "user_config",
+            d,
+            {"variants", "bucketing_header", "abtest", "objective"},
+            frozenset({"outcome_range"}),
+        )
         raw = d["variants"]
         if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
             raise ConfigError("user_config.variants must be a non-empty list")
@@ -260,9 +280,25 @@ class RouterConfig:
         objective = d["objective"]
         if objective is not None and objective not in OBJECTIVES:
             raise ConfigError(f"user_config.objective must be one of {', '.join(OBJECTIVES)}")
+        outcome_range = _outcome_range(d.get("outcome_range"))
+        if objective == "Mean" and outcome_range is None:
+            raise ConfigError("user_config.outcome_range is required for a Mean objective")
         return cls(
             variants=tuple(variants),
             bucketing_header=None if header is None else header.lower(),
             abtest=_str("user_config.abtest", d["abtest"], optional=True),
             objective=objective,
+            outcome_range=outcome_range,
         )
+
+
+def _outcome_range(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise ConfigError("user_config.outcome_range must be [min, max]")
+    low = _num("user_config.outcome_range[0]", value[0], 0.0)
+    high = _num("user_config.outcome_range[1]", value[1], 0.0)
+    if not (math.isfinite(high) and low < high):
+        raise ConfigError("user_config.outcome_range must be finite with min < max")
+    return low, high

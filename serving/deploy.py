@@ -68,6 +68,7 @@ def local_serve_config(
     name: str | None = None,
     route_prefix: str | None = None,
     signing_keys: str | None = None,
+    feedback_token: str | None = None,
 ) -> dict[str, Any]:
     """A copy of a Serve config fitted to one small machine.
 
@@ -81,7 +82,9 @@ def local_serve_config(
       router strips the prefix). ``PUT`` replaces *all* of a cluster's applications: send
       every deployment's application in one config;
     - ``signing_keys`` replaces ``args.signing_keys`` (the Secret's mount path in a pod) with
-      the machine's key directory for this application.
+      the machine's key directory for this application;
+    - ``feedback_token`` replaces ``args.feedback_token_file`` (where the token Secret is mounted
+      in a pod) with the machine's token file, for an application that has one.
 
     Only resources, the name, the mount point and the key directory change: the rest of
     ``args`` and ``user_config`` are untouched, so zero-downtime updates behave as on
@@ -97,6 +100,8 @@ def local_serve_config(
             app["route_prefix"] = route_prefix
         if signing_keys is not None:
             app.setdefault("args", {})["signing_keys"] = signing_keys
+        if feedback_token is not None and "feedback_token_file" in app.get("args", {}):
+            app["args"]["feedback_token_file"] = feedback_token
         for deployment in app.get("deployments", []):
             options = deployment.setdefault("ray_actor_options", {})
             options["num_cpus"] = num_cpus

@@ -20,17 +20,27 @@ duplicates that happen to land on the same replica). The ledger is bounded:
   requests served before it started is refused (410) rather than risked twice. (Its totals
   restart at zero as well; Prometheus' ``rate()`` handles that counter reset.)
 
-Outcomes are finite numbers >= 0 (``true``/``false`` count as 1/0): ``mlplane_abtest_outcome_sum``
-is a counter read with ``rate()``, which a negative value would turn into a false counter
-reset. Under a ``Conversion`` objective only 0 and 1 are accepted.
+Outcomes are bounded by the objective, so that no single client can swamp a variant's mean and
+the sums stay finite: under ``Conversion`` only 0 and 1 (``true``/``false``); under ``Mean`` the
+ABTest's declared ``objective.outcomeRange`` (required for Mean; the CRD caps it at 1e12, so
+sums and sums of squares cannot overflow); otherwise finite numbers >= 0
+(``mlplane_abtest_outcome_sum`` is a counter read with ``rate()``, which a negative value would
+turn into a false counter reset). Anything else is a 400 naming the field.
+
+Optional authentication (:class:`FeedbackToken`): when the app has a token file, feedback must
+carry ``Authorization: Bearer <token>``, compared in constant time; for deployments whose
+feedback comes from a backend that can hold a secret (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import heapq
+import hmac
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from mlplane.serving.request_id import RequestInfo
@@ -38,8 +48,10 @@ from mlplane.serving.request_id import RequestInfo
 __all__ = [
     "DEFAULT_MAX_IDS",
     "DEFAULT_TTL_S",
+    "MAX_OUTCOME",
     "FeedbackError",
     "FeedbackLedger",
+    "FeedbackToken",
     "Verdict",
     "parse_feedback",
 ]
@@ -49,6 +61,11 @@ __all__ = [
 DEFAULT_TTL_S = 86_400.0
 #: ~100 bytes per entry: 500k ids ≈ 50 MB, a day of feedback at ~6/s without any eviction.
 DEFAULT_MAX_IDS = 500_000
+
+#: Largest outcome accepted under any objective (the ABTest CRD caps ``outcomeRange`` at the
+#: same): with it sums and sums of squares stay finite for ~1e284 outcomes, where one 1e200
+#: or 1e308 would overflow the sum of squares at once.
+MAX_OUTCOME = 1e12
 
 Verdict = Literal["accepted", "duplicate", "expired"]
 
@@ -68,8 +85,13 @@ class Feedback:
     outcome: float
 
 
-def parse_feedback(body: Any, objective: str | None = None) -> Feedback:
-    """The checked body; ``objective`` ``"Conversion"`` restricts outcomes to 0/1."""
+def parse_feedback(
+    body: Any,
+    objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
+) -> Feedback:
+    """The checked body; ``objective`` ``"Conversion"`` restricts outcomes to 0/1,
+    ``outcome_range`` (a Mean objective's) to ``[min, max]``."""
     if not isinstance(body, Mapping):
         raise FeedbackError(400, "the body must be a JSON object {requestId, outcome}")
     unknown = sorted(set(body) - {"requestId", "outcome"})
@@ -90,14 +112,65 @@ def parse_feedback(body: Any, objective: str | None = None) -> Feedback:
     elif isinstance(raw, int | float):
         value = float(raw)
     else:
-        raise FeedbackError(422, f"field 'outcome' must be a number or a boolean, not {raw!r}")
+        raise FeedbackError(400, f"field 'outcome' must be a number or a boolean, not {raw!r}")
     if not math.isfinite(value) or value < 0:
-        raise FeedbackError(422, f"field 'outcome' must be a finite number >= 0 (got {raw!r})")
+        raise FeedbackError(400, f"field 'outcome' must be a finite number >= 0 (got {raw!r})")
+    if value > MAX_OUTCOME:
+        raise FeedbackError(400, f"field 'outcome' must be at most {MAX_OUTCOME:g} (got {raw!r})")
     if objective == "Conversion" and value not in (0.0, 1.0):
         raise FeedbackError(
-            422, f"field 'outcome' must be 0 or 1 for a Conversion objective (got {raw!r})"
+            400, f"field 'outcome' must be 0 or 1 for a Conversion objective (got {raw!r})"
+        )
+    if outcome_range is not None and not outcome_range[0] <= value <= outcome_range[1]:
+        low, high = outcome_range
+        raise FeedbackError(
+            400,
+            f"field 'outcome' must be within the ABTest's objective.outcomeRange "
+            f"[{low:g}, {high:g}] (got {raw!r})",
         )
     return Feedback(request_id, value)
+
+
+class FeedbackToken:
+    """The token ``POST /v1/feedback`` requires, read from a file (a mounted Secret key),
+    reread when the file changes (rotation without a restart)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        recheck_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self._recheck_s = recheck_s
+        self._clock = clock
+        self._token = self._read()
+        if not self._token:
+            raise ValueError(f"the feedback token file {self.path} is empty")
+        self._checked = clock()
+
+    def _read(self) -> bytes:
+        return self.path.read_bytes().strip()
+
+    def token(self) -> bytes:
+        now = self._clock()
+        if now - self._checked >= self._recheck_s:
+            self._checked = now
+            try:
+                fresh = self._read()
+            except OSError:
+                fresh = b""
+            if fresh:  # an unreadable or emptied file keeps the last token
+                self._token = fresh
+        return self._token
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header value carries the token (constant time)."""
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token())
 
 
 class FeedbackLedger:

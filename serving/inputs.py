@@ -36,6 +36,7 @@ out. Without a signature every column is passed as is and the model's own checks
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ __all__ = [
     "Columns",
     "InputError",
     "InputSchema",
+    "check_finite",
+    "decode_json",
     "parse_payload",
     "to_frame",
 ]
@@ -185,8 +188,73 @@ def _from_inputs(inputs: Any, max_rows: int) -> tuple[Columns, int]:
     return {k: list(v) for k, v in inputs.items()}, n
 
 
-def parse_payload(payload: Any, max_rows: int = DEFAULT_MAX_ROWS) -> tuple[Columns, int]:
-    """``(columns, n_rows)`` from a decoded JSON body in one of the accepted shapes."""
+def decode_json(raw: bytes) -> Any:
+    """The JSON value of a request body; any body the parser refuses is a 400 saying why.
+
+    Python's parser raises more than ``JSONDecodeError``: ``ValueError`` for an integer of more
+    than 4300 digits (the int-str conversion limit), ``RecursionError`` for deep nesting,
+    ``UnicodeDecodeError`` for bytes that are not UTF-8/16/32. None of them may become a 500.
+    The literals ``NaN``, ``Infinity`` and ``-Infinity`` (not JSON, but common) and numbers
+    beyond the float range decode to non-finite floats; :func:`parse_payload` and the feedback
+    parser decide whether they are acceptable, naming the field.
+    """
+    if not raw:
+        raise InputError(400, "empty body: send a JSON object")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InputError(400, "the body is not accepted: JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(400, f"the body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(400, f"the body is not UTF-8 text: {exc.reason}") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string ..."
+        raise InputError(400, f"the body is not accepted: {exc}") from None
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a non-finite float is anywhere in ``value`` (iterative: any nesting depth)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return True
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return False
+
+
+def check_finite(columns: Columns) -> None:
+    """Refuse NaN/Infinity feature values (400 naming the column and row): a model that does
+    not declare it takes them (``spec.model.allowNonFiniteInputs``) would answer garbage or
+    fail deep inside its library. ``null`` stays the way to send a missing value."""
+    for name, values in columns.items():
+        for i, v in enumerate(values):
+            if _non_finite(v):
+                raise InputError(
+                    400,
+                    f"column {name!r} row {i}: NaN/Infinity is not accepted by this model "
+                    "(spec.model.allowNonFiniteInputs is off); send null for a missing value",
+                )
+
+
+def parse_payload(
+    payload: Any, max_rows: int = DEFAULT_MAX_ROWS, *, allow_non_finite: bool = False
+) -> tuple[Columns, int]:
+    """``(columns, n_rows)`` from a decoded JSON body in one of the accepted shapes.
+
+    ``allow_non_finite=False`` refuses NaN/Infinity values (:func:`check_finite`).
+    """
+    columns, n = _parse_shape(payload, max_rows)
+    if not allow_non_finite:
+        check_finite(columns)
+    return columns, n
+
+
+def _parse_shape(payload: Any, max_rows: int) -> tuple[Columns, int]:
     if not isinstance(payload, dict):
         raise InputError(400, f"the body must be a JSON object with {_SHAPES}")
     keys = set(payload)

@@ -2,14 +2,17 @@
 
 Endpoints (JSON unless noted; every response to ``/v1/predict`` names its variant in the body
 and in ``x-mlplane-variant``, the model version in ``x-mlplane-model-version``, and carries a
-signed request id in the body and in ``x-mlplane-request-id``)::
+signed request id in the body and in ``x-mlplane-request-id`` — only when a model answered 200:
+an error carries no id, so nothing can be credited to it)::
 
     GET  /healthz         {"status": "ok", ...}: the router is up and configured
     GET  /v1/models       what is served: variants, weights, desired and loaded versions
     POST /v1/predict      body: see mlplane.serving.inputs; 200 {"predictions", "variant",
                           "version", "model", "requestId"}; 400/413/422 for bad input
     POST /v1/feedback     {"requestId", "outcome"}: 200 accepted, 404 unknown or forged id,
-                          409 duplicate, 410 too old to count exactly once, 4xx malformed
+                          409 duplicate, 410 too old to count exactly once, 400 malformed or
+                          an outcome outside the objective's bounds, 401 without the token
+                          (when the app has one: args.feedback_token_file)
     GET  /v1/stats        per-variant requests, errors, outcomes (count, sum, sum of squares),
                           latency (p99, sum, sum of squares) of the current A/B test;
                           ?abtest=NAME for another one, ?all=1 for every (abtest, variant)
@@ -45,8 +48,8 @@ from urllib.parse import parse_qs
 
 from mlplane.serving.bucketing import Weighted, choose
 from mlplane.serving.config import AppSettings, ConfigError, RouterConfig
-from mlplane.serving.feedback import FeedbackError, parse_feedback
-from mlplane.serving.inputs import DEFAULT_MAX_ROWS, InputError, parse_payload
+from mlplane.serving.feedback import FeedbackError, FeedbackToken, parse_feedback
+from mlplane.serving.inputs import DEFAULT_MAX_ROWS, InputError, decode_json, parse_payload
 from mlplane.serving.request_id import InvalidRequestId, RequestIdSigner
 from mlplane.serving.stats import TrafficStats
 
@@ -175,8 +178,11 @@ class RouterCore:
         timer: Callable[[], float] = time.perf_counter,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_rows: int = MAX_ROWS,
+        feedback_token: FeedbackToken | None = None,
     ) -> None:
         self.settings = settings
+        #: When set, ``POST /v1/feedback`` needs ``Authorization: Bearer <token>``.
+        self.feedback_token = feedback_token
         self.signer = signer
         self._call_model = call_model
         self._call_info = call_info
@@ -250,7 +256,7 @@ class RouterCore:
         if path == "/v1/predict":
             return await self.predict(headers, read_body)
         if path == "/v1/feedback":
-            return await self.feedback(read_body)
+            return await self.feedback(read_body, headers)
         if path == "/healthz":
             return self.healthz()
         if path == "/v1/models":
@@ -280,12 +286,7 @@ class RouterCore:
             raise InputError(
                 413, f"the body exceeds {self.max_body_bytes} bytes; send fewer rows per request"
             ) from None
-        if not raw:
-            raise InputError(400, "empty body: send a JSON object")
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(400, f"the body is not valid JSON: {exc}") from None
+        return decode_json(raw)
 
     async def predict(self, headers: Mapping[str, str], read_body: BodyReader) -> HttpResponse:
         started = self._timer()
@@ -301,7 +302,9 @@ class RouterCore:
         n_rows = 0
         try:
             payload = await self._read_json(read_body)
-            columns, n_rows = parse_payload(payload, self.max_rows)
+            columns, n_rows = parse_payload(
+                payload, self.max_rows, allow_non_finite=self.settings.allow_non_finite
+            )
             answer = await self._call_model(variant.deployment, columns, n_rows)
             status = int(answer.get("status", 500))
             version = int(answer.get("version") or version)
@@ -318,18 +321,14 @@ class RouterCore:
             log.exception("predict failed on %s", variant.deployment)
             status, body = 500, {"error": f"internal error: {type(exc).__name__}"}
         now = self._clock()
-        request_id = self.signer.issue(variant.name, version, config.abtest, now)
-        body.update(
-            variant=variant.name,
-            version=version,
-            model=self.settings.model_name,
-            requestId=request_id,
-        )
-        headers_out = {
-            VARIANT_HEADER: variant.name,
-            VERSION_HEADER: str(version),
-            REQUEST_ID_HEADER: request_id,
-        }
+        body.update(variant=variant.name, version=version, model=self.settings.model_name)
+        headers_out = {VARIANT_HEADER: variant.name, VERSION_HEADER: str(version)}
+        if status == 200:
+            # An id (the only way to post an outcome) only for a prediction a model made,
+            # naming the variant and the version the model reported: an error, a refused
+            # input or an unavailable model yields nothing to credit.
+            request_id = self.signer.issue(variant.name, version, config.abtest, now)
+            body["requestId"] = headers_out[REQUEST_ID_HEADER] = request_id
         if status == 503:
             headers_out["retry-after"] = "1"
         response = _json(status, body, headers_out)
@@ -352,11 +351,25 @@ class RouterCore:
         self._rows.append((columns, n_rows, now))
         self._buffered += n_rows
 
-    async def feedback(self, read_body: BodyReader) -> HttpResponse:
+    async def feedback(
+        self, read_body: BodyReader, headers: Mapping[str, str] | None = None
+    ) -> HttpResponse:
         config = self.config
+        if self.feedback_token is not None and not self.feedback_token.allows(
+            (headers or {}).get("authorization")
+        ):
+            return HttpResponse(
+                401,
+                json.dumps({"error": "feedback needs Authorization: Bearer <token>"}).encode(),
+                {"www-authenticate": 'Bearer realm="mlplane-feedback"'},
+            )
         try:
             body = await self._read_json(read_body)
-            fb = parse_feedback(body, config.objective if config else None)
+            fb = parse_feedback(
+                body,
+                config.objective if config else None,
+                config.outcome_range if config else None,
+            )
         except (InputError, FeedbackError) as exc:
             return _error(exc.status, exc.message)
         try:

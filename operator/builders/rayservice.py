@@ -185,9 +185,13 @@ def serve_args(
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
         signing_keys: str          # directory of the request-id keys (the mounted Secret)
+        feedback_token_file: str   # only with spec.feedback.tokenSecret: the mounted token
         model_policy:              # what the model deployments may load (serving/flavors.py)
           allowed: [str]           # the operator's allowed serialisations
           allow_unsafe: bool       # spec.model.allowUnsafeDeserialization
+        allow_non_finite: true     # only when spec.model.allowNonFiniteInputs (NaN/Infinity
+                                   # features); absent otherwise, so args of existing
+                                   # deployments do not change (no restart on upgrade)
 
     What changes without a restart is in the deployments' ``user_config`` (see
     :func:`router_user_config`, :func:`model_user_config`). ``build_app`` binds an ingress
@@ -202,7 +206,7 @@ def serve_args(
         else DEFAULT_DRIFT_THRESHOLD[drift.method]
     )
     batching = md.spec.batching
-    return {
+    args: dict[str, Any] = {
         "deployment": f"{md.metadata.namespace or 'default'}/{md.metadata.name}",
         "model_name": md.spec.model.name,
         "tracking_uri": config.mlflow_tracking_uri,
@@ -226,6 +230,48 @@ def serve_args(
             config.allowed_model_flavors, md.spec.model.allow_unsafe_deserialization
         ).to_args(),
     }
+    if md.spec.model.allow_non_finite_inputs:
+        args["allow_non_finite"] = True
+    if feedback_token_secret(md) is not None:
+        args["feedback_token_file"] = f"{FEEDBACK_TOKEN_PATH}/{FEEDBACK_TOKEN_KEY}"
+    return args
+
+
+#: Where the Secret named by ``spec.feedback.tokenSecret`` is mounted, and the key read.
+FEEDBACK_TOKEN_PATH = "/etc/mlplane/feedback-token"
+FEEDBACK_TOKEN_KEY = "token"
+FEEDBACK_TOKEN_VOLUME = "feedback-token"
+
+
+def feedback_token_secret(md: ModelDeployment) -> str | None:
+    """The Secret holding the feedback token (``spec.feedback.tokenSecret``), None when unset."""
+    return md.spec.feedback.token_secret if md.spec.feedback is not None else None
+
+
+def _with_feedback_token(rayservice: dict[str, Any], secret: str) -> dict[str, Any]:
+    """Mount the user's feedback-token Secret (only its ``token`` key) read-only into the head
+    and every worker group, where router replicas run."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    for template in (
+        cluster["headGroupSpec"]["template"],
+        *(g["template"] for g in cluster["workerGroupSpecs"]),
+    ):
+        spec = template["spec"]
+        spec.setdefault("volumes", []).append(
+            {
+                "name": FEEDBACK_TOKEN_VOLUME,
+                "secret": {
+                    "secretName": secret,
+                    "defaultMode": 0o444,
+                    "items": [{"key": FEEDBACK_TOKEN_KEY, "path": FEEDBACK_TOKEN_KEY}],
+                },
+            }
+        )
+        for container in spec["containers"]:
+            container.setdefault("volumeMounts", []).append(
+                {"name": FEEDBACK_TOKEN_VOLUME, "mountPath": FEEDBACK_TOKEN_PATH, "readOnly": True}
+            )
+    return rayservice
 
 
 def router_user_config(
@@ -235,6 +281,7 @@ def router_user_config(
     bucketing_header: str | None = None,
     abtest: str | None = None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The router's ``user_config``: the traffic split, applied without a restart.
 
@@ -249,8 +296,9 @@ def router_user_config(
         bucketing_header: str|None # request header hashed for sticky assignment (A/B only)
         abtest: str|None           # name of the active ABTest (metric label, hash salt)
         objective: str|None        # the ABTest's objective metric; "Conversion": outcomes 0/1
+        outcome_range: [min, max]  # only for a Mean objective: accepted outcomes
     """
-    return {
+    config: dict[str, Any] = {
         "variants": [
             {
                 "name": v.name,
@@ -265,6 +313,9 @@ def router_user_config(
         "abtest": abtest,
         "objective": objective,
     }
+    if outcome_range is not None:
+        config["outcome_range"] = [float(outcome_range[0]), float(outcome_range[1])]
+    return config
 
 
 def model_user_config(model_name: str, variant: Variant) -> dict[str, Any]:
@@ -287,6 +338,7 @@ def serve_config(
     bucketing_header: str | None = None,
     abtest: str | None = None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The Serve config (``serveConfigV2`` before YAML): one application, its deployments."""
     scaling = md.spec.autoscaling
@@ -318,6 +370,7 @@ def serve_config(
                 bucketing_header=bucketing_header,
                 abtest=abtest,
                 objective=objective,
+                outcome_range=outcome_range,
             ),
         },
         {
@@ -420,6 +473,7 @@ def _rayservice(
     bucketing_header: str | None,
     abtest: str | None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     if model_version < 1:
         raise ValueError(f"model versions start at 1 (got {model_version})")
@@ -449,6 +503,7 @@ def _rayservice(
         bucketing_header=bucketing_header,
         abtest=abtest,
         objective=objective,
+        outcome_range=outcome_range,
     )
     rayservice: dict[str, Any] = {
         "apiVersion": "ray.io/v1",
@@ -480,7 +535,9 @@ def _rayservice(
             },
         },
     }
-    return _with_signing_keys(rayservice, name)
+    rayservice = _with_signing_keys(rayservice, name)
+    secret = feedback_token_secret(md)
+    return rayservice if secret is None else _with_feedback_token(rayservice, secret)
 
 
 def build_rayservice(
@@ -493,6 +550,7 @@ def build_rayservice(
     bucketing_header: str | None = None,
     abtest: str | None = None,
     objective: str | None = None,
+    outcome_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The RayService of a validated ModelDeployment serving ``model_version``.
 
@@ -511,4 +569,5 @@ def build_rayservice(
         bucketing_header=bucketing_header,
         abtest=abtest,
         objective=objective,
+        outcome_range=outcome_range,
     )

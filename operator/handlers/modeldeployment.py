@@ -385,6 +385,7 @@ def _run_reconcile(
             bucketing_header=routing.bucketing_header if routing else None,
             abtest=routing.abtest if routing else None,
             objective=routing.objective if routing else None,
+            outcome_range=routing.outcome_range if routing else None,
             signing_conflict=signing_conflict,
             flavors=flavors,
         )

@@ -13,6 +13,10 @@ there is one Ray cluster (the local platform's) and Serve's REST API, whose ``PU
   differs from the one last PUT (or Serve lost it: Ray was restarted);
 - each application's ``args.signing_keys`` (the Secret's mount path in a pod) becomes its key
   folder on this machine (:mod:`mlplane.operator.platforms.local_signing`);
+- an ``args.feedback_token_file`` (``spec.feedback.tokenSecret`` mounted in a pod) becomes the
+  file ``secrets/<namespace>/<secret>/token`` under the state dir, the local stand-in for that
+  Secret (the user writes it, as they would create the Secret; a missing file stops the
+  application's routers, which say so);
 - Serve's application status is translated into the shape of KubeRay 1.7's RayService status
   (``Ready`` condition, ``observedGeneration``, ``activeServiceStatus``), so
   ``reconcile/modeldeployment.py`` reads it with the same code as on Kubernetes.
@@ -33,7 +37,11 @@ from typing import Any
 
 import yaml
 
-from mlplane.operator.builders.rayservice import APPLICATION
+from mlplane.operator.builders.rayservice import (
+    APPLICATION,
+    FEEDBACK_TOKEN_KEY,
+    FEEDBACK_TOKEN_VOLUME,
+)
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_signing import LocalSigningKeys
 from mlplane.serving.deploy import (
@@ -182,7 +190,23 @@ class LocalServing:
             name=app_name(namespace, owner),
             route_prefix=route_prefix(namespace, owner),
             signing_keys=str(self.signing.directory(namespace, owner)),
+            feedback_token=self._feedback_token(record),
         )
+
+    def _feedback_token(self, record: Mapping[str, Any]) -> str | None:
+        """This machine's file for the record's feedback-token Secret, None without one."""
+        template = record["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+        for volume in template["spec"].get("volumes", ()):
+            if volume.get("name") == FEEDBACK_TOKEN_VOLUME:
+                secret = volume["secret"]["secretName"]
+                path = self.secrets_dir / record["metadata"]["namespace"] / secret
+                return str(path / FEEDBACK_TOKEN_KEY)
+        return None
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Local stand-ins for Secrets the user names: ``<namespace>/<secret>/<key>`` files."""
+        return self.platform.state_dir / "secrets"
 
     def desired_config(self) -> dict[str, Any]:
         """Every recorded RayService's application in one Serve config (PUT replaces all)."""

@@ -27,8 +27,9 @@ Phases:
   treatment, at once, or every treatment significantly worse: treatments' effective weight 0,
   the alias stays) or NoDifference (``maxDuration``; the control keeps the alias).
 - ``Failed`` (final): the test cannot go on — the ModelDeployment was deleted mid-test (its
-  router and counts are gone), or its variants were changed mid-test (a different experiment:
-  create a new ABTest).
+  router and counts are gone), its variants were changed mid-test (a different experiment:
+  create a new ABTest), or the observed split does not match the weights (sample ratio
+  mismatch: the evidence is broken, nothing is promoted or rolled back).
 
 A concluded or failed test never changes again: replays write nothing and never move the alias
 twice. Spec changes while Running apply from the next evaluation (weights, guardrails,
@@ -45,6 +46,11 @@ Conditions:
   True with reason ``Promote``/``Rollback``/``NoDifference`` and the why.
 - ``GuardrailBreached``: True (reason ``TreatmentBreach`` or ``ControlBreach``: the control's
   breach is reported but decides nothing) or False (``WithinGuardrails``), once evaluated.
+- ``SampleRatioMismatch``: checked before every analysis (:func:`_sample_ratio`, a separate
+  step: :mod:`mlplane.monitoring.srm`) on the requests since ``status.variants[].srmBaseline``;
+  False (``SplitAsConfigured``), Unknown (``WeightsChanging``: new weights not yet served;
+  ``WeightsSettling``: served since this evaluation, counted from the next) or True
+  (``ObservedSplitDiffers``: phase Failed, Concluded False with reason ``SampleRatioMismatch``).
 
 Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
 ``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
@@ -75,6 +81,7 @@ from mlplane.monitoring.abtest_analysis import (
     VariantObservation,
     decide,
 )
+from mlplane.monitoring.srm import SRM_ALPHA, SampleRatio, srm_check
 from mlplane.operator import conditions
 from mlplane.operator.builders.rayservice import Variant
 from mlplane.operator.conditions import Event
@@ -127,11 +134,19 @@ class VariantStats:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> VariantStats:
-        """Read one JSON row (``TrafficStats.snapshot`` plus the router's ``weight``)."""
+        """Read one JSON row (``TrafficStats.snapshot`` plus the router's ``weight``).
+
+        A count or sum that is present but not a finite number (the router writes an overflowed
+        sum as null) raises ``ValueError``: read as 0 it would be false evidence.
+        """
 
         def num(key: str) -> float:
-            value = row.get(key)
-            return float(value) if isinstance(value, int | float) else 0.0
+            value = row.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key} of variant {row.get('variant')!r} is {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{key} of variant {row.get('variant')!r} is not finite")
+            return float(value)
 
         p99 = row.get("latencyP99Ms")
         weight = row.get("weight")
@@ -221,6 +236,8 @@ class Routing(NamedTuple):
     bucketing_header: str | None
     abtest: str
     objective: str
+    #: A Mean objective's ``(min, max)`` outcomes (the router refuses feedback outside).
+    outcome_range: tuple[float, float] | None = None
 
 
 # --- who splits a deployment's traffic ---------------------------------------------------------
@@ -288,8 +305,14 @@ def _routing_of(test: ABTest) -> Routing | None:
     variants = _frozen(test)
     if variants is None:
         return None
+    objective = test.spec.objective
+    bounds = objective.outcome_range
     return Routing(
-        variants, test.spec.bucketing.header, test.metadata.name or "", test.spec.objective.metric
+        variants,
+        test.spec.bucketing.header,
+        test.metadata.name or "",
+        objective.metric,
+        None if bounds is None else (float(bounds.min), float(bounds.max)),
     )
 
 
@@ -593,6 +616,9 @@ def _evaluate(
     elapsed = max(0.0, (s.now - started_at).total_seconds())
     max_duration = parse_duration(spec.analysis.max_duration)
     # Effective weights follow the spec while running (a rollback zeroes them at conclusion).
+    reweighted = any(
+        item.get("weight") != v.weight for item, v in zip(old_variants, spec.variants, strict=True)
+    )
     for item, v in zip(old_variants, spec.variants, strict=True):
         item["weight"] = v.weight
     st["variants"] = old_variants
@@ -645,6 +671,9 @@ def _evaluate(
                 "counted since the last evaluation is lost)"
             ),
         )
+    mismatch = _sample_ratio(s, test, old_variants, rows, reweighted or lost)
+    if mismatch is not None:
+        return _stop_on_mismatch(s, old_variants, rows, mismatch, where)
     k = len(names) - 1
     keep = not (spec_changed or lost or just_started)
     previous = _previous(old_variants, k) if keep else None
@@ -758,6 +787,106 @@ def _carry_over(
             item.pop("carried", None)
         out[name] = _plus(raw, carried)
     return out, reset, lost
+
+
+# --- sample ratio mismatch (a separate step before the analysis) -----------------------------
+
+#: Reasons of the ``SampleRatioMismatch`` condition.
+SRM_OK, SRM_FOUND = "SplitAsConfigured", "ObservedSplitDiffers"
+SRM_REWEIGHTING, SRM_SETTLING = "WeightsChanging", "WeightsSettling"
+
+
+def _sample_ratio(
+    s: _Status,
+    test: ABTest,
+    old_variants: list[dict[str, Any]],
+    rows: Mapping[str, VariantStats],
+    rebase: bool,
+) -> SampleRatio | None:
+    """Check the requests each variant got against the weights; the mismatch, if found.
+
+    The check counts from ``srmBaseline`` (requests before the weights in force took effect).
+    While the router does not serve the spec's weights yet (a weight change on its way), the
+    baseline follows the totals and nothing is checked (``WeightsChanging``). Once it serves
+    them, one more evaluation passes (``WeightsSettling``): requests assigned under the old
+    weights may still be on their way to the counts (routers ship every half second), and one
+    of them on a variant now at weight 0 would be a mismatch at once. The baseline set at the
+    end of that evaluation is after every old-weight request.
+    """
+    spec_weights = [v.weight for v in test.spec.variants]
+    served = all(rows[v.name].weight == v.weight for v in test.spec.variants)
+    old_reason = s.old_condition("SampleRatioMismatch").get("reason")
+    if rebase or not served or old_reason in (SRM_REWEIGHTING, SRM_SETTLING):
+        for item in old_variants:
+            item["srmBaseline"] = rows[item["name"]].requests
+    if not served or rebase:
+        s.condition(
+            "SampleRatioMismatch",
+            "Unknown",
+            SRM_REWEIGHTING,
+            "the weights changed: the split is checked again once the router serves the new "
+            "weights",
+        )
+        return None
+    if old_reason == SRM_REWEIGHTING:
+        s.condition(
+            "SampleRatioMismatch",
+            "Unknown",
+            SRM_SETTLING,
+            "the router serves the new weights: the split is counted from the next evaluation "
+            "(requests assigned under the old weights may still arrive until then)",
+        )
+        return None
+    counts = [
+        max(0, rows[item["name"]].requests - int(item.get("srmBaseline") or 0))
+        for item in old_variants
+    ]
+    result = srm_check(counts, spec_weights)
+    if result.mismatch:
+        return result
+    s.condition(
+        "SampleRatioMismatch",
+        "False",
+        SRM_OK,
+        f"the observed split matches the weights (sequential test at alpha {SRM_ALPHA:g}, "
+        f"Bayes factor {_bayes_factor_text(result.log_bayes_factor)}): "
+        + result.describe([v.name for v in test.spec.variants]),
+    )
+    return None
+
+
+def _bayes_factor_text(log_bf: float) -> str:
+    """A Bayes factor for a message (``1e+420`` would overflow a float)."""
+    if log_bf == math.inf:
+        return "inf"
+    if log_bf < 700:
+        return f"{math.exp(log_bf):.3g}"
+    return f"10^{log_bf / math.log(10):.0f}"
+
+
+def _stop_on_mismatch(
+    s: _Status,
+    old_variants: list[dict[str, Any]],
+    rows: Mapping[str, VariantStats],
+    result: SampleRatio,
+    where: str,
+) -> Plan:
+    """Stop the test: the split is broken, so its evidence decides nothing (no promotion, no
+    rollback); the deployment serves its own model again."""
+    for item in old_variants:
+        item.update(_totals(rows[item["name"]]))
+    bf = _bayes_factor_text(result.log_bayes_factor)
+    message = (
+        f"sample ratio mismatch: the router of {where} did not split as configured: "
+        f"{result.describe([str(v['name']) for v in old_variants])} (sequential multinomial "
+        f"test: Bayes factor {bf} >= 1/alpha, alpha {SRM_ALPHA:g}). The counts cannot support a "
+        "decision: nothing is promoted or rolled back. Find why the split differs (see the "
+        "SampleRatioMismatch runbook), then create a new ABTest"
+    )
+    s.new.pop("decision", None)
+    s.new.pop("winner", None)
+    s.condition("SampleRatioMismatch", "True", SRM_FOUND, message)
+    return _fail(s, "SampleRatioMismatch", message)
 
 
 def _guardrail_condition(s: _Status, result: AnalysisResult) -> None:

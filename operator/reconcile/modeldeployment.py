@@ -148,6 +148,8 @@ class Observed:
     bucketing_header: str | None = None
     abtest: str | None = None
     objective: str | None = None
+    #: The ABTest's Mean outcome bounds ``(min, max)``, to ``build_rayservice`` unchanged.
+    outcome_range: tuple[float, float] | None = None
     #: Why the request-id signing Secret is not this ModelDeployment's (None: it is, or the
     #: caller has no Secrets): then nothing is created or changed.
     signing_conflict: str | None = None
@@ -602,6 +604,7 @@ def reconcile(
                 bucketing_header=observed.bucketing_header,
                 abtest=observed.abtest,
                 objective=observed.objective,
+                outcome_range=observed.outcome_range,
             )
             drain = _draining(rs, desired)
             if drain is not None:
@@ -614,6 +617,7 @@ def reconcile(
                     bucketing_header=observed.bucketing_header,
                     abtest=observed.abtest,
                     objective=observed.objective,
+                    outcome_range=observed.outcome_range,
                 )
         except ValueError as exc:
             build_error = f"the RayService cannot be built: {exc}"

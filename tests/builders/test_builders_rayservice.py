@@ -254,6 +254,21 @@ def test_ab_variants_become_one_deployment_each():
     assert_valid(rayservice)
 
 
+def test_a_mean_objectives_outcome_range_and_non_finite_inputs_reach_the_app():
+    """The ABTest's outcomeRange goes to the router's user_config (it refuses feedback outside);
+    spec.model.allowNonFiniteInputs to the args (absent when off: no restart on upgrade)."""
+    variants = [Variant("control", 3, 50), Variant("candidate", 4, 50)]
+    rayservice = _build(
+        version=3, variants=variants, abtest="ab1", objective="Mean", outcome_range=(0.0, 250.0)
+    )
+    app = _serve(rayservice)["applications"][0]
+    assert app["deployments"][0]["user_config"]["outcome_range"] == [0.0, 250.0]
+    assert "allow_non_finite" not in app["args"]
+    md = _md(model={"name": "churn-classifier", "alias": "champion", "allowNonFiniteInputs": True})
+    assert _serve(_build(md))["applications"][0]["args"]["allow_non_finite"] is True
+    assert_valid(rayservice)
+
+
 @pytest.mark.parametrize(
     "variants",
     [
@@ -430,3 +445,30 @@ def test_model_policy_reaches_the_app_args():
     args = _serve(_build(parse(body), config=config))["applications"][0]["args"]
     assert args["model_policy"] == {"allowed": ["onnx"], "allow_unsafe": True}
     assert AppSettings.parse(args).model_policy == ModelPolicy(("onnx",), True)
+
+
+def test_a_feedback_token_secret_is_mounted_where_the_app_reads_it():
+    """spec.feedback.tokenSecret: the user's Secret (its 'token' key only) read-only in every
+    Ray container, and args.feedback_token_file pointing at it; nothing without the field."""
+    plain = _build()
+    assert "feedback_token_file" not in _serve(plain)["applications"][0]["args"]
+    md = _md(feedback={"tokenSecret": "churn-feedback"})
+    rayservice = _build(md)
+    args = _serve(rayservice)["applications"][0]["args"]
+    assert args["feedback_token_file"] == "/etc/mlplane/feedback-token/token"
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+    for template in templates:
+        (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "feedback-token"]
+        assert volume["secret"] == {
+            "secretName": "churn-feedback",
+            "defaultMode": 0o444,
+            "items": [{"key": "token", "path": "token"}],
+        }
+        for container in template["spec"]["containers"]:
+            assert {"name": "feedback-token", "mountPath": "/etc/mlplane/feedback-token",
+                    "readOnly": True} in container["volumeMounts"]  # fmt: skip
+    assert AppSettings.parse(args).feedback_token_file == "/etc/mlplane/feedback-token/token"
+    assert_valid(rayservice)

@@ -311,6 +311,74 @@ def test_abtest_promotes_the_better_converting_version_with_zero_failed_requests
     assert "Promoted" in events
 
 
+def test_a_60_40_split_under_50_50_stops_with_sample_ratio_mismatch(
+    platform: LocalPlatform, deployed: dict
+) -> None:
+    """Clients whose bucketing keys land 60/40 on control/candidate under a 50/50 ABTest (the
+    router sends 60/40): the test stops Failed with SampleRatioMismatch, nothing is promoted or
+    rolled back, and the deployment serves its own model again."""
+    from mlflow.tracking import MlflowClient
+
+    from mlplane.serving.bucketing import Weighted, assign
+
+    store = Store(platform.state_dir)
+    client = MlflowClient(platform.mlflow_uri)
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    body = abtest()
+    body["metadata"]["name"] = "skewed"
+    body["spec"]["variants"][1]["model"] = {"version": 2}
+    body["spec"]["analysis"]["minSamplesPerVariant"] = 100_000  # no decision: only the SRM
+    store.apply(body)
+    split = [Weighted("control", 50), Weighted("candidate", 50)]
+    pools: dict[str, list[str]] = {"control": [], "candidate": []}
+    for i in range(400):
+        key = f"skew-{i}"
+        pools[split[assign(key, split, "skewed")].name].append(key)
+    url = deployed["endpoint"]
+
+    def ab_status() -> dict[str, Any]:
+        return store.get("ABTest", "default", "skewed").get("status") or {}
+
+    wait(lambda: ab_status().get("phase") == "Running", 120, "the skewed ABTest to run")
+    rng = np.random.default_rng(5)
+    sent = {"control": 0, "candidate": 0}
+    deadline = time.monotonic() + 300
+    j = 0
+    while time.monotonic() < deadline and ab_status().get("phase") == "Running":
+        for _ in range(25):
+            target = "control" if j % 5 < 3 else "candidate"  # 60/40
+            key = pools[target][j % len(pools[target])]
+            j += 1
+            request = urllib.request.Request(
+                url + "/v1/predict", json.dumps({"records": rows(1, seed=j)}).encode(),
+                {"content-type": "application/json", "x-user-id": key}, method="POST",
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = json.loads(response.read())
+            if answer["variant"] in sent:
+                sent[answer["variant"]] += 1
+                outcome = int(rng.random() < 0.3)
+                post(url + "/v1/feedback", {"requestId": answer["requestId"], "outcome": outcome})
+    st = ab_status()
+    assert st.get("phase") == "Failed", st
+    srm = next(c for c in st["conditions"] if c["type"] == "SampleRatioMismatch")
+    assert (srm["status"], srm["reason"]) == ("True", "ObservedSplitDiffers"), srm
+    assert "(configured 50%)" in srm["message"]
+    counted = {v["name"]: v["requests"] for v in st["variants"]}
+    assert counted["control"] > 1.2 * counted["candidate"], (counted, sent)
+    assert "decision" not in st and "winner" not in st
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
+    events = [e["reason"] for e in store.events("ABTest", "default", "skewed")]
+    assert "Promoted" not in events and "RolledBack" not in events
+    wait(
+        lambda: (
+            post(url + "/v1/predict", {"records": rows(1, seed=0)})[1].get("variant") == "primary"
+        ),
+        120,
+        "the deployment to serve its own model again",
+    )
+
+
 def test_deleting_the_deployment_stops_its_application(
     platform: LocalPlatform, deployed: dict
 ) -> None:

@@ -199,3 +199,38 @@ def test_mean_metric_accepts_any_numbers(tmp_path):
     (down,) = replay(path, metric="mean", min_samples=50, direction="Decrease")
     assert (down["decision"], down["winner"]) == ("Promote", "b")
     assert up["samplesPerVariant"] == down["samplesPerVariant"]
+
+
+def _assigned(rng, experiment, shares, rows, rates):
+    """Rows whose variants are drawn with ``shares`` (the router's real split)."""
+    names = list(shares)
+    picks = rng.choice(len(names), size=rows, p=np.array([shares[n] for n in names]))
+    picks[0] = 0
+    outcome = rng.random(rows) < np.array([rates[n] for n in names])[picks]
+    return [(experiment, names[p], int(y)) for p, y in zip(picks, outcome, strict=True)]
+
+
+def test_a_60_40_router_under_50_50_weights_stops_with_sample_ratio_mismatch(tmp_path):
+    """The candidate converts better, so without the weights the replay promotes it; with the
+    configured 50/50 the broken 60/40 split is found first and nothing is promoted."""
+    rng = np.random.default_rng(15)
+    rates = {"control": 0.10, "candidate": 0.14}
+    broken = _assigned(rng, "broken", {"control": 0.6, "candidate": 0.4}, 40_000, rates)
+    healthy = _assigned(rng, "healthy", {"control": 0.5, "candidate": 0.5}, 40_000, rates)
+    path = write(tmp_path / "obs.csv", broken + healthy)
+    weights = {"control": 50, "candidate": 50}
+    plain = {r["experiment"]: r for r in replay(path, min_samples=200)}
+    checked = {r["experiment"]: r for r in replay(path, min_samples=200, weights=weights)}
+    assert plain["broken"]["decision"] == "Promote"
+    srm = checked["broken"]
+    assert (srm["decision"], srm["winner"]) == ("SampleRatioMismatch", None)
+    n = srm["samplesPerVariant"]
+    assert n["control"] / (n["control"] + n["candidate"]) > 0.55
+    assert sum(n.values()) < sum(plain["broken"]["samplesPerVariant"].values())
+    assert checked["healthy"] == plain["healthy"]  # a healthy split decides as without
+
+
+def test_replay_weights_must_name_every_variant(tmp_path):
+    path = write(tmp_path / "obs.csv", [("e", "a", 1), ("e", "b", 0)])
+    with pytest.raises(ValueError, match="variant 'b' has no weight"):
+        replay(path, weights={"a": 50})

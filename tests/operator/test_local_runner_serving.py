@@ -180,3 +180,72 @@ def test_runner_reports_an_invalid_resource_and_goes_on(tmp_path: Path) -> None:
     runner.pass_once(NOW)  # a second pass repeats nothing
     assert len(store.events("ModelDeployment", "team", "churn")) == 1
     assert not (tmp_path / "rayservices").exists()
+
+
+class _Registry:
+    """MLflow as the runner asks it: aliases resolve, every version is a skops model."""
+
+    tracking_uri = "http://127.0.0.1:5000"
+
+    def resolve(self, name: str, *, alias: str | None, version: int | None) -> ResolvedModel:
+        return ResolvedModel(
+            name, version or {"champion": 1, "candidate": 2}[str(alias)], None, None
+        )
+
+    def model_flavors(self, name: str, version: int) -> dict[str, Any]:
+        return {"python_function": {"loader_module": "mlflow.sklearn"},
+                "sklearn": {"serialization_format": "skops"}}  # fmt: skip
+
+
+def test_runner_serves_a_running_abtests_split_with_its_outcome_range(tmp_path: Path) -> None:
+    """The local runner hands a running ABTest's split to the ModelDeployment's RayService
+    record, as the Kopf handler does: both variants (their flavors checked), the Mean
+    objective's outcome range in the router's user_config. (The runner passed the flavors
+    where the signing conflict goes: every A/B split was refused locally.)"""
+    store = Store(tmp_path)
+    store.apply(md_body())
+    store.apply({
+        "apiVersion": "mlplane.dev/v1alpha1", "kind": "ABTest",
+        "metadata": {"name": "ab", "namespace": "team"},
+        "spec": {"deployment": "churn",
+                 "variants": [{"name": "control", "model": {"alias": "champion"}, "weight": 50},
+                              {"name": "candidate", "model": {"alias": "candidate"}, "weight": 50}],
+                 "objective": {"metric": "Mean", "outcomeRange": {"min": "0", "max": "100"}}},
+    })  # fmt: skip
+    body = store.get("ABTest", "team", "ab")
+    store.write_status(body, {
+        "phase": "Running", "startTime": "2026-11-30T11:00:00Z",
+        "variants": [{"name": "control", "version": "1", "weight": 50},
+                     {"name": "candidate", "version": "2", "weight": 50}],
+    })  # fmt: skip
+    runner = Runner(tmp_path)
+    runner.serving.refresh = lambda: None  # type: ignore[method-assign]  # no Ray here
+    runner.serving.sync = lambda: None  # type: ignore[method-assign]
+    runner.registry = lambda uri: _Registry()  # type: ignore[method-assign,assignment,return-value]
+    runner.pass_once(NOW)
+    record = runner.serving.get("team", "churn")
+    assert record is not None, store.get("ModelDeployment", "team", "churn").get("status")
+    app = runner.serving.app_config(record)["applications"][0]
+    router = app["deployments"][0]["user_config"]
+    assert [(v["name"], v["version"], v["weight"]) for v in router["variants"]] == [
+        ("control", 1, 50),
+        ("candidate", 2, 50),
+    ]
+    assert (router["abtest"], router["objective"], router["outcome_range"]) == (
+        "ab",
+        "Mean",
+        [0.0, 100.0],
+    )
+
+
+def test_a_feedback_token_secret_is_a_file_under_the_state_dir(serving: LocalServing) -> None:
+    """On this machine the Secret named by spec.feedback.tokenSecret is the file
+    secrets/<namespace>/<secret>/token; without the field the app gets no token."""
+    body = md_body()
+    body["spec"]["feedback"] = {"tokenSecret": "churn-feedback"}
+    record = build_rayservice(parse(body), 1, CONFIG, owner_uid=UID)
+    args = serving.app_config(record)["applications"][0]["args"]
+    expected = serving.platform.state_dir / "secrets" / "team" / "churn-feedback" / "token"
+    assert args["feedback_token_file"] == str(expected)
+    plain = serving.app_config(desired(1))["applications"][0]["args"]
+    assert "feedback_token_file" not in plain

@@ -82,8 +82,11 @@ def rows(
     errors: tuple[int, int] = (0, 0),
     weights: tuple[int | None, int | None] = (90, 10),
 ) -> tuple[VariantStats, ...]:
-    """The router's rows: (outcomes, conversions) per variant, requests default to outcomes."""
-    reqs = requests or (control[0], candidate[0])
+    """The router's rows: (outcomes, conversions) per variant. Requests default to a split
+    that matches the weights exactly (``m * weight / 10`` with ``m`` the larger outcome count),
+    so that only tests about the sample ratio see a mismatch."""
+    m = max(control[0], candidate[0])
+    reqs = requests or tuple(m if w is None else round(m * w / 10) for w in weights)
     out = []
     for name, (n, total), r, e, w in zip(
         ("control", "candidate"), (control, candidate), reqs, errors, weights, strict=True
@@ -241,7 +244,7 @@ def test_promote_moves_the_alias_once_and_stops_routing():
     assert (st["phase"], st["decision"], st["winner"]) == ("Concluded", "Promote", "candidate")
     assert st["concludedAt"] == "2026-11-29T12:02:00Z"
     control, candidate = st["variants"]
-    assert (control["requests"], control["outcomes"], control["mean"]) == (5000, 5000, 0.1)
+    assert (control["requests"], control["outcomes"], control["mean"]) == (45000, 5000, 0.1)
     assert candidate["mean"] == 0.2
     assert candidate["pValue"] < 0.05
     assert 0 < candidate["interval"][0] < 0.1 < candidate["interval"][1]
@@ -277,7 +280,7 @@ def test_guardrail_breach_rolls_back_within_one_evaluation():
     # Far below minSamplesPerVariant, and the candidate converts better: the breach wins.
     plan = lab.step(
         T0 + timedelta(minutes=1),
-        stats=rows((100, 5), (100, 30), requests=(900, 200), errors=(0, 10)),
+        stats=rows((100, 5), (100, 30), requests=(1800, 200), errors=(0, 10)),
     )
     st = lab.status
     assert (st["phase"], st["decision"]) == ("Concluded", "Rollback")
@@ -306,7 +309,7 @@ def test_a_control_breach_is_reported_but_decides_nothing():
     lab.start()
     plan = lab.step(
         T0 + timedelta(minutes=1),
-        stats=rows((100, 5), (100, 5), requests=(900, 200), errors=(90, 0)),
+        stats=rows((100, 5), (100, 5), requests=(1800, 200), errors=(180, 0)),
     )
     assert lab.status["decision"] == "Continue"
     assert lab.condition("GuardrailBreached")["reason"] == "ControlBreach"
@@ -355,7 +358,7 @@ def test_latency_objective_decreasing_promotes_the_faster_variant():
         )
 
     stats = (
-        VariantStats("control", **latency(3000, 0.050, 0.01, 90)),
+        VariantStats("control", **latency(27000, 0.050, 0.01, 90)),
         VariantStats("candidate", **latency(3000, 0.040, 0.01, 10)),
     )
     plan = lab.step(T0 + timedelta(minutes=5), stats=stats)
@@ -401,7 +404,9 @@ def test_restart_same_inputs_same_plan_and_nothing_new_writes_nothing():
 
 def _three(a: tuple[int, float], b: tuple[int, float], c: tuple[int, float]) -> tuple:
     return tuple(
-        VariantStats(name, requests=n, outcomes=n, outcome_sum=s, outcome_sum_squares=s, weight=w)
+        VariantStats(
+            name, requests=n * w // 10, outcomes=n, outcome_sum=s, outcome_sum_squares=s, weight=w
+        )
         for name, (n, s), w in zip(
             ("control", "candidate", "other"), (a, b, c), (80, 10, 10), strict=True
         )
@@ -420,18 +425,18 @@ def test_a_router_counts_restart_carries_the_totals_over():
     assert reasons(plan) == ["CountsReset"]
     assert "carried over" not in plan.events[0].message
     control, candidate = lab.status["variants"]
-    assert (control["requests"], control["outcomes"], control["outcomeSum"]) == (450, 450, 45.0)
+    assert (control["requests"], control["outcomes"], control["outcomeSum"]) == (4050, 450, 45.0)
     assert candidate["carried"]["outcomes"] == 400 and candidate["carried"]["outcomeSum"] == 50.0
     assert candidate["outcomes"] == 450 and candidate["pValue"] <= before  # kept, still running
     writes = lab.writes
     again = lab.step(T0 + timedelta(minutes=2, seconds=30), stats=rows((50, 5), (50, 6)))
     assert again.events == [] and lab.writes == writes  # the same counts: nothing new
     lab.step(T0 + timedelta(minutes=3), stats=rows((120, 12), (120, 15)))
-    assert lab.status["variants"][0]["requests"] == 520
+    assert lab.status["variants"][0]["requests"] == 4680
     plan = lab.step(T0 + timedelta(minutes=4), stats=rows((10, 1), (10, 2)))
     assert reasons(plan) == ["CountsReset"]
     control, candidate = lab.status["variants"]
-    assert (control["requests"], control["carried"]["requests"]) == (530, 520)
+    assert (control["requests"], control["carried"]["requests"]) == (4770, 4680)
     assert candidate["outcomeSum"] == 50.0 + 15.0 + 2.0
     assert lab.status["phase"] == "Running"
 
@@ -447,7 +452,7 @@ def test_a_counts_restart_without_sums_in_status_restarts_the_evidence():
             v.pop(key, None)
     plan = lab.step(T0 + timedelta(minutes=2), stats=rows((50, 5), (50, 6)))
     assert reasons(plan) == ["CountsReset"] and "discarded" in plan.events[0].message
-    assert lab.status["variants"][0]["requests"] == 50
+    assert lab.status["variants"][0]["requests"] == 450
     assert "carried" not in lab.status["variants"][0]
     assert "pValue" not in lab.status["variants"][1]  # below minSamples again
     assert lab.status["phase"] == "Running"
@@ -534,7 +539,7 @@ def test_a_running_test_outranks_an_older_waiting_one_and_a_rollback_yields():
     # Rolled back: its zero-weight split routes only until another test freezes its own.
     running.step(
         T0 + timedelta(minutes=1),
-        stats=rows((10, 1), (200, 1), requests=(900, 200), errors=(0, 50)),
+        stats=rows((10, 1), (200, 1), requests=(1800, 200), errors=(0, 50)),
     )
     assert running.status["decision"] == "Rollback"
     assert routing_for("churn", [waiting.test, running.test]).abtest == "running"  # type: ignore[union-attr]
@@ -572,3 +577,153 @@ def test_stats_from_response_keeps_this_tests_rows():
     )
     assert isinstance(stats_from_response({"error": "x"}, "ab"), StatsUnavailable)
     assert isinstance(stats_from_response({"variants": [{"abtest": "ab"}]}, "ab"), StatsUnavailable)
+
+
+# --- sample ratio mismatch ----------------------------------------------------------------------
+
+
+def _fifty_fifty(**spec: Any) -> Lab:
+    body = abtest_body(**spec)
+    body["spec"]["variants"][0]["weight"] = body["spec"]["variants"][1]["weight"] = 50
+    lab = Lab(body)
+    lab.step(T0)
+    lab.step(T0, stats=rows((0, 0), (0, 0), weights=(50, 50)))
+    assert lab.status["phase"] == "Running"
+    return lab
+
+
+def test_a_60_40_split_under_50_50_stops_with_sample_ratio_mismatch_not_a_promotion():
+    """The router sends 60/40 under a 50/50 configuration and the candidate looks better:
+    the evidence is broken, so the test stops (Failed) without moving the alias or rolling
+    back; replays of the same counts and later counts change nothing."""
+    lab = _fifty_fifty()
+    evaluations = [(1, 600, 400), (2, 1200, 800), (3, 3000, 2000), (4, 6000, 4000)]
+    plan = None
+    for minute, control_requests, candidate_requests in evaluations:
+        outcomes = (min(control_requests, 5000), min(candidate_requests, 5000))
+        plan = lab.step(
+            T0 + timedelta(minutes=minute),
+            stats=rows(
+                (outcomes[0], outcomes[0] * 0.1),
+                (outcomes[1], outcomes[1] * 0.2),
+                requests=(control_requests, candidate_requests),
+                weights=(50, 50),
+            ),
+        )
+        if lab.status["phase"] != "Running":
+            break
+    assert plan is not None and minute == 1  # read continuously, found at the first look
+    st = lab.status
+    assert st["phase"] == "Failed" and "decision" not in st and "winner" not in st
+    assert plan.set_alias is None
+    srm = lab.condition("SampleRatioMismatch")
+    assert (srm["status"], srm["reason"]) == ("True", "ObservedSplitDiffers")
+    assert "control 60.0% of 600 requests (configured 50%)" in srm["message"]
+    assert "nothing is promoted or rolled back" in srm["message"]
+    assert lab.condition("Concluded")["reason"] == "SampleRatioMismatch"
+    assert [v["weight"] for v in st["variants"]] == [50, 50]  # not a rollback
+    assert [v["requests"] for v in st["variants"]] == [600, 400]
+    assert reasons(plan) == ["Failed"]
+    assert routing_for("churn", [lab.test]) is None  # the deployment serves its own model
+    writes = lab.writes
+    for later in (rows((5000, 500), (5000, 1000), weights=(50, 50)), None):
+        again = lab.step(T0 + timedelta(hours=1), stats=later)
+        assert (again.set_alias, again.events) == (None, [])
+    assert lab.writes == writes
+
+
+def test_an_exact_split_is_checked_and_the_test_decides_as_usual():
+    lab = _fifty_fifty()
+    plan = lab.step(
+        T0 + timedelta(minutes=2),
+        stats=rows((5000, 500), (5000, 1000), requests=(5003, 4997), weights=(50, 50)),
+    )
+    assert (lab.status["decision"], lab.status["winner"]) == ("Promote", "candidate")
+    assert plan.set_alias == AliasMove(MODEL, "champion", 2)
+    srm = lab.condition("SampleRatioMismatch")
+    assert (srm["status"], srm["reason"]) == ("False", "SplitAsConfigured")
+    assert "control 50.0% of 5003 requests (configured 50%)" in srm["message"]
+
+
+def test_a_weight_change_restarts_the_sample_ratio_count_once_the_router_serves_it():
+    """Totals mix the old and new weights: the check counts from the first evaluation that
+    sees the router on the new weights, and finds a mismatch after that only."""
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 100000}))
+    lab.start()
+    lab.step(T0 + timedelta(minutes=1), stats=rows((900, 90), (100, 10)))  # 9000/1000: 90/10
+    assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
+    lab.body["spec"]["variants"][0]["weight"] = lab.body["spec"]["variants"][1]["weight"] = 50
+    lab.body["metadata"]["generation"] = 2
+    # The router still splits 90/10 (the new weights are on their way): not checked.
+    lab.step(T0 + timedelta(minutes=2), stats=rows((900, 90), (100, 10), requests=(9900, 1100)))
+    srm = lab.condition("SampleRatioMismatch")
+    assert (srm["status"], srm["reason"]) == ("Unknown", "WeightsChanging")
+    # The router serves 50/50 now; requests split 90/10 before it may still arrive, even on
+    # a variant the new weights leave out: one more evaluation before counting.
+    lab.step(
+        T0 + timedelta(minutes=3),
+        stats=rows((900, 90), (100, 10), requests=(10800, 1200), weights=(50, 50)),
+    )
+    assert lab.status["phase"] == "Running"
+    assert lab.condition("SampleRatioMismatch")["reason"] == "WeightsSettling"
+    lab.step(
+        T0 + timedelta(minutes=4),
+        stats=rows((900, 90), (100, 10), requests=(11000, 1250), weights=(50, 50)),
+    )
+    assert [v["srmBaseline"] for v in lab.status["variants"]] == [11000, 1250]
+    assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
+    # From there a 50/50 split: totals 90/10-heavy, yet no mismatch.
+    lab.step(
+        T0 + timedelta(minutes=5),
+        stats=rows((900, 90), (100, 10), requests=(13000, 3250), weights=(50, 50)),
+    )
+    assert lab.status["phase"] == "Running"
+    assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
+    # ... and 60/40 from there (1800 vs 1200 more requests) is found.
+    lab.step(
+        T0 + timedelta(minutes=6),
+        stats=rows((900, 90), (100, 10), requests=(14800, 4450), weights=(50, 50)),
+    )
+    assert lab.status["phase"] == "Failed"
+    assert lab.condition("SampleRatioMismatch")["status"] == "True"
+
+
+def test_overflowed_outcome_sums_are_not_read_as_zero():
+    """The router writes a sum that overflowed as null: that row is unreadable, not 0."""
+    row = {"abtest": "ab", "variant": "control", "requests": 10, "outcomes": 2,
+           "outcomeSum": None, "outcomeSumSquares": None, "weight": 50}  # fmt: skip
+    read = stats_from_response({"variants": [row]}, "ab")
+    assert isinstance(read, StatsUnavailable) and "outcomeSum" in read.message
+    row["outcomeSum"] = float("inf")
+    assert isinstance(stats_from_response({"variants": [row]}, "ab"), StatsUnavailable)
+
+
+def test_a_mean_objectives_outcome_range_travels_with_the_routing():
+    lab = _fifty_fifty(objective={"metric": "Mean", "outcomeRange": {"min": "0", "max": "250.5"}})
+    routing = routing_for("churn", [lab.test])
+    assert routing is not None and routing.outcome_range == (0.0, 250.5)
+    assert routing_for("churn", [Lab(abtest_body()).test]) is None
+
+
+def test_late_requests_of_the_old_weights_do_not_stop_a_test_moving_a_variant_to_zero():
+    """Weights 50/50 -> 100/0 (control only): the router switched, but a request it assigned
+    to the candidate before is shipped after the evaluation that first saw the switch. It is
+    not counted; a candidate request one evaluation later is a mismatch."""
+    lab = _fifty_fifty()
+    lab.step(T0 + timedelta(minutes=1), stats=rows((1000, 100), (1000, 100), weights=(50, 50)))
+    lab.body["spec"]["variants"][0]["weight"], lab.body["spec"]["variants"][1]["weight"] = 100, 0
+    lab.body["metadata"]["generation"] = 2
+
+    def at(minute: int, control: int, candidate: int) -> None:
+        counts = rows((1000, 100), (1000, 100), requests=(control, candidate), weights=(100, 0))
+        lab.step(T0 + timedelta(minutes=minute), stats=counts)
+
+    at(2, 5050, 5001)  # spec changed: Unknown, WeightsChanging
+    at(3, 5100, 5003)  # the router serves 100/0: WeightsSettling
+    assert lab.condition("SampleRatioMismatch")["reason"] == "WeightsSettling"
+    at(4, 5200, 5004)  # one late candidate request, assigned before the switch
+    assert lab.status["phase"] == "Running"
+    at(5, 7200, 5004)
+    assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
+    at(6, 7200, 5005)
+    assert lab.status["phase"] == "Failed"

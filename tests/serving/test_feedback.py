@@ -36,10 +36,10 @@ def test_valid_bodies(body, value):
         ({"requestId": "x", "outcome": 1, "outcom": 1}, 422, "unknown field 'outcom'"),
         ({"requestId": 5, "outcome": 1}, 422, "field 'requestId'"),
         ({"requestId": "", "outcome": 1}, 422, "field 'requestId'"),
-        ({"requestId": "x", "outcome": "1"}, 422, "field 'outcome' must be a number"),
-        ({"requestId": "x", "outcome": None}, 422, "field 'outcome' must be a number"),
-        ({"requestId": "x", "outcome": -1}, 422, "field 'outcome' must be a finite number >= 0"),
-        ({"requestId": "x", "outcome": math.inf}, 422, "field 'outcome' must be a finite"),
+        ({"requestId": "x", "outcome": "1"}, 400, "field 'outcome' must be a number"),
+        ({"requestId": "x", "outcome": None}, 400, "field 'outcome' must be a number"),
+        ({"requestId": "x", "outcome": -1}, 400, "field 'outcome' must be a finite number >= 0"),
+        ({"requestId": "x", "outcome": math.inf}, 400, "field 'outcome' must be a finite"),
     ],
 )
 def test_malformed_bodies_name_the_field(body, status, needle):

@@ -263,9 +263,9 @@ async def test_feedback_refusals(router, clock):
     assert (await feedback(router, forged)).status == 404
     assert (await feedback(router, "garbage")).status == 404
     bad = await feedback(router, served, outcome="yes")
-    assert bad.status == 422 and "'outcome'" in bad.json()["error"]
+    assert bad.status == 400 and "'outcome'" in bad.json()["error"]
     router.configure(split(objective="Conversion"))
-    assert (await feedback(router, served, outcome=3)).status == 422
+    assert (await feedback(router, served, outcome=3)).status == 400
     clock.t += 2 * 86_400
     assert (await feedback(router, served)).status == 410
     router.test_monitor.down = True
