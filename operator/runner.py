@@ -14,7 +14,8 @@ over the stored resources (``platforms/store.py``) every ``--interval`` seconds:
   With drift monitoring on, the app's ``/v1/drift`` goes through ``reconcile/drift.py`` into the
   status (and a retraining TrainingJob into the store when drift persists).
 - ABTest: ``reconcile/abtest.py`` decides from the router's ``/v1/stats``; its split reaches the
-  ModelDeployment through ``routing_for``; a promotion moves the MLflow alias first.
+  ModelDeployment through ``routing_for``; a promotion is recorded in status first, then a
+  later pass that reads it back moves the MLflow alias, then writes Concluded.
 
 After each pass the operator's series are exported (``--metrics-port``) and the serving apps
 are listed for the local Prometheus.
@@ -259,8 +260,11 @@ class Runner:
         namespace, name = meta["namespace"], meta["name"]
         if test.status is not None and test.status.phase in ab_core.FINAL_PHASES:
             return
+        # A promotion the stored status records is finished at once (the alias moves only
+        # once the decision is stored: this pass reads it back from the store).
+        promoting = ab_core.pending_promotion(body.get("status")) is not None
         running = test.status is not None and test.status.phase == "Running"
-        if running and time.monotonic() < self._due.get(meta["uid"], 0.0):
+        if running and not promoting and time.monotonic() < self._due.get(meta["uid"], 0.0):
             return  # a running test is evaluated every spec.analysis.interval
         self._due[meta["uid"]] = time.monotonic() + ab_core.analysis_interval(test)
         try:
@@ -269,7 +273,7 @@ class Runner:
             md = None
         versions: dict[str, Any] = {}
         stats: Any = None
-        if md is not None:
+        if md is not None and not promoting:
             registry = self.registry(config.mlflow_tracking_uri)
             frozen = test.status is not None and any(v.version for v in test.status.variants)
             for v in () if frozen else test.spec.variants:
@@ -285,7 +289,7 @@ class Runner:
         competitors = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
         plan = ab_core.reconcile(test, ab_core.Observed(md, versions, stats, competitors), now)
         move = plan.set_alias
-        if move is not None:  # before the Concluded status: a failure here is retried
+        if move is not None:  # recorded in the stored status; a failure here is retried
             registry = self.registry(config.mlflow_tracking_uri)
             try:
                 current = registry.resolve(move.model, alias=move.alias).version
