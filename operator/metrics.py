@@ -209,10 +209,8 @@ class OperatorMetrics:
             else:
                 self._set(key, n.TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS, obj).set(when)
             phase = st.get("phase")
-            for value in TRAININGJOB_PHASES:
-                self._set(key, n.TRAININGJOB_PHASE, (*obj, value)).set(
-                    1.0 if value == phase else 0.0
-                )
+            for each in TRAININGJOB_PHASES:
+                self._set(key, n.TRAININGJOB_PHASE, (*obj, each)).set(1.0 if each == phase else 0.0)
 
     def modeldeployment(
         self, namespace: str, name: str, slo: Mapping[str, Any] | SLO | None

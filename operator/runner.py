@@ -32,9 +32,9 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mlplane.crds import ABTestStatus
+from mlplane.crds import ABTest, ABTestStatus, ModelDeployment, Resource, TrainingJob
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions, metrics
@@ -51,6 +51,7 @@ from mlplane.operator.reconcile import abtest as ab_core
 from mlplane.operator.reconcile import modeldeployment as md_core
 from mlplane.operator.reconcile.drift import ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.trainingjob import (
+    AttemptCapacity,
     Observed,
     ObservedAttempt,
     ObservedDisruption,
@@ -67,6 +68,17 @@ from mlplane.operator.registry import (
 )
 
 log = logging.getLogger("mlplane.runner")
+
+R = TypeVar("R", bound=Resource)
+
+
+def parsed(kind: type[R], body: dict[str, Any]) -> R:
+    """``body`` parsed as ``kind`` (the store files each object under its kind's folder, so
+    anything else is a corrupt file: a ValueError, reported like any unreadable object)."""
+    resource = parse(body)
+    if not isinstance(resource, kind):
+        raise ValueError(f"expected a {kind.__name__}, read a {type(resource).__name__}")
+    return resource
 
 
 def local_config(platform: LocalPlatform) -> OperatorConfig:
@@ -180,7 +192,7 @@ class Runner:
     def modeldeployment(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
         if self._invalid(body, now):
             return
-        md = parse(body)
+        md = parsed(ModelDeployment, body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         rs_name = rayservice_name(name)
@@ -201,8 +213,8 @@ class Runner:
         observed = md_core.Observed(model, rayservice, flavors=flavors)
         if split is not None:
             observed = md_core.Observed(
-                model, rayservice, split.variants, split.bucketing_header, split.abtest,
-                split.objective, flavors,
+                model, rayservice, variants=split.variants, bucketing_header=split.bucketing_header,
+                abtest=split.abtest, objective=split.objective, flavors=flavors,
             )  # fmt: skip
         plan = md_core.reconcile(md, observed, now, config, uid=uid)
         if plan.create and plan.desired is not None:
@@ -251,7 +263,7 @@ class Runner:
         out = {}
         for body in self.store.list("ABTest"):
             if not self._invalid(body, now):
-                out[body["metadata"]["uid"]] = parse(body)
+                out[body["metadata"]["uid"]] = parsed(ABTest, body)
         return out
 
     def abtest(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
@@ -268,7 +280,9 @@ class Runner:
             return  # a running test is evaluated every spec.analysis.interval
         self._due[meta["uid"]] = time.monotonic() + ab_core.analysis_interval(test)
         try:
-            md = parse(self.store.get("ModelDeployment", namespace, test.spec.deployment))
+            md = parsed(
+                ModelDeployment, self.store.get("ModelDeployment", namespace, test.spec.deployment)
+            )
         except (NotFound, ValueError):
             md = None
         versions: dict[str, Any] = {}
@@ -312,7 +326,7 @@ class Runner:
         old = body.get("status") or {}
         if old.get("phase") in ("Succeeded", "Failed"):
             return
-        tj = parse(body)
+        tj = parsed(TrainingJob, body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         # A tracking URI or model name the registry policy refuses: MLflow is never contacted.
@@ -350,7 +364,9 @@ class Runner:
                 job = self.platform.job(namespace, rayjob_name(name, number), uid)
                 if job is None:
                     continue
-                capacity = current.capacity if number == current.number else "OnDemand"
+                capacity: AttemptCapacity = (
+                    current.capacity if number == current.number else "OnDemand"
+                )
                 attempts.append(ObservedAttempt(
                     number, capacity, job["jobStatus"], job["jobDeploymentStatus"], None,
                     job["message"], job["startTime"], job["endTime"], job["ownerUid"],

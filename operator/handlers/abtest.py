@@ -119,9 +119,10 @@ def _lock(uid: str) -> threading.Lock:
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
 def modeldeployments_by_name(
-    body: kopf.Body, namespace: str, name: str, **_: Any
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each ModelDeployment, whole (status included), under its namespace and name."""
+    namespace = namespace or "default"
     md = plain(body)
     md.get("metadata", {}).pop("managedFields", None)
     return {(namespace, name): md}

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from mlplane.operator import conditions
 from mlplane.operator import runner as runner_module
+from mlplane.operator.builders.labels import rayservice_name
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.store import Store
 from mlplane.operator.registry import RegistryError, ResolvedModel
@@ -28,6 +31,8 @@ VERSIONS = {"champion": 1, "challenger": 2}
 class Registry:
     """MLflow's aliases of MODEL; each move records what the stored ABTest said at the time."""
 
+    tracking_uri = CONFIG.mlflow_tracking_uri
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.aliases = dict(VERSIONS)
@@ -37,6 +42,10 @@ class Registry:
         if alias not in self.aliases:
             raise RegistryError(f"no alias {alias!r}")
         return ResolvedModel(name, self.aliases[alias], None, None)
+
+    def model_flavors(self, name: str, version: int) -> dict[str, Any]:
+        return {"python_function": {"loader_module": "mlflow.sklearn"},
+                "sklearn": {"serialization_format": "skops"}}  # fmt: skip
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         status = self.store.get("ABTest", "team", "ab").get("status") or {}
@@ -174,3 +183,26 @@ def test_a_failed_concluded_write_then_a_restart_finishes_the_promotion(
     assert len(registry.moves) == 1 and registry.aliases["champion"] == 2
     restarted.step(NOW + timedelta(minutes=6))
     assert len(registry.moves) == 1 and status(store) == st
+
+
+def test_a_deployment_split_by_an_abtest_is_deployed_with_the_split(tmp_path, store, world):
+    """Found by mypy: with an ABTest splitting its traffic, the runner handed the deployment's
+    MLmodel flavors to the core in the place of ``signing_conflict`` (positional arguments),
+    so the deployment stopped on a "signing secret conflict" and the split never deployed."""
+    registry, router = world
+    platform = Platform(tmp_path, store, registry, router)
+    platform.step(NOW)
+    assert status(store)["phase"] == "Running"  # the split is frozen in the ABTest's status
+    runner = platform.runner
+    runner._abtests = runner._valid_abtests(NOW)
+    runner.modeldeployment(store.get("ModelDeployment", "team", "churn"), NOW, CONFIG)
+    md_status = store.get("ModelDeployment", "team", "churn")["status"]
+    ready = conditions.find(md_status.get("conditions"), "Ready") or {}
+    assert ready.get("reason") not in ("SigningSecretConflict", "UnsafeModelFlavor"), md_status
+    record = runner.serving.get("team", rayservice_name("churn"))
+    assert record is not None, md_status
+    app = yaml.safe_load(record["spec"]["serveConfigV2"])["applications"][0]
+    router_config = next(d for d in app["deployments"] if d["name"] == "router")["user_config"]
+    assert router_config["abtest"] == "ab"
+    assert [(v["name"], v["version"], v["weight"]) for v in router_config["variants"]] == [
+        ("control", 1, 50), ("candidate", 2, 50)]  # fmt: skip
