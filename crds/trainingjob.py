@@ -295,6 +295,12 @@ class TrainingJob(Resource):
         {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions"},
         {"name": "Capacity", "type": "string", "jsonPath": ".status.currentAttempt.capacity"},
         {
+            "name": "Checkpoint",
+            "type": "integer",
+            "jsonPath": ".status.lastCheckpoint.step",
+            "priority": 1,
+        },
+        {
             "name": "Model",
             "type": "string",
             "jsonPath": ".status.mlflow.modelVersion",
