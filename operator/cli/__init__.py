@@ -6,16 +6,13 @@ Heavy imports (Kopf, Ray, MLflow) happen inside the commands that need them, so
 ``mlplane validate`` stays fast and works with the base install.
 """
 
-from mlplane.operator.cli import (  # noqa: F401 - each module registers its commands
-    abtest,
-    crds,
-    local,
-    monitoring,
-    resources,
-    run,
-    serving,
-)
 from mlplane.operator.cli.base import app
+
+# Each module registers its commands; the import order is the order of `mlplane --help`.
+# isort: off
+from mlplane.operator.cli import crds, resources, serving, run  # noqa: F401
+from mlplane.operator.cli import local, monitoring, abtest  # noqa: F401
+# isort: on
 
 __all__ = ["app", "main"]
 
