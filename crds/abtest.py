@@ -211,6 +211,27 @@ class VariantStatus(StatusModel):
     p_value: float | None = None
 
 
+class Promotion(StatusModel):
+    """A Promote decision's alias move, recorded in status *before* the alias moves.
+
+    Two phases, so that a restart between the steps finishes this promotion instead of deciding
+    again: ``Pending`` (decided, the alias not yet confirmed to point at ``version``), then
+    ``Done`` (the alias points there; the test is Concluded in the same status write).
+    """
+
+    decision: str = Field(
+        "Promote", description="The decision carried out (Promote: the only one moving an alias)."
+    )
+    variant: str = Field(..., description="The winning variant.")
+    model: str = Field(..., description="The registered model whose alias moves.")
+    alias: str = Field(..., description="The alias that moves (spec.onConclusion.alias).")
+    version: int = Field(..., ge=1, description="The version the alias moves to.")
+    phase: Literal["Pending", "Done"] = "Pending"
+    #: Why the analysis decided (the Concluded condition's message once Done).
+    reason: str = ""
+    decided_at: Timestamp | None = None
+
+
 class ABTestStatus(StatusModel):
     phase: Literal["Pending", "Running", "Concluded", "Failed"] | None = None
     conditions: list[Condition] = Field(
@@ -221,6 +242,8 @@ class ABTestStatus(StatusModel):
     variants: list[VariantStatus] = Field(default_factory=list)
     decision: Literal["Continue", "Promote", "Rollback", "NoDifference"] | None = None
     winner: str | None = None
+    #: The alias move of a Promote decision, written before the alias moves (see Promotion).
+    promotion: Promotion | None = None
     start_time: Timestamp | None = None
     concluded_at: Timestamp | None = None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,9 @@ from pydantic_core import core_schema as cs
 
 GROUP = "mlplane.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+#: A literal (not an f-string) so that type checkers see the ``apiVersion`` field's one value.
+API_VERSION: Final = "mlplane.dev/v1alpha1"
+assert f"{GROUP}/{VERSION}" == API_VERSION
 CATEGORY = "mlplane"
 
 #: Child objects are named ``<name>-<suffix>`` (e.g. ``-a12`` for an attempt, and KubeRay appends

@@ -117,7 +117,8 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[str, str]:
         missing = str(error.message).split("'")[1]
         return _join(path, missing), "required field is missing"
     if kind == "enum":
-        allowed = ", ".join(str(v) for v in error.validator_value)
+        values = error.validator_value
+        allowed = ", ".join(map(str, values)) if isinstance(values, list | tuple) else str(values)
         return path, f"must be one of: {allowed} (got {error.instance!r})"
     if kind in ("minimum", "maximum"):
         word = "at least" if kind == "minimum" else "at most"
@@ -127,7 +128,7 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[str, str]:
         unit = "characters" if kind.endswith("Length") else "items"
         return path, f"must have {word} {error.validator_value} {unit}"
     if kind == "pattern":
-        hint = PATTERN_HINTS.get(error.validator_value)
+        hint = PATTERN_HINTS.get(str(error.validator_value))
         if hint:
             return path, f"{hint} (got {error.instance!r})"
         return path, f"{error.instance!r} does not match the pattern {error.validator_value}"
@@ -239,7 +240,8 @@ class Document:
     def label(self) -> str:
         """``file.yaml: Kind/name`` (or the document number when it has no name)."""
         if isinstance(self.body, dict):
-            meta = self.body.get("metadata") if isinstance(self.body.get("metadata"), dict) else {}
+            found = self.body.get("metadata")
+            meta = found if isinstance(found, dict) else {}
             name = meta.get("name") or "?"
             return f"{self.source}: {self.body.get('kind', '?')}/{name}"
         return self.source

@@ -220,10 +220,8 @@ class OperatorMetrics:
             else:
                 self._set(key, n.TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS, obj).set(when)
             phase = st.get("phase")
-            for value in TRAININGJOB_PHASES:
-                self._set(key, n.TRAININGJOB_PHASE, (*obj, value)).set(
-                    1.0 if value == phase else 0.0
-                )
+            for each in TRAININGJOB_PHASES:
+                self._set(key, n.TRAININGJOB_PHASE, (*obj, each)).set(1.0 if each == phase else 0.0)
             self._spot(key, obj, st)
 
     def _spot(self, key: tuple[str, str, str], obj: tuple[str, str], st: dict[str, Any]) -> None:
@@ -236,18 +234,19 @@ class OperatorMetrics:
                 self._drop_other(key, family, set())
         cost = st.get("cost") or {}
         hours = {"spot": cost.get("spotGpuHours"), "on_demand": cost.get("onDemandGpuHours")}
-        keep = set()
+        keep: set[tuple[str, ...]] = set()
         for capacity, value in hours.items():
             if isinstance(value, int | float):
                 keep.add((*obj, capacity))
                 self._set(key, n.TRAININGJOB_GPU_HOURS, (*obj, capacity)).set(float(value))
         self._drop_other(key, n.TRAININGJOB_GPU_HOURS, keep)
         price = cost.get("estimatedCost")
-        priced = (
-            {(*obj, str(cost.get("currency") or ""))} if isinstance(price, int | float) else set()
-        )
-        for labels in priced:
-            self._set(key, n.TRAININGJOB_ESTIMATED_COST, labels).set(float(price))
+        priced: set[tuple[str, ...]] = set()
+        if isinstance(price, int | float):
+            priced.add((*obj, str(cost.get("currency") or "")))
+            self._set(
+                key, n.TRAININGJOB_ESTIMATED_COST, (*obj, str(cost.get("currency") or ""))
+            ).set(float(price))
         self._drop_other(key, n.TRAININGJOB_ESTIMATED_COST, priced)
 
     def modeldeployment(

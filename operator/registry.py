@@ -79,7 +79,8 @@ def process_uris(uri: str) -> Iterator[None]:
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(saved[0])
+            # None (nothing was set) is what was saved and what set_tracking_uri restores.
+            mlflow.set_tracking_uri(saved[0])  # type: ignore[arg-type]
             registry_utils._registry_uri = saved[1]
             for name, value in saved_env.items():
                 if value is None:

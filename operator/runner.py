@@ -14,7 +14,8 @@ over the stored resources (``platforms/store.py``) every ``--interval`` seconds:
   With drift monitoring on, the app's ``/v1/drift`` goes through ``reconcile/drift.py`` into the
   status (and a retraining TrainingJob into the store when drift persists).
 - ABTest: ``reconcile/abtest.py`` decides from the router's ``/v1/stats``; its split reaches the
-  ModelDeployment through ``routing_for``; a promotion moves the MLflow alias first.
+  ModelDeployment through ``routing_for``; a promotion is recorded in status first, then a
+  later pass that reads it back moves the MLflow alias, then writes Concluded.
 
 After each pass the operator's series are exported (``--metrics-port``) and the serving apps
 are listed for the local Prometheus.
@@ -31,9 +32,9 @@ import time
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mlplane.crds import ABTestStatus
+from mlplane.crds import ABTest, ABTestStatus, ModelDeployment, Resource, TrainingJob
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.crds.validate import check, parse
 from mlplane.operator import conditions, metrics
@@ -51,6 +52,7 @@ from mlplane.operator.reconcile import abtest as ab_core
 from mlplane.operator.reconcile import modeldeployment as md_core
 from mlplane.operator.reconcile.drift import ObservedRetrain, reconcile_drift
 from mlplane.operator.reconcile.trainingjob import (
+    AttemptCapacity,
     Observed,
     ObservedAttempt,
     ObservedDisruption,
@@ -67,6 +69,17 @@ from mlplane.operator.registry import (
 )
 
 log = logging.getLogger("mlplane.runner")
+
+R = TypeVar("R", bound=Resource)
+
+
+def parsed(kind: type[R], body: dict[str, Any]) -> R:
+    """``body`` parsed as ``kind`` (the store files each object under its kind's folder, so
+    anything else is a corrupt file: a ValueError, reported like any unreadable object)."""
+    resource = parse(body)
+    if not isinstance(resource, kind):
+        raise ValueError(f"expected a {kind.__name__}, read a {type(resource).__name__}")
+    return resource
 
 
 def local_config(platform: LocalPlatform) -> OperatorConfig:
@@ -182,7 +195,7 @@ class Runner:
     def modeldeployment(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
         if self._invalid(body, now):
             return
-        md = parse(body)
+        md = parsed(ModelDeployment, body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         rs_name = rayservice_name(name)
@@ -203,8 +216,9 @@ class Runner:
         observed = md_core.Observed(model, rayservice, flavors=flavors)
         if split is not None:
             observed = md_core.Observed(
-                model, rayservice, split.variants, split.bucketing_header, split.abtest,
-                split.objective, outcome_range=split.outcome_range, flavors=flavors,
+                model, rayservice, variants=split.variants, bucketing_header=split.bucketing_header,
+                abtest=split.abtest, objective=split.objective, outcome_range=split.outcome_range,
+                flavors=flavors,
             )  # fmt: skip
         plan = md_core.reconcile(md, observed, now, config, uid=uid)
         if plan.create and plan.desired is not None:
@@ -253,7 +267,7 @@ class Runner:
         out = {}
         for body in self.store.list("ABTest"):
             if not self._invalid(body, now):
-                out[body["metadata"]["uid"]] = parse(body)
+                out[body["metadata"]["uid"]] = parsed(ABTest, body)
         return out
 
     def abtest(self, body: dict[str, Any], now: datetime, config: OperatorConfig) -> None:
@@ -262,17 +276,22 @@ class Runner:
         namespace, name = meta["namespace"], meta["name"]
         if test.status is not None and test.status.phase in ab_core.FINAL_PHASES:
             return
+        # A promotion the stored status records is finished at once (the alias moves only
+        # once the decision is stored: this pass reads it back from the store).
+        promoting = ab_core.pending_promotion(body.get("status")) is not None
         running = test.status is not None and test.status.phase == "Running"
-        if running and time.monotonic() < self._due.get(meta["uid"], 0.0):
+        if running and not promoting and time.monotonic() < self._due.get(meta["uid"], 0.0):
             return  # a running test is evaluated every spec.analysis.interval
         self._due[meta["uid"]] = time.monotonic() + ab_core.analysis_interval(test)
         try:
-            md = parse(self.store.get("ModelDeployment", namespace, test.spec.deployment))
+            md = parsed(
+                ModelDeployment, self.store.get("ModelDeployment", namespace, test.spec.deployment)
+            )
         except (NotFound, ValueError):
             md = None
         versions: dict[str, Any] = {}
         stats: Any = None
-        if md is not None:
+        if md is not None and not promoting:
             registry = self.registry(config.mlflow_tracking_uri)
             frozen = test.status is not None and any(v.version for v in test.status.variants)
             for v in () if frozen else test.spec.variants:
@@ -288,7 +307,7 @@ class Runner:
         competitors = [t for t in self._abtests.values() if t.metadata.namespace == namespace]
         plan = ab_core.reconcile(test, ab_core.Observed(md, versions, stats, competitors), now)
         move = plan.set_alias
-        if move is not None:  # before the Concluded status: a failure here is retried
+        if move is not None:  # recorded in the stored status; a failure here is retried
             registry = self.registry(config.mlflow_tracking_uri)
             try:
                 current = registry.resolve(move.model, alias=move.alias).version
@@ -311,7 +330,7 @@ class Runner:
         old = body.get("status") or {}
         if old.get("phase") in ("Succeeded", "Failed"):
             return
-        tj = parse(body)
+        tj = parsed(TrainingJob, body)
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         # A tracking URI or model name the registry policy refuses: MLflow is never contacted.
@@ -350,7 +369,9 @@ class Runner:
                 job = self.platform.job(namespace, rayjob_name(name, number), uid)
                 if job is None:
                     continue
-                capacity = current.capacity if number == current.number else "OnDemand"
+                capacity: AttemptCapacity = (
+                    current.capacity if number == current.number else "OnDemand"
+                )
                 attempts.append(ObservedAttempt(
                     number, capacity, job["jobStatus"], job["jobDeploymentStatus"], None,
                     job["message"], job["startTime"], job["endTime"], job["ownerUid"],

@@ -25,6 +25,8 @@ fi
 stamp=.venv/.mlplane-installed
 want=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # Editable: ``mlplane`` is this repository's ``mlplane/`` folder, whose subfolders link the
+  # top-level ones (see mlplane/__init__.py), so new modules need no reinstall.
   log "installing mlplane and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e "$ROOT[all,dev]"

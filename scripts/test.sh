@@ -9,8 +9,15 @@ cd "$ROOT"
 
 export PATH="$ROOT/.tools/bin:$ROOT/.venv/bin:$PATH"
 
-echo "== unit and integration tests"
 rc=0
+# Static checks on the source tree (``mlplane/`` links the top-level folders, so both resolve
+# ``mlplane.*`` from here): the import contracts, and the types of the operator and API types.
+echo "== import contracts (lint-imports)"
+.venv/bin/lint-imports || rc=$?
+echo "== types (mypy: mlplane.operator, mlplane.crds)"
+.venv/bin/mypy || rc=$?
+
+echo "== unit and integration tests"
 .venv/bin/pytest -m "not e2e" -p no:cacheprovider "$@" || rc=$?
 
 echo "== end-to-end tests (local platform: real Ray and MLflow, private network namespace)"

@@ -93,7 +93,7 @@ def worker_capacity(group: WorkerGroup, attempt: AttemptCapacity) -> NodeCapacit
     """Where a group's workers run in an attempt of the given capacity."""
     if group.capacity == "SpotWithFallback":
         return attempt
-    return group.capacity  # type: ignore[return-value]
+    return group.capacity
 
 
 def namespace_of(tj: TrainingJob) -> str:

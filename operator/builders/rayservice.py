@@ -151,7 +151,7 @@ def abtest_variants(abtest: ABTest, aliases: Mapping[str, int]) -> list[Variant]
     for variant in abtest.spec.variants:
         if variant.model.version is not None:
             version = variant.model.version
-        elif variant.model.alias in aliases:
+        elif variant.model.alias is not None and variant.model.alias in aliases:
             version = aliases[variant.model.alias]
         else:
             raise ValueError(

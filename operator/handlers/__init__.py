@@ -161,8 +161,9 @@ def assess(
     kind = kind if isinstance(kind, str) else kind.kind_name
     body = _plain(body)
     obj = body if isinstance(body, dict) else {}
-    old = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    found_status, found_meta = obj.get("status"), obj.get("metadata")
+    old: dict[str, Any] = found_status if isinstance(found_status, dict) else {}
+    meta: dict[str, Any] = found_meta if isinstance(found_meta, dict) else {}
     generation = meta.get("generation") if isinstance(meta.get("generation"), int) else None
     found = old.get("conditions")
     current = [c for c in found if isinstance(c, dict)] if isinstance(found, list) else []
@@ -294,9 +295,10 @@ def register_validation(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistr
     """
     kopf.on.startup(registry=registry)(configure)
     for kind in KINDS:
-        where = {"group": GROUP, "version": VERSION, "plural": kind.plural}
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
-            on(**where, id=HANDLER_ID, registry=registry)(handle)
+            on(group=GROUP, version=VERSION, plural=kind.plural, id=HANDLER_ID, registry=registry)(
+                handle
+            )
     return registry
 
 

@@ -18,12 +18,16 @@ The change handler (create, update, resume) evaluates at once. A timer per ABTes
 evaluates every ``spec.analysis.interval`` (``MLPLANE_ABTEST_INTERVAL`` seconds overrides it for
 every test); a concluded or failed test costs nothing.
 
-A promotion moves the alias (:meth:`~mlplane.operator.registry.Registry.set_alias`) *before*
-the Concluded status is written: if MLflow cannot be reached, nothing is written and the next
-round tries again; if the operator dies in between, the restarted one reaches the same decision
-from the same status and counts and finds the alias already there (it is read first and not
-set again). The operator writes only the ABTest's status, never a spec; the ModelDeployment's
-handlers pick the split (or its end) up from the index.
+A promotion takes three steps (the pure core's ``status.promotion``): the round that decides
+Promote only writes the decision and the alias move (``promotion.phase: Pending``); a later
+round that *reads that status back from the API server* moves the alias
+(:meth:`~mlplane.operator.registry.Registry.set_alias`, skipped when the alias already points
+there) and only then writes Concluded. If MLflow cannot be reached, nothing is written and the
+next round tries again; if the operator dies or a status write fails anywhere in between, the
+next round finishes the recorded promotion instead of deciding again. A status this process
+wrote but does not read back yet (Kopf applies the patch after the handler returns; a PATCH
+may fail) is written again rather than acted on. The operator writes only the ABTest's status,
+never a spec; the ModelDeployment's handlers pick the split (or its end) up from the index.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from mlplane.operator.reconcile.abtest import (
     StatsUnavailable,
     VariantStats,
     analysis_interval,
+    pending_promotion,
     reconcile,
     stats_from_response,
 )
@@ -114,9 +119,10 @@ def _lock(uid: str) -> threading.Lock:
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
 def modeldeployments_by_name(
-    body: kopf.Body, namespace: str, name: str, **_: Any
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each ModelDeployment, whole (status included), under its namespace and name."""
+    namespace = namespace or "default"
     md = plain(body)
     md.get("metadata", {}).pop("managedFields", None)
     return {(namespace, name): md}
@@ -182,6 +188,13 @@ def _promote(plan: Plan, config: OperatorConfig, name: str) -> None:
         ) from None
 
 
+def _write(patch: kopf.Patch, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Put the status fields that differ from the observed ones into Kopf's patch."""
+    patch_status = conditions.status_patch(old, new)
+    if patch_status:
+        patch.setdefault("status", {}).update(patch_status)
+
+
 def run_reconcile(
     test: ABTest,
     body: kopf.Body,
@@ -210,10 +223,13 @@ def _run(
 ) -> Plan | None:
     old = plain(body.get("status"))
     written = _LAST_STATUS.get(uid)
-    if written is not None and written != old:
+    ahead = written is not None and written != old
+    if ahead:
         test = test.model_copy(update={"status": ABTestStatus.model_validate(written)})
     phase = test.status.phase if test.status else None
     if due_only and (phase in FINAL_PHASES or time.monotonic() < _DUE.get(uid, 0.0)):
+        if ahead and written is not None:  # not read back (a failed PATCH?): write it again
+            _write(patch, old, written)
         return None
     namespace, name = test.metadata.namespace or "default", test.metadata.name or ""
     config = OperatorConfig.from_env()
@@ -223,7 +239,8 @@ def _run(
     final = phase in FINAL_PHASES
     versions: dict[str, Any] = {}
     stats = None
-    if md is not None and not final:
+    promoting = pending_promotion(written if ahead else old) is not None
+    if md is not None and not final and not promoting:  # a decided promotion reads nothing
         if not started:
             versions = _versions(test, md, config)
         base = stats_base_url(md.status.endpoint if md.status else None)
@@ -231,17 +248,24 @@ def _run(
             stats = read_stats(base, name)
     competitors = abtests_of(abtests, namespace, test.spec.deployment)
     plan = reconcile(test, Observed(md, versions, stats, competitors), now)
+    if plan.set_alias is not None and pending_promotion(old) != plan.set_alias:
+        # The promotion is in the status this process wrote, not yet in the one it reads: the
+        # alias moves only once the decision is stored. Write it (again) and come back.
+        if written is not None:
+            _write(patch, old, written)
+        _DUE.pop(uid, None)
+        return None
     _promote(plan, config, f"{namespace}/{name}")
     _LAST_STATUS[uid] = plan.status
     metrics.abtest(namespace, name, plan.status)
-    patch_status = conditions.status_patch(old, plan.status)
-    if patch_status:
-        patch.setdefault("status", {}).update(patch_status)
+    _write(patch, old, plan.status)
     for event in plan.events:
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )
-    if plan.status.get("phase") == "Running":
+    if pending_promotion(plan.status) is not None:
+        _DUE.pop(uid, None)  # decided: finish the promotion at the next tick
+    elif plan.status.get("phase") == "Running":
         _DUE[uid] = time.monotonic() + evaluation_interval(test)
     elif plan.requeue_after is None:
         _DUE[uid] = math.inf

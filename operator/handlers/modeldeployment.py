@@ -94,7 +94,10 @@ RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
 DRIFT_TIMEOUT = 5.0
 RAYSERVICE_API = "ray.io/v1"
 ROUNDS = 3
-_OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.MODELDEPLOYMENT: kopf.PRESENT}
+_OWNED: dict[str, Any] = {  # label filters: values or kopf.PRESENT
+    lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE,
+    lbl.MODELDEPLOYMENT: kopf.PRESENT,
+}
 
 Resolution = ResolvedModel | Unresolved
 
@@ -139,7 +142,7 @@ def _resolve(md: ModelDeployment, config: OperatorConfig, *, fresh: bool) -> Res
     if not fresh:
         cached = RESOLUTIONS.get(key, question, time.monotonic())
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
     answer = resolve_model(registry_for(config.mlflow_tracking_uri), ref)
     RESOLUTIONS.put(key, question, answer)
     return answer
@@ -164,7 +167,7 @@ def _drift_report(
     if not fresh:
         cached = DRIFT_REPORTS.get(key, question, time.monotonic())
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
     report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT)
     DRIFT_REPORTS.put(key, question, report)
     return report
@@ -241,17 +244,18 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 
 @kopf.index("ray.io", "v1", "rayservices", labels=_OWNED)
 def rayservices_by_modeldeployment(
-    body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each RayService mlplane made, whole (KubeRay's status included), under its owner."""
     rayservice = plain(body)
     rayservice.get("metadata", {}).pop("managedFields", None)  # large, and never read
-    return {(namespace, labels[lbl.MODELDEPLOYMENT]): rayservice}
+    return {(namespace or "default", labels[lbl.MODELDEPLOYMENT]): rayservice}
 
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
-def forget_deleted(type: str | None, namespace: str, name: str, **_: Any) -> None:
+def forget_deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
     """Drop what is kept per ModelDeployment once it is gone."""
+    namespace = namespace or "default"
     if type == "DELETED":
         RESOLUTIONS.forget((namespace, name))
         DRIFT_REPORTS.forget((namespace, name))
@@ -263,12 +267,12 @@ def forget_deleted(type: str | None, namespace: str, name: str, **_: Any) -> Non
 
 @kopf.index(GROUP, VERSION, "abtests")
 def abtests_by_deployment(
-    body: kopf.Body, namespace: str, spec: Mapping[str, Any], **_: Any
+    body: kopf.Body, namespace: str | None, spec: Mapping[str, Any], **_: Any
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Each ABTest, whole (status included), under the ModelDeployment it splits."""
     abtest = plain(body)
     abtest.get("metadata", {}).pop("managedFields", None)
-    return {(namespace, str(spec.get("deployment"))): abtest}
+    return {(namespace or "default", str(spec.get("deployment"))): abtest}
 
 
 _PARSED: dict[tuple[str, str], Resource | None] = {}
@@ -486,7 +490,7 @@ def on_change(
 def on_timer(
     body: kopf.Body,
     patch: kopf.Patch,
-    rayservices_by_modeldeployment: Any,
+    rayservices_by_modeldeployment: Any = None,
     abtests_by_deployment: Any = None,
     **_: Any,
 ) -> None:

@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
 #: Seconds before retrying after MLflow could not be reached.
 RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
-_OWNED = {lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE, lbl.TRAININGJOB: kopf.PRESENT}
+_OWNED: dict[str, Any] = {  # label filters: values or kopf.PRESENT
+    lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE,
+    lbl.TRAININGJOB: kopf.PRESENT,
+}
 
 
 class DisruptionLedger:
@@ -190,10 +193,12 @@ def _lock(namespace: str, name: str) -> threading.Lock:
 
 @kopf.index("ray.io", "v1", "rayjobs", labels=_OWNED)
 def rayjobs_by_trainingjob(
-    body: kopf.Body, namespace: str, labels: Mapping[str, str], **_: Any
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
 ) -> dict[tuple[str, str], ObservedAttempt]:
     """Each attempt's RayJob, under (namespace, TrainingJob name)."""
-    return {(namespace, labels[lbl.TRAININGJOB]): ObservedAttempt.from_rayjob(dict(body))}
+    return {
+        (namespace or "default", labels[lbl.TRAININGJOB]): ObservedAttempt.from_rayjob(dict(body))
+    }
 
 
 @kopf.on.event("", "v1", "pods", labels={lbl.TRAININGJOB: kopf.PRESENT})
@@ -347,10 +352,11 @@ def _run_reconcile(
 def plain(value: Any) -> dict[str, Any]:
     """A plain-dict deep copy of a Kopf body's status (its views are read-only)."""
     if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}  # type: ignore[misc]
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
+        # Typed for its callers (a status is a dict); nested values are lists and scalars.
         return [plain(v) for v in value]  # type: ignore[return-value]
-    return value  # type: ignore[return-value]
+    return value
 
 
 @reconciler("TrainingJob")
@@ -368,7 +374,9 @@ def on_change(
 
 
 @kopf.timer(GROUP, VERSION, "trainingjobs", interval=INTERVAL, id="observe")
-def on_timer(body: kopf.Body, patch: kopf.Patch, rayjobs_by_trainingjob: Any, **_: Any) -> None:
+def on_timer(
+    body: kopf.Body, patch: kopf.Patch, rayjobs_by_trainingjob: Any = None, **_: Any
+) -> None:
     """Follow the attempts. Invalid objects are the change handlers' to report, not ours."""
     if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
         return

@@ -8,6 +8,7 @@ objects that close each Ray cluster (:meth:`KubeRayPlatform.ensure_cluster_acces
 
 from __future__ import annotations
 
+import builtins
 import secrets
 from typing import Any
 
@@ -221,7 +222,7 @@ class KubeRayPlatform(Platform):
             return False, set(), f"API server unreachable: {exc}"
         return True, {r.kind for r in resources.resources}, ""
 
-    def health(self) -> list[ComponentHealth]:
+    def health(self) -> builtins.list[ComponentHealth]:
         """The API server, KubeRay's CRDs and mlplane's CRDs."""
         out = []
         for label, (group, version), kinds, hint in (

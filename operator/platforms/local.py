@@ -280,12 +280,11 @@ class LocalPlatform(Platform):
             state.servers[name] = Server(pid=pid, address=address, log=str(log))
             state.write(self.state_file)  # record each PID the moment it exists
         for name, server in state.servers.items():
-            if not processes.wait_until(
-                lambda s=server, n=name: (
-                    self._component(n, s).healthy or not processes.alive(s.pid)
-                ),
-                timeout,
-            ) or not processes.alive(server.pid):
+
+            def settled(s: Server = server, n: str = name) -> bool:
+                return self._component(n, s).healthy or not processes.alive(s.pid)
+
+            if not processes.wait_until(settled, timeout) or not processes.alive(server.pid):
                 detail = processes.tail(Path(server.log))
                 self.down()
                 raise LocalPlatformError(f"{name} did not come up; the end of its log:\n{detail}")

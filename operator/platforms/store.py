@@ -10,6 +10,7 @@ Events (what ``kubectl describe`` shows) are kept per object, the newest 100.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import os
@@ -168,6 +169,6 @@ class Store:
             events.append({"time": _now(), "type": type_, "reason": reason, "message": message})
             self._write(path, events[-MAX_EVENTS:])
 
-    def events(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+    def events(self, kind: str, namespace: str, name: str) -> builtins.list[dict[str, Any]]:
         path = self._path(kind, namespace, name, ".events.yaml")
         return self._read(path) if path.exists() else []

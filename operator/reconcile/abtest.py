@@ -23,13 +23,23 @@ Phases:
 - ``Running``: the deployment is Ready and its router reports this test's variants; every
   evaluation runs :func:`mlplane.monitoring.abtest_analysis.decide` on the counts.
 - ``Concluded`` (final): ``decision`` Promote (``winner`` set; the ``onConclusion.alias`` moves
-  to the winner's version when ``onConclusion.promote``), Rollback (a guardrail breach by a
-  treatment, at once, or every treatment significantly worse: treatments' effective weight 0,
-  the alias stays) or NoDifference (``maxDuration``; the control keeps the alias).
+  to the winner's version when ``onConclusion.promote``, in steps: see below), Rollback (a
+  guardrail breach by a treatment, at once, or every treatment significantly worse:
+  treatments' effective weight 0, the alias stays) or NoDifference (``maxDuration``; the
+  control keeps the alias).
 - ``Failed`` (final): the test cannot go on — the ModelDeployment was deleted mid-test (its
   router and counts are gone), its variants were changed mid-test (a different experiment:
   create a new ABTest), or the observed split does not match the weights (sample ratio
   mismatch: the evidence is broken, nothing is promoted or rolled back).
+
+Promotion, in three steps (the only decision that acts outside the status): (1) the evaluation
+that decides Promote writes ``decision``, ``winner`` and ``status.promotion`` (the model, alias
+and version, ``phase: Pending``) and stays Running, the split still served; (2) a later round
+whose *observed* status records that promotion returns it as :attr:`Plan.set_alias` for the
+adapter to carry out (nothing to do when the alias already points there) together with (3) the
+Concluded status (``promotion.phase: Done``), written only after the move. A crash or a failed
+write anywhere in between leaves a status from which the next round finishes the same
+promotion: later counts, spec changes or a deleted deployment do not decide again.
 
 A concluded or failed test never changes again: replays write nothing and never move the alias
 twice. Spec changes while Running apply from the next evaluation (weights, guardrails,
@@ -37,12 +47,14 @@ analysis), and reset the running bounds (still valid, no longer carried over).
 
 Conditions:
 
-- ``Running``: True (reason ``Analysing``) while the split is served and evaluated; Unknown
+- ``Running``: True (reason ``Analysing``) while the split is served and evaluated, (reason
+  ``Promoting``) while a decided promotion is carried out; Unknown
   (reason ``StatsUnavailable``) while Running but the counts could not be read; False while
   Pending (reason ``DeploymentNotFound``, ``DeploymentNotReady``, ``WaitingForDeployment``,
   ``VariantUnresolved``, ``RegistryUnavailable``, ``WaitingForRouter``) and once final
   (``Concluded``, ``Failed``).
-- ``Concluded``: False (reason ``Continue``, the analysis' current reading) while running;
+- ``Concluded``: False (reason ``Continue``, the analysis' current reading) while running,
+  (reason ``Promoting``) between the Promote decision and the alias move;
   True with reason ``Promote``/``Rollback``/``NoDifference`` and the why.
 - ``GuardrailBreached``: True (reason ``TreatmentBreach`` or ``ControlBreach``: the control's
   breach is reported but decides nothing) or False (``WithinGuardrails``), once evaluated.
@@ -54,8 +66,9 @@ Conditions:
 
 Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
 ``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
-backwards: its monitor restarted), ``GuardrailBreached``, ``Promoted`` / ``WinnerFound`` (the
-alias moves / ``promote: false``), ``RolledBack``, ``NoDifference``, ``Failed``.
+backwards: its monitor restarted), ``GuardrailBreached``, ``Promoting`` (decided, recorded),
+``Promoted`` / ``WinnerFound`` (the alias moved / ``promote: false``), ``RolledBack``,
+``NoDifference``, ``Failed``.
 
 Counts: the Conversion and Mean objectives read the outcomes posted to ``/v1/feedback``
 (count, sum, sum of squares; Conversion outcomes are 0/1); Latency reads the router's request
@@ -96,6 +109,7 @@ __all__ = [
     "StatsUnavailable",
     "VariantStats",
     "analysis_interval",
+    "pending_promotion",
     "reconcile",
     "routing_for",
     "routing_holder",
@@ -217,7 +231,13 @@ class AliasMove(NamedTuple):
 
 @dataclass
 class Plan:
-    """The next status, the alias move to carry out before writing it, events, next look."""
+    """The next status, the alias move to carry out before writing it, events, next look.
+
+    ``set_alias`` is only ever set for a promotion the *observed* status already records
+    (``status.promotion.phase: Pending``): the adapter makes the alias point there (nothing to
+    do when it already does), then writes ``status`` (Concluded); if the move fails, it writes
+    nothing and comes back.
+    """
 
     status: dict[str, Any]
     set_alias: AliasMove | None = None
@@ -423,6 +443,9 @@ def reconcile(test: ABTest, observed: Observed, now: datetime) -> Plan:
     s = _Status(test, now)
     if s.old.get("phase") in FINAL_PHASES:
         return Plan(status=s.new, requeue_after=None)  # final: nothing changes any more
+    move = pending_promotion(s.old)
+    if move is not None:
+        return _finish_promotion(s, test, move)
     st = s.new
     spec = test.spec
     name = test.metadata.name or ""
@@ -922,11 +945,9 @@ def _conclude(
         winner = next(v for v in variants if v["name"] == result.winner)
         st["winner"] = winner["name"]
         model, alias = md.spec.model.name, spec.on_conclusion.alias
-        target = f"{model} alias {alias} -> version {winner['version']}"
         if spec.on_conclusion.promote:
-            plan.set_alias = AliasMove(model, alias, int(winner["version"]))
-            message += f"; promoted: {target}"
-            s.event("Normal", "Promoted", f"{winner['name']} wins: {target} ({result.reason})")
+            return _decide_promotion(s, result, winner["name"], AliasMove(
+                model, alias, int(winner["version"])))  # fmt: skip
         else:
             message += f"; onConclusion.promote is false: {alias} is left as it is"
             s.event("Normal", "WinnerFound", f"{winner['name']} wins ({result.reason}); "
@@ -947,3 +968,82 @@ def _conclude(
     s.condition("Running", "False", "Concluded", f"concluded {decision}")
     s.condition("Concluded", "True", decision, message)
     return plan
+
+
+# --- the promotion, in two phases --------------------------------------------------------------
+
+
+def _target(move: AliasMove) -> str:
+    return f"{move.model} alias {move.alias} -> version {move.version}"
+
+
+def pending_promotion(status: Mapping[str, Any] | None) -> AliasMove | None:
+    """The alias move a status records as decided but not yet done; None when there is none.
+
+    Adapters use it to tell whether the status they *observe* (not one they only wrote)
+    records the promotion: the alias may move only then.
+    """
+    status = status or {}
+    promotion = status.get("promotion")
+    if status.get("phase") in FINAL_PHASES or not isinstance(promotion, Mapping):
+        return None
+    if promotion.get("phase") != "Pending":
+        return None
+    try:
+        model, alias, version = promotion["model"], promotion["alias"], promotion["version"]
+        return AliasMove(str(model), str(alias), int(version))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _decide_promotion(s: _Status, result: AnalysisResult, winner: str, move: AliasMove) -> Plan:
+    """Step 1: record the decision and the alias move (``promotion.phase: Pending``) and stay
+    Running (the split is served until the alias has moved). No alias moves in this round:
+    the move is carried out only once this status is stored and read back, so a crash at any
+    point leaves a status that says what is (about to be) done."""
+    st = s.new
+    st["phase"] = "Running"
+    st.pop("concludedAt", None)
+    st["decision"] = "Promote"
+    st["winner"] = winner
+    st["promotion"] = {
+        "decision": "Promote",
+        "variant": winner,
+        "model": move.model,
+        "alias": move.alias,
+        "version": move.version,
+        "phase": "Pending",
+        "reason": result.reason,
+        "decidedAt": conditions.timestamp(s.now),
+    }
+    target = _target(move)
+    s.condition(
+        "Running", "True", "Promoting", f"decided Promote: moving {target}; the split is served "
+        "until it has moved"
+    )  # fmt: skip
+    s.condition("Concluded", "False", "Promoting", f"{result.reason}; promoting: {target}")
+    s.event("Normal", "Promoting", f"{winner} wins ({result.reason}): moving {target}")
+    return Plan(status=st, events=s.events, requeue_after=0.0, analysis=result)
+
+
+def _finish_promotion(s: _Status, test: ABTest, move: AliasMove) -> Plan:
+    """Steps 2 and 3: the observed status records a pending promotion: move the alias (the
+    adapter does it, only if it does not point there already), then Concluded. New evidence,
+    spec changes or a deleted deployment change nothing: the decision was taken."""
+    st = s.new
+    if s.generation is not None:
+        st["observedGeneration"] = s.generation
+    promotion = dict(st["promotion"])
+    promotion["phase"] = "Done"
+    st["promotion"] = promotion
+    st["phase"] = "Concluded"
+    st["decision"] = "Promote"
+    winner = str(promotion.get("variant") or st.get("winner") or "")
+    st["winner"] = winner
+    st["concludedAt"] = conditions.timestamp(s.now)
+    reason = str(promotion.get("reason") or "decided Promote")
+    target = _target(move)
+    s.condition("Running", "False", "Concluded", "concluded Promote")
+    s.condition("Concluded", "True", "Promote", f"{reason}; promoted: {target}")
+    s.event("Normal", "Promoted", f"{winner} wins: {target} ({reason})")
+    return Plan(status=st, set_alias=move, events=s.events, requeue_after=None)

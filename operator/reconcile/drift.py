@@ -367,7 +367,8 @@ def _evaluate(
     uid: str,
 ) -> DriftPlan:
     """Count the new windows, set the verdict, and decide on a retrain."""
-    history = report.get("history") if isinstance(report.get("history"), list) else []
+    found = report.get("history")
+    history: list[Any] = found if isinstance(found, list) else []
     windows = sorted(
         (w for w in map(_Window.read, history) if w is not None and w.version == reference),
         key=lambda w: w.end,
@@ -402,8 +403,9 @@ def _evaluate(
         s.condition("Unknown", "NotEnoughSamples", message)
         return s.finish(_next_boundary(s))
 
-    window = _Window.read(latest)
-    assert window is not None
+    read = _Window.read(latest)
+    assert read is not None
+    window = read
     drifted = [str(f) for f in latest.get("drifted") or () if isinstance(f, str)]
     s.drift["driftedFeatures"] = drifted
     key = "js" if s.spec.method == "JensenShannon" else "psi"

@@ -167,6 +167,7 @@ def flavor_refusal(
     """Why these versions must not be deployed (their serialisation), or None."""
     allow = md.spec.model.allow_unsafe_deserialization
     for version in sorted(set(versions)):
+        why: str | None
         if flavors is None or version not in flavors:
             why = "its MLmodel flavors were not read"
         else:
@@ -237,7 +238,8 @@ def served_config(rayservice: Mapping[str, Any] | None) -> ServedConfig | None:
     )
     if app is None:
         return None
-    args = app.get("args") if isinstance(app.get("args"), dict) else {}
+    found_args = app.get("args")
+    args = found_args if isinstance(found_args, dict) else {}
     model_name = args.get("model_name")
     deployments = {
         d.get("name"): d.get("user_config") or {}
@@ -329,7 +331,9 @@ def service_health(rayservice: Mapping[str, Any]) -> ServiceHealth:
     kuberay_reason = ready.get("reason") if ready else None
     if kuberay_reason == "InitializingTimeout":
         failed_reason = "InitializingTimeout"
-        problem = f"KubeRay gave up initialising the RayService: {ready.get('message') or ''}"
+        problem = (
+            f"KubeRay gave up initialising the RayService: {(ready or {}).get('message') or ''}"
+        )
     cluster = active.get("rayClusterStatus") or {}
     workers = cluster.get("readyWorkerReplicas", cluster.get("availableWorkerReplicas"))
     return ServiceHealth(
@@ -587,8 +591,8 @@ def reconcile(
             return _finish(s, plan, "Failed", "False", "RayServiceConflict", conflict)
     if observed.signing_conflict is not None:
         plan.requeue_after = RETRY_SECONDS
-        phase = "Failed" if rs is None else "Degraded"
-        return _finish(s, plan, phase, "False", "SigningSecretConflict", observed.signing_conflict)
+        stop: Phase = "Failed" if rs is None else "Degraded"
+        return _finish(s, plan, stop, "False", "SigningSecretConflict", observed.signing_conflict)
 
     # What mlplane wants, when it knows the version.
     desired = None

@@ -368,3 +368,71 @@ async def test_restart_mid_test_keeps_counts_and_decision(emulator, kubeconfig, 
         assert alias_version(mlflow_uri, "steady") == 2
         await serving(emulator, md, (None, [("primary", 2, 100)]))
     assert [e["reason"] for e in events_for(emulator, ab)].count("Promoted") == 1
+
+
+async def test_a_promotion_survives_a_refused_status_write_and_a_restart(
+    emulator, kubeconfig, mlflow_uri, router, monkeypatch
+):
+    """Fault: the API server refuses every status write that would conclude the ABTest, and the
+    operator is stopped there; the restarted one (a new process: nothing kept in memory) sees
+    counts that now breach a guardrail. The promotion recorded in status is finished, not
+    decided again: the alias moved once (only after the decision was stored), and the status
+    ends Concluded Promote."""
+    import kmock
+
+    from mlplane.operator.handlers import abtest as handlers
+    from mlplane.operator.registry import Registry
+
+    set_alias(mlflow_uri, "incumbent", 1)
+    set_alias(mlflow_uri, "contender", 2)
+    moves: list[tuple[str, int, Any]] = []
+    real_set_alias = Registry.set_alias
+
+    def recording(self: Registry, name: str, alias: str, version: int) -> None:
+        stored_status = (emulator.get_object(ABTESTS, NAMESPACE, "twophase") or {}).get("status")
+        moves.append((alias, version, ((stored_status or {}).get("promotion") or {}).get("phase")))
+        real_set_alias(self, name, alias, version)
+
+    monkeypatch.setattr(Registry, "set_alias", recording)
+    refused: list[Any] = []
+    blocking = [True]
+    real_update = type(emulator)._update
+
+    async def refusing(self, res, namespace, name, data, *, subresource=None, **kw):
+        if isinstance(data, dict):
+            concludes = (data.get("status") or {}).get("phase") == "Concluded"
+        else:  # a JSON patch
+            concludes = {"op": "replace", "path": "/status/phase", "value": "Concluded"} in data
+        if blocking[0] and res.plural == "abtests" and subresource == "status" and concludes:
+            refused.append(data)
+            message = "injected: the status write is refused"
+            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message=message)
+        return await real_update(self, res, namespace, name, data, subresource=subresource, **kw)
+
+    monkeypatch.setattr(type(emulator), "_update", refusing)
+    async with run_operator():
+        md = await create(emulator, modeldeployment("twophase", "incumbent"))
+        await serving(emulator, md, (None, [("primary", 1, 100)]))
+        ab = await create(emulator, abtest("twophase", "twophase", "incumbent", "contender"))
+        await started(emulator, router, md, ab, (1, 2))
+        router.counts("twophase", control=(50, 2000, 0, 2000, 200),
+                      candidate=(50, 2000, 0, 2000, 400))  # fmt: skip
+        await wait_for(lambda: refused, timeout=TIMEOUT, message="a refused Concluded write",
+                       seen=lambda: status(emulator, ab))  # fmt: skip
+        assert status(emulator, ab)["phase"] == "Running"
+        assert [(alias, version) for alias, version, _ in moves] == [("incumbent", 2)]
+    # A new process: what the old one kept in memory is gone; the API server works again.
+    handlers._LAST_STATUS.clear()
+    handlers._DUE.clear()
+    blocking[0] = False
+    router.counts("twophase", control=(50, 3000, 0, 3000, 300),
+                  candidate=(50, 3000, 300, 3000, 600))  # fmt: skip
+    async with run_operator():
+        st = await phase(emulator, ab, "Concluded")
+        assert (st["decision"], st.get("winner")) == ("Promote", "candidate")
+        assert st["promotion"]["phase"] == "Done" and st["promotion"]["version"] == 2
+        assert alias_version(mlflow_uri, "incumbent") == 2
+    # The alias moved once, and only once the decision was stored (promotion Pending).
+    assert moves == [("incumbent", 2, "Pending")]
+    # The injected refusals are not the emulator's failures (the fixture checks those).
+    emulator.errors[:] = [e for e in emulator.errors if "injected" not in str(e)]

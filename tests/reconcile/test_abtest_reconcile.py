@@ -25,6 +25,7 @@ from mlplane.operator.reconcile.abtest import (
     Routing,
     StatsUnavailable,
     VariantStats,
+    pending_promotion,
     reconcile,
     routing_for,
     routing_holder,
@@ -239,10 +240,28 @@ def test_promote_moves_the_alias_once_and_stops_routing():
     assert "pValue" not in lab.status["variants"][1]
 
     plan = lab.step(T0 + timedelta(minutes=2), stats=rows((5000, 500), (5000, 1000)))
+    # Step 1: the decision and the alias move are recorded; nothing moves in this round and
+    # the split is still served.
+    assert plan.set_alias is None and plan.requeue_after == 0.0
+    st = lab.status
+    assert (st["phase"], st["decision"], st["winner"]) == ("Running", "Promote", "candidate")
+    assert st["promotion"] == {
+        "decision": "Promote", "variant": "candidate", "model": MODEL, "alias": "champion",
+        "version": 2, "phase": "Pending", "reason": st["promotion"]["reason"],
+        "decidedAt": "2026-11-29T12:02:00Z",
+    }  # fmt: skip
+    assert "concludedAt" not in st
+    assert (lab.condition("Concluded")["status"], lab.condition("Concluded")["reason"]) == (
+        "False", "Promoting")  # fmt: skip
+    assert reasons(plan) == ["Promoting"]
+    assert routing_for("churn", [lab.test]) is not None
+    # Steps 2 and 3: the stored decision is read back: move the alias, then Concluded.
+    plan = lab.step(T0 + timedelta(minutes=2, seconds=1), stats=None)
     assert plan.set_alias == AliasMove(MODEL, "champion", 2)
     st = lab.status
     assert (st["phase"], st["decision"], st["winner"]) == ("Concluded", "Promote", "candidate")
-    assert st["concludedAt"] == "2026-11-29T12:02:00Z"
+    assert st["promotion"]["phase"] == "Done"
+    assert st["concludedAt"] == "2026-11-29T12:02:01Z"
     control, candidate = st["variants"]
     assert (control["requests"], control["outcomes"], control["mean"]) == (45000, 5000, 0.1)
     assert candidate["mean"] == 0.2
@@ -361,10 +380,10 @@ def test_latency_objective_decreasing_promotes_the_faster_variant():
         VariantStats("control", **latency(27000, 0.050, 0.01, 90)),
         VariantStats("candidate", **latency(3000, 0.040, 0.01, 10)),
     )
-    plan = lab.step(T0 + timedelta(minutes=5), stats=stats)
+    lab.step(T0 + timedelta(minutes=5), stats=stats)
     assert (lab.status["decision"], lab.status["winner"]) == ("Promote", "candidate")
     assert lab.status["variants"][0]["mean"] == pytest.approx(50.0)  # milliseconds
-    assert plan.set_alias == AliasMove(MODEL, "champion", 2)
+    assert lab.step(T0 + timedelta(minutes=6)).set_alias == AliasMove(MODEL, "champion", 2)
 
 
 # --- restarts and idempotence -------------------------------------------------------------------
@@ -400,6 +419,90 @@ def test_restart_same_inputs_same_plan_and_nothing_new_writes_nothing():
         again = lab.step(T0 + timedelta(minutes=i, seconds=30), versions=versions, stats=stats)
         assert lab.writes == writes and again.events == []
     assert p_values[1] <= p_values[0]  # running minimum across evaluations
+
+
+# --- the promotion, in two phases: every crash point -------------------------------------------
+
+#: The candidate converts better: the analysis decides Promote.
+WIN = rows((5000, 500), (5000, 1000))
+#: Later evidence that, evaluated afresh, would roll back (the candidate breaches ErrorRate).
+BREACH = rows((6000, 600), (6000, 1200), requests=(6000, 6000), errors=(0, 600))
+
+
+class Alias:
+    """The registry's alias as an adapter moves it: only when it does not point there yet."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.version, self.moves = version, 0
+
+    def carry_out(self, plan: Plan) -> None:
+        if plan.set_alias is not None and plan.set_alias.version != self.version:
+            self.version, self.moves = plan.set_alias.version, self.moves + 1
+
+
+def test_breach_evidence_alone_rolls_back():
+    """The control case for the crash tests below: BREACH decides Rollback when evaluated."""
+    lab = Lab(abtest_body())
+    lab.start()
+    lab.step(T0 + timedelta(minutes=2), stats=BREACH)
+    assert (lab.status["phase"], lab.status["decision"]) == ("Concluded", "Rollback")
+
+
+def test_crash_after_the_decision_is_written_finishes_that_promotion():
+    lab = Lab(abtest_body())
+    lab.start()
+    alias = Alias()
+    decided = lab.step(T0 + timedelta(minutes=2), stats=WIN)
+    alias.carry_out(decided)
+    assert alias.moves == 0 and lab.status["promotion"]["phase"] == "Pending"
+    # The operator dies here. The restarted one reads the stored status back and sees new
+    # evidence, a changed spec and even its deployment gone: the decision stands.
+    restarted = Lab(copy.deepcopy(lab.body))
+    restarted.body["spec"]["guardrails"] = []
+    restarted.body["metadata"]["generation"] = 2
+    plan = restarted.step(T0 + timedelta(minutes=9), stats=BREACH, deployment=None)
+    alias.carry_out(plan)
+    st = restarted.status
+    assert (st["phase"], st["decision"], st["winner"]) == ("Concluded", "Promote", "candidate")
+    assert st["promotion"]["phase"] == "Done" and st["observedGeneration"] == 2
+    assert (alias.version, alias.moves) == (2, 1)
+    assert reasons(plan) == ["Promoted"]
+    assert "RolledBack" not in reasons(plan)
+
+
+def test_crash_after_the_alias_moved_before_concluded_moves_it_no_more():
+    lab = Lab(abtest_body())
+    lab.start()
+    alias = Alias()
+    lab.step(T0 + timedelta(minutes=2), stats=WIN)
+    stored = copy.deepcopy(lab.body)
+    # The round that reads the decision back moves the alias; the process dies before the
+    # Concluded status is written (the stored object still says Pending).
+    moving = reconcile(lab.test, Observed(deployment(), VERSIONS, WIN), T0 + timedelta(minutes=3))
+    alias.carry_out(moving)
+    assert moving.status["phase"] == "Concluded" and alias.moves == 1
+    restarted = Lab(stored)
+    plan = restarted.step(T0 + timedelta(minutes=4), stats=BREACH)
+    assert plan.set_alias == moving.set_alias  # the same move: already done, nothing to do
+    alias.carry_out(plan)
+    assert (alias.version, alias.moves) == (2, 1)
+    st = restarted.status
+    assert (st["phase"], st["decision"], st["winner"]) == ("Concluded", "Promote", "candidate")
+    # Final: nothing more, whatever comes.
+    again = restarted.step(T0 + timedelta(minutes=5), stats=BREACH)
+    assert (again.set_alias, again.events) == (None, [])
+
+
+def test_pending_promotion_reads_only_an_unfinished_promotion():
+    lab = Lab(abtest_body())
+    lab.start()
+    assert pending_promotion(lab.status) is None
+    lab.step(T0 + timedelta(minutes=2), stats=WIN)
+    assert pending_promotion(lab.status) == AliasMove(MODEL, "champion", 2)
+    assert pending_promotion({**lab.status, "promotion": {"phase": "Pending"}}) is None
+    lab.step(T0 + timedelta(minutes=3))
+    assert pending_promotion(lab.status) is None  # Done, and final
+    assert pending_promotion(None) is None
 
 
 def _three(a: tuple[int, float], b: tuple[int, float], c: tuple[int, float]) -> tuple:
@@ -523,6 +626,10 @@ def test_two_tests_on_one_deployment_the_oldest_running_one_splits():
     # Promote: the older test is final; the newer one takes the deployment.
     step(older, newer, T0 + timedelta(minutes=5), stats=rows((5000, 500), (5000, 1000)))
     assert older.status["decision"] == "Promote"
+    # While the promotion is pending, the older test still holds the deployment.
+    assert routing_for("churn", [older.test, newer.test]).abtest == "older"  # type: ignore[union-attr]
+    step(older, newer, T0 + timedelta(minutes=5, seconds=1))
+    assert older.status["phase"] == "Concluded"
     assert routing_for("churn", [older.test, newer.test]) is None
     step(newer, older, T0 + timedelta(minutes=6))
     assert newer.condition("Running")["reason"] == "WaitingForRouter"

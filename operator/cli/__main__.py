@@ -1,0 +1,5 @@
+"""``python -m mlplane.operator.cli``: the same as the ``mlplane`` command."""
+
+from mlplane.operator.cli import main
+
+main()
