@@ -143,7 +143,7 @@ def test_get_and_describe_show_interval_c_m_hours_waste_and_cost(tmp_path):
     name = body["metadata"]["name"]
     got = mlplane("get", "tj", "--state-dir", str(tmp_path))
     assert got.returncode == 0, got.stderr
-    assert "INTERVAL" in got.stdout and "GPU-H LOST" in got.stdout  # the CRD's printer columns
+    assert "INTERVAL-S" in got.stdout and "LOST-GPU-H" in got.stdout  # the CRD's printer columns
     row = next(line for line in got.stdout.splitlines() if line.startswith(name))
     assert "754.0" in row and "3.5" in row and "0.25" in row and "0.4" in row
     described = mlplane("describe", "tj", name, "--state-dir", str(tmp_path))

@@ -426,7 +426,7 @@ def test_restart_same_inputs_same_plan_and_nothing_new_writes_nothing():
 #: The candidate converts better: the analysis decides Promote.
 WIN = rows((5000, 500), (5000, 1000))
 #: Later evidence that, evaluated afresh, would roll back (the candidate breaches ErrorRate).
-BREACH = rows((6000, 600), (6000, 1200), requests=(6000, 6000), errors=(0, 600))
+BREACH = rows((6000, 600), (6000, 1200), requests=(54000, 6000), errors=(0, 600))  # 90/10
 
 
 class Alias:
@@ -741,10 +741,13 @@ def test_a_60_40_split_under_50_50_stops_with_sample_ratio_mismatch_not_a_promot
 
 def test_an_exact_split_is_checked_and_the_test_decides_as_usual():
     lab = _fifty_fifty()
-    plan = lab.step(
-        T0 + timedelta(minutes=2),
-        stats=rows((5000, 500), (5000, 1000), requests=(5003, 4997), weights=(50, 50)),
-    )
+    stats = rows((5000, 500), (5000, 1000), requests=(5003, 4997), weights=(50, 50))
+    plan = lab.step(T0 + timedelta(minutes=2), stats=stats)
+    # Two-phase promotion: the decision is recorded first, the alias moves on the next round.
+    assert lab.status["promotion"]["variant"] == "candidate" and plan.set_alias is None
+    srm = lab.condition("SampleRatioMismatch")
+    assert (srm["status"], srm["reason"]) == ("False", "SplitAsConfigured")
+    plan = lab.step(T0 + timedelta(minutes=3), stats=stats)
     assert (lab.status["decision"], lab.status["winner"]) == ("Promote", "candidate")
     assert plan.set_alias == AliasMove(MODEL, "champion", 2)
     srm = lab.condition("SampleRatioMismatch")
