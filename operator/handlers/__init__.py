@@ -226,6 +226,41 @@ def validated(
     return result.resource
 
 
+#: Seconds before a refused status write is tried again (the handler's own retry).
+STATUS_RETRY_DELAY = 2.0
+
+
+def write_status(body: Any, patch_status: Mapping[str, Any], platform: Any = None) -> None:
+    """Write a reconcile's status change now, through the API, not through Kopf's ``patch``.
+
+    Kopf applies a timer handler's patch after the handler returns, and a refused write there
+    (409, 5xx, 429) ends that object's timer until the operator restarts: the object is never
+    reconciled again. Written here, a refusal is a ``TemporaryError`` of this round and the
+    timer tries again. 404 (deleted meanwhile) is not an error.
+    """
+    if not patch_status:
+        return
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from mlplane.operator.platforms.kuberay import KubeRayPlatform
+
+    meta = body["metadata"]
+    try:
+        (platform or KubeRayPlatform()).patch_status(
+            body["apiVersion"], body["kind"], meta["namespace"], meta["name"], dict(patch_status)
+        )
+    except ApiException as exc:
+        raise kopf.TemporaryError(
+            f"status not written ({exc.status} {exc.reason}); tried again",
+            delay=STATUS_RETRY_DELAY,
+        ) from None
+    except (HTTPError, OSError) as exc:
+        raise kopf.TemporaryError(
+            f"status not written ({exc}); tried again", delay=STATUS_RETRY_DELAY
+        ) from None
+
+
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Kopf's settings for mlplane (see the module docstring for why each)."""
     settings.persistence.finalizer = FINALIZER

@@ -46,7 +46,7 @@ from mlplane.crds import GROUP, VERSION, ABTest, ABTestStatus, ModelDeployment
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.operator import conditions, metrics
 from mlplane.operator.config import OperatorConfig
-from mlplane.operator.handlers import assess, reconciler
+from mlplane.operator.handlers import assess, reconciler, write_status
 from mlplane.operator.handlers.modeldeployment import (
     abtests_of,
     parsed,
@@ -188,11 +188,9 @@ def _promote(plan: Plan, config: OperatorConfig, name: str) -> None:
         ) from None
 
 
-def _write(patch: kopf.Patch, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Put the status fields that differ from the observed ones into Kopf's patch."""
-    patch_status = conditions.status_patch(old, new)
-    if patch_status:
-        patch.setdefault("status", {}).update(patch_status)
+def _write(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Write the status fields that differ from the observed ones (``write_status``)."""
+    write_status(body, conditions.status_patch(old, new))
 
 
 def run_reconcile(
@@ -229,7 +227,7 @@ def _run(
     phase = test.status.phase if test.status else None
     if due_only and (phase in FINAL_PHASES or time.monotonic() < _DUE.get(uid, 0.0)):
         if ahead and written is not None:  # not read back (a failed PATCH?): write it again
-            _write(patch, old, written)
+            _write(body, old, written)
         return None
     namespace, name = test.metadata.namespace or "default", test.metadata.name or ""
     config = OperatorConfig.from_env()
@@ -252,13 +250,13 @@ def _run(
         # The promotion is in the status this process wrote, not yet in the one it reads: the
         # alias moves only once the decision is stored. Write it (again) and come back.
         if written is not None:
-            _write(patch, old, written)
+            _write(body, old, written)
         _DUE.pop(uid, None)
         return None
     _promote(plan, config, f"{namespace}/{name}")
     _LAST_STATUS[uid] = plan.status
     metrics.abtest(namespace, name, plan.status)
-    _write(patch, old, plan.status)
+    _write(body, old, plan.status)
     for event in plan.events:
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message

@@ -71,6 +71,7 @@ from mlplane.operator.handlers import (
     assess,
     reconciler,
     with_access,
+    write_status,
 )
 from mlplane.operator.handlers.signing import ensure_signing_secret
 from mlplane.operator.handlers.trainingjob import plain
@@ -436,9 +437,7 @@ def _run_reconcile(
     if new:
         kopf.warn(body, reason="RayClusterAccessBlocked", message=str(blocked))
     old = plain(body.get("status"))
-    patch_status = conditions.status_patch(old, plan.status)
-    if patch_status:
-        patch.setdefault("status", {}).update(patch_status)
+    write_status(body, conditions.status_patch(old, plan.status))
     if not done:
         raise kopf.TemporaryError(
             f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1

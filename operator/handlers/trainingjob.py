@@ -41,6 +41,7 @@ from mlplane.operator.handlers import (
     assess,
     reconciler,
     with_access,
+    write_status,
 )
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
@@ -333,12 +334,10 @@ def _run_reconcile(
     if new:
         kopf.warn(body, reason="RayClusterAccessBlocked", message=str(why))
     plan = replace(plan, status=status)
-    _LAST_STATUS[uid] = plan.status
+    write_status(body, conditions.status_patch(old, plan.status), platform)
+    _LAST_STATUS[uid] = plan.status  # only once written: a refused write is tried again
     metrics.trainingjob(current.metadata.namespace or "default", current.metadata.name or "",
                         plan.status)  # fmt: skip
-    patch_status = conditions.status_patch(old, plan.status)
-    if patch_status:
-        patch.setdefault("status", {}).update(patch_status)
     LEDGER.forget(current.metadata.namespace or "default", current.metadata.name or "",
                   plan.status.get("disruptions", []))  # fmt: skip
     reclaims.offer(plan.reclaim_samples)

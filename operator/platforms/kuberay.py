@@ -28,7 +28,15 @@ MLPLANE_KINDS = ("TrainingJob", "ModelDeployment", "ABTest")
 
 
 #: Plurals of the custom kinds the operator writes.
-PLURALS = {"RayJob": "rayjobs", "RayService": "rayservices", "TrainingJob": "trainingjobs"}
+PLURALS = {
+    "RayJob": "rayjobs",
+    "RayService": "rayservices",
+    "TrainingJob": "trainingjobs",
+    "ModelDeployment": "modeldeployments",
+    "ABTest": "abtests",
+}
+#: The longest one status write may take (seconds): a hung API server must not hold a round.
+STATUS_WRITE_TIMEOUT = 10.0
 #: Built-in kinds the operator writes: (apiVersion, kind) → (client API class, method suffix).
 BUILTIN = {
     ("v1", "Secret"): ("CoreV1Api", "namespaced_secret"),
@@ -109,6 +117,30 @@ class KubeRayPlatform(Platform):
         self._api().patch_namespaced_custom_object(
             group, version, namespace, PLURALS[kind], name, body
         )
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool:
+        """Merge-patch the status subresource of one of mlplane's own objects; False if gone.
+
+        The operator writes its resources' status itself rather than through Kopf's patch:
+        Kopf applies that patch after a timer's handler, and a refused write there (a 409, a
+        5xx) ends the object's timer for the life of the process. Here a refusal raises
+        ``ApiException`` inside the handler, which retries it.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        group, version = api_version.split("/")
+        try:
+            self._api().patch_namespaced_custom_object_status(
+                group, version, namespace, PLURALS[kind], name, {"status": status},
+                _request_timeout=STATUS_WRITE_TIMEOUT,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def list(
         self, api_version: str, kind: str, namespace: str, label_selector: str = ""
