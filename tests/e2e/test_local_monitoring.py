@@ -37,6 +37,7 @@ from local_ports import isolated_ports
 from mlplane.operator.builders.retrain import retrain_name
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import NotFound, Store
+from mlplane.operator.registry import process_uris
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 MODEL = "churn-monitoring-e2e"
@@ -115,20 +116,20 @@ def registered(platform: LocalPlatform) -> str:
 
     from mlplane.monitoring.profile import PROFILE_ARTIFACT_PATH, build_profile
 
-    mlflow.set_tracking_uri(platform.mlflow_uri)
-    mlflow.set_experiment("monitoring-e2e")
-    data, labels = frame(2000, seed=5)
-    for c in (0.1, 1.0):
-        model = make_pipeline(
-            ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"),
-                                ["plan", "region"])], remainder="passthrough"),
-            LogisticRegression(C=c, max_iter=500),
-        ).fit(data, labels)  # fmt: skip
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL,
-                                     input_example=data.head(2),
-                                     pip_requirements=["scikit-learn"])  # fmt: skip
-            mlflow.log_text(build_profile(data).to_json(), PROFILE_ARTIFACT_PATH)
+    with process_uris(platform.mlflow_uri):  # MLflow's globals, restored after
+        mlflow.set_experiment("monitoring-e2e")
+        data, labels = frame(2000, seed=5)
+        for c in (0.1, 1.0):
+            model = make_pipeline(
+                ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"),
+                                    ["plan", "region"])], remainder="passthrough"),
+                LogisticRegression(C=c, max_iter=500),
+            ).fit(data, labels)  # fmt: skip
+            with mlflow.start_run():
+                mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL,
+                                         input_example=data.head(2),
+                                         pip_requirements=["scikit-learn"])  # fmt: skip
+                mlflow.log_text(build_profile(data).to_json(), PROFILE_ARTIFACT_PATH)
     MlflowClient(platform.mlflow_uri).set_registered_model_alias(MODEL, "champion", "1")
     return MODEL
 

@@ -31,6 +31,7 @@ from local_ports import isolated_ports
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
 from mlplane.operator.platforms.store import Store
+from mlplane.operator.registry import process_uris
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 BIN = Path(sys.executable).parent
@@ -99,20 +100,20 @@ def registered(platform: LocalPlatform) -> str:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    mlflow.set_tracking_uri(platform.mlflow_uri)
-    mlflow.set_experiment("local-serving-e2e")
-    frame = pd.DataFrame(rows(300, seed=1))
-    labels = (frame["tenure"] > 24).astype(int)
-    for c in (0.05, 5.0):
-        model = make_pipeline(
-            ColumnTransformer([("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"])],
-                              remainder="passthrough"),
-            LogisticRegression(C=c, max_iter=300),
-        ).fit(frame, labels)  # fmt: skip
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL,
-                                     input_example=frame.head(2),
-                                     pip_requirements=["scikit-learn"])  # fmt: skip
+    with process_uris(platform.mlflow_uri):  # MLflow's globals, restored after
+        mlflow.set_experiment("local-serving-e2e")
+        frame = pd.DataFrame(rows(300, seed=1))
+        labels = (frame["tenure"] > 24).astype(int)
+        for c in (0.05, 5.0):
+            model = make_pipeline(
+                ColumnTransformer([("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"])],
+                                  remainder="passthrough"),
+                LogisticRegression(C=c, max_iter=300),
+            ).fit(frame, labels)  # fmt: skip
+            with mlflow.start_run():
+                mlflow.sklearn.log_model(model, name="model", registered_model_name=MODEL,
+                                         input_example=frame.head(2),
+                                         pip_requirements=["scikit-learn"])  # fmt: skip
     MlflowClient(platform.mlflow_uri).set_registered_model_alias(MODEL, "champion", "1")
     return MODEL
 

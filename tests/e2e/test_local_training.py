@@ -37,6 +37,7 @@ from mlflow.tracking import MlflowClient
 from mlplane.operator.platforms import processes
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import Store
+from mlplane.operator.registry import process_uris
 from mlplane.training import TrainingContext, TrainingSession, open_store
 from mlplane.training.examples import sklearn_tabular
 
@@ -202,8 +203,8 @@ def coefficients(model: Any) -> list[float]:
 
 
 def registered_coefficients(platform: LocalPlatform, name: str, version: str) -> list[float]:
-    mlflow.set_tracking_uri(platform.mlflow_uri)
-    return coefficients(mlflow.sklearn.load_model(f"models:/{name}/{version}"))
+    with process_uris(platform.mlflow_uri):  # MLflow's globals, restored after
+        return coefficients(mlflow.sklearn.load_model(f"models:/{name}/{version}"))
 
 
 def test_job_applied_again_trains_from_step_zero_and_registers_its_own_weights(platform, tmp_path):

@@ -37,6 +37,7 @@ from mlplane.operator.builders import Variant, build_rayservice
 from mlplane.operator.builders.signing import SigningKeys
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.local_signing import LocalSigningKeys
+from mlplane.operator.registry import process_uris
 from mlplane.serving.deploy import (
     get_applications,
     local_serve_config,
@@ -174,29 +175,31 @@ def registry(workdir):
     from mlplane.monitoring.profile import PROFILE_ARTIFACT_PATH, build_profile
 
     uri = f"sqlite:///{workdir}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("serving-e2e", artifact_location=f"file://{workdir}/art")
-    rng = np.random.default_rng(7)
-    frame = _frame(rng, 600)
-    for version, c in ((1, 0.05), (2, 5.0)):
-        labels = (frame["tenure"] + rng.normal(0, 5, len(frame)) > 24).astype(int)
-        model = make_pipeline(
-            ColumnTransformer(
-                [("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"])],
-                remainder="passthrough",
-            ),
-            LogisticRegression(C=c, max_iter=500),
-        ).fit(frame, labels)
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                signature=infer_signature(frame, model.predict(frame)),
-                registered_model_name=MODEL,
-                pip_requirements=["scikit-learn"],
-            )
-            mlflow.log_text(build_profile(frame).to_json(), PROFILE_ARTIFACT_PATH)
-        assert int(info.registered_model_version) == version
+    with process_uris(uri):  # MLflow's globals, restored after
+        experiment = mlflow.create_experiment(
+            "serving-e2e", artifact_location=f"file://{workdir}/art"
+        )
+        rng = np.random.default_rng(7)
+        frame = _frame(rng, 600)
+        for version, c in ((1, 0.05), (2, 5.0)):
+            labels = (frame["tenure"] + rng.normal(0, 5, len(frame)) > 24).astype(int)
+            model = make_pipeline(
+                ColumnTransformer(
+                    [("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"])],
+                    remainder="passthrough",
+                ),
+                LogisticRegression(C=c, max_iter=500),
+            ).fit(frame, labels)
+            with mlflow.start_run(experiment_id=experiment):
+                info = mlflow.sklearn.log_model(
+                    model,
+                    name="model",
+                    signature=infer_signature(frame, model.predict(frame)),
+                    registered_model_name=MODEL,
+                    pip_requirements=["scikit-learn"],
+                )
+                mlflow.log_text(build_profile(frame).to_json(), PROFILE_ARTIFACT_PATH)
+            assert int(info.registered_model_version) == version
     return uri
 
 
