@@ -256,11 +256,11 @@ def _run(
     _promote(plan, config, f"{namespace}/{name}")
     _LAST_STATUS[uid] = plan.status
     metrics.abtest(namespace, name, plan.status)
-    _write(body, old, plan.status)
     for event in plan.events:
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )
+    _write(body, old, plan.status)  # after the events that explain it
     if pending_promotion(plan.status) is not None:
         _DUE.pop(uid, None)  # decided: finish the promotion at the next tick
     elif plan.status.get("phase") == "Running":

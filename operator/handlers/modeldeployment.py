@@ -437,8 +437,8 @@ def _run_reconcile(
     if new:
         kopf.warn(body, reason="RayClusterAccessBlocked", message=str(blocked))
     old = plain(body.get("status"))
-    write_status(body, conditions.status_patch(old, plan.status))
     if not done:
+        write_status(body, conditions.status_patch(old, plan.status))
         raise kopf.TemporaryError(
             f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1
         )
@@ -446,6 +446,9 @@ def _run_reconcile(
         (kopf.warn if event.type == "Warning" else kopf.info)(
             body, reason=event.reason, message=event.message
         )
+    # After the events, as when Kopf wrote the status after the handler: whoever sees the new
+    # status sees the events that explain it.
+    write_status(body, conditions.status_patch(old, plan.status))
     return plan
 
 
