@@ -38,7 +38,8 @@ from mlplane.operator.builders.retrain import retrain_name
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import NotFound, Store
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+# One story per module (a module-scoped platform): modules are shuffled, tests are not.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.random_order(disabled=True)]
 MODEL = "churn-monitoring-e2e"
 WINDOW_S = 60.0
 DASHBOARDS = Path(__file__).resolve().parents[2] / "monitoring" / "generated" / "dashboards"

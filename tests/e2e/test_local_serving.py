@@ -32,7 +32,9 @@ from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
 from mlplane.operator.platforms.store import Store
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# The tests are one story on one platform (the last deletes the deployment): modules are
+# shuffled (``--random-order``), the tests within this one are not.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.random_order(disabled=True)]
 BIN = Path(sys.executable).parent
 MODEL = "churn-local-e2e"
 FEATURES = ("tenure", "spend", "plan")
@@ -134,6 +136,18 @@ def status(store: Store, name: str) -> dict[str, Any]:
     return store.get("ModelDeployment", "default", name).get("status") or {}
 
 
+def champion_served(platform: LocalPlatform, version: int) -> None:
+    """Point ``champion`` at ``version`` and wait until the deployment serves it: each test
+    sets up the alias it starts from instead of inheriting the previous test's."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(platform.mlflow_uri).set_registered_model_alias(MODEL, "champion", str(version))
+    store = Store(platform.state_dir)
+    wait(lambda: (s := status(store, "churn")).get("servedVersion") == str(version)
+         and s.get("phase") == "Ready", DEPLOY_TIMEOUT,
+         f"champion version {version} served")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def deployed(platform: LocalPlatform, registered: str) -> dict[str, Any]:
     store = Store(platform.state_dir)
@@ -200,6 +214,7 @@ def test_moving_the_alias_switches_versions_with_zero_failed_requests(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
+    champion_served(platform, 1)
     store = Store(platform.state_dir)
     records = LocalServing(platform)
     before = records.get("default", "churn")
@@ -249,14 +264,14 @@ def abtest() -> dict[str, Any]:
 def test_abtest_promotes_the_better_converting_version_with_zero_failed_requests(
     platform: LocalPlatform, deployed: dict
 ) -> None:
-    """Control is champion (version 2 after the previous test), the candidate version 1; users
+    """Control is champion (version 2, set here), the candidate version 1; users
     served by the candidate convert at 0.6, the control's at 0.2 (seeded). The test concludes
     Promote, champion moves to 1 and the deployment serves version 1 alone."""
     from mlflow.tracking import MlflowClient
 
     store = Store(platform.state_dir)
     client = MlflowClient(platform.mlflow_uri)
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "2"
+    champion_served(platform, 2)
     store.apply(abtest())
     url = deployed["endpoint"]
     rng = np.random.default_rng(11)
