@@ -323,7 +323,8 @@ class TrainingJobStatus(StatusModel):
     failures: int = 0
     #: Attempts lost to an MLflow/S3 outage: they spend neither budget.
     infrastructure_failures: int | None = None
-    #: The next attempt starts no earlier (after an attempt lost to an outage).
+    #: The next attempt starts no earlier (after an attempt lost to an outage), or a failed spot
+    #: attempt is judged no earlier (waiting for late preemption evidence).
     retry_after: Timestamp | None = None
     current_attempt: CurrentAttempt | None = None
     last_checkpoint: LastCheckpoint | None = None

@@ -33,6 +33,9 @@
   children; ``MLPLANE_RESOLVE_INTERVAL`` (default 30 s): how often a ModelDeployment asks
   MLflow where its alias points; ``MLPLANE_RETRY_DELAY`` (default 15 s): retry after MLflow
   could not be reached. (Read by the Kopf handlers at import.)
+- ``MLPLANE_PREEMPTION_EVIDENCE_GRACE`` (default 15 s, 0 to 600): how long a spot attempt
+  that failed with no preemption evidence yet waits for it (pod and node watch events can
+  arrive after the RayJob's status) before its failure spends ``backoffLimit``.
 
 The registry policy (the registry is a code boundary, see ``docs/security.md``):
 
@@ -98,6 +101,8 @@ class OperatorConfig:
     serving_service_account: str | None = None
     log_format: Literal["json", "text"] = "text"
     mlflow_timeout: float = 10.0
+    #: Seconds a failed spot attempt waits for late preemption evidence before it is judged.
+    preemption_evidence_grace: float = 15.0
     operator_namespace: str = "mlplane-system"
     operator_pod_labels: tuple[tuple[str, str], ...] = OPERATOR_POD_LABELS
     kuberay_namespace: str = "kuberay-system"
@@ -148,6 +153,18 @@ class OperatorConfig:
                 "MLPLANE_CHECKPOINT_INTERVAL_MIN must be above 0 and at most "
                 f"MLPLANE_CHECKPOINT_INTERVAL_MAX (got {low:g}s and {high:g}s)"
             )
+        grace_text = env.get(
+            "MLPLANE_PREEMPTION_EVIDENCE_GRACE", str(cls.preemption_evidence_grace)
+        )
+        try:
+            grace = float(grace_text)
+        except ValueError:
+            grace = -1.0
+        if not 0 <= grace <= 600:
+            raise ValueError(
+                "MLPLANE_PREEMPTION_EVIDENCE_GRACE must be seconds between 0 and 600 "
+                f"(got {grace_text!r})"
+            )
         return cls(
             mlflow_tracking_uri=env.get("MLPLANE_MLFLOW_TRACKING_URI", cls.mlflow_tracking_uri),
             capacity_labels=labels,  # type: ignore[arg-type]
@@ -159,6 +176,7 @@ class OperatorConfig:
             serving_service_account=env.get("MLPLANE_SERVING_SERVICE_ACCOUNT") or None,
             log_format=log_format,  # type: ignore[arg-type]
             mlflow_timeout=mlflow_timeout,
+            preemption_evidence_grace=grace,
             operator_namespace=env.get("MLPLANE_OPERATOR_NAMESPACE") or cls.operator_namespace,
             operator_pod_labels=_labels(env, "MLPLANE_OPERATOR_POD_LABELS", OPERATOR_POD_LABELS),
             kuberay_namespace=env.get("MLPLANE_KUBERAY_NAMESPACE") or cls.kuberay_namespace,

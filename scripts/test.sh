@@ -21,7 +21,9 @@ echo "== unit and integration tests"
 .venv/bin/pytest -m "not e2e" -p no:cacheprovider "$@" || rc=$?
 
 echo "== end-to-end tests (local platform: real Ray and MLflow, private network namespace)"
-e2e=(.venv/bin/pytest -m e2e -p no:cacheprovider "$@")
+# Modules in a shuffled order (the seed is printed; `-p no:random_order` to turn it off):
+# each must set up what it needs and leave nothing behind (tests/e2e/conftest.py).
+e2e=(.venv/bin/pytest -m e2e -p no:cacheprovider --random-order-bucket=module "$@")
 if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1; then
   unshare -n bash -c 'ip link set lo up && exec "$@"' bash "${e2e[@]}" || rc=$?
 else

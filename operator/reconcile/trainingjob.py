@@ -583,6 +583,7 @@ def _start_attempt(
         env = s.attempt_env(capacity)
         plan.create.append(build_rayjob(tj, number, capacity, config, run_id=run_id,
                                         owner_uid=uid, checkpoint_env=env))  # fmt: skip
+    st.pop("retryAfter", None)  # whatever was awaited (a backoff, evidence) is over
     st["attempts"] = number
     st["currentAttempt"] = {"number": number, "rayJob": name, "capacity": capacity,
                             "startTime": s.now_text}  # fmt: skip
@@ -792,6 +793,8 @@ def _after_failure(
         if not _outage_waited(s, plan, attempt, attempt.outage):
             return
     else:
+        if not _evidence_waited(s, plan, config, attempt):
+            return
         st["failures"] += 1
         s.event("Warning", "AttemptFailed",
                 f"attempt {attempt.number} failed ({st['failures']} of "
@@ -803,6 +806,39 @@ def _after_failure(
             return
     _start_attempt(s, plan, tj, config, uid, attempt.number + 1, capacity, run.run_id,
                    after_preemption=preempted)  # fmt: skip
+
+
+def _evidence_waited(
+    s: _Status, plan: Plan, config: OperatorConfig, attempt: ObservedAttempt
+) -> bool:
+    """A spot attempt failed and no preemption explains it yet: True once it may be judged a
+    code failure.
+
+    The RayJob's status and the pod and node watch events that prove a spot reclaim arrive
+    on separate streams, in either order: judging at once would spend ``backoffLimit`` on a
+    preemption whose evidence is a second late, and evidence of an attempt no longer current
+    is never counted. So the verdict waits ``preemption_evidence_grace`` seconds from the
+    failure (``status.retryAfter``); evidence counted meanwhile makes it a preemption.
+    """
+    st = s.new
+    grace = timedelta(seconds=config.preemption_evidence_grace)
+    if attempt.capacity != "Spot" or not grace:
+        return True
+    if "retryAfter" not in st:
+        ended = _parse_time(attempt.end_time) or s.now
+        st["retryAfter"] = conditions.timestamp(max(ended + grace, s.now))
+    judge_at = _parse_time(st["retryAfter"]) or s.now
+    if s.now < judge_at:
+        st["phase"] = "Retrying"
+        s.condition("Running", "False", "AwaitingPreemptionEvidence",
+                    f"attempt {attempt.number} failed on spot capacity: waiting until "
+                    f"{st['retryAfter']} for evidence of a spot reclaim (a pod's "
+                    f"DisruptionTarget, a node's taint or deletion) before counting it "
+                    f"against backoffLimit")  # fmt: skip
+        plan.requeue_after = max(1.0, (judge_at - s.now).total_seconds())
+        return False
+    del st["retryAfter"]
+    return True
 
 
 def _outage_waited(s: _Status, plan: Plan, attempt: ObservedAttempt, what: str) -> bool:

@@ -22,8 +22,21 @@ def test_reads_environment():
     assert config.artifacts_uri == "s3://bucket/prefix"
 
 
+def test_preemption_evidence_grace_defaults_to_15_seconds_and_is_read():
+    assert OperatorConfig.from_env({}).preemption_evidence_grace == 15.0
+    env = {"MLPLANE_PREEMPTION_EVIDENCE_GRACE": "0"}
+    assert OperatorConfig.from_env(env).preemption_evidence_grace == 0.0
+
+
 @pytest.mark.parametrize(
-    ("variable", "value"), [("MLPLANE_CAPACITY_LABELS", "aks"), ("MLPLANE_LOG_FORMAT", "xml")]
+    ("variable", "value"),
+    [
+        ("MLPLANE_CAPACITY_LABELS", "aks"),
+        ("MLPLANE_LOG_FORMAT", "xml"),
+        ("MLPLANE_PREEMPTION_EVIDENCE_GRACE", "soon"),
+        ("MLPLANE_PREEMPTION_EVIDENCE_GRACE", "-1"),
+        ("MLPLANE_PREEMPTION_EVIDENCE_GRACE", "601"),
+    ],
 )
 def test_bad_value_names_the_variable(variable, value):
     with pytest.raises(ValueError, match=variable):

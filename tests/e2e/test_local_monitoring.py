@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -33,13 +32,15 @@ from typing import Any
 import numpy as np
 import pytest
 from local_ports import isolated_ports
+from request_ledger import LoopThread, RequestLedger
 
 from mlplane.operator.builders.retrain import retrain_name
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.store import NotFound, Store
 from mlplane.operator.registry import process_uris
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+# One story per module (a module-scoped platform): modules are shuffled, tests are not.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.random_order(disabled=True)]
 MODEL = "churn-monitoring-e2e"
 WINDOW_S = 60.0
 DASHBOARDS = Path(__file__).resolve().parents[2] / "monitoring" / "generated" / "dashboards"
@@ -184,38 +185,40 @@ class Traffic:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.codes: list[int] = []
+        #: Every prediction and every feedback sent, answered or failed (never lost).
+        self.predictions, self.feedback = RequestLedger(), RequestLedger()
         self.factor = 1.0
         self.shifted_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._loop = LoopThread(self._step, limit=50_000, name="traffic")
         self._rng = np.random.default_rng(3)
 
     def shift(self) -> None:
         self.factor = 2.0
         self.shifted_at = time.time()
 
-    def _loop(self) -> None:
-        i = 0
-        while not self._stop.is_set() and len(self.codes) < 50_000:
-            data, _ = frame(8, seed=1000 + i, spend_factor=self.factor)
-            user = {"x-user-id": f"user-{i % 1000}"}
-            code, answer = post(self.url + "/v1/predict", {"records": data.to_dict("records")},
-                                user)  # fmt: skip
-            self.codes.append(code)
-            if code == 200 and answer.get("requestId"):
-                outcome = int(self._rng.random() < 0.3)
-                post(self.url + "/v1/feedback", {"requestId": answer["requestId"],
-                                                 "outcome": outcome})  # fmt: skip
-            i += 1
+    def _step(self, i: int) -> None:
+        data, _ = frame(8, seed=1000 + i, spend_factor=self.factor)
+        user = {"x-user-id": f"user-{i % 1000}"}
+        answer = self.predictions.post(self.url + "/v1/predict",
+                                       {"records": data.to_dict("records")}, user)  # fmt: skip
+        if answer.status == 200 and answer.body.get("requestId"):
+            outcome = int(self._rng.random() < 0.3)
+            feedback = {"requestId": answer.body["requestId"], "outcome": outcome}
+            self.feedback.post(self.url + "/v1/feedback", feedback)
 
     def start(self) -> Traffic:
-        self._thread.start()
+        self._loop.start()
         return self
 
+    def check(self) -> None:
+        """All counted, none failed, all 200; and the loop is still alive."""
+        assert self._loop.alive, f"the request loop died: {self._loop.error!r}"
+        self.predictions.check()
+        self.feedback.check()
+        assert self.predictions.sent > 0 and self.feedback.sent > 0
+
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=120)
+        self._loop.stop()
 
 
 @pytest.fixture(scope="module")
@@ -338,4 +341,4 @@ def test_every_dashboard_panel_gets_data(platform: LocalPlatform, story: dict) -
         wait(all_have_data, 120, "every panel to have data", every=5.0)
     except AssertionError:
         raise AssertionError("panels without data:\n" + "\n".join(missing)) from None
-    assert story["traffic"].codes.count(200) == len(story["traffic"].codes)
+    story["traffic"].check()

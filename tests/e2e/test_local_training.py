@@ -41,7 +41,8 @@ from mlplane.operator.registry import process_uris
 from mlplane.training import TrainingContext, TrainingSession, open_store
 from mlplane.training.examples import sklearn_tabular
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# One story per module (a module-scoped platform): modules are shuffled, tests are not.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.random_order(disabled=True)]
 BIN = Path(sys.executable).parent
 CHECKPOINT_EVERY = 5
 

@@ -147,6 +147,14 @@ class Emulator(kmock.KubernetesEmulator):
     #: Response bodies computed by the write path, served by the fallback reactions.
     _results: dict[kmock.Request, dict[str, Any]] = attrs.field(factory=dict, init=False)
     _names: Iterable[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
+    #: Fault hooks: ``(match, action, once)``, run after a request is applied, before its answer.
+    _after: list[tuple[Callable[[kmock.Request], bool], Callable[[kmock.Request], None], bool]] = (
+        attrs.field(factory=list, init=False)
+    )
+    #: Fault hooks run before a request is applied; a request one of them takes is dropped.
+    _before: list[tuple[Callable[[kmock.Request], bool], Callable[[kmock.Request], None], bool]] = (
+        attrs.field(factory=list, init=False)
+    )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -380,6 +388,45 @@ class Emulator(kmock.KubernetesEmulator):
                 with contextlib.suppress(kmock.KubernetesError):  # already gone
                     await self._delete(dep_res, dep_ns, dep_name)
 
+    # --- fault hooks -----------------------------------------------------------------------
+
+    def after_request(
+        self,
+        match: Callable[[kmock.Request], bool],
+        action: Callable[[kmock.Request], None],
+        *,
+        once: bool = True,
+    ) -> None:
+        """Run ``action(request)`` for a request ``match`` accepts, once the emulator has
+        applied it (the object is stored, the watch event sent) and before it answers: the
+        moment where a client killed there has changed the world without knowing it. With
+        ``once`` the hook is dropped after its first run."""
+        self._after.append((match, action, once))
+
+    def before_request(
+        self,
+        match: Callable[[kmock.Request], bool],
+        action: Callable[[kmock.Request], None],
+        *,
+        once: bool = True,
+    ) -> None:
+        """Run ``action(request)`` for a request ``match`` accepts *instead of* applying it
+        (it is answered 503 and changes nothing): a client killed there never got its write
+        in, e.g. the status after an external side effect (an MLflow alias moved)."""
+        self._before.append((match, action, once))
+
+    @staticmethod
+    def _run_hooks(hooks: list[Any], request: kmock.Request) -> bool:
+        ran = False
+        for hook in list(hooks):
+            match, action, once = hook
+            if match(request):
+                if once:
+                    hooks.remove(hook)
+                action(request)
+                ran = True
+        return ran
+
     # --- HTTP ------------------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -387,6 +434,10 @@ class Emulator(kmock.KubernetesEmulator):
         if res is None or res.plural is None:
             return await kmock.RawHandler._handle(self, request)
         content_type = request.headers.get("Content-Type", "")
+        if self._run_hooks(self._before, request):
+            return aiohttp.web.json_response(
+                {"kind": "Status", "status": "Failure", "code": 503,
+                 "message": "dropped by a test's fault hook"}, status=503)  # fmt: skip
         async with self._lock:
             if request.action == kmock.action.CREATE:
                 self._results[request] = await self._create(res, request.namespace, request.data)
@@ -411,7 +462,9 @@ class Emulator(kmock.KubernetesEmulator):
                     content_type=content_type,
                     method="PUT",
                 )
+                self._run_hooks(self._after, request)
                 return aiohttp.web.json_response(body)
+            self._run_hooks(self._after, request)
         try:
             return await kmock.RawHandler._handle(self, request)
         finally:

@@ -15,7 +15,9 @@ Fixtures (function-scoped, async):
   default (``$KUBECONFIG``, ``KUBE_CONFIG_DEFAULT_LOCATION``) for this test only.
 - ``operator``: the operator with mlplane's handlers running (Kopf's default registry after
   importing ``mlplane.operator.handlers``), stopped cleanly at teardown: an
-  :class:`OperatorRun`. Tests that restart it use :func:`run_operator` directly.
+  :class:`OperatorRun`. Tests that restart it use :func:`run_operator_process`: the operator
+  in a new process, stopped with SIGKILL (:class:`OperatorProcess`; ``kill_after`` kills it
+  right after a given request, e.g. between creating a child and writing the status).
 
 Helpers: :func:`wait_for` (poll until a condition holds, fail at a deadline naming what was
 awaited and what was seen), :func:`create`, :func:`stored`, :func:`example`,
@@ -28,7 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -36,6 +44,7 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kmock
 import kopf
 import pytest
 import pytest_asyncio
@@ -184,6 +193,16 @@ class OperatorRun:
             if getattr(r, "k8s_ref", {}).get("uid") == uid and r.getMessage().startswith(prefix)
         )
 
+    def timer_runs(self, obj: dict[str, Any], timer: str) -> int:
+        """How many runs of the timer ``timer`` the operator finished for ``obj``."""
+        uid = obj["metadata"]["uid"]
+        done = f"Timer {timer!r} succeeded."
+        return sum(
+            1
+            for r in list(self.records)
+            if getattr(r, "k8s_ref", {}).get("uid") == uid and r.getMessage() == done
+        )
+
     def check(self) -> None:
         """Fail when the operator has died (with what killed it)."""
         if self.error:
@@ -282,6 +301,158 @@ async def operator(emulator: Emulator, kubeconfig: Path) -> AsyncIterator[Operat
         yield run
 
 
+#: Where ``k8s.operator_process`` is importable from (``tests/``).
+_TESTS = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class OperatorProcess:
+    """The operator in a process of its own (``k8s.operator_process``): nothing it keeps in
+    memory survives :meth:`kill`. ``records`` are its per-object log records (as
+    :class:`logging.LogRecord` with ``k8s_ref``), read back from the log file it writes."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    stderr: Path
+    _offset: int = 0
+    _records: list[logging.LogRecord] = field(default_factory=list)
+    ready: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def records(self) -> list[logging.LogRecord]:
+        """Every complete line logged so far (a line cut by a kill is not counted)."""
+        with self.log.open("rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.decode().splitlines():
+            data = json.loads(line)
+            if data.get("ready"):
+                self.ready = True
+                continue
+            record = logging.makeLogRecord({"msg": data["message"], "levelname": data["level"],
+                                            "k8s_ref": {"uid": data["uid"]}})  # fmt: skip
+            self._records.append(record)
+        return self._records
+
+    def processed(self, obj: dict[str, Any], cause: str) -> int:
+        """How many times this process finished a ``cause`` cycle for ``obj`` (see
+        :meth:`OperatorRun.processed`)."""
+        uid = obj["metadata"]["uid"]
+        prefix = f"{cause.capitalize()} is processed"
+        return sum(
+            1
+            for r in self.records
+            if r.k8s_ref.get("uid") == uid and r.getMessage().startswith(prefix)
+        )
+
+    def timer_runs(self, obj: dict[str, Any], timer: str) -> int:
+        """How many runs of the timer ``timer`` this process finished for ``obj``."""
+        uid = obj["metadata"]["uid"]
+        done = f"Timer {timer!r} succeeded."
+        return sum(
+            1 for r in self.records if r.k8s_ref.get("uid") == uid and r.getMessage() == done
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, at whatever moment this is: no handler finishes, nothing is flushed."""
+        if self.running:
+            os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait(timeout=DEFAULT_TIMEOUT)
+
+    def kill_after(
+        self,
+        emulator: Emulator,
+        method: str,
+        resource: str,
+        *,
+        name: str | None = None,
+        subresource: str | type[Ellipsis] | None = ...,
+        when: Callable[[kmock.Request], bool] | None = None,
+        before: bool = False,
+    ) -> list[kmock.Request]:
+        """SIGKILL this process right after the emulator applies the first matching request
+        (and before it answers): e.g. after the RayJob POST, before the status PATCH. With
+        ``before``, kill it instead of applying the request (the write never lands).
+        Returns a list that receives the request that triggered the kill."""
+        res = kmock.resource(resource)
+        verb = kmock.method(method.upper())
+        fired: list[kmock.Request] = []
+
+        def named(r: kmock.Request) -> bool:
+            if name is None or r.name == name:
+                return True
+            return isinstance(r.data, dict) and r.data.get("metadata", {}).get("name") == name
+
+        def match(r: kmock.Request) -> bool:
+            return (
+                r.resource == res
+                and r.method == verb
+                and named(r)
+                and (subresource is ... or r.subresource == subresource)
+                and (when is None or when(r))
+            )
+
+        def kill(r: kmock.Request) -> None:
+            fired.append(r)
+            self.kill()
+
+        (emulator.before_request if before else emulator.after_request)(match, kill)
+        return fired
+
+    def check(self) -> None:
+        """Fail when the process has exited (with the end of its stderr)."""
+        if not self.running:
+            tail = self.stderr.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the operator exited ({self.popen.returncode}): {tail}")
+
+
+@contextlib.asynccontextmanager
+async def run_operator_process(
+    *, startup_timeout: float = 90.0, tag: str = "operator"
+) -> AsyncIterator[OperatorProcess]:
+    """Start the operator in a new process (with this process's environment, so the
+    ``kubeconfig`` fixture's ``$KUBECONFIG`` and the tests' ``MLPLANE_*`` settings) and wait
+    until Kopf is ready; at the end of the block SIGKILL it if it still runs: a restart in a
+    test is a crash, never a graceful stop at a quiet moment."""
+    handle, name = tempfile.mkstemp(prefix=f"mlplane-{tag}-", suffix=".jsonl")
+    os.close(handle)
+    log = Path(name)
+    stderr = log.with_suffix(".stderr")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_TESTS), env.get("PYTHONPATH")) if p)
+    with stderr.open("wb") as err:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "k8s.operator_process", str(log)],
+            env=env,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+        )
+    proc = OperatorProcess(popen, log, stderr)
+    try:
+        await wait_for(
+            lambda: (proc.records is not None and proc.ready) or not proc.running,
+            timeout=startup_timeout,
+            message="the operator process to start",
+        )
+        proc.check()
+        yield proc
+    finally:
+        proc.kill()
+        log.unlink(missing_ok=True)
+        stderr.unlink(missing_ok=True)
+
+
 async def wait_for(
     condition: Callable[[], T],
     *,
@@ -304,6 +475,24 @@ async def wait_for(
             detail = f"; last seen: {seen()!r}" if seen is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {message}{detail}")
         await asyncio.sleep(POLL)
+
+
+async def more_timer_runs(
+    run: OperatorRun | OperatorProcess,
+    obj: dict[str, Any],
+    timer: str,
+    count: int = 2,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> None:
+    """Wait until the operator finished ``count`` more runs of ``timer`` for ``obj`` than it
+    had now: the positive sign that it looked at the object *after* this moment, which every
+    "nothing more happens" assertion needs first (a sleep passes even if the operator never
+    ran). With ``count >= 2`` at least one whole run started after this call."""
+    mark = run.timer_runs(obj, timer)
+    await wait_for(lambda: run.timer_runs(obj, timer) >= mark + count, timeout=timeout,
+                   message=f"{count} more runs of timer {timer!r} for "
+                           f"{obj['metadata'].get('name')}")  # fmt: skip
 
 
 def example(name: str) -> dict[str, Any]:

@@ -373,3 +373,31 @@ async def test_watch_honours_label_selectors(emulator):
     finally:
         watch.cancel()
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "mine")]
+
+
+async def test_fault_hooks_run_after_a_write_is_applied_or_instead_of_it(emulator):
+    """What the restart tests build on: ``after_request`` sees the object already stored;
+    ``before_request`` drops the write (503) and changes nothing; both run once."""
+    res = "mlplane.dev/v1alpha1/trainingjobs"
+    seen: list[object] = []
+
+    def is_post(r):
+        return r.method.value == "POST"
+
+    emulator.after_request(is_post, lambda r: seen.append(emulator.get_object(res, "ns", "job")))
+    status, _ = await call(emulator, "POST", TJ, tj())
+    assert status == 200
+    assert seen and seen[0]["metadata"]["name"] == "job"  # stored before the hook ran
+    await call(emulator, "POST", TJ, tj("second"))
+    assert len(seen) == 1  # once
+
+    dropped: list[object] = []
+    emulator.before_request(lambda r: r.name == "job" and r.subresource == "status",
+                            dropped.append)  # fmt: skip
+    status, _ = await call(emulator, "PATCH", f"{TJ}/job/status",
+                           {"status": {"phase": "Running"}}, MERGE)  # fmt: skip
+    assert (status, len(dropped)) == (503, 1)
+    assert "status" not in emulator.get_object(res, "ns", "job")
+    status, _ = await call(emulator, "PATCH", f"{TJ}/job/status",
+                           {"status": {"phase": "Running"}}, MERGE)  # fmt: skip
+    assert status == 200 and emulator.get_object(res, "ns", "job")["status"]["phase"] == "Running"

@@ -9,6 +9,8 @@ os.environ.setdefault("MLPLANE_RECONCILE_INTERVAL", "1")
 os.environ.setdefault("MLPLANE_RETRY_DELAY", "2")
 # ModelDeployments ask MLflow again every second, so a moved alias shows within a test.
 os.environ.setdefault("MLPLANE_RESOLVE_INTERVAL", "1")
+# A failed spot attempt waits this long for late preemption evidence (default 15 s).
+os.environ.setdefault("MLPLANE_PREEMPTION_EVIDENCE_GRACE", "8")
 
 # ``tests/`` holds the shared ``k8s`` harness package; make it importable from this folder.
 _TESTS = str(Path(__file__).resolve().parents[1])

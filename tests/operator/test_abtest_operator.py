@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from k8s.harness import create, events_for, run_operator, stored, wait_for
+from k8s.harness import create, events_for, run_operator, run_operator_process, stored, wait_for
 from mlflow.tracking import MlflowClient
 
 from mlplane.operator import conditions
@@ -333,7 +333,7 @@ async def test_restart_mid_test_keeps_counts_and_decision(emulator, kubeconfig, 
     set_alias(mlflow_uri, "steady", 1)
     set_alias(mlflow_uri, "next", 2)
     spec = {"analysis": {"minSamplesPerVariant": 100, "interval": "5s"}}
-    async with run_operator():
+    async with run_operator_process() as first:
         md = await create(emulator, modeldeployment("restart", "steady"))
         await serving(emulator, md, (None, [("primary", 1, 100)]))
         ab = await create(emulator, abtest("survivor", "restart", "steady", "next", **spec))
@@ -345,11 +345,12 @@ async def test_restart_mid_test_keeps_counts_and_decision(emulator, kubeconfig, 
             message="a first analysis",
             seen=lambda: status(emulator, ab),
         )
+        first.kill()
     assert before["decision"] == "Continue"
     writes = len(emulator.requests_to(ABTESTS, method="PATCH", name="survivor",
                                       subresource="status"))  # fmt: skip
     reads = len(router.reads)
-    async with run_operator() as second:
+    async with run_operator_process() as second:
         await wait_for(lambda: second.processed(ab, "resuming"), timeout=TIMEOUT,
                        message="the resume")  # fmt: skip
         await wait_for(lambda: len(router.reads) >= reads + 3, timeout=TIMEOUT,
@@ -436,3 +437,48 @@ async def test_a_promotion_survives_a_refused_status_write_and_a_restart(
     assert moves == [("incumbent", 2, "Pending")]
     # The injected refusals are not the emulator's failures (the fixture checks those).
     emulator.errors[:] = [e for e in emulator.errors if "injected" not in str(e)]
+
+
+def alias_moves(proc) -> int:
+    """How many times an operator process moved an alias (its handler's log line)."""
+    return sum(1 for r in proc.records if " alias " in r.getMessage() and " -> version " in
+               r.getMessage())  # fmt: skip
+
+
+async def test_kill_between_promotion_and_status_write(emulator, kubeconfig, mlflow_uri, router):
+    """SIGKILL after the alias moved in MLflow, instead of the status write that records the
+    promotion: the new process finds the alias already moved (moves it no further), concludes
+    with the same decision, and the deployment serves the winner."""
+    set_alias(mlflow_uri, "calm", 1)
+    set_alias(mlflow_uri, "bold", 2)
+    spec = {"analysis": {"minSamplesPerVariant": 100, "interval": "5s"}}
+    async with run_operator_process() as first:
+        md = await create(emulator, modeldeployment("killed", "calm"))
+        await serving(emulator, md, (None, [("primary", 1, 100)]))
+        ab = await create(emulator, abtest("crash", "killed", "calm", "bold", **spec))
+        await started(emulator, router, md, ab, (1, 2))
+        before = status(emulator, ab)
+
+        def concluding(r) -> bool:
+            return isinstance(r.data, dict) and (r.data.get("status") or {}).get(
+                "phase") == "Concluded"  # fmt: skip
+
+        fired = first.kill_after(emulator, "PATCH", ABTESTS, name="crash", subresource="status",
+                                 when=concluding, before=True)  # fmt: skip
+        router.counts("crash", control=(50, 3000, 0, 3000, 300), candidate=(50, 3000, 0, 3000, 450))
+        await wait_for(lambda: fired and not first.running, timeout=TIMEOUT,
+                       message="the kill instead of the concluding status write")  # fmt: skip
+        moved_by_first = alias_moves(first)
+    assert alias_version(mlflow_uri, "calm") == 2  # moved by the killed process
+    assert moved_by_first == 1
+    assert status(emulator, ab).get("phase") == "Running"  # its status never landed
+    async with run_operator_process() as second:
+        st = await phase(emulator, ab, "Concluded")
+        assert (st["decision"], st["winner"], st["startTime"]) == (
+            "Promote", "candidate", before["startTime"])  # fmt: skip
+        await serving(emulator, md, (None, [("primary", 2, 100)]))
+        assert second.processed(ab, "resuming")
+        assert alias_moves(second) == 0  # found it moved: not moved again
+    assert alias_version(mlflow_uri, "calm") == 2
+    promoted = [e for e in events_for(emulator, ab) if e["reason"] == "Promoted"]
+    assert len(promoted) <= 2, promoted  # at most once per process that decided

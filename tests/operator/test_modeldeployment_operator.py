@@ -22,7 +22,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from k8s.harness import create, events_for, run_operator, stored, wait_for
+from k8s.harness import create, events_for, run_operator_process, stored, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -316,8 +316,9 @@ async def test_deletion_removes_the_rayservice(emulator, operator, mlflow_uri):
 
 
 async def test_restart_creates_and_rewrites_nothing(emulator, kubeconfig, mlflow_uri):
+    """SIGKILL once settled; a new process (none of the first one's caches) writes nothing."""
     set_alias(mlflow_uri, "restart", 2)
-    async with run_operator() as first:
+    async with run_operator_process() as first:
         obj = await create(emulator, modeldeployment("restart", "restart"))
         await deployed(emulator, obj, 2)
 
@@ -335,11 +336,12 @@ async def test_restart_creates_and_rewrites_nothing(emulator, kubeconfig, mlflow
             return timer_runs(first, obj) >= mark[1] + 2
 
         await wait_for(settled, timeout=TIMEOUT, message="no status writes for two timer runs")
+        first.kill()
     rs = rayservice(emulator, "restart")
     writes = len(rayservice_writes(emulator, "restart"))
     status_writes = len(emulator.requests_to(MDS, method="PATCH", name="restart",
                                              subresource="status"))  # fmt: skip
-    async with run_operator() as second:
+    async with run_operator_process() as second:
         await wait_for(lambda: second.processed(obj, "resuming"), timeout=TIMEOUT,
                        message="the resume")  # fmt: skip
         await wait_for(lambda: timer_runs(second, obj) >= 3, timeout=TIMEOUT,
@@ -355,6 +357,36 @@ async def test_restart_creates_and_rewrites_nothing(emulator, kubeconfig, mlflow
     assert len(emulator.requests_to(MDS, method="PATCH", name="restart",
                                     subresource="status")) == status_writes  # fmt: skip
     assert status(emulator, obj)["servedVersion"] == "2"
+
+
+async def test_kill_between_rayservice_create_and_status_write(emulator, kubeconfig, mlflow_uri):
+    """SIGKILL right after the RayService POST is applied (before the answer, before any
+    status): the new process adopts that RayService, creates no second one, and the status
+    converges to what is served."""
+    set_alias(mlflow_uri, "killed", 1)
+    async with run_operator_process() as first:
+        fired = first.kill_after(emulator, "POST", RAYSERVICES, name="killed")
+        obj = await create(emulator, modeldeployment("killed", "killed"))
+        await wait_for(lambda: fired and not first.running, timeout=TIMEOUT,
+                       message="the kill after the RayService POST")  # fmt: skip
+    made = rayservice(emulator, "killed")
+    assert made is not None and model_version(made) == 1
+    assert status(emulator, obj).get("phase") != "Ready"
+    async with run_operator_process() as second:
+        # Killed inside its creation handler: the new process handles the creation again.
+        await deployed(emulator, obj, 1)
+        mark = timer_runs(second, obj)
+        await wait_for(lambda: timer_runs(second, obj) >= mark + 2, timeout=TIMEOUT,
+                       message="two timer runs once Ready")  # fmt: skip
+    assert [r["metadata"]["name"] for r in emulator.list_objects(RAYSERVICES, NAMESPACE)
+            if r["metadata"]["name"].startswith("killed")] == ["killed"]  # fmt: skip
+    now = rayservice(emulator, "killed")
+    assert now["metadata"]["uid"] == made["metadata"]["uid"]
+    assert now["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert len(emulator.requests_to(RAYSERVICES, method="POST")) >= 1
+    st = status(emulator, obj)
+    assert (st["phase"], st["servedVersion"]) == ("Ready", "1")
+    assert condition(emulator, obj, "Ready")["status"] == "True"
 
 
 async def test_scale_reaches_workers_and_serve_autoscaling(emulator, operator, mlflow_uri):
@@ -512,7 +544,10 @@ async def test_drift_fills_status_and_retrains_once(emulator, kubeconfig, mlflow
     monkeypatch.setenv("MLPLANE_SERVING_URL", stub.url)
     set_alias(mlflow_uri, "drift", 1)
     try:
-        async with run_operator():
+        async with run_operator_process() as killed:
+            # SIGKILLed right after the retraining TrainingJob's POST is applied, before the
+            # operator hears the answer or writes status.drift.retrains.
+            fired = killed.kill_after(emulator, "POST", TRAININGJOBS)
             obj = await create(
                 emulator, modeldeployment("drifty", "drift", monitoring=drift_monitoring())
             )
@@ -536,6 +571,10 @@ async def test_drift_fills_status_and_retrains_once(emulator, kubeconfig, mlflow
             jobs = await wait_for(
                 lambda: retrain_jobs(emulator), timeout=TIMEOUT, message="a retraining job"
             )
+            await wait_for(lambda: fired and not killed.running, timeout=TIMEOUT,
+                           message="the kill after the TrainingJob POST")  # fmt: skip
+        assert (status(emulator, obj).get("drift") or {}).get("retrains", 0) == 0
+        async with run_operator_process():
             await wait_for(
                 lambda: (status(emulator, obj).get("drift") or {}).get("retrains") == 1,
                 timeout=TIMEOUT,
@@ -555,15 +594,17 @@ async def test_drift_fills_status_and_retrains_once(emulator, kubeconfig, mlflow
         drifted = condition(emulator, obj, "Drifted")
         assert drifted["reason"] == "Drifted" and "f1" in drifted["message"]
         reasons = [e["reason"] for e in events_for(emulator, obj)]
-        assert reasons.count("RetrainCreated") == 1
+        assert reasons.count("RetrainCreated") <= 1  # the killed process may have sent none
 
         # A restart and its ticks over the same report: no second job, nothing counted twice.
         reads = stub.reads
-        async with run_operator() as second:
+        async with run_operator_process() as second:
             await wait_for(lambda: timer_runs(second, obj) >= 3 and stub.reads > reads,
                            timeout=TIMEOUT, message="ticks after the restart")  # fmt: skip
         assert [j["metadata"]["name"] for j in retrain_jobs(emulator)] == ["drifty-r1"]
-        assert len(emulator.requests_to(TRAININGJOBS, method="POST")) == 1
+        # The killed process's POST landed; the new ones found it (adopted, not duplicated).
+        assert len(retrain_jobs(emulator)) == 1
+        assert jobs[0]["metadata"]["uid"] == retrain_jobs(emulator)[0]["metadata"]["uid"]
         assert status(emulator, obj)["drift"]["consecutiveDriftedWindows"] == 2
     finally:
         stub.stop()

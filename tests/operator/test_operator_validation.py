@@ -18,6 +18,7 @@ from k8s.harness import (
     example,
     resource_of,
     run_operator,
+    run_operator_process,
     stored,
     wait_for,
 )
@@ -265,7 +266,7 @@ async def test_status_is_written_only_when_it_changes(emulator, kubeconfig):
             seen=lambda: stored(emulator, obj),
         )
 
-    async with run_operator() as first:
+    async with run_operator_process() as first:
         obj = await create(emulator, invalid_training_job(name))
         await wait_for(lambda: invalid_condition(emulator, obj), message="InvalidSpec")
         await wait_for(lambda: events_for(emulator, obj, "Warning"), message="the Warning")
@@ -279,7 +280,7 @@ async def test_status_is_written_only_when_it_changes(emulator, kubeconfig):
         assert status_writes() == 2  # the label cycle wrote no status
 
     # A restart resumes every object: the same verdict again, so no write and no warning.
-    async with run_operator() as second:
+    async with run_operator_process() as second:
         await wait_for(lambda: second.processed(obj, "resuming"), message="the resume")
         await break_again(600, warnings=3)
         assert status_writes() == 3  # the resume wrote no status

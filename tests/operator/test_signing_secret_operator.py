@@ -11,7 +11,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from k8s.harness import create, events_for, run_operator, stored, wait_for
+from k8s.harness import create, events_for, run_operator_process, stored, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -103,7 +103,7 @@ def timer_runs(run, obj) -> int:
 async def test_secret_made_once_owned_mounted_and_kept_across_a_restart(
     emulator, kubeconfig, mlflow_uri
 ):
-    async with run_operator() as first:
+    async with run_operator_process() as first:
         obj = await create(emulator, modeldeployment("signed"))
         rs = await wait_for(
             lambda: emulator.get_object(RAYSERVICES, NAMESPACE, "signed"),
@@ -135,7 +135,7 @@ async def test_secret_made_once_owned_mounted_and_kept_across_a_restart(
         assert keys(secret(emulator, "signed")) == key
         assert len(secret_writes(emulator, "signed")) == 1
     version = secret(emulator, "signed")["metadata"]["resourceVersion"]
-    async with run_operator() as second:
+    async with run_operator_process() as second:
         await wait_for(lambda: timer_runs(second, obj) >= 3, timeout=TIMEOUT,
                        message="three timer runs after the restart")  # fmt: skip
     assert secret(emulator, "signed")["metadata"]["resourceVersion"] == version

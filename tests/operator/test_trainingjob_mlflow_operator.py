@@ -15,7 +15,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from k8s.harness import create, events_for, example, wait_for
+from k8s.harness import create, events_for, example, more_timer_runs, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -157,7 +157,8 @@ async def test_attempt_lost_to_an_outage_spends_no_backoff_limit(emulator, opera
                              message="the second outage counted")  # fmt: skip
     assert waiting["retryAfter"] > just_now
     assert condition(emulator, obj, "Running")["reason"] == "WaitingForInfrastructure"
-    await asyncio.sleep(2)  # two timer ticks: nothing starts early, nothing counted twice
+    # Two more reconciles of the waiting job: nothing starts early, nothing counted twice.
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
     assert emulator.get_object(RAYJOBS, "ml", "tj-outage-a3") is None
     assert (status(emulator, obj)["failures"], status(emulator, obj)["phase"]) == (0, "Retrying")
     assert status(emulator, obj)["infrastructureFailures"] == 2

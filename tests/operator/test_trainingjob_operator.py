@@ -15,7 +15,15 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from k8s.harness import create, events_for, example, run_operator, stored, wait_for
+from k8s.harness import (
+    create,
+    events_for,
+    example,
+    more_timer_runs,
+    run_operator_process,
+    stored,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -121,7 +129,8 @@ async def test_success_registers_one_version(emulator, operator, mlflow_uri):
     assert (final["attempts"], final["preemptions"], final["failures"]) == (1, 0, 0)
     client = MlflowClient(mlflow_uri)
     assert str(client.get_model_version_by_alias("tj-ok", "candidate").version) == "1"
-    await asyncio.sleep(2.5)  # two more timer ticks: nothing may be registered again
+    # Two more timer runs that saw the Succeeded job: nothing may be registered again.
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
     assert len(client.search_model_versions("name = 'tj-ok'")) == 1
     reasons = [e["reason"] for e in events_for(emulator, obj)]
     assert {"AttemptCreated", "Running", "ModelRegistered", "Succeeded"} <= set(reasons)
@@ -177,31 +186,80 @@ async def test_code_failures_exhaust_backoff_limit_not_preemptions(emulator, ope
     assert (final["failures"], final["preemptions"]) == (2, 0)
     succeeded = next(c for c in final["conditions"] if c["type"] == "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("False", "BackoffLimitExceeded")
-    await asyncio.sleep(2)
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)  # looked at it again
     assert rayjob(emulator, "tj-bug-a3") is None
     assert events_for(emulator, obj, "Warning")
 
 
+def runs_of(uri: str, obj: dict[str, Any]) -> list[Any]:
+    client = MlflowClient(uri)
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`mlplane.trainingjob.uid` = '{obj['metadata']['uid']}'",
+    )
+
+
 async def test_restart_mid_attempt_creates_no_duplicate(emulator, kubeconfig, mlflow_uri):
-    async with run_operator():
+    """The operator SIGKILLed while an attempt runs; a new process (no memory) resumes it."""
+    async with run_operator_process() as first:
         obj = await create(emulator, trainingjob("tj-restart"))
         await wait_for(lambda: rayjob(emulator, "tj-restart-a1"), timeout=TIMEOUT,
                        message="attempt 1")  # fmt: skip
         await set_job_status(emulator, "tj-restart-a1", "RUNNING", "Running")
         await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
                        message="Running")  # fmt: skip
-    async with run_operator():
-        await asyncio.sleep(3)  # the resumed operator's timers run a few times
+        first.kill()
+    async with run_operator_process() as second:
+        # A positive sign first: the new process resumed the job and its timer looked at it
+        # twice (reading the RayJob each time); only then "nothing more happened" means it.
+        await wait_for(lambda: second.processed(obj, "resuming"), timeout=TIMEOUT,
+                       message="the resume")  # fmt: skip
+        await wait_for(lambda: second.timer_runs(obj, "observe") >= 2, timeout=TIMEOUT,
+                       message="two timer runs after the restart")  # fmt: skip
         jobs = [j for j in emulator.list_objects(RAYJOBS, "ml")
                 if j["metadata"]["name"].startswith("tj-restart-")]  # fmt: skip
         assert [j["metadata"]["name"] for j in jobs] == ["tj-restart-a1"]
         assert status(emulator, obj)["attempts"] == 1
         assert status(emulator, obj)["phase"] == "Running"
-    runs = MlflowClient(mlflow_uri).search_runs(
-        [e.experiment_id for e in MlflowClient(mlflow_uri).search_experiments()],
-        filter_string=f"tags.`mlplane.trainingjob.uid` = '{obj['metadata']['uid']}'",
-    )
-    assert len(runs) == 1
+    assert len(runs_of(mlflow_uri, obj)) == 1
+
+
+async def test_kill_between_rayjob_create_and_status_write(emulator, kubeconfig, mlflow_uri):
+    """SIGKILL right after the RayJob POST is applied, before the operator hears the answer
+    or writes status: the new process adopts that RayJob (same owner), creates no second one
+    and no second MLflow run, counts the attempt once, and status converges to the truth."""
+    async with run_operator_process() as first:
+        fired = first.kill_after(emulator, "POST", RAYJOBS, name="tj-killed-a1")
+        obj = await create(emulator, trainingjob("tj-killed"))
+        await wait_for(lambda: fired and not first.running, timeout=TIMEOUT,
+                       message="the kill after the RayJob POST")  # fmt: skip
+    job = rayjob(emulator, "tj-killed-a1")
+    assert job is not None
+    assert status(emulator, obj).get("attempts", 0) == 0  # killed before the status write
+    async with run_operator_process() as second:
+        await wait_for(lambda: status(emulator, obj).get("attempts") == 1, timeout=TIMEOUT,
+                       message="attempt 1 recorded",
+                       seen=lambda: status(emulator, obj))  # fmt: skip
+        await set_job_status(emulator, "tj-killed-a1", "RUNNING", "Running")
+        await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                       message="Running", seen=lambda: status(emulator, obj))  # fmt: skip
+        await train(mlflow_uri, run_id_of(job))
+        await set_job_status(emulator, "tj-killed-a1", "SUCCEEDED", "Complete")
+        final = await wait_for(lambda: status(emulator, obj).get("phase") == "Succeeded"
+                               and status(emulator, obj), timeout=TIMEOUT, message="Succeeded",
+                               seen=lambda: status(emulator, obj))  # fmt: skip
+        mark = second.timer_runs(obj, "observe")
+        await wait_for(lambda: second.timer_runs(obj, "observe") >= mark + 2, timeout=TIMEOUT,
+                       message="two timer runs after Succeeded")  # fmt: skip
+    assert (final["attempts"], final["preemptions"], final["failures"]) == (1, 0, 0)
+    assert [j["metadata"]["name"] for j in emulator.list_objects(RAYJOBS, "ml")
+            if j["metadata"]["name"].startswith("tj-killed-")] == ["tj-killed-a1"]  # fmt: skip
+    assert rayjob(emulator, "tj-killed-a1")["metadata"]["uid"] == job["metadata"]["uid"]
+    assert len(runs_of(mlflow_uri, obj)) == 1
+    client = MlflowClient(mlflow_uri)
+    assert len(client.search_model_versions("name = 'tj-killed'")) == 1
+    assert str(client.get_model_version_by_alias("tj-killed", "candidate").version) == "1"
+    assert status(emulator, obj) == final
 
 
 async def test_deletion_removes_the_attempts(emulator, operator, mlflow_uri):
@@ -275,7 +333,8 @@ async def test_rayjob_of_an_earlier_incarnation_is_not_adopted(emulator, operato
     assert condition["status"] == "False"
     assert "tj-again-a1" in condition["message"]
     assert "uid-of-the-deleted-one" in condition["message"]
-    await asyncio.sleep(2.5)  # timer ticks: the old result is never taken for this job's
+    # Two more reconciles that saw the old RayJob: its result is never taken for this job's.
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
     assert status(emulator, obj).get("phase") == "Pending"
     assert blocked() is not None
     assert MlflowClient(mlflow_uri).search_model_versions("name = 'tj-again'") == []
@@ -330,7 +389,7 @@ async def test_queued_rayjob_is_left_to_kueue(emulator, operator, mlflow_uri):
     await wait_for(lambda: running_reason() == "WaitingForKueue", timeout=TIMEOUT,
                    message="Running=False WaitingForKueue",
                    seen=lambda: status(emulator, obj))  # fmt: skip
-    await asyncio.sleep(2.5)  # timer ticks: nothing may unsuspend it
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)  # nothing may unsuspend it
     assert rayjob(emulator, "tj-queued-a1")["spec"]["suspend"] is True
     assert status(emulator, obj)["phase"] == "Pending"
     # Kueue admits the Workload: it clears suspend, KubeRay starts the job
@@ -354,7 +413,7 @@ async def test_rayjob_gets_an_owned_token_secret_and_network_policy(emulator, ku
     """Made before the RayJob, owned by the TrainingJob, the token kept across a restart."""
     import base64
 
-    async with run_operator():
+    async with run_operator_process():
         obj = await create(emulator, trainingjob("tj-closed"))
         job = await wait_for(lambda: rayjob(emulator, "tj-closed-a1"), timeout=TIMEOUT,
                              message="attempt 1's RayJob")  # fmt: skip
@@ -381,7 +440,7 @@ async def test_rayjob_gets_an_owned_token_secret_and_network_policy(emulator, ku
     assert first_post(SECRETS) < first_post(RAYJOBS)
     assert first_post(POLICIES) < first_post(RAYJOBS)
     # A restart and attempt 2 keep the same Secret and token (never regenerated).
-    async with run_operator():
+    async with run_operator_process():
         await wait_for(lambda: rayjob(emulator, "tj-closed-a2"), timeout=TIMEOUT,
                        message="attempt 2's RayJob")  # fmt: skip
     again = emulator.get_object(SECRETS, "ml", "tj-closed-ray-auth")
@@ -411,7 +470,8 @@ async def test_token_secret_of_another_owner_is_not_adopted(emulator, operator, 
     assert "tj-taken-ray-auth" in condition["message"]
     assert "uid-of-someone-else" in condition["message"]
     assert "Delete that Secret" in condition["message"]
-    await asyncio.sleep(2.5)  # timer ticks: still no cluster, the Secret untouched
+    # Two more reconciles: still no cluster, the Secret untouched.
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
     assert rayjob(emulator, "tj-taken-a1") is None
     kept = emulator.get_object(SECRETS, "ml", "tj-taken-ray-auth")
     assert kept["metadata"]["ownerReferences"][0]["uid"] == "uid-of-someone-else"
@@ -425,3 +485,93 @@ async def test_token_secret_of_another_owner_is_not_adopted(emulator, operator, 
     assert mine["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     await wait_for(lambda: access() is None, timeout=TIMEOUT, message="the condition removed",
                    seen=lambda: status(emulator, obj))  # fmt: skip
+
+
+# --- spot evidence in either order, from pods and from real Node objects (issue 17) ----------
+
+NODES = "v1/nodes"
+SPOT_NODE_LABELS = {"karpenter.sh/capacity-type": "spot", "node.kubernetes.io/instance-type": "g5"}
+
+
+async def spot_node(emulator, name: str) -> None:
+    """A spot Node (Karpenter's label), Ready and untainted."""
+    await emulator.create_object(NODES, {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": dict(SPOT_NODE_LABELS)},
+        "spec": {"taints": []},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    })  # fmt: skip
+
+
+async def worker_pod(emulator, job: str, attempt: int, node: str) -> str:
+    """A running Ray worker pod of the attempt on ``node`` (what KubeRay makes)."""
+    name = f"{job}-a{attempt}-worker-{node}"
+    await emulator.create_object("v1/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ml",
+                     "labels": {"mlplane.dev/trainingjob": job, "mlplane.dev/attempt": str(attempt),
+                                "ray.io/node-type": "worker"}},
+        "spec": {"nodeName": node, "containers": [{"name": "ray-worker", "image": "r"}]},
+    })  # fmt: skip
+    await emulator.patch_object("v1/pods", "ml", name, {"status": {"phase": "Running"}},
+                                subresource="status")  # fmt: skip
+    return name
+
+
+async def reclaim(emulator, how: str, pod: str, node: str) -> None:
+    """The spot reclaim as the cluster shows it: the pod's condition, the node's taint, or
+    the Node object deleted."""
+    if how == "pod-condition":
+        await emulator.patch_object("v1/pods", "ml", pod, {"status": {"conditions": [{
+            "type": "DisruptionTarget", "status": "True",
+            "reason": "DeletionByTaintManager"}]}}, subresource="status")  # fmt: skip
+    elif how == "node-taint":
+        await emulator.patch_object(NODES, None, node, {"spec": {"taints": [
+            {"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]}})  # fmt: skip
+    else:
+        await emulator.delete_object(NODES, None, node)
+
+
+@pytest.mark.parametrize("how", ["pod-condition", "node-taint", "node-deleted"])
+@pytest.mark.parametrize("order", ["evidence-first", "failure-first"])
+async def test_spot_reclaim_counts_as_one_preemption_in_either_order(
+    emulator, operator, mlflow_uri, how, order
+):
+    """A spot reclaim seen before the RayJob fails, or only after the operator has already
+    seen the failure (watch events of pods and nodes lag, or the node controller is slow):
+    either way one preemption, no code failure, and attempt 2 still on spot."""
+    job = f"tj-{how}-{order}"  # unique: the ledger is keyed by name in the process
+    node = f"{job}-node"
+    obj = await create(emulator, trainingjob(job, backoffLimit=0))
+    await wait_for(lambda: rayjob(emulator, f"{job}-a1"), timeout=TIMEOUT, message="attempt 1")
+    await spot_node(emulator, node)
+    pod = await worker_pod(emulator, job, 1, node)
+    await set_job_status(emulator, f"{job}-a1", "RUNNING", "Running")
+    await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                   message="Running", seen=lambda: status(emulator, obj))  # fmt: skip
+    if order == "evidence-first":
+        await reclaim(emulator, how, pod, node)
+        await wait_for(lambda: status(emulator, obj).get("preemptions") == 1, timeout=TIMEOUT,
+                       message="the preemption counted",
+                       seen=lambda: status(emulator, obj))  # fmt: skip
+        await set_job_status(emulator, f"{job}-a1", "FAILED", "Failed")
+    else:
+        await set_job_status(emulator, f"{job}-a1", "FAILED", "Failed")
+        # The operator has looked at the failed job (a whole timer run after the failure)
+        # before the evidence arrives.
+        await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+        await reclaim(emulator, how, pod, node)
+    second = await wait_for(lambda: rayjob(emulator, f"{job}-a2"), timeout=TIMEOUT,
+                            message="attempt 2", seen=lambda: status(emulator, obj))  # fmt: skip
+    st = await wait_for(lambda: status(emulator, obj).get("attempts") == 2
+                        and status(emulator, obj), timeout=TIMEOUT,
+                        message="attempt 2 in status",
+                        seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (st["preemptions"], st["failures"], st["phase"]) == (1, 0, "Retrying"), st
+    assert second["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
+    (record,) = st["disruptions"]
+    assert record["attempt"] == 1
+    assert record.get("node") == node or record.get("pod") == pod
+    reasons = [e["reason"] for e in events_for(emulator, obj)]
+    assert reasons.count("Preempted") == 1
+    assert "AttemptFailed" not in reasons

@@ -19,7 +19,9 @@ from mlplane.operator.reconcile.trainingjob import (
 )
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-CONFIG = OperatorConfig()
+#: Failed spot attempts are judged at once here; the wait for late preemption evidence
+#: (``preemption_evidence_grace``) has its own tests below, with the default.
+CONFIG = OperatorConfig(preemption_evidence_grace=0)
 UID = "0b7c-uid"
 RUN = ObservedRun(run_id="run123")
 
@@ -45,14 +47,15 @@ def trainingjob(capacity: str = "SpotWithFallback", **spec: Any) -> dict[str, An
 class Job:
     """Drives reconcile like a handler would: status carried over between calls."""
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], config: OperatorConfig = CONFIG) -> None:
         self.body = body
         self.now = T0
         self.plans: list[Plan] = []
+        self.config = config
 
     def step(self, observed: Observed, minutes: float = 1) -> Plan:
         self.now += timedelta(minutes=minutes)
-        plan = reconcile(parse(self.body), observed, self.now, CONFIG, uid=UID)
+        plan = reconcile(parse(self.body), observed, self.now, self.config, uid=UID)
         self.body["status"] = plan.status
         self.plans.append(plan)
         return plan
@@ -382,6 +385,65 @@ def test_evidence_of_an_attempt_other_than_the_current_one_is_not_counted():
     job.step(Observed(attempts=(attempt(2),), disruptions=(late,), run=RUN))
     assert (job.status["failures"], job.status["preemptions"]) == (1, 0)
     assert job.status["disruptions"] == []
+
+
+# --- a failed spot attempt waits for late preemption evidence (issue 17) ----------------------
+
+GRACE = OperatorConfig()  # the default: 15 s
+
+
+def test_failed_spot_attempt_waits_for_evidence_then_counts_a_late_preemption():
+    """The RayJob's failure seen before the pod/node evidence of the reclaim: no verdict during
+    the grace, a condition saying why; the evidence then makes it a preemption."""
+    job = Job(trainingjob(backoffLimit=0), GRACE)
+    job.step(Observed(run=RUN))
+    failed = attempt(1, job="FAILED", message="worker died")
+    plan = job.step(Observed(attempts=(failed,), run=RUN))
+    assert plan.create == [] and job.status["failures"] == 0
+    assert job.status["phase"] == "Retrying"
+    assert job.status["retryAfter"] == "2026-11-29T12:02:15Z"
+    waiting = job.condition("Running")
+    assert (waiting["status"], waiting["reason"]) == ("False", "AwaitingPreemptionEvidence")
+    assert "backoffLimit" in waiting["message"] and "2026-11-29T12:02:15Z" in waiting["message"]
+    assert plan.requeue_after == 15.0
+    late = ObservedDisruption(1, "SpotNodeDeleted", pod="churn-a1-w0", node="spot-1")
+    plan = job.step(Observed(attempts=(failed,), disruptions=(late,), run=RUN), minutes=0.1)
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a2"]
+    assert (job.status["failures"], job.status["preemptions"]) == (0, 1)
+    assert "retryAfter" not in job.status
+    assert job.status["currentAttempt"]["capacity"] == "Spot"
+
+
+def test_failed_spot_attempt_without_evidence_is_a_failure_after_the_grace():
+    job = Job(trainingjob(backoffLimit=1), GRACE)
+    job.step(Observed(run=RUN))
+    failed = attempt(1, job="FAILED", message="ZeroDivisionError")
+    job.step(Observed(attempts=(failed,), run=RUN))
+    plan = job.step(Observed(attempts=(failed,), run=RUN), minutes=0.1)  # 6 s: still waiting
+    assert plan.create == [] and job.status["failures"] == 0
+    plan = job.step(Observed(attempts=(failed,), run=RUN), minutes=0.25)  # 21 s: judged
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a2"]
+    assert (job.status["failures"], job.status["preemptions"]) == (1, 0)
+    assert "retryAfter" not in job.status
+    assert [e.reason for e in plan.events].count("AttemptFailed") == 1
+
+
+def test_failure_seen_long_after_it_ended_is_judged_at_once():
+    """An operator that was down while the attempt failed: the evidence had its time."""
+    job = Job(trainingjob(backoffLimit=1), GRACE)
+    job.step(Observed(run=RUN))
+    failed = attempt(1, job="FAILED", message="OOM", end_time="2026-11-29T11:00:00Z")
+    plan = job.step(Observed(attempts=(failed,), run=RUN))
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a2"]
+    assert job.status["failures"] == 1
+
+
+def test_on_demand_failure_is_judged_at_once():
+    job = Job(trainingjob(backoffLimit=1), GRACE)
+    job.step(Observed(run=RUN))
+    plan = job.step(Observed(attempts=(attempt(1, "OnDemand", job="FAILED"),), run=RUN))
+    assert [o["metadata"]["name"] for o in plan.create] == ["churn-a2"]
+    assert job.status["failures"] == 1
 
 
 # --- a Ray job of another owner is never adopted (issue 12, defect 6) -------------------------
