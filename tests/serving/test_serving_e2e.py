@@ -48,7 +48,8 @@ from mlplane.serving.deploy import (
 from mlplane.serving.request_id import InvalidRequestId, RequestIdSigner
 from mlplane.serving.request_id import SigningKeys as Keys
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# The tests tell one story on one running app, in file order (modules themselves are shuffled).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900), pytest.mark.random_order(disabled=True)]
 
 MODEL = "churn-e2e"
 UID = "6a1f3c2e-0000-4000-8000-0000000000e2"

@@ -19,7 +19,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-pytestmark = pytest.mark.e2e
+# In file order (modules themselves are shuffled).
+pytestmark = [pytest.mark.e2e, pytest.mark.random_order(disabled=True)]
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("torch")
