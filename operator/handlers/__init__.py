@@ -221,9 +221,49 @@ def validated(
     if result.status:
         patch.setdefault("status", {}).update(result.status)
     if result.warning is not None:
-        kopf.warn(body, reason=INVALID_SPEC, message=result.warning)
+        post_event(body, "Warning", INVALID_SPEC, result.warning)
         (logger or log).warning("invalid spec: %s", result.warning)
     return result.resource
+
+
+def post_event(body: Any, type_: str, reason: str, message: str, platform: Any = None) -> None:
+    """Post a core v1 Event about ``body`` now, before the status it explains is written.
+
+    ``kopf.info``/``kopf.warn`` queue the Event for a background poster, so a reader could see
+    the new status before the Event that explains it. Best effort, as Kopf's: a refused Event
+    is logged, never an error of the reconcile.
+    """
+    from kubernetes import client
+
+    from mlplane.operator.platforms.kuberay import KubeRayPlatform
+
+    meta = body["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event: Any = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body["apiVersion"],
+            "kind": body["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "mlplane"},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        api = client.CoreV1Api((platform or KubeRayPlatform())._client())
+        api.create_namespaced_event(meta["namespace"], event, _request_timeout=10)
+    except Exception as exc:
+        log.warning("event %s %s for %s/%s not posted: %s", type_, reason, meta["namespace"],
+                    meta["name"], exc)  # fmt: skip
 
 
 #: Seconds before a refused status write is tried again (the handler's own retry).

@@ -46,7 +46,7 @@ from mlplane.crds import GROUP, VERSION, ABTest, ABTestStatus, ModelDeployment
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.operator import conditions, metrics
 from mlplane.operator.config import OperatorConfig
-from mlplane.operator.handlers import assess, reconciler, write_status
+from mlplane.operator.handlers import assess, post_event, reconciler, write_status
 from mlplane.operator.handlers.modeldeployment import (
     abtests_of,
     parsed,
@@ -257,9 +257,7 @@ def _run(
     _LAST_STATUS[uid] = plan.status
     metrics.abtest(namespace, name, plan.status)
     for event in plan.events:
-        (kopf.warn if event.type == "Warning" else kopf.info)(
-            body, reason=event.reason, message=event.message
-        )
+        post_event(body, event.type, event.reason, event.message)
     _write(body, old, plan.status)  # after the events that explain it
     if pending_promotion(plan.status) is not None:
         _DUE.pop(uid, None)  # decided: finish the promotion at the next tick

@@ -69,6 +69,7 @@ from mlplane.operator.handlers import (
     AccessBlocked,
     access_blocked_message,
     assess,
+    post_event,
     reconciler,
     with_access,
     write_status,
@@ -435,7 +436,7 @@ def _run_reconcile(
     status, new = with_access(plan.status, blocked, now, body["metadata"].get("generation"))
     plan = replace(plan, status=status)
     if new:
-        kopf.warn(body, reason="RayClusterAccessBlocked", message=str(blocked))
+        post_event(body, "Warning", "RayClusterAccessBlocked", str(blocked))
     old = plain(body.get("status"))
     if not done:
         write_status(body, conditions.status_patch(old, plan.status))
@@ -443,9 +444,7 @@ def _run_reconcile(
             f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1
         )
     for event in [*signing_events, *plan.events]:
-        (kopf.warn if event.type == "Warning" else kopf.info)(
-            body, reason=event.reason, message=event.message
-        )
+        post_event(body, event.type, event.reason, event.message)
     # After the events, as when Kopf wrote the status after the handler: whoever sees the new
     # status sees the events that explain it.
     write_status(body, conditions.status_patch(old, plan.status))

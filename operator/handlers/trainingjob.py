@@ -39,6 +39,7 @@ from mlplane.operator.handlers import (
     AccessBlocked,
     access_blocked_message,
     assess,
+    post_event,
     reconciler,
     with_access,
     write_status,
@@ -276,9 +277,7 @@ def _execute(
         platform.patch("ray.io/v1", "RayJob", tj.metadata.namespace or "default", name,
                        {"spec": {"suspend": suspend}})  # fmt: skip
     for event in plan.events:
-        (kopf.warn if event.type == "Warning" else kopf.info)(
-            body, reason=event.reason, message=event.message
-        )
+        post_event(body, event.type, event.reason, event.message)
 
 
 def run_reconcile(
@@ -332,7 +331,7 @@ def _run_reconcile(
     why = blocked[-1] if blocked else None
     status, new = with_access(plan.status, why, now, body["metadata"].get("generation"))
     if new:
-        kopf.warn(body, reason="RayClusterAccessBlocked", message=str(why))
+        post_event(body, "Warning", "RayClusterAccessBlocked", str(why))
     plan = replace(plan, status=status)
     write_status(body, conditions.status_patch(old, plan.status), platform)
     _LAST_STATUS[uid] = plan.status  # only once written: a refused write is tried again
