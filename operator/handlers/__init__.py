@@ -221,7 +221,7 @@ def validated(
     if result.status:
         patch.setdefault("status", {}).update(result.status)
     if result.warning is not None:
-        post_event(body, "Warning", INVALID_SPEC, result.warning)
+        kopf.warn(body, reason=INVALID_SPEC, message=result.warning)
         (logger or log).warning("invalid spec: %s", result.warning)
     return result.resource
 
