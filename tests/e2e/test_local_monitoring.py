@@ -321,9 +321,15 @@ def _concrete(expr: str) -> str:
     return re.sub(r"\$\{?(\w+)\}?", ".*", expr)
 
 
-#: Panels of GPU jobs only: this machine has no GPU and the local platform no price table, so
-#: no series exists for them here; their exporter is covered by the operator metrics tests.
-NO_GPUS_HERE = {"GPU-hours by capacity", "GPU-hours lost to reclaims", "Estimated cost"}
+#: Panels of series this story cannot produce: GPU-hours and cost need GPU jobs (none here) and a
+#: price table; the interval with C and M needs a job with spec.checkpoint.interval on spot
+#: workers (tests/e2e/test_local_training.py checks that status; the exporter has unit tests).
+NO_GPUS_HERE = {
+    "GPU-hours by capacity",
+    "GPU-hours lost to reclaims",
+    "Estimated cost",
+    "Checkpoint interval, write time C, time between reclaims M",
+}
 
 
 def test_every_dashboard_panel_gets_data(platform: LocalPlatform, story: dict) -> None:
