@@ -436,18 +436,18 @@ def _run_reconcile(
     status, new = with_access(plan.status, blocked, now, body["metadata"].get("generation"))
     plan = replace(plan, status=status)
     if new:
-        post_event(body, "Warning", "RayClusterAccessBlocked", str(blocked))
+        post_event(body, "Warning", "RayClusterAccessBlocked", str(blocked), platform)
     old = plain(body.get("status"))
     if not done:
-        write_status(body, conditions.status_patch(old, plan.status))
+        write_status(body, conditions.status_patch(old, plan.status), platform)
         raise kopf.TemporaryError(
             f"RayService {rs_name} changed under the operator {ROUNDS} times in a row", delay=1
         )
     for event in [*signing_events, *plan.events]:
-        post_event(body, event.type, event.reason, event.message)
+        post_event(body, event.type, event.reason, event.message, platform)
     # After the events, as when Kopf wrote the status after the handler: whoever sees the new
     # status sees the events that explain it.
-    write_status(body, conditions.status_patch(old, plan.status))
+    write_status(body, conditions.status_patch(old, plan.status), platform)
     return plan
 
 

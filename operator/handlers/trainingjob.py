@@ -277,7 +277,7 @@ def _execute(
         platform.patch("ray.io/v1", "RayJob", tj.metadata.namespace or "default", name,
                        {"spec": {"suspend": suspend}})  # fmt: skip
     for event in plan.events:
-        post_event(body, event.type, event.reason, event.message)
+        post_event(body, event.type, event.reason, event.message, platform)
 
 
 def run_reconcile(
@@ -331,7 +331,7 @@ def _run_reconcile(
     why = blocked[-1] if blocked else None
     status, new = with_access(plan.status, why, now, body["metadata"].get("generation"))
     if new:
-        post_event(body, "Warning", "RayClusterAccessBlocked", str(why))
+        post_event(body, "Warning", "RayClusterAccessBlocked", str(why), platform)
     plan = replace(plan, status=status)
     write_status(body, conditions.status_patch(old, plan.status), platform)
     _LAST_STATUS[uid] = plan.status  # only once written: a refused write is tried again
