@@ -208,6 +208,11 @@ async def test_restart_mid_attempt_creates_no_duplicate(emulator, kubeconfig, ml
         await set_job_status(emulator, "tj-restart-a1", "RUNNING", "Running")
         await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
                        message="Running")  # fmt: skip
+        # The handler writes status itself, before Kopf marks the creation handled: wait for
+        # that mark, or the new process (rightly) sees a creation, not a resume. A kill inside
+        # the creation cycle is test_kill_between_rayjob_create_and_status_write's.
+        await wait_for(lambda: first.processed(obj, "creation"), timeout=TIMEOUT,
+                       message="the creation cycle finished")  # fmt: skip
         first.kill()
     async with run_operator_process() as second:
         # A positive sign first: the new process resumed the job and its timer looked at it
