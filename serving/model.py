@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -71,6 +72,13 @@ class LoadedModel:
     model: Any  # has .predict(DataFrame)
     schema: InputSchema
     loaded_at: float
+    #: The local copy of the model's files, removed when this version is swapped out.
+    files: str | None = None
+
+    def discard(self) -> None:
+        """Remove the downloaded copy: once swapped out, nothing reads it again."""
+        if self.files:
+            shutil.rmtree(self.files, ignore_errors=True)
 
 
 class UnsafeModelError(RuntimeError):
@@ -83,28 +91,33 @@ def load_mlflow_model(
     """Load ``config.model_uri`` as a pyfunc model if ``policy`` allows its flavors (blocking).
 
     The files are downloaded once; the ``MLmodel`` of that copy is checked and that copy is
-    loaded, so a registry changed between the check and the load cannot slip code in.
+    loaded, so a registry changed between the check and the load cannot slip code in. A
+    refused or failed load removes its copy; a loaded one is removed by :meth:`LoadedModel.discard`
+    when the version is swapped out (a replica follows many alias moves: copies must not pile up).
     """
     import mlflow  # lazy: the router and the tests of the pure parts need no MLflow
 
     policy = policy or ModelPolicy()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve through the registry URI
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=config.model_uri,
-        dst_path=tempfile.mkdtemp(prefix="mlplane-model-"),
-        tracking_uri=tracking_uri,
-    )
+    folder = tempfile.mkdtemp(prefix="mlplane-model-")
     try:
-        flavors = (yaml.safe_load((Path(local) / "MLmodel").read_text()) or {}).get("flavors")
-    except (OSError, yaml.YAMLError, AttributeError):
-        flavors = None
-    refused = policy.refusal(flavors)
-    if refused is not None:
-        raise UnsafeModelError(f"{config.model_uri} refused: {refused}")
-    model = mlflow.pyfunc.load_model(local)
-    schema = InputSchema.from_mlflow(model.metadata.get_input_schema())
-    return LoadedModel(config.model_uri, config.version, model, schema, time.time())
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=config.model_uri, dst_path=folder, tracking_uri=tracking_uri
+        )
+        try:
+            flavors = (yaml.safe_load((Path(local) / "MLmodel").read_text()) or {}).get("flavors")
+        except (OSError, yaml.YAMLError, AttributeError):
+            flavors = None
+        refused = policy.refusal(flavors)
+        if refused is not None:
+            raise UnsafeModelError(f"{config.model_uri} refused: {refused}")
+        model = mlflow.pyfunc.load_model(local)
+        schema = InputSchema.from_mlflow(model.metadata.get_input_schema())
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return LoadedModel(config.model_uri, config.version, model, schema, time.time(), folder)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -228,6 +241,7 @@ class ModelCore:
         self.desired: ModelConfig | None = None
         self.load_error: str | None = None
         self._load_lock = threading.Lock()
+        self._retired: LoadedModel | None = None
 
     def reconfigure(self, user_config: Any) -> None:
         """Load the configured version, then publish it (blocking: run it in a thread)."""
@@ -255,10 +269,17 @@ class ModelCore:
                     raise
                 log.error("%s; still serving %s", self.load_error, current.uri)
                 return
-            if self.desired == config:  # not superseded while loading
-                self.loaded = loaded
-                self.load_error = None
-                log.info("now serving %s", config.model_uri)
+            if self.desired != config:  # superseded while loading: never served
+                loaded.discard()
+                return
+            self.loaded = loaded
+            self.load_error = None
+            log.info("now serving %s", config.model_uri)
+            # The version before the previous one goes: a request still holding the previous
+            # version (a model that reads its files lazily) finishes on files that exist.
+            if self._retired is not None:
+                self._retired.discard()
+            self._retired = current
 
     def predict(self, items: Sequence[Item]) -> list[dict[str, Any]]:
         loaded = self.loaded  # read once: the whole batch is served by one version

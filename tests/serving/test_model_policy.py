@@ -7,6 +7,7 @@ none of its code ran) and loads only with the deployment's opt-in.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -185,3 +186,36 @@ def test_sklearn_skops_loads_by_default_cloudpickle_does_not(registry):
         load_mlflow_model(uri, ModelConfig("models:/pickled-model/1", 1))
     allowed = ModelPolicy(("sklearn:cloudpickle",))
     assert load_mlflow_model(uri, ModelConfig("models:/pickled-model/1", 1), allowed).version == 1
+
+
+def test_model_copies_do_not_pile_up_on_the_replica_disk(registry, tmp_path, monkeypatch):
+    """Each load downloads the model's files: a refused or failed load removes its copy, and a
+    version swapped out frees the old one, so a replica that follows many alias moves (or
+    restarts on the same host, as on the local platform) keeps one copy, not one per load."""
+    uri, _ = registry
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def copies() -> list[str]:
+        return sorted(p.name for p in scratch.iterdir() if p.name.startswith("mlplane-model-"))
+
+    with pytest.raises(UnsafeModelError):
+        load_mlflow_model(uri, ModelConfig("models:/pickled-model/1", 1))
+    assert copies() == []  # refused: nothing kept
+
+    core = ModelCore(uri)
+    core.reconfigure({"model_uri": "models:/skops-model/1", "version": 1})
+    first = copies()
+    assert len(first) == 1
+    core.reconfigure({"model_uri": "models:/pickled-model/1", "version": 2})  # refused
+    assert copies() == first and core.loaded is not None and core.loaded.version == 1
+    allowed = ModelCore(uri, policy=ModelPolicy(("sklearn:skops", "sklearn:cloudpickle")))
+    for version in (1, 2, 3, 4):  # alias moves back and forth
+        name = "skops-model" if version % 2 else "pickled-model"
+        allowed.reconfigure({"model_uri": f"models:/{name}/1", "version": version})
+        assert allowed.loaded is not None and allowed.loaded.version == version
+    # core's copy, allowed's current one and the one before it (requests may still hold it).
+    assert len(copies()) == 3
+    frame = __import__("pandas").DataFrame({"x": [0.0, 3.0]})
+    assert list(allowed.loaded.model.predict(frame)) == [0, 1]
