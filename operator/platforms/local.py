@@ -373,6 +373,10 @@ class LocalPlatform(Platform):
                 f"in {self.state_file}"
             )
         self.state_file.unlink(missing_ok=True)
+        ray_temp = Path(state.ray_temp_dir)
+        if ray_temp != self.state_dir / "ray" and ray_temp.name.startswith("mlplane-ray-"):
+            # The /tmp fallback (a long state path): nothing else would ever remove it.
+            shutil.rmtree(ray_temp, ignore_errors=True)
         return stopped
 
     # --- Ray jobs (what a RayJob becomes here) ---------------------------------------------------
