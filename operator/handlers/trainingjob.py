@@ -242,8 +242,37 @@ def _observe(
             attempts = (*attempts, ObservedAttempt.from_rayjob(found))
     look = observe_trainingjob(registry, tj, uid)
     disruptions = LEDGER.take(namespace, name)
+    failed = next((a for a in attempts if current is not None and a.number == current.number
+                   and a.capacity == "Spot" and a.failed), None)  # fmt: skip
+    recorded = {d.attempt for d in tj.status.disruptions} if tj.status else set()
+    if (failed is not None and failed.number not in recorded
+            and all(d.attempt != failed.number for d in disruptions)):  # fmt: skip
+        disruptions = _read_evidence(namespace, name, failed.number, platform)
     return Observed(attempts, disruptions, look.run, look.unavailable, look.refused,
                     reclaim_history=reclaims.history())  # fmt: skip
+
+
+def _read_evidence(
+    namespace: str, name: str, attempt: int, platform: KubeRayPlatform
+) -> tuple[ObservedDisruption, ...]:
+    """A failed spot attempt the watches hold no reclaim for: read its pods and their nodes.
+
+    The pod and node watches are the cheap path, but after a restart (or a watch cut) they
+    may not have delivered what the API already holds, and the core would then count a
+    reclaim against ``backoffLimit`` once the grace is over. Read here, fed through the same
+    ledger; an API error propagates, so the attempt is not judged on a read that failed.
+    Not covered: a node already deleted (a 404 does not say whether it was spot).
+    """
+    selector = f"{lbl.TRAININGJOB}={name},{lbl.ATTEMPT}={attempt}"
+    pods = platform.pods(namespace, selector)
+    for pod in pods:
+        LEDGER.pod(pod)
+    nodes = {str((p.get("spec") or {}).get("nodeName") or "") for p in pods} - {""}
+    for node_name in sorted(nodes):
+        node = platform.node(node_name)
+        if node is not None:
+            LEDGER.node(node)
+    return LEDGER.take(namespace, name)
 
 
 def _execute(

@@ -174,6 +174,30 @@ class KubeRayPlatform(Platform):
             raise
         return dict(found)
 
+    def pods(self, namespace: str, label_selector: str) -> tuple[dict[str, Any], ...]:
+        """The pods matching a selector, read now (not from a watch that may not have synced)."""
+        from kubernetes import client
+
+        found = client.CoreV1Api(self._client()).list_namespaced_pod(
+            namespace, label_selector=label_selector, _request_timeout=STATUS_WRITE_TIMEOUT
+        )
+        return tuple(dict(self._client().sanitize_for_serialization(p)) for p in found.items or ())
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        """A Node as stored now (None when it is gone)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            found = client.CoreV1Api(self._client()).read_node(
+                name, _request_timeout=STATUS_WRITE_TIMEOUT
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(self._client().sanitize_for_serialization(found))
+
     def _builtin(self, api_version: str, kind: str) -> tuple[Any, str]:
         from kubernetes import client
 

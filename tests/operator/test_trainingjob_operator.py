@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlflow
@@ -580,3 +581,52 @@ async def test_spot_reclaim_counts_as_one_preemption_in_either_order(
     reasons = [e["reason"] for e in events_for(emulator, obj)]
     assert reasons.count("Preempted") == 1
     assert "AttemptFailed" not in reasons
+
+
+@pytest.mark.parametrize("how", ["pod-condition", "node-taint"])
+async def test_evidence_that_landed_while_the_operator_was_down_is_read_not_missed(
+    emulator, kubeconfig, mlflow_uri, how
+):
+    """The operator dies; meanwhile the spot attempt fails and its reclaim is recorded on the
+    pod or node (the grace has long passed when it comes back). Its pod and node watches
+    have not delivered anything yet (here: never, they are refused) when it judges the
+    failure: the evidence in the API must be read, not taken as absent — else a reclaim
+    spends backoffLimit (0 here: the job would fail). Found by bench/chaos.py (seed 3)."""
+    job, node = f"tj-down-{how}", f"tj-down-{how}-node"
+    async with run_operator_process() as first:
+        obj = await create(emulator, trainingjob(job, backoffLimit=0))
+        await wait_for(lambda: rayjob(emulator, f"{job}-a1"), timeout=TIMEOUT,
+                       message="attempt 1")  # fmt: skip
+        await spot_node(emulator, node)
+        pod = await worker_pod(emulator, job, 1, node)
+        await set_job_status(emulator, f"{job}-a1", "RUNNING", "Running")
+        await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                       message="Running")  # fmt: skip
+        first.kill()
+    await reclaim(emulator, how, pod, node)
+    # It failed 30 s ago: longer than the grace (8 s here), so the new process judges it in
+    # its first round; within the minute in which a reclaim seen later still explains it.
+    ended = datetime.now(UTC) - timedelta(seconds=30)
+    await emulator.patch_object(RAYJOBS, "ml", f"{job}-a1", {"status": {
+        "jobStatus": "FAILED", "jobDeploymentStatus": "Failed",
+        "endTime": ended.strftime("%Y-%m-%dT%H:%M:%SZ")}}, subresource="status")  # fmt: skip
+    # The new process's pod and node watches get nothing: only a request that names what it
+    # looks for (a label selector or a name) is answered.
+    refused: list[str] = []
+
+    def watch(r: Any) -> bool:
+        plural = getattr(r.resource, "plural", None)
+        if plural in ("pods", "nodes") and not r.name and not r.params.get("labelSelector"):
+            refused.append(plural)
+            return True
+        return False
+
+    emulator.before_request(watch, lambda r: None, once=False)
+    async with run_operator_process() as second:
+        st = await wait_for(lambda: status(emulator, obj).get("attempts") == 2
+                            and status(emulator, obj), timeout=TIMEOUT, message="attempt 2",
+                            seen=lambda: status(emulator, obj))  # fmt: skip
+        second.check()
+    assert refused  # the watches really were cut off
+    assert (st["preemptions"], st["failures"]) == (1, 0), st
+    assert rayjob(emulator, f"{job}-a2")["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
