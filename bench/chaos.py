@@ -1,7 +1,9 @@
 """Chaos: the real operator under injected faults, then invariants that say nothing was lost.
 
     .venv/bin/python bench/chaos.py --seed 7 --resources 200 --faults 500
-    .venv/bin/python bench/chaos.py --quick          # 8 TrainingJobs, 60 faults (the CI subset)
+    .venv/bin/python bench/chaos.py --quick          # 8 TrainingJobs, 60 faults
+
+The seeded subset in the test suite: ``tests/chaos/test_chaos_seeded.py``.
 
 One in-memory Kubernetes API server (``tests/k8s/emulator.py``) runs in this process; the operator
 runs as it is deployed (``mlplane operator -A``) in a child process against it, with a real
@@ -427,7 +429,8 @@ async def run(args: argparse.Namespace) -> int:
                 }
                 env.update(KUBECONFIG=str(kubeconfig), MLPLANE_MLFLOW_TRACKING_URI=mlflow.uri,
                            MLPLANE_MLFLOW_TIMEOUT="3", MLPLANE_RETRY_DELAY="2",
-                           MLPLANE_RECONCILE_INTERVAL="2")  # fmt: skip
+                           MLPLANE_RECONCILE_INTERVAL="2",
+                           MLPLANE_PREEMPTION_EVIDENCE_GRACE=str(args.evidence_grace))  # fmt: skip
                 print(f"seed {args.seed}: {args.resources} TrainingJobs, {args.faults} faults "
                       f"(API fault rate {args.api_rate:.0%}); {load()}", flush=True)  # fmt: skip
                 operator = Operator(env, workdir)
@@ -524,7 +527,8 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The run's settings (``tests/chaos`` builds its seeded subset from these too)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--resources", type=int, default=40, help="TrainingJobs")
@@ -546,12 +550,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attempt-seconds", type=float, default=3.0)
     parser.add_argument("--preempt-rate", type=float, default=0.3)
     parser.add_argument("--fail-rate", type=float, default=0.1)
+    parser.add_argument(
+        "--evidence-grace",
+        type=float,
+        default=15.0,
+        help="MLPLANE_PREEMPTION_EVIDENCE_GRACE of the operator (15: its default)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here")
     parser.add_argument("--quick", action="store_true", help="8 jobs, 60 faults, 60 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.resources, args.faults, args.chaos_seconds = 8, 60, 60.0
-    sys.exit(asyncio.run(run(args)))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(asyncio.run(run(parse_args(argv))))
 
 
 if __name__ == "__main__":
