@@ -160,3 +160,23 @@ def test_the_local_runner_holds_its_settings_per_instance(tmp_path: Path, monkey
     monkeypatch.setenv("MLPLANE_LOCAL_MAX_REPLICAS", "many")
     with pytest.raises(ValueError, match="MLPLANE_LOCAL_MAX_REPLICAS"):
         Runner(tmp_path / "c")
+
+
+async def test_a_status_write_returns_the_resource_version_it_made(emulator, kubeconfig):
+    """What the handlers compare bodies with: the resourceVersion the API server gave our write."""
+    from mlplane.operator.platforms.kuberay import KubeRayPlatform
+
+    obj = await create(emulator, trainingjob("tj-version"))
+    before = obj["metadata"]["resourceVersion"]
+    written = await asyncio.to_thread(
+        handlers.write_status, obj, {"phase": "Pending"}, KubeRayPlatform()
+    )
+    after = stored(emulator, obj)
+    assert after is not None and after["status"]["phase"] == "Pending"
+    assert written == after["metadata"]["resourceVersion"]
+    assert int(written) > int(before)
+    assert await asyncio.to_thread(handlers.write_status, obj, {}, KubeRayPlatform()) is None
+    gone = {**obj, "metadata": {**obj["metadata"], "name": "tj-nowhere"}}
+    assert await asyncio.to_thread(
+        handlers.write_status, gone, {"phase": "Pending"}, KubeRayPlatform()
+    ) is None  # fmt: skip
