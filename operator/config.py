@@ -29,10 +29,9 @@
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
 - ``MLPLANE_MLFLOW_TIMEOUT`` (default 10 s): the longest one MLflow call may take; calls are
   not retried inside (the reconcile loop retries), so a reconcile never blocks for minutes;
-- ``MLPLANE_RECONCILE_INTERVAL`` (default 5 s): how often each resource's timer looks at its
-  children; ``MLPLANE_RESOLVE_INTERVAL`` (default 30 s): how often a ModelDeployment asks
-  MLflow where its alias points; ``MLPLANE_RETRY_DELAY`` (default 15 s): retry after MLflow
-  could not be reached. (Read by the Kopf handlers at import.)
+- the operator loop's pace and test hooks (``MLPLANE_RECONCILE_INTERVAL``,
+  ``MLPLANE_RESOLVE_INTERVAL``, ``MLPLANE_RETRY_DELAY``, ...): :class:`Settings`, which holds
+  this whole object too;
 - ``MLPLANE_PREEMPTION_EVIDENCE_GRACE`` (default 15 s, 0 to 600): how long a spot attempt
   that failed with no preemption evidence yet waits for it (pod and node watch events can
   arrive after the RayJob's status) before its failure spends ``backoffLimit``.
@@ -66,7 +65,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from mlplane.crds.common import parse_duration
 from mlplane.monitoring.spot import DEFAULT_MAX_INTERVAL_SECONDS, DEFAULT_MIN_INTERVAL_SECONDS
@@ -126,9 +125,9 @@ class OperatorConfig:
     price_currency: str = "USD"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         """Read ``MLPLANE_*``; raise ``ValueError`` naming the variable when one is wrong."""
-        env = dict(os.environ if env is None else env)
+        env = os.environ if env is None else env
         labels = env.get("MLPLANE_CAPACITY_LABELS", "eks")
         if labels not in ("eks", "karpenter", "gke"):
             raise ValueError(
@@ -253,7 +252,7 @@ def _base_uri(raw: str) -> str | None:
 
 
 def _labels(
-    env: dict[str, str], variable: str, default: tuple[tuple[str, str], ...]
+    env: Mapping[str, str], variable: str, default: tuple[tuple[str, str], ...]
 ) -> tuple[tuple[str, str], ...]:
     """``k=v,k=v`` as pairs (a pod selector; empty would select every pod, so it is refused)."""
     raw = env.get(variable, "").strip()
@@ -341,3 +340,216 @@ def _gpu_prices(raw: str) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ..
             (str(k), tuple(sorted((c, float(p)) for c, p in v.items()))) for k, v in parsed.items()
         )
     )
+
+
+# --- every setting, read once at start ----------------------------------------------------------
+# The operator's loop (Kopf handlers and the local runner) reads its settings from one
+# :class:`Settings` made when it starts (Kopf's ``on.startup``, the runner's constructor), never
+# from the environment at import or per reconcile: a variable changed later changes nothing
+# until the next start, exactly as a chart's ConfigMap change needs a new pod.
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable the operator reads: what sets it and what it does unset."""
+
+    variable: str
+    #: The Helm chart value that sets it (None: only through ``operator.extraEnv``).
+    chart: str | None
+    #: What the operator does when it is unset, as the docs say it.
+    default: str
+    meaning: str
+
+
+#: Every setting (the table in ``docs/configuration.md`` is generated from this:
+#: ``python -m mlplane.operator.config``; a test fails when a variable the operator reads is
+#: missing here, or when the doc is stale).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("MLPLANE_MLFLOW_TRACKING_URI", "operator.mlflowTrackingUri", "`http://127.0.0.1:5000`",
+            "MLflow for resources that name none"),
+    Setting("MLPLANE_MLFLOW_TIMEOUT", "operator.mlflowTimeoutSeconds", "`10` (1 to 600)",
+            "seconds one MLflow call may take; tried once, the reconcile loop retries"),
+    Setting("MLPLANE_ALLOWED_TRACKING_URIS", "operator.allowedTrackingUris", "none",
+            "comma-separated MLflow URIs a TrainingJob may name besides the operator's"),
+    Setting("MLPLANE_MODEL_NAME_POLICY", "operator.modelNamePolicy", "no restriction",
+            'JSON `{"<namespace>": ["<name>", "<prefix>*"]}`: model names a namespace may '
+            "register and alias"),
+    Setting("MLPLANE_ALLOWED_MODEL_FLAVORS", "operator.allowedModelFlavors",
+            f"`{','.join(SAFE_SERIALIZATIONS)}`",
+            "serialisations a ModelDeployment may load without opting in"),
+    Setting("MLPLANE_CAPACITY_LABELS", "operator.capacityLabels", "`eks`",
+            "node-label convention of spot/on-demand capacity: `eks`, `karpenter` or `gke`"),
+    Setting("MLPLANE_DEFAULT_TRAINING_IMAGE", "operator.defaultTrainingImage", f"`{RAY_IMAGE}`",
+            "image of TrainingJobs that name none"),
+    Setting("MLPLANE_DEFAULT_SERVING_IMAGE", "operator.defaultServingImage", f"`{RAY_IMAGE}`",
+            "image of ModelDeployments that name none"),
+    Setting("MLPLANE_ARTIFACTS_URI", "operator.artifactsUri", "none",
+            "where artifacts go (e.g. `s3://bucket/prefix`)"),
+    Setting(CHECKPOINT_BASE_VARIABLE, CHECKPOINT_BASE_CHART_VALUE,
+            "`<MLPLANE_ARTIFACTS_URI>/checkpoints`, else none",
+            "default checkpoint location of TrainingJobs without `checkpoint.uri`"),
+    Setting("MLPLANE_CHECKPOINT_INTERVAL_MIN", "operator.checkpointIntervalMin", "`1m`",
+            "lower bound of an Auto checkpoint interval"),
+    Setting("MLPLANE_CHECKPOINT_INTERVAL_MAX", "operator.checkpointIntervalMax", "`4h`",
+            "upper bound of an Auto checkpoint interval"),
+    Setting("MLPLANE_GPU_PRICES", "operator.gpuPrices", "none (hours, no cost)",
+            'JSON `{"<accelerator>": {"Spot": p, "OnDemand": p}}` per GPU-hour'),
+    Setting("MLPLANE_PRICE_CURRENCY", "operator.priceCurrency", "`USD`",
+            "the unit of the GPU prices (a label)"),
+    Setting("MLPLANE_PREEMPTION_EVIDENCE_GRACE", "operator.preemptionEvidenceGraceSeconds",
+            "`15` (0 to 600)",
+            "seconds a failed spot attempt waits for late preemption evidence"),
+    Setting("MLPLANE_TRAINING_SERVICE_ACCOUNT", None, "none",
+            "service account of training Ray pods"),
+    Setting("MLPLANE_SERVING_SERVICE_ACCOUNT", None, "none",
+            "service account of serving Ray pods"),
+    Setting("MLPLANE_SERVING_CLIENT_NAMESPACES", "operator.servingClientNamespaces",
+            "the ModelDeployment's own namespace",
+            "comma-separated namespaces whose pods may call Serve's port (`*`: all)"),
+    Setting("MLPLANE_OPERATOR_NAMESPACE", "(the release namespace)", "`mlplane-system`",
+            "where the operator's pods run (reclaim history ConfigMap, NetworkPolicies)"),
+    Setting("MLPLANE_OPERATOR_POD_LABELS", "(the chart's selector labels)",
+            "`" + ",".join(f"{k}={v}" for k, v in OPERATOR_POD_LABELS) + "`",
+            "labels of the operator's pods (`k=v,k=v`)"),
+    Setting("MLPLANE_KUBERAY_NAMESPACE", None, "`kuberay-system`",
+            "where the KubeRay operator runs"),
+    Setting("MLPLANE_KUBERAY_POD_LABELS", None,
+            "`" + ",".join(f"{k}={v}" for k, v in KUBERAY_POD_LABELS) + "`",
+            "labels of the KubeRay operator's pods"),
+    Setting("MLPLANE_PROMETHEUS_NAMESPACE", "prometheus.namespace",
+            "none: nothing scrapes Ray pods",
+            "where Prometheus runs (the chart sets it while `servingMonitor.enabled`)"),
+    Setting("MLPLANE_PROMETHEUS_POD_LABELS", "prometheus.podLabels", "none",
+            "labels of Prometheus's pods (the chart sets it while `servingMonitor.enabled`)"),
+    Setting("MLPLANE_LOG_FORMAT", "operator.logFormat", "`text`", "`json` or `text`"),
+    Setting("MLPLANE_RECONCILE_INTERVAL", "operator.reconcileIntervalSeconds", "`5`",
+            "seconds between the timer rounds of each resource"),
+    Setting("MLPLANE_RESOLVE_INTERVAL", "operator.resolveIntervalSeconds", "`30`",
+            "seconds a ModelDeployment's MLflow answer (and drift report) is reused by its timer"),
+    Setting("MLPLANE_RETRY_DELAY", "operator.retryDelaySeconds", "`15`",
+            "seconds before a round that could not reach MLflow is tried again"),
+    Setting("MLPLANE_SIGNING_KEY_SETTLE", "operator.signingKeySettleSeconds", "`150`",
+            "seconds a staged request-signing key is only accepted before it signs"),
+    Setting("MLPLANE_ABTEST_INTERVAL", None, "each ABTest's `spec.analysis.interval`",
+            "seconds between evaluations of every running ABTest (tests)"),
+    Setting("MLPLANE_ABTEST_STATS_URL", None, "each deployment's endpoint",
+            "where the operator reads the routers' `/v1/stats` (tests, out-of-cluster)"),
+    Setting("MLPLANE_SERVING_URL", None, "each deployment's endpoint",
+            "where the operator reads the serving apps' `/v1/drift` (tests, out-of-cluster)"),
+    Setting("MLPLANE_LOCAL_REPLICA_CPUS", None, "`0.1`",
+            "local platform: CPUs of each Serve replica"),
+    Setting("MLPLANE_LOCAL_MAX_REPLICAS", None, "`2`",
+            "local platform: most replicas of a deployment"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the operator's loop, :class:`OperatorConfig` included.
+
+    Made once when the operator starts (:meth:`from_env`) and handed to every handler (Kopf's
+    operator-level ``memo``) or held by the local runner; nothing reads the environment later.
+    """
+
+    config: OperatorConfig = OperatorConfig()
+    #: Seconds between timer rounds of each resource.
+    reconcile_interval: float = 5.0
+    #: How old a ModelDeployment's MLflow answer (or drift report) may be before a timer asks again.
+    resolve_interval: float = 30.0
+    #: Seconds before a round that could not reach MLflow is tried again.
+    retry_delay: float = 15.0
+    #: Seconds a staged signing key is only accepted (``builders/signing.py``'s SETTLE_SECONDS).
+    signing_key_settle: float = 150.0
+    #: Seconds between evaluations of every running ABTest (None: each test's own interval).
+    abtest_interval: float | None = None
+    #: Replaces every deployment's endpoint for the routers' stats (None: the endpoint).
+    abtest_stats_url: str | None = None
+    #: Replaces every deployment's endpoint for the drift reports (None: the endpoint).
+    serving_url: str | None = None
+    #: Local platform: CPUs of a Serve replica, most replicas of a deployment.
+    local_replica_cpus: float = 0.1
+    local_max_replicas: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``MLPLANE_*`` setting; ``ValueError`` naming the variable that is wrong."""
+        env = os.environ if env is None else env
+        return cls(
+            config=OperatorConfig.from_env(env),
+            reconcile_interval=_number(env, "MLPLANE_RECONCILE_INTERVAL", 5.0, 0.1, 3600),
+            resolve_interval=_number(env, "MLPLANE_RESOLVE_INTERVAL", 30.0, 0.1, 86400),
+            retry_delay=_number(env, "MLPLANE_RETRY_DELAY", 15.0, 0.1, 3600),
+            signing_key_settle=_number(env, "MLPLANE_SIGNING_KEY_SETTLE", 150.0, 0, 86400),
+            abtest_interval=_number(env, "MLPLANE_ABTEST_INTERVAL", None, 0.1, 86400),
+            abtest_stats_url=_url(env, "MLPLANE_ABTEST_STATS_URL"),
+            serving_url=_url(env, "MLPLANE_SERVING_URL"),
+            local_replica_cpus=_number(env, "MLPLANE_LOCAL_REPLICA_CPUS", 0.1, 0.01, 64),
+            local_max_replicas=_number(env, "MLPLANE_LOCAL_MAX_REPLICAS", 2, 1, 100, whole=True),
+        )
+
+
+def _number(
+    env: Mapping[str, str],
+    variable: str,
+    default: float | None,
+    low: float,
+    high: float,
+    *,
+    whole: bool = False,
+) -> Any:
+    """A number of ``variable`` within ``[low, high]`` (``default`` when unset or empty)."""
+    raw = env.get(variable, "").strip()
+    if not raw:
+        return default
+    what = "a whole number" if whole else "a number"
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ValueError(f"{variable} must be {what} from {low:g} to {high:g} (got {raw!r})")
+    return value
+
+
+def _url(env: Mapping[str, str], variable: str) -> str | None:
+    raw = env.get(variable, "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError(f"{variable} must be an http:// or https:// URL (got {raw!r})")
+    return raw
+
+
+def settings_table() -> str:
+    """The Markdown table of :data:`SETTINGS` (what ``docs/configuration.md`` holds)."""
+    rows = [
+        "| Variable | Chart value | Unset | What it does |",
+        "|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        chart = s.chart if s.chart is None or s.chart.startswith("(") else f"`{s.chart}`"
+        rows.append(f"| `{s.variable}` | {chart or '— (`operator.extraEnv`)'} | {s.default} "
+                    f"| {s.meaning} |")  # fmt: skip
+    return "\n".join(rows) + "\n"
+
+
+#: The markers around the generated table in ``docs/configuration.md``.
+TABLE_BEGIN = "<!-- settings table: generated by `python -m mlplane.operator.config` -->"
+TABLE_END = "<!-- end of settings table -->"
+
+
+def render_doc(text: str) -> str:
+    """``text`` (the doc) with the table between the markers replaced by :func:`settings_table`."""
+    head, sep, rest = text.partition(TABLE_BEGIN)
+    _, sep2, tail = rest.partition(TABLE_END)
+    if not sep or not sep2:
+        raise ValueError(f"the doc has no {TABLE_BEGIN!r} ... {TABLE_END!r} markers")
+    return f"{head}{TABLE_BEGIN}\n{settings_table()}{TABLE_END}{tail}"
+
+
+if __name__ == "__main__":  # regenerate the table in docs/configuration.md
+    import sys
+    from pathlib import Path
+
+    doc = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/configuration.md")
+    doc.write_text(render_doc(doc.read_text()))

@@ -481,12 +481,15 @@ _REGISTRIES: dict[str, Registry] = {}
 _REGISTRIES_GUARD = threading.Lock()
 
 
-def registry_for(tracking_uri: str) -> Registry:
+def registry_for(tracking_uri: str, *, timeout: float | None = None) -> Registry:
     """One client per MLflow server for the process' life: a client per look is costly (with a
-    SQLite store, each new client builds a SQLAlchemy engine and checks the schema)."""
+    SQLite store, each new client builds a SQLAlchemy engine and checks the schema).
+
+    ``timeout``: the operator's ``MLPLANE_MLFLOW_TIMEOUT`` as read at its start (None: read
+    from the environment now, for one-shot commands)."""
     with _REGISTRIES_GUARD:
         if tracking_uri not in _REGISTRIES:
-            _REGISTRIES[tracking_uri] = Registry(tracking_uri)
+            _REGISTRIES[tracking_uri] = Registry(tracking_uri, timeout=timeout)
         return _REGISTRIES[tracking_uri]
 
 

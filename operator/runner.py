@@ -22,6 +22,10 @@ are listed for the local Prometheus.
 
 Each resource is handled on its own: one that fails (MLflow down, a bug) is reported in its
 status and the others go on. The heartbeat file says the loop is alive.
+
+Settings (:class:`~mlplane.operator.config.Settings`: the replicas' CPUs and ceiling, the MLflow
+timeout) are read once, when a :class:`Runner` is made; what the runner keeps per object (when
+a running ABTest is due) belongs to the instance, never to the module.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.labels import rayjob_name, rayservice_name
 from mlplane.operator.builders.rayjob import config_problems
-from mlplane.operator.config import OperatorConfig
+from mlplane.operator.config import OperatorConfig, Settings
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
@@ -99,10 +103,16 @@ def local_config(platform: LocalPlatform) -> OperatorConfig:
 class Runner:
     """One pass at a time over every stored resource."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, settings: Settings | None = None) -> None:
+        #: Read once (None: from the environment now); nothing reads it again.
+        self.settings = Settings.from_env() if settings is None else settings
         self.platform = LocalPlatform(state_dir)
         self.store = Store(state_dir)
-        self.serving = LocalServing(self.platform)
+        self.serving = LocalServing(
+            self.platform,
+            replica_cpus=self.settings.local_replica_cpus,
+            max_replicas=self.settings.local_max_replicas,
+        )
         #: The reclaim history (M of Auto checkpoint intervals), kept in the state dir.
         self.reclaims = file_keeper(self.platform.state_dir)
         #: This pass's valid ABTests by uid (their statuses as this pass leaves them).
@@ -111,7 +121,7 @@ class Runner:
 
     def registry(self, tracking_uri: str) -> Registry:
         """One MLflow client per server for the runner's life."""
-        return registry_for(tracking_uri)
+        return registry_for(tracking_uri, timeout=self.settings.config.mlflow_timeout)
 
     def pass_once(self, now: datetime | None = None) -> None:
         """Reconcile everything once; never raises for one resource's trouble."""
@@ -337,7 +347,7 @@ class Runner:
         registry = (
             None
             if policy_refusal(tj, config) is not None
-            else registry_for(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
+            else self.registry(tj.spec.mlflow.tracking_uri or config.mlflow_tracking_uri)
         )
 
         def act(_: Any, plan: Any) -> None:
@@ -410,7 +420,11 @@ def main(argv: list[str] | None = None) -> None:
         from prometheus_client import REGISTRY, start_http_server
 
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
-    runner = Runner(args.state_dir)
+    try:
+        settings = Settings.from_env()  # once: a bad value stops the start, naming it
+    except ValueError as exc:
+        raise SystemExit(f"mlplane runner: {exc}") from None
+    runner = Runner(args.state_dir, settings)
     while True:
         started = time.monotonic()
         runner.pass_once()

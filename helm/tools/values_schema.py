@@ -107,6 +107,10 @@ def integer(description: str, minimum: int, maximum: int, **extra: Any) -> dict[
     }
 
 
+def number(description: str, minimum: float, maximum: float) -> dict[str, Any]:
+    return {"type": "number", "description": description, "minimum": minimum, "maximum": maximum}
+
+
 def array(description: str, items: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"type": "array", "description": description, "items": items, **extra}
 
@@ -223,6 +227,36 @@ def values_schema() -> dict[str, Any]:
                     "holds a reconcile or the operator's shutdown for minutes.",
                     1,
                     600,
+                ),
+                reconcileIntervalSeconds=number(
+                    "MLPLANE_RECONCILE_INTERVAL: seconds between the timer rounds of each "
+                    "resource.",
+                    0.1,
+                    3600,
+                ),
+                resolveIntervalSeconds=number(
+                    "MLPLANE_RESOLVE_INTERVAL: seconds a ModelDeployment's MLflow answer (and "
+                    "drift report) is reused before its timer asks again.",
+                    0.1,
+                    86400,
+                ),
+                retryDelaySeconds=number(
+                    "MLPLANE_RETRY_DELAY: seconds before a round that could not reach MLflow is "
+                    "tried again.",
+                    0.1,
+                    3600,
+                ),
+                preemptionEvidenceGraceSeconds=number(
+                    "MLPLANE_PREEMPTION_EVIDENCE_GRACE: seconds a failed spot attempt waits for "
+                    "late preemption evidence before its failure counts.",
+                    0,
+                    600,
+                ),
+                signingKeySettleSeconds=number(
+                    "MLPLANE_SIGNING_KEY_SETTLE: seconds a staged request-signing key is only "
+                    "accepted before it signs (raise it where the kubelet syncs Secrets slower).",
+                    0,
+                    86400,
                 ),
                 checkpointBaseUri=string(
                     "MLPLANE_CHECKPOINT_BASE_URI: default checkpoint location, s3://bucket/prefix "

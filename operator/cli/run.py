@@ -35,9 +35,9 @@ def run_operator(
     import kopf
 
     import mlplane.operator.handlers  # noqa: F401 - registers the handlers
-    from mlplane.operator.config import OperatorConfig
+    from mlplane.operator.config import Settings
 
-    OperatorConfig.from_env()  # fail fast, naming the variable, before connecting anywhere
+    Settings.from_env()  # fail fast, naming the variable, before connecting anywhere
     if not namespace and not all_namespaces:
         raise UserError("say where to watch: --all-namespaces, or --namespace NS (repeatable)")
     if metrics_port:

@@ -3,12 +3,16 @@
 Importing this module registers, in Kopf's default registry (what ``kopf run`` and
 ``mlplane operator`` use):
 
-- :func:`configure`, a startup handler: the finalizer ``mlplane.dev/finalizer``; Kopf's progress
-  and last-handled configuration kept in ``mlplane.dev/...`` annotations — never in
-  ``status``, which is structural and ours (Kopf also marks objects with
-  ``mlplane.dev/kopf-managed``); Events for ``kopf.info``/``kopf.warn`` only, not for log lines
-  (Kopf cuts an Event's message to 1 KiB; the condition keeps it whole); standalone, no
-  peering: run one replica.
+- :func:`configure`, a startup handler: reads every setting once
+  (:class:`~mlplane.operator.config.Settings`; a bad value fails the start naming the
+  variable) into Kopf's operator-level ``memo`` (:mod:`mlplane.operator.handlers.state`: what
+  the handlers share, and each object's own state in its memo; nothing per object at module
+  level), and sets the timers' interval (``MLPLANE_RECONCILE_INTERVAL``); the finalizer
+  ``mlplane.dev/finalizer``; Kopf's progress and last-handled configuration kept in
+  ``mlplane.dev/...`` annotations — never in ``status``, which is structural and ours (Kopf
+  also marks objects with ``mlplane.dev/kopf-managed``); Events for ``kopf.info``/``kopf.warn``
+  only, not for log lines (Kopf cuts an Event's message to 1 KiB; the condition keeps it
+  whole); standalone, no peering: run one replica.
 - for each kind (TrainingJob, ModelDeployment, ABTest), one handler on create, update and resume
   (id ``reconcile``): it validates the object with :func:`validated` and, when the object is
   valid, hands the typed resource to the reconcilers registered for that kind with
@@ -41,6 +45,8 @@ resume or a repeated event costs no write. The operator never writes ``spec``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,7 +60,8 @@ from mlplane.crds import BY_KIND, GROUP, KINDS, VERSION, Resource
 from mlplane.crds.validate import InvalidResource, Problem, check, parse
 from mlplane.operator import conditions, metrics
 from mlplane.operator.builders.rayjob import config_problems
-from mlplane.operator.config import OperatorConfig
+from mlplane.operator.config import OperatorConfig, Settings
+from mlplane.operator.handlers.state import MEMO_KEY, OperatorState, operator_state
 
 log = logging.getLogger(__name__)
 
@@ -270,16 +277,19 @@ def post_event(body: Any, type_: str, reason: str, message: str, platform: Any =
 STATUS_RETRY_DELAY = 2.0
 
 
-def write_status(body: Any, patch_status: Mapping[str, Any], platform: Any = None) -> None:
+def write_status(body: Any, patch_status: Mapping[str, Any], platform: Any = None) -> str | None:
     """Write a reconcile's status change now, through the API, not through Kopf's ``patch``.
 
     Kopf applies a timer handler's patch after the handler returns, and a refused write there
     (409, 5xx, 429) ends that object's timer until the operator restarts: the object is never
     reconciled again. Written here, a refusal is a ``TemporaryError`` of this round and the
     timer tries again. 404 (deleted meanwhile) is not an error.
+
+    Returns the resourceVersion the API server gave the write (None: nothing to write, or the
+    object is gone), for :meth:`~mlplane.operator.handlers.state.ObjectState.wrote`.
     """
     if not patch_status:
-        return
+        return None
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -287,7 +297,7 @@ def write_status(body: Any, patch_status: Mapping[str, Any], platform: Any = Non
 
     meta = body["metadata"]
     try:
-        (platform or KubeRayPlatform()).patch_status(
+        return (platform or KubeRayPlatform()).patch_status(
             body["apiVersion"], body["kind"], meta["namespace"], meta["name"], dict(patch_status)
         )
     except ApiException as exc:
@@ -301,8 +311,59 @@ def write_status(body: Any, patch_status: Mapping[str, Any], platform: Any = Non
         ) from None
 
 
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Kopf's settings for mlplane (see the module docstring for why each)."""
+#: Kopf timers whose interval is ``MLPLANE_RECONCILE_INTERVAL`` (see :func:`paced_timer`).
+_PACED: list[Callable[..., Any]] = []
+
+
+def paced_timer(
+    group: str, version: str, plural: str, *, id: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``kopf.timer`` whose interval is the ``reconcile_interval`` setting.
+
+    Kopf takes a timer's interval when the decorator runs (at import, before the settings are
+    read): it is registered with the default and set to the setting by :func:`configure` at
+    start, before any object's timer is spawned.
+    """
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _PACED.append(fn)
+        interval = Settings().reconcile_interval
+        return kopf.timer(group, version, plural, id=id, interval=interval)(fn)
+
+    return register
+
+
+def pace_timers(registry: kopf.OperatorRegistry, interval: float) -> int:
+    """Set the interval of the :func:`paced_timer` timers in ``registry``; how many were set."""
+    from kopf._core.intents.handlers import TimerHandler
+
+    spawning = registry._spawning
+    count = 0
+    for i, handler in enumerate(list(spawning._handlers)):
+        if isinstance(handler, TimerHandler) and handler.fn in _PACED:
+            spawning._handlers[i] = dataclasses.replace(handler, interval=interval)
+            count += 1
+    return count
+
+
+def configure(
+    settings: kopf.OperatorSettings,
+    memo: kopf.Memo | None = None,
+    registry: kopf.OperatorRegistry | None = None,
+    **_: Any,
+) -> None:
+    """Start: read every setting once into ``memo``; Kopf's settings for mlplane.
+
+    A bad setting fails the start (``kopf.PermanentError`` naming the variable).
+    """
+    if memo is not None:
+        try:
+            mine = Settings.from_env()
+        except ValueError as exc:
+            raise kopf.PermanentError(f"invalid operator setting: {exc}") from None
+        memo[MEMO_KEY] = OperatorState(mine)
+        if registry is not None:
+            pace_timers(registry, mine.reconcile_interval)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATIONS_PREFIX
@@ -335,9 +396,8 @@ async def handle(
     # success: the user must act, not the operator); an exception (retried by Kopf) an error.
     with metrics.reconciling(kind):
         now = datetime.now(UTC)
-        resource = validated(
-            kind, body, patch, now=now, logger=logger, config=OperatorConfig.from_env()
-        )
+        config = operator_state(kwargs.get("memo")).settings.config
+        resource = validated(kind, body, patch, now=now, logger=logger, config=config)
         if resource is None:
             return
         api_resource = kwargs.pop("resource", None)
@@ -368,7 +428,9 @@ def register_validation(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistr
     :func:`reconciler` functions are registered, with no timer of any kind acting beside them:
     what a test of this layer needs.
     """
-    kopf.on.startup(registry=registry)(configure)
+    kopf.on.startup(registry=registry, id="configure")(
+        functools.partial(configure, registry=registry)
+    )
     for kind in KINDS:
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
             on(group=GROUP, version=VERSION, plural=kind.plural, id=HANDLER_ID, registry=registry)(

@@ -26,16 +26,18 @@ there) and only then writes Concluded. If MLflow cannot be reached, nothing is w
 next round tries again; if the operator dies or a status write fails anywhere in between, the
 next round finishes the recorded promotion instead of deciding again. A status this process
 wrote but does not read back yet (Kopf applies the patch after the handler returns; a PATCH
-may fail) is written again rather than acted on. The operator writes only the ABTest's status,
+may fail) is written again rather than acted on, unless the body is newer than that write
+(someone else wrote after us: the body wins). The operator writes only the ABTest's status,
 never a spec; the ModelDeployment's handlers pick the split (or its end) up from the index.
+
+Each test's lock, last written status and next due time are in its Kopf memo; settings come
+from the operator's memo, read once at start (:mod:`mlplane.operator.handlers.state`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -45,13 +47,18 @@ import kopf
 from mlplane.crds import GROUP, VERSION, ABTest, ABTestStatus, ModelDeployment
 from mlplane.crds.modeldeployment import ModelRef
 from mlplane.operator import conditions, metrics
-from mlplane.operator.config import OperatorConfig
-from mlplane.operator.handlers import assess, post_event, reconciler, write_status
+from mlplane.operator.config import OperatorConfig, Settings
+from mlplane.operator.handlers import assess, paced_timer, post_event, reconciler, write_status
 from mlplane.operator.handlers.modeldeployment import (
     abtests_of,
-    parsed,
     registry_for,
     resolve_model,
+)
+from mlplane.operator.handlers.state import (
+    ObjectState,
+    OperatorState,
+    object_state,
+    operator_state,
 )
 from mlplane.operator.handlers.trainingjob import plain
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_stats
@@ -71,23 +78,18 @@ from mlplane.operator.registry import RegistryError, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
-#: How often each ABTest's timer ticks (seconds).
-TICK = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
-#: Seconds before trying again after MLflow could not be reached.
-RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
 #: Seconds to wait for the router's /v1/stats.
 STATS_TIMEOUT = 10.0
 
 
-def evaluation_interval(test: ABTest) -> float:
+def evaluation_interval(test: ABTest, settings: Settings) -> float:
     """Seconds between evaluations: ``MLPLANE_ABTEST_INTERVAL`` if set, else the spec's."""
-    override = os.environ.get("MLPLANE_ABTEST_INTERVAL")
-    return float(override) if override else analysis_interval(test)
+    return settings.abtest_interval or analysis_interval(test)
 
 
-def stats_base_url(endpoint: str | None) -> str | None:
+def stats_base_url(endpoint: str | None, settings: Settings) -> str | None:
     """Where the router answers: ``MLPLANE_ABTEST_STATS_URL`` if set, else ``endpoint``."""
-    return os.environ.get("MLPLANE_ABTEST_STATS_URL") or endpoint
+    return settings.abtest_stats_url or endpoint
 
 
 def read_stats(
@@ -99,22 +101,6 @@ def read_stats(
     if isinstance(answer, Unavailable):
         return StatsUnavailable(answer.reason)
     return stats_from_response(answer, abtest)
-
-
-# --- what is kept per ABTest in this process ---------------------------------------------------
-
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-#: The status this process last wrote, per uid: a body a timer gets may predate it (Kopf applies
-#: a patch after the handler returns), and a stale status must not reach a decision twice.
-_LAST_STATUS: dict[str, dict[str, Any]] = {}
-#: When a running test is due for its next evaluation (``time.monotonic()``), per uid.
-_DUE: dict[str, float] = {}
-
-
-def _lock(uid: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(uid, threading.Lock())
 
 
 @kopf.index(GROUP, VERSION, "modeldeployments")
@@ -129,34 +115,29 @@ def modeldeployments_by_name(
 
 
 @kopf.on.event(GROUP, VERSION, "abtests")
-def forget_deleted(
-    type: str | None, name: str, namespace: str | None, uid: str | None = None, **_: Any
-) -> None:
-    """Drop what is kept per ABTest once it is gone (its metric series too)."""
+def forget_deleted(type: str | None, name: str, namespace: str | None, **_: Any) -> None:
+    """Drop its metric series once it is gone (Kopf drops its memo, what else is kept)."""
     if type == "DELETED":
         metrics.forget("ABTest", namespace or "default", name)
-    if type == "DELETED" and uid:
-        with _LOCKS_GUARD:
-            _LOCKS.pop(uid, None)
-            _LAST_STATUS.pop(uid, None)
-            _DUE.pop(uid, None)
 
 
-def _deployment(index: Any, namespace: str, name: str) -> ModelDeployment | None:
+def _deployment(
+    index: Any, namespace: str, name: str, state: OperatorState
+) -> ModelDeployment | None:
     """The ModelDeployment from the index (None when absent, being deleted or invalid)."""
     if index is None:
         return None
     for body in index.get((namespace, name), ()):
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        md = parsed(body)
+        md = state.parsed(body)
         return md if isinstance(md, ModelDeployment) else None
     return None
 
 
 def _versions(test: ABTest, md: ModelDeployment, config: OperatorConfig) -> dict[str, Any]:
     """Each variant's version in MLflow now (or why not), on the deployment's model."""
-    registry = registry_for(config.mlflow_tracking_uri)
+    registry = registry_for(config.mlflow_tracking_uri, timeout=config.mlflow_timeout)
     out: dict[str, int | Unresolved] = {}
     for v in test.spec.variants:
         ref = ModelRef(name=md.spec.model.name, alias=v.model.alias, version=v.model.version)
@@ -165,12 +146,13 @@ def _versions(test: ABTest, md: ModelDeployment, config: OperatorConfig) -> dict
     return out
 
 
-def _promote(plan: Plan, config: OperatorConfig, name: str) -> None:
+def _promote(plan: Plan, settings: Settings, name: str) -> None:
     """Move the alias, unless it already points at the winner; TemporaryError if MLflow fails."""
     move = plan.set_alias
     if move is None:
         return
-    registry = registry_for(config.mlflow_tracking_uri)
+    config = settings.config
+    registry = registry_for(config.mlflow_tracking_uri, timeout=config.mlflow_timeout)
     try:
         try:
             current: int | None = registry.resolve(move.model, alias=move.alias).version
@@ -184,13 +166,14 @@ def _promote(plan: Plan, config: OperatorConfig, name: str) -> None:
         raise kopf.TemporaryError(
             f"promotion pending: moving {move.model} alias {move.alias} to version "
             f"{move.version} failed: {exc}",
-            delay=RETRY_DELAY,
+            delay=settings.retry_delay,
         ) from None
 
 
-def _write(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Write the status fields that differ from the observed ones (``write_status``)."""
-    write_status(body, conditions.status_patch(old, new))
+def _write(body: kopf.Body, old: dict[str, Any], new: dict[str, Any], mine: ObjectState) -> None:
+    """Write the status fields that differ from the observed ones (``write_status``), and
+    remember the write with its resourceVersion."""
+    mine.wrote(new, write_status(body, conditions.status_patch(old, new)))
 
 
 def run_reconcile(
@@ -199,39 +182,44 @@ def run_reconcile(
     patch: kopf.Patch,
     now: datetime,
     *,
+    memo: kopf.Memo,
     deployments: Any,
     abtests: Any,
     due_only: bool = False,
 ) -> Plan | None:
     """Observe, reconcile, promote, write status and events (None: not due, nothing done)."""
-    uid = str(body["metadata"]["uid"])
-    with _lock(uid):
-        return _run(test, uid, body, patch, now, deployments, abtests, due_only)
+    mine = object_state(memo)
+    with mine.lock:
+        return _run(test, body, patch, now, operator_state(memo), mine, deployments, abtests,
+                    due_only)  # fmt: skip
 
 
 def _run(
     test: ABTest,
-    uid: str,
     body: kopf.Body,
     patch: kopf.Patch,
     now: datetime,
+    state: OperatorState,
+    mine: ObjectState,
     deployments: Any,
     abtests: Any,
     due_only: bool,
 ) -> Plan | None:
+    settings = state.settings
     old = plain(body.get("status"))
-    written = _LAST_STATUS.get(uid)
+    # What this process wrote last, while the body predates that write (else the body wins).
+    written = mine.ahead_of(body)
     ahead = written is not None and written != old
     if ahead:
         test = test.model_copy(update={"status": ABTestStatus.model_validate(written)})
     phase = test.status.phase if test.status else None
-    if due_only and (phase in FINAL_PHASES or time.monotonic() < _DUE.get(uid, 0.0)):
+    if due_only and (phase in FINAL_PHASES or time.monotonic() < mine.due):
         if ahead and written is not None:  # not read back (a failed PATCH?): write it again
-            _write(body, old, written)
+            _write(body, old, written, mine)
         return None
     namespace, name = test.metadata.namespace or "default", test.metadata.name or ""
-    config = OperatorConfig.from_env()
-    md = _deployment(deployments, namespace, test.spec.deployment)
+    config = settings.config
+    md = _deployment(deployments, namespace, test.spec.deployment, state)
     status = test.status
     started = bool(status and status.start_time)
     final = phase in FINAL_PHASES
@@ -241,32 +229,34 @@ def _run(
     if md is not None and not final and not promoting:  # a decided promotion reads nothing
         if not started:
             versions = _versions(test, md, config)
-        base = stats_base_url(md.status.endpoint if md.status else None)
+        base = stats_base_url(md.status.endpoint if md.status else None, settings)
         if base and (started or (status is not None and status.variants)):
             stats = read_stats(base, name)
-    competitors = abtests_of(abtests, namespace, test.spec.deployment)
+    competitors = abtests_of(abtests, namespace, test.spec.deployment, state)
     plan = reconcile(test, Observed(md, versions, stats, competitors), now)
     if plan.set_alias is not None and pending_promotion(old) != plan.set_alias:
         # The promotion is in the status this process wrote, not yet in the one it reads: the
         # alias moves only once the decision is stored. Write it (again) and come back.
         if written is not None:
-            _write(body, old, written)
-        _DUE.pop(uid, None)
+            _write(body, old, written, mine)
+        mine.due = 0.0
         return None
-    _promote(plan, config, f"{namespace}/{name}")
-    _LAST_STATUS[uid] = plan.status
+    _promote(plan, settings, f"{namespace}/{name}")
+    # Kept before the write: a refused write is written again, not decided again (unless
+    # someone else writes meanwhile: a newer body wins).
+    mine.hold(plan.status, body)
     metrics.abtest(namespace, name, plan.status)
     for event in plan.events:
         post_event(body, event.type, event.reason, event.message)
-    _write(body, old, plan.status)  # after the events that explain it
+    _write(body, old, plan.status, mine)  # after the events that explain it
     if pending_promotion(plan.status) is not None:
-        _DUE.pop(uid, None)  # decided: finish the promotion at the next tick
+        mine.due = 0.0  # decided: finish the promotion at the next tick
     elif plan.status.get("phase") == "Running":
-        _DUE[uid] = time.monotonic() + evaluation_interval(test)
+        mine.due = time.monotonic() + evaluation_interval(test, settings)
     elif plan.requeue_after is None:
-        _DUE[uid] = math.inf
+        mine.due = math.inf
     else:
-        _DUE.pop(uid, None)  # pending: look at every tick
+        mine.due = 0.0  # pending: look at every tick
     return plan
 
 
@@ -277,6 +267,7 @@ def on_change(
     body: kopf.Body,
     patch: kopf.Patch,
     now: datetime,
+    memo: kopf.Memo,
     modeldeployments_by_name: Any = None,
     abtests_by_deployment: Any = None,
     **_: Any,
@@ -287,15 +278,17 @@ def on_change(
         body,
         patch,
         now,
+        memo=memo,
         deployments=modeldeployments_by_name,
         abtests=abtests_by_deployment,
     )
 
 
-@kopf.timer(GROUP, VERSION, "abtests", interval=TICK, id="evaluate")
+@paced_timer(GROUP, VERSION, "abtests", id="evaluate")
 def on_timer(
     body: kopf.Body,
     patch: kopf.Patch,
+    memo: kopf.Memo,
     modeldeployments_by_name: Any = None,
     abtests_by_deployment: Any = None,
     **_: Any,
@@ -315,6 +308,7 @@ def on_timer(
             body,
             patch,
             now,
+            memo=memo,
             deployments=modeldeployments_by_name,
             abtests=abtests_by_deployment,
             due_only=True,

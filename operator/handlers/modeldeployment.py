@@ -42,16 +42,16 @@
   annotation ``mlplane.dev/rotate-signing-key`` takes a new value; a Secret of that name that
   is not this ModelDeployment's stops the deployment with ``SigningSecretConflict``.
 
-Handlers and the timer of one ModelDeployment take turns (a lock each), so two rounds never
-race to create or patch the same RayService. The operator writes the RayService and the
+Handlers and the timer of one ModelDeployment take turns (a lock each, in its Kopf memo with
+its MLflow answer, drift report and last split: :mod:`mlplane.operator.handlers.state`), so
+two rounds never race to create or patch the same RayService. Settings come from the
+operator's memo, read once at start. The operator writes the RayService and the
 ModelDeployment's status, never its spec; status only when it changes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -60,21 +60,28 @@ from typing import Any
 
 import kopf
 
-from mlplane.crds import GROUP, VERSION, ABTest, ModelDeployment, Resource
-from mlplane.crds.validate import parse
+from mlplane.crds import GROUP, VERSION, ABTest, ModelDeployment
 from mlplane.operator import conditions, metrics
 from mlplane.operator.builders import labels as lbl
-from mlplane.operator.config import OperatorConfig
+from mlplane.operator.config import OperatorConfig, Settings
 from mlplane.operator.handlers import (
     AccessBlocked,
     access_blocked_message,
     assess,
+    paced_timer,
     post_event,
     reconciler,
     with_access,
     write_status,
 )
 from mlplane.operator.handlers.signing import ensure_signing_secret
+from mlplane.operator.handlers.state import (
+    ObjectState,
+    OperatorState,
+    Remembered,
+    object_state,
+    operator_state,
+)
 from mlplane.operator.handlers.trainingjob import plain
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
@@ -86,12 +93,6 @@ from mlplane.operator.registry import ResolvedModel, flavors_of, registry_for, r
 
 log = logging.getLogger(__name__)
 
-#: How often the timer looks at KubeRay's status (seconds).
-OBSERVE_INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
-#: How old an MLflow answer may be before the timer asks again (seconds).
-RESOLVE_INTERVAL = float(os.environ.get("MLPLANE_RESOLVE_INTERVAL", "30"))
-#: Seconds before trying again after MLflow could not be reached.
-RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
 #: Seconds to wait for the serving app's ``/v1/drift``.
 DRIFT_TIMEOUT = 5.0
 RAYSERVICE_API = "ray.io/v1"
@@ -106,72 +107,61 @@ Resolution = ResolvedModel | Unresolved
 # --- MLflow -----------------------------------------------------------------------------------
 
 
-class _Resolutions:
-    """The last answer per ModelDeployment (MLflow's; the drift report), so the timer asks
-    only every ``MLPLANE_RESOLVE_INTERVAL`` (a transient "unresolved" every ``RETRY_DELAY``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[str, str], tuple[float, tuple[Any, ...], Any]] = {}
-
-    def get(self, key: tuple[str, str], question: tuple[Any, ...], now: float) -> Any | None:
-        with self._lock:
-            found = self._seen.get(key)
-        if found is None or found[1] != question:
-            return None
-        at, _, answer = found
-        max_age = RETRY_DELAY if isinstance(answer, Unresolved) and answer.transient else None
-        return answer if now - at < (max_age or RESOLVE_INTERVAL) else None
-
-    def put(self, key: tuple[str, str], question: tuple[Any, ...], answer: Any) -> None:
-        with self._lock:
-            self._seen[key] = (time.monotonic(), question, answer)
-
-    def forget(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._seen.pop(key, None)
+def _remembered(
+    memory: Remembered, question: tuple[Any, ...], settings: Settings, *, fresh: bool
+) -> Any | None:
+    """The last answer to ``question`` while young enough (``MLPLANE_RESOLVE_INTERVAL``; a
+    transient "unresolved" ``MLPLANE_RETRY_DELAY``), else None: ask again."""
+    if fresh:
+        return None
+    found = memory.get(question)
+    if found is None:
+        return None
+    at, answer = found
+    transient = isinstance(answer, Unresolved) and answer.transient
+    max_age = settings.retry_delay if transient else settings.resolve_interval
+    return answer if time.monotonic() - at < max_age else None
 
 
-RESOLUTIONS = _Resolutions()
-#: The last drift report (``GET /v1/drift``) per ModelDeployment.
-DRIFT_REPORTS = _Resolutions()
-
-
-def _resolve(md: ModelDeployment, config: OperatorConfig, *, fresh: bool) -> Resolution:
-    key = (md.metadata.namespace or "default", md.metadata.name or "")
+def _resolve(
+    md: ModelDeployment, settings: Settings, mine: ObjectState, *, fresh: bool
+) -> Resolution:
+    config = settings.config
     ref = md.spec.model
     question = (config.mlflow_tracking_uri, ref.name, ref.alias, ref.version)
-    if not fresh:
-        cached = RESOLUTIONS.get(key, question, time.monotonic())
-        if cached is not None:
-            return cached
-    answer = resolve_model(registry_for(config.mlflow_tracking_uri), ref)
-    RESOLUTIONS.put(key, question, answer)
+    cached = _remembered(mine.resolution, question, settings, fresh=fresh)
+    if cached is not None:
+        return cached
+    answer = resolve_model(_registry(config), ref)
+    mine.resolution.put(question, answer, time.monotonic())
     return answer
+
+
+def _registry(config: OperatorConfig) -> Any:
+    return registry_for(config.mlflow_tracking_uri, timeout=config.mlflow_timeout)
 
 
 # --- drift -------------------------------------------------------------------------------------
 
 
-def serving_base_url(endpoint: str) -> str:
+def serving_base_url(endpoint: str, settings: Settings) -> str:
     """Where the serving app answers: ``MLPLANE_SERVING_URL`` if set, else ``endpoint``."""
-    return os.environ.get("MLPLANE_SERVING_URL") or endpoint
+    return settings.serving_url or endpoint
 
 
 def _drift_report(
-    key: tuple[str, str], endpoint: str, served: str, *, fresh: bool
+    mine: ObjectState, endpoint: str, served: str, settings: Settings, *, fresh: bool
 ) -> dict[str, Any] | Unavailable:
     """The serving app's drift report, read at most every ``MLPLANE_RESOLVE_INTERVAL``.
 
     A cached report is safe to evaluate again: ``reconcile_drift`` counts each window once.
     """
     question = (endpoint, served)
-    if not fresh:
-        cached = DRIFT_REPORTS.get(key, question, time.monotonic())
-        if cached is not None:
-            return cached
+    cached = _remembered(mine.drift, question, settings, fresh=fresh)
+    if cached is not None:
+        return cached
     report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT)
-    DRIFT_REPORTS.put(key, question, report)
+    mine.drift.put(question, report, time.monotonic())
     return report
 
 
@@ -194,6 +184,8 @@ def _drift(
     uid: str,
     now: datetime,
     platform: KubeRayPlatform,
+    settings: Settings,
+    mine: ObjectState,
     *,
     fresh: bool,
 ) -> DriftPlan | None:
@@ -208,8 +200,8 @@ def _drift(
     report: dict[str, Any] | Unavailable | None = None
     endpoint, served = status.get("endpoint"), status.get("servedVersion")
     if enabled and served and endpoint:
-        endpoint = serving_base_url(str(endpoint))
-        report = _drift_report((namespace, name), endpoint, str(served), fresh=fresh)
+        endpoint = serving_base_url(str(endpoint), settings)
+        report = _drift_report(mine, endpoint, str(served), settings, fresh=fresh)
     retrains: list[ObservedRetrain] = []
     if enabled:
         try:
@@ -235,14 +227,6 @@ def _drift(
 
 # --- Kubernetes ---------------------------------------------------------------------------------
 
-_LOCKS: dict[tuple[str, str], threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock(namespace: str, name: str) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault((namespace, name), threading.Lock())
-
 
 @kopf.index("ray.io", "v1", "rayservices", labels=_OWNED)
 def rayservices_by_modeldeployment(
@@ -256,15 +240,9 @@ def rayservices_by_modeldeployment(
 
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
 def forget_deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
-    """Drop what is kept per ModelDeployment once it is gone."""
-    namespace = namespace or "default"
+    """Drop its metric series once it is gone (Kopf drops its memo, what else is kept)."""
     if type == "DELETED":
-        RESOLUTIONS.forget((namespace, name))
-        DRIFT_REPORTS.forget((namespace, name))
-        metrics.forget("ModelDeployment", namespace, name)
-        with _LOCKS_GUARD:
-            _LOCKS.pop((namespace, name), None)
-            _ROUTED.pop((namespace, name), None)
+        metrics.forget("ModelDeployment", namespace or "default", name)
 
 
 @kopf.index(GROUP, VERSION, "abtests")
@@ -277,41 +255,17 @@ def abtests_by_deployment(
     return {(namespace or "default", str(spec.get("deployment"))): abtest}
 
 
-_PARSED: dict[tuple[str, str], Resource | None] = {}
-_PARSED_GUARD = threading.Lock()
+def parsed(body: Mapping[str, Any], state: OperatorState) -> Any:
+    """The typed resource of an indexed body (None when invalid), parsed once per version."""
+    return state.parsed(body)
 
 
-def parsed(body: Mapping[str, Any]) -> Resource | None:
-    """The typed resource of an indexed body (None when invalid: its own handler says so).
-
-    Parsed once per ``(uid, resourceVersion)``: timers look at the same bodies every tick.
-    """
-    meta = body.get("metadata") or {}
-    key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
-    with _PARSED_GUARD:
-        if key in _PARSED:
-            return _PARSED[key]
-    try:
-        found: Resource | None = parse(plain(body))
-    except (ValueError, KeyError):  # InvalidResource and pydantic's errors are ValueErrors
-        found = None
-    with _PARSED_GUARD:
-        if len(_PARSED) > 4096:
-            _PARSED.clear()
-        _PARSED[key] = found
-    return found
-
-
-def abtests_of(index: Any, namespace: str, deployment: str) -> list[ABTest]:
+def abtests_of(index: Any, namespace: str, deployment: str, state: OperatorState) -> list[ABTest]:
     """The valid ABTests naming ``deployment`` in ``namespace``, from the index."""
     if index is None:
         return []
-    tests = (parsed(body) for body in index.get((namespace, deployment), ()))
+    tests = (state.parsed(body) for body in index.get((namespace, deployment), ()))
     return [t for t in tests if isinstance(t, ABTest)]
-
-
-#: The split each ModelDeployment was last reconciled with (a change means: ask MLflow again).
-_ROUTED: dict[tuple[str, str], Routing | None] = {}
 
 
 def _indexed(index: Any, namespace: str, name: str, rs_name: str) -> dict[str, Any] | None:
@@ -333,6 +287,7 @@ def run_reconcile(
     patch: kopf.Patch,
     now: datetime,
     index: Any,
+    memo: kopf.Memo,
     *,
     fresh: bool,
     platform: KubeRayPlatform | None = None,
@@ -344,13 +299,15 @@ def run_reconcile(
     """
     namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
     metrics.modeldeployment(namespace, name, md.spec.slo)
-    with _lock(namespace, name):
-        routing = routing_for(name, abtests_of(abtests, namespace, name), namespace)
-        key = (namespace, name)
-        if key in _ROUTED and _ROUTED[key] != routing:
+    state, mine = operator_state(memo), object_state(memo)
+    with mine.lock:
+        routing = routing_for(name, abtests_of(abtests, namespace, name, state), namespace)
+        if mine.routed_known and mine.routed != routing:
             fresh = True  # a test started or ended: where the alias points may have moved
-        plan = _run_reconcile(md, body, patch, now, index, fresh, platform, routing)
-        _ROUTED[key] = routing
+        plan = _run_reconcile(
+            md, body, patch, now, index, fresh, platform, routing, state.settings, mine
+        )
+        mine.routed, mine.routed_known = routing, True
         return plan
 
 
@@ -363,24 +320,27 @@ def _run_reconcile(
     fresh: bool,
     platform: KubeRayPlatform | None,
     routing: Routing | None,
+    settings: Settings,
+    mine: ObjectState,
 ) -> Plan:
-    config = OperatorConfig.from_env()
+    config = settings.config
     platform = platform or KubeRayPlatform()
     uid = body["metadata"]["uid"]
     namespace, name = md.metadata.namespace or "default", md.metadata.name or ""
     rs_name = lbl.rayservice_name(name)
-    model = _resolve(md, config, fresh=fresh)
+    model = _resolve(md, settings, mine, fresh=fresh)
     flavors = None
     if not isinstance(model, Unresolved):  # the registry policy: what would be loaded
         versions = (model.version, *(v.version for v in (routing.variants if routing else ())))
-        registry = registry_for(config.mlflow_tracking_uri)
+        registry = _registry(config)
         flavors, unavailable = flavors_of(registry, md.spec.model.name, versions)
         model = unavailable or model
     rayservice = _indexed(index, namespace, name, rs_name)
     # The signing Secret first: the RayService's pods mount it.
     signing_conflict, signing_events = ensure_signing_secret(
-        platform, namespace, name, uid, body["metadata"].get("annotations"), now
-    )
+        platform, namespace, name, uid, body["metadata"].get("annotations"), now,
+        settings.signing_key_settle,
+    )  # fmt: skip
     done = False
     blocked: str | None = None
     for _ in range(ROUNDS):
@@ -424,7 +384,7 @@ def _run_reconcile(
         done = True
         break
     if done:
-        drift = _drift(md, plan.status, uid, now, platform, fresh=fresh)
+        drift = _drift(md, plan.status, uid, now, platform, settings, mine, fresh=fresh)
         if drift is not None:
             waits = [t for t in (plan.requeue_after, drift.requeue_after) if t is not None]
             plan = replace(
@@ -468,6 +428,7 @@ def on_change(
     body: kopf.Body,
     patch: kopf.Patch,
     now: datetime,
+    memo: kopf.Memo,
     rayservices_by_modeldeployment: Any = None,
     abtests_by_deployment: Any = None,
     **_: Any,
@@ -479,18 +440,23 @@ def on_change(
         patch,
         now,
         rayservices_by_modeldeployment,
+        memo,
         fresh=True,
         abtests=abtests_by_deployment,
     )
     resolved = conditions.find(plan.status.get("conditions"), "ModelResolved") or {}
     if resolved.get("reason") == "RegistryUnavailable":
-        raise kopf.TemporaryError(resolved.get("message", "MLflow unreachable"), delay=RETRY_DELAY)
+        raise kopf.TemporaryError(
+            resolved.get("message", "MLflow unreachable"),
+            delay=operator_state(memo).settings.retry_delay,
+        )
 
 
-@kopf.timer(GROUP, VERSION, "modeldeployments", interval=OBSERVE_INTERVAL, id="follow")
+@paced_timer(GROUP, VERSION, "modeldeployments", id="follow")
 def on_timer(
     body: kopf.Body,
     patch: kopf.Patch,
+    memo: kopf.Memo,
     rayservices_by_modeldeployment: Any = None,
     abtests_by_deployment: Any = None,
     **_: Any,
@@ -512,6 +478,7 @@ def on_timer(
             patch,
             now,
             rayservices_by_modeldeployment,
+            memo,
             fresh=False,
             abtests=abtests_by_deployment,
         )

@@ -10,7 +10,6 @@ reads it again and decides again, at most :data:`ROUNDS` times.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from collections.abc import Mapping
 from datetime import datetime
@@ -23,9 +22,6 @@ from mlplane.operator.reconcile.signing import written_event
 log = logging.getLogger(__name__)
 
 ROUNDS = 3
-#: Seconds a staged key is only accepted before it signs (see ``builders/signing.py``); raise
-#: it where the kubelet's ``syncFrequency`` or Secret cache TTL is longer than the defaults.
-SETTLE_SECONDS = float(os.environ.get("MLPLANE_SIGNING_KEY_SETTLE", str(signing.SETTLE_SECONDS)))
 
 
 def _status(exc: Exception) -> int | None:
@@ -46,8 +42,13 @@ def ensure_signing_secret(
     uid: str,
     md_annotations: Mapping[str, str] | None,
     now: datetime,
+    settle_seconds: float = signing.SETTLE_SECONDS,
 ) -> tuple[str | None, list[Event]]:
     """Make sure the Secret exists, is this ModelDeployment's and carries out a pending rotation.
+
+    ``settle_seconds``: how long a staged key is only accepted before it signs
+    (``MLPLANE_SIGNING_KEY_SETTLE``; raise it where the kubelet's ``syncFrequency`` or Secret
+    cache TTL is longer than the defaults).
 
     Returns ``(conflict, events)``: ``conflict`` is the message when a Secret of that name is
     not this ModelDeployment's (nothing is written then; the caller deploys nothing). Raises
@@ -63,7 +64,7 @@ def ensure_signing_secret(
             if conflict is not None:
                 return conflict, []
             keys = signing.secret_keys(existing)
-        wanted = signing.next_keys(keys, request, fresh_key(), now, SETTLE_SECONDS)
+        wanted = signing.next_keys(keys, request, fresh_key(), now, settle_seconds)
         if wanted is None:
             return None, []
         try:
@@ -79,12 +80,12 @@ def ensure_signing_secret(
             if _status(exc) not in (404, 409):
                 raise
             continue
-        return None, [_written_event(name, keys, wanted)]
+        return None, [_written_event(name, keys, wanted, settle_seconds)]
     raise RuntimeError(f"Secret {namespace}/{name} changed under the operator {ROUNDS} times")
 
 
 def _written_event(
-    name: str, before: signing.SigningKeys | None, after: signing.SigningKeys
+    name: str, before: signing.SigningKeys | None, after: signing.SigningKeys, settle: float
 ) -> Event:
     """What a write to an existing Secret did, for the ModelDeployment's events."""
-    return written_event(f"Secret {name}", before, after, SETTLE_SECONDS)
+    return written_event(f"Secret {name}", before, after, settle)

@@ -120,8 +120,11 @@ class KubeRayPlatform(Platform):
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> bool:
-        """Merge-patch the status subresource of one of mlplane's own objects; False if gone.
+    ) -> str | None:
+        """Merge-patch the status subresource of one of mlplane's own objects.
+
+        Returns the object's resourceVersion after the write (None: the object is gone): the
+        handlers trust what they wrote only over bodies older than that.
 
         The operator writes its resources' status itself rather than through Kopf's patch:
         Kopf applies that patch after a timer's handler, and a refused write there (a 409, a
@@ -132,15 +135,16 @@ class KubeRayPlatform(Platform):
 
         group, version = api_version.split("/")
         try:
-            self._api().patch_namespaced_custom_object_status(
+            written = self._api().patch_namespaced_custom_object_status(
                 group, version, namespace, PLURALS[kind], name, {"status": status},
                 _request_timeout=STATUS_WRITE_TIMEOUT,
             )  # fmt: skip
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
+        found = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        return str(found) if found is not None else ""
 
     def list(
         self, api_version: str, kind: str, namespace: str, label_selector: str = ""

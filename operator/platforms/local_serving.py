@@ -55,10 +55,11 @@ from mlplane.serving.deploy import (
 
 log = logging.getLogger("mlplane.local.serving")
 
-#: Logical CPUs each replica reserves on the local Ray (router, monitor, models share 2 cores).
-REPLICA_CPUS = float(os.environ.get("MLPLANE_LOCAL_REPLICA_CPUS", "0.1"))
-#: Autoscaling ceiling on one machine.
-MAX_REPLICAS = int(os.environ.get("MLPLANE_LOCAL_MAX_REPLICAS", "2"))
+#: Logical CPUs each replica reserves on the local Ray (router, monitor, models share 2 cores):
+#: the default of ``MLPLANE_LOCAL_REPLICA_CPUS`` (``config.Settings``).
+REPLICA_CPUS = 0.1
+#: Autoscaling ceiling on one machine: the default of ``MLPLANE_LOCAL_MAX_REPLICAS``.
+MAX_REPLICAS = 2
 _HEALTHY = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
 
 
@@ -87,8 +88,16 @@ def merge_patch(target: Any, patch: Any) -> Any:
 class LocalServing:
     """The local platform's stand-in for KubeRay's RayService controller."""
 
-    def __init__(self, platform: LocalPlatform) -> None:
+    def __init__(
+        self,
+        platform: LocalPlatform,
+        *,
+        replica_cpus: float = REPLICA_CPUS,
+        max_replicas: int = MAX_REPLICAS,
+    ) -> None:
         self.platform = platform
+        #: Each replica's CPUs and a deployment's most replicas (the runner's settings).
+        self.replica_cpus, self.max_replicas = replica_cpus, max_replicas
         self.dir = platform.state_dir / "rayservices"
         self.applied_file = platform.state_dir / "serve-applied.json"
         #: Serve's applications as last read (:meth:`refresh`); None: Serve not reachable.
@@ -185,8 +194,8 @@ class LocalServing:
         return local_serve_config(
             serve_config_of(record),
             port=self.platform.ports.serve,
-            num_cpus=REPLICA_CPUS,
-            max_replicas=MAX_REPLICAS,
+            num_cpus=self.replica_cpus,
+            max_replicas=self.max_replicas,
             name=app_name(namespace, owner),
             route_prefix=route_prefix(namespace, owner),
             signing_keys=str(self.signing.directory(namespace, owner)),

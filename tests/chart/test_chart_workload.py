@@ -14,7 +14,7 @@ import pod_security
 import pytest
 from chart_support import NAMESPACE, HelmError, by_kind, one, pod_specs, template
 
-from mlplane.operator.config import OperatorConfig
+from mlplane.operator.config import OperatorConfig, Settings
 
 
 def restricted_violations(pod: dict[str, Any]) -> list[str]:
@@ -193,6 +193,11 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_TRAINING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_MLFLOW_TIMEOUT": "10",
+        "MLPLANE_RECONCILE_INTERVAL": "5",
+        "MLPLANE_RESOLVE_INTERVAL": "30",
+        "MLPLANE_RETRY_DELAY": "15",
+        "MLPLANE_PREEMPTION_EVIDENCE_GRACE": "15",
+        "MLPLANE_SIGNING_KEY_SETTLE": "150",
         "MLPLANE_ALLOWED_MODEL_FLAVORS": "sklearn:skops,onnx",
         "MLPLANE_CHECKPOINT_INTERVAL_MIN": "1m",
         "MLPLANE_CHECKPOINT_INTERVAL_MAX": "4h",
@@ -222,6 +227,11 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_ARTIFACTS_URI": "s3://ml-artifacts/mlplane",
         "MLPLANE_CHECKPOINT_BASE_URI": "s3://ml-checkpoints/mlplane",
         "MLPLANE_MLFLOW_TIMEOUT": "30",
+        "MLPLANE_RECONCILE_INTERVAL": "10",
+        "MLPLANE_RESOLVE_INTERVAL": "60",
+        "MLPLANE_RETRY_DELAY": "20",
+        "MLPLANE_PREEMPTION_EVIDENCE_GRACE": "30",
+        "MLPLANE_SIGNING_KEY_SETTLE": "300",
         "MLPLANE_ALLOWED_MODEL_FLAVORS": "sklearn:skops,onnx,sklearn:cloudpickle",
         "MLPLANE_MODEL_NAME_POLICY": '{"*":[],"ml-team":["churn-*","fraud"]}',
         "MLPLANE_ALLOWED_TRACKING_URIS": "https://mlflow-research.example.com",
@@ -266,6 +276,11 @@ def test_the_operator_reads_the_rendered_config(
     assert full.tracking_uri_allowed("https://mlflow-research.example.com")
     assert not full.tracking_uri_allowed("https://evil.example.com")
     assert full.serving_client_namespaces == ("web", "batch")
+    # The loop's settings too (the whole Settings the operator reads at start).
+    assert Settings.from_env(_config(rendered_default)) == Settings(config=default)
+    loop = Settings.from_env(_config(rendered_all))
+    assert (loop.reconcile_interval, loop.resolve_interval, loop.retry_delay) == (10, 60, 20)
+    assert (loop.signing_key_settle, loop.config.preemption_evidence_grace) == (300, 30)
 
 
 def test_config_change_rolls_the_pod(rendered_default: list[dict[str, Any]]) -> None:

@@ -67,6 +67,16 @@ def test_errors_are_one_clear_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_operator_with_a_bad_setting_stops_before_connecting(monkeypatch):
+    """Every setting is read at start (``config.Settings``): a bad one is one line naming it."""
+    monkeypatch.setenv("MLPLANE_RESOLVE_INTERVAL", "soon")
+    result = mlplane("operator", "-A")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: MLPLANE_RESOLVE_INTERVAL must be a number from 0.1 to 86400 (got 'soon')"
+    ), result.stderr
+
+
 def test_bad_yaml_is_one_line(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("spec: [\n")

@@ -4,7 +4,8 @@ import os
 import sys
 from pathlib import Path
 
-# Timers read their interval at import: look every second, not every five, in tests.
+# The operator reads its settings when it starts (each test's operator): timers look every
+# second, not every five, in tests.
 os.environ.setdefault("MLPLANE_RECONCILE_INTERVAL", "1")
 os.environ.setdefault("MLPLANE_RETRY_DELAY", "2")
 # ModelDeployments ask MLflow again every second, so a moved alias shows within a test.

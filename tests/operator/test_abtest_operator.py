@@ -262,8 +262,8 @@ async def started(emulator, router: Router, md, ab, versions: tuple[int, int]) -
 
 
 async def test_promotion_moves_the_alias_and_the_deployment_follows(
-    emulator, operator, mlflow_uri, router
-):
+    emulator, router, operator, mlflow_uri
+):  # the router (its MLPLANE_ABTEST_* settings) before the operator, which reads them at start
     set_alias(mlflow_uri, "champion", 1)
     set_alias(mlflow_uri, "challenger", 2)
     md = await create(emulator, modeldeployment("churn", "champion"))
@@ -297,8 +297,8 @@ async def test_promotion_moves_the_alias_and_the_deployment_follows(
 
 
 async def test_guardrail_breach_rolls_back_then_deletion_restores_single_model(
-    emulator, operator, mlflow_uri, router
-):
+    emulator, router, operator, mlflow_uri
+):  # the router (its MLPLANE_ABTEST_* settings) before the operator, which reads them at start
     set_alias(mlflow_uri, "stable", 1)
     set_alias(mlflow_uri, "risky", 3)
     md = await create(emulator, modeldeployment("guard", "stable"))
@@ -381,7 +381,6 @@ async def test_a_promotion_survives_a_refused_status_write_and_a_restart(
     ends Concluded Promote."""
     import kmock
 
-    from mlplane.operator.handlers import abtest as handlers
     from mlplane.operator.registry import Registry
 
     set_alias(mlflow_uri, "incumbent", 1)
@@ -422,9 +421,8 @@ async def test_a_promotion_survives_a_refused_status_write_and_a_restart(
                        seen=lambda: status(emulator, ab))  # fmt: skip
         assert status(emulator, ab)["phase"] == "Running"
         assert [(alias, version) for alias, version, _ in moves] == [("incumbent", 2)]
-    # A new process: what the old one kept in memory is gone; the API server works again.
-    handlers._LAST_STATUS.clear()
-    handlers._DUE.clear()
+    # A new operator: what the old one kept in memory (its memo) is gone; the API server works
+    # again.
     blocking[0] = False
     router.counts("twophase", control=(50, 3000, 0, 3000, 300),
                   candidate=(50, 3000, 300, 3000, 600))  # fmt: skip

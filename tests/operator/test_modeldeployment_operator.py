@@ -432,8 +432,16 @@ async def test_scale_reaches_workers_and_serve_autoscaling(emulator, operator, m
 async def test_unreachable_mlflow_is_pending_then_deploys(
     emulator, operator, mlflow_uri, monkeypatch
 ):
+    from mlplane.operator.registry import Registry, RegistryUnavailable
+
     set_alias(mlflow_uri, "blip", 1)
-    monkeypatch.setenv("MLPLANE_MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
+    # An MLflow outage (the operator's settings are read at start: the outage is injected).
+    real_resolve = Registry.resolve
+
+    def unreachable(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        raise RegistryUnavailable("injected: connection refused")
+
+    monkeypatch.setattr(Registry, "resolve", unreachable)
     obj = await create(emulator, modeldeployment("blip", "blip"))
     resolved = await wait_for(
         lambda: condition(emulator, obj, "ModelResolved"),
@@ -443,7 +451,7 @@ async def test_unreachable_mlflow_is_pending_then_deploys(
     assert (resolved["status"], resolved["reason"]) == ("False", "RegistryUnavailable")
     assert status(emulator, obj)["phase"] == "Pending"
     assert rayservice(emulator, "blip") is None
-    monkeypatch.setenv("MLPLANE_MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.setattr(Registry, "resolve", real_resolve)  # MLflow is back
     await deployed(emulator, obj, 1)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from k8s.harness import create, example, stored, wait_for
+from k8s.harness import create, example, run_operator, stored, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -125,18 +125,21 @@ async def test_refused_tracking_uri_is_not_contacted(emulator, operator, mlflow_
 
 
 async def test_refused_model_name_starts_and_registers_nothing(
-    emulator, operator, mlflow_uri, monkeypatch
+    emulator, kubeconfig, mlflow_uri, monkeypatch
 ):
     monkeypatch.setenv("MLPLANE_MODEL_NAME_POLICY", '{"ml": ["team-ml-*"]}')
-    obj = await create(emulator, trainingjob("tj-badname"))
-    admitted = await refused(emulator, obj, "Admitted", "ModelNameNotAllowed")
+    async with run_operator():
+        obj = await create(emulator, trainingjob("tj-badname"))
+        admitted = await refused(emulator, obj, "Admitted", "ModelNameNotAllowed")
     assert "namespace ml may not register or alias model 'tj-badname'" in admitted["message"]
     assert emulator.get_object(RAYJOBS, NAMESPACE, "tj-badname-a1") is None
     client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     assert client.search_registered_models("name = 'tj-badname'") == []
     assert client.get_experiment_by_name("ml/tj-badname") is None  # no run was made either
-    # The name allowed: the job goes on.
+    # The name allowed (settings are read at start: the operator restarts, as a chart upgrade
+    # restarts its pod): the job goes on.
     monkeypatch.setenv("MLPLANE_MODEL_NAME_POLICY", '{"ml": ["tj-*"]}')
-    await wait_for(lambda: emulator.get_object(RAYJOBS, NAMESPACE, "tj-badname-a1"),
-                   timeout=TIMEOUT, message="attempt 1 once allowed",
-                   seen=lambda: status(emulator, obj))  # fmt: skip
+    async with run_operator():
+        await wait_for(lambda: emulator.get_object(RAYJOBS, NAMESPACE, "tj-badname-a1"),
+                       timeout=TIMEOUT, message="attempt 1 once allowed",
+                       seen=lambda: status(emulator, obj))  # fmt: skip

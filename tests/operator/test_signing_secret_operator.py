@@ -146,14 +146,18 @@ async def test_secret_made_once_owned_mounted_and_kept_across_a_restart(
     assert len(signing) == 1  # (the Ray token Secret of the cluster is another one)
 
 
+@pytest.fixture
+def short_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Staged keys settle in 3 s (the kubelet's minute or two, in brief). Request it before the
+    ``operator`` fixture: the operator reads its settings once, at start."""
+    monkeypatch.setenv("MLPLANE_SIGNING_KEY_SETTLE", "3")
+
+
 async def test_rotation_stages_then_promotes_once_per_value(
-    emulator, operator, mlflow_uri, monkeypatch
+    emulator, short_settle, operator, mlflow_uri
 ):
     """The annotation stages a new key (accepted, not signing), which is promoted once it has
     settled; the same value never rotates again, a new value does."""
-    from mlplane.operator.handlers import signing as handler
-
-    monkeypatch.setattr(handler, "SETTLE_SECONDS", 3.0)  # the kubelet's minute or two, in brief
     obj = await create(emulator, modeldeployment("rotating"))
     await wait_for(lambda: secret(emulator, "rotating"), timeout=TIMEOUT, message="the Secret")
     original = keys(secret(emulator, "rotating"))["current"]

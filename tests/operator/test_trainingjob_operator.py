@@ -278,11 +278,16 @@ async def test_deletion_removes_the_attempts(emulator, operator, mlflow_uri):
                    message="its RayJob to be gone")  # fmt: skip
 
 
-async def test_unreachable_mlflow_is_reported_then_recovers(
-    emulator, operator, mlflow_uri, monkeypatch
-):
-    # Another MLflow than the operator's: the registry policy must allow it first.
+@pytest.fixture
+def allow_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another MLflow than the operator's: the registry policy must allow it first (set before
+    the ``operator`` fixture: the operator reads its settings once, at start)."""
     monkeypatch.setenv("MLPLANE_ALLOWED_TRACKING_URIS", "http://127.0.0.1:9")
+
+
+async def test_unreachable_mlflow_is_reported_then_recovers(
+    emulator, allow_unreachable, operator, mlflow_uri
+):
     body = trainingjob("tj-nomlflow")
     body["spec"]["mlflow"]["trackingUri"] = "http://127.0.0.1:9"  # nothing listens there
     obj = await create(emulator, body)

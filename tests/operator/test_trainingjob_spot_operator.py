@@ -17,8 +17,8 @@ from k8s.harness import create, example, stored, wait_for
 from mlflow.tracking import MlflowClient
 
 from mlplane.monitoring import spot
-from mlplane.operator.config import OperatorConfig
-from mlplane.operator.handlers import trainingjob as tj_handlers
+from mlplane.operator.config import Settings
+from mlplane.operator.handlers.state import OperatorState
 
 RAYJOBS = "ray.io/v1/rayjobs"
 CONFIGMAPS = "v1/configmaps"
@@ -40,14 +40,6 @@ def mlflow_uri(tmp_path_factory):
         os.environ["MLPLANE_MLFLOW_TRACKING_URI"] = old
 
 
-@pytest.fixture
-def fresh_history():
-    """Each test is a new operator process as far as the reclaim history goes."""
-    tj_handlers._RECLAIMS = None
-    yield
-    tj_handlers._RECLAIMS = None
-
-
 def status(emulator, obj) -> dict:
     return (stored(emulator, obj) or {}).get("status") or {}
 
@@ -57,9 +49,7 @@ def stored_history(emulator) -> dict:
     return spot.load_history((found or {}).get("data"))
 
 
-async def test_auto_interval_uses_and_feeds_the_configmap_history(
-    emulator, operator, mlflow_uri, fresh_history
-):
+async def test_auto_interval_uses_and_feeds_the_configmap_history(emulator, operator, mlflow_uri):
     earlier = spot.record({}, POOL, "old-job/1", spot.Exposure(40 * 3600.0, 20))
     await emulator.create_object(CONFIGMAPS, {
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -112,9 +102,9 @@ async def test_auto_interval_uses_and_feeds_the_configmap_history(
     assert history[POOL].recent["old-job/1"] == spot.Exposure(40 * 3600.0, 20)
     assert status(emulator, obj)["preemptions"] == 1
 
-    # A new operator process reads the same history back from the ConfigMap.
-    tj_handlers._RECLAIMS = None
-    keeper = tj_handlers.reclaim_keeper(OperatorConfig.from_env())
+    # A new operator (its own state: nothing kept in memory) reads the same history back from
+    # the ConfigMap.
+    keeper = OperatorState(Settings.from_env()).reclaims()
     again = await asyncio.to_thread(keeper.history)
     assert again[POOL].total().reclaims == 21
     assert json.loads(spot.dump_history(again)[spot.STORED_KEY]) == json.loads(

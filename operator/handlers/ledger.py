@@ -1,0 +1,106 @@
+"""Preemption evidence per TrainingJob, gathered from pod and node watch events.
+
+One :class:`DisruptionLedger` per operator (in
+:class:`~mlplane.operator.handlers.state.OperatorState`): pod and node events of any object
+feed it, a TrainingJob's rounds read it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from mlplane.operator.builders import labels as lbl
+from mlplane.operator.builders.evidence import node_evidence, pod_disruption
+from mlplane.operator.reconcile.trainingjob import ObservedDisruption
+
+
+class DisruptionLedger:
+    """Preemption evidence per TrainingJob, kept from watch events until status records it.
+
+    Node evidence reaches only the *live* pods on the node (running or pending, not finished,
+    not deleted): a pod leaves the ledger when it finishes or is deleted, so a reclaim never
+    counts pods of attempts long over. Evidence is keyed as the pure core keys it
+    (:meth:`ObservedDisruption.key`: attempt and node), so one reclaim of a node running three
+    pods of an attempt is one preemption, whichever of its node taint, node deletion and the
+    pods' ``DisruptionTarget`` conditions is seen first.
+    """
+
+    #: Reclaimed nodes remembered (a pod event may arrive after its node's): the newest win.
+    MAX_NODES = 1000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], dict[tuple[Any, ...], ObservedDisruption]] = {}
+        #: Live pods that have a node: (namespace, pod) → (TrainingJob, attempt, node).
+        self._live: dict[tuple[str, str], tuple[str, int, str]] = {}
+        #: Spot nodes being taken away (or gone) → the reason recorded for their pods.
+        self._terminating_nodes: dict[str, str] = {}
+
+    def pod(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """Record a pod's own disruption, and where it runs while it is live (node evidence)."""
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        namespace, job = meta.get("namespace", ""), labels.get(lbl.TRAININGJOB)
+        attempt = labels.get(lbl.ATTEMPT, "")
+        if not job or not attempt.isdigit():
+            return
+        name = meta.get("name", "")
+        node = (pod.get("spec") or {}).get("nodeName")
+        over = deleted or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        with self._lock:
+            found = pod_disruption(pod)
+            if found is not None:
+                self._add(namespace, job, ObservedDisruption(
+                    int(attempt), found.reason, found.pod, found.node, found.time))  # fmt: skip
+            if over or not node:
+                self._live.pop((namespace, name), None)
+                return
+            self._live[namespace, name] = (job, int(attempt), node)
+            if node in self._terminating_nodes:
+                self._add(namespace, job, ObservedDisruption(
+                    int(attempt), self._terminating_nodes[node], name, node))  # fmt: skip
+
+    def node(self, node: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """A spot node that is going away (or went away) disrupts the live pods on it."""
+        evidence = node_evidence(node)
+        with self._lock:
+            if not evidence.spot or not (evidence.terminating or deleted):
+                # Not (or no longer) going away: a NotReady blip that healed disrupts nothing
+                # scheduled there later.
+                self._terminating_nodes.pop(evidence.name, None)
+                return
+            reason = "SpotNodeDeleted" if deleted else f"NodeTerminating:{evidence.taints[0]}"
+            self._terminating_nodes.pop(evidence.name, None)
+            self._terminating_nodes[evidence.name] = reason
+            while len(self._terminating_nodes) > self.MAX_NODES:
+                del self._terminating_nodes[next(iter(self._terminating_nodes))]
+            for (namespace, pod), (job, attempt, on) in self._live.items():
+                if on == evidence.name:
+                    self._add(namespace, job,
+                              ObservedDisruption(attempt, reason, pod, evidence.name))  # fmt: skip
+
+    def _add(self, namespace: str, job: str, disruption: ObservedDisruption) -> None:
+        self._seen.setdefault((namespace, job), {}).setdefault(disruption.key(), disruption)
+
+    def take(self, namespace: str, job: str) -> tuple[ObservedDisruption, ...]:
+        """Everything seen for a TrainingJob (kept until :meth:`forget`)."""
+        with self._lock:
+            return tuple(self._seen.get((namespace, job), {}).values())
+
+    def forget(self, namespace: str, job: str, recorded: list[dict[str, Any]]) -> None:
+        """Drop evidence the status now holds."""
+        with self._lock:
+            seen = self._seen.get((namespace, job))
+            if not seen:
+                return
+            for item in recorded:
+                seen.pop(ObservedDisruption.from_record(item).key(), None)
+
+    def drop(self, namespace: str, job: str) -> None:
+        """Everything of a deleted TrainingJob: a new one of the same name starts clean."""
+        with self._lock:
+            self._seen.pop((namespace, job), None)
+            for key in [k for k, (j, _, _) in self._live.items() if k[0] == namespace and j == job]:
+                del self._live[key]
