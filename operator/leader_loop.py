@@ -243,7 +243,8 @@ class LeaderElector:
             try:
                 await asyncio.wait_for(self.attempt(), timeout=self._timeout())
             except (LeaseConflict, LeaseUnavailable, TimeoutError) as exc:
-                log.warning("Leader election: renew failed (%s)", exc or "timed out")
+                why = str(exc) or f"no answer within {self.settings.renew_deadline:g}s"
+                log.warning("Leader election: renew failed (%s)", why)
         raise LeadershipLost(
             f"not renewed for {self.settings.renew_deadline:g}s (the renew deadline)"
         )

@@ -328,9 +328,8 @@ def values_schema() -> dict[str, Any]:
                 defaultTrainingImage=string("MLPLANE_DEFAULT_TRAINING_IMAGE (empty: rayImage)."),
                 defaultServingImage=string("MLPLANE_DEFAULT_SERVING_IMAGE (empty: rayImage)."),
                 logFormat={"description": "MLPLANE_LOG_FORMAT.", "enum": ["json", "text"]},
-                healthPort=port(
-                    "Port of the liveness endpoint /healthz (leader and standby)."
-                ) | {"minimum": 1024},
+                healthPort=port("Port of the liveness endpoint /healthz (leader and standby).")
+                | {"minimum": 1024},
                 metricsPort=port("Port of the Prometheus endpoint /metrics.") | {"minimum": 1024},
                 extraEnv=array("Extra environment variables.", k8s("EnvVar")),
             ),

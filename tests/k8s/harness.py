@@ -322,7 +322,13 @@ class OperatorProcess:
     token: str | None = None
     _offset: int = 0
     _records: list[logging.LogRecord] = field(default_factory=list)
-    ready: bool = False
+    _ready: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether Kopf has announced it is ready (reads the log written so far)."""
+        _ = self.records
+        return self._ready
 
     @property
     def pid(self) -> int:
@@ -343,7 +349,7 @@ class OperatorProcess:
         for line in complete.decode().splitlines():
             data = json.loads(line)
             if data.get("ready"):
-                self.ready = True
+                self._ready = True
                 continue
             record = logging.makeLogRecord({"msg": data["message"], "levelname": data["level"],
                                             "k8s_ref": {"uid": data["uid"]}})  # fmt: skip
@@ -373,6 +379,11 @@ class OperatorProcess:
         """Whether this process logged a message starting with ``prefix`` (e.g. the leader
         election's ``BECAME_LEADER``)."""
         return any(r.getMessage().startswith(prefix) for r in self.records)
+
+    def said_about(self, obj: dict[str, Any]) -> list[str]:
+        """Every message this process logged about ``obj`` (for failure messages)."""
+        uid = obj["metadata"]["uid"]
+        return [r.getMessage() for r in self.records if r.k8s_ref.get("uid") == uid]
 
     def requests(self, emulator: Emulator) -> list[kmock.Request]:
         """Every request this process sent to ``emulator`` (told apart by :attr:`token`)."""
