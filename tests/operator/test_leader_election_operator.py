@@ -30,7 +30,7 @@ RAYJOBS = "ray.io/v1/rayjobs"
 TJS = "mlplane.dev/v1alpha1/trainingjobs"
 LEASES = "coordination.k8s.io/v1/leases"
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 6, 4.0, 1.0
-TIMEOUT = 45
+TIMEOUT = 90  # bounds a broken run; a healthy one needs a fraction (a loaded 2-core machine)
 JOBS = 20
 
 
