@@ -218,8 +218,13 @@ class LeaderElector:
             wait = self.settings.retry_period
             try:
                 decision = await self.attempt()
-            except (LeaseConflict, LeaseUnavailable) as exc:
-                log.info("Leader election: no lease this time (%s)", exc)
+            except LeaseConflict as exc:
+                log.info("Leader election: another candidate wrote first (%s)", exc)
+            except LeaseUnavailable as exc:
+                # Standing by for a reason the user must fix (RBAC, a missing namespace, an
+                # outage): say it every time, loudly.
+                log.warning("Leader election: cannot read or take lease %s/%s (%s)",
+                            self.namespace, self.settings.lease_name, exc)  # fmt: skip
             else:
                 if self.leading:
                     return True

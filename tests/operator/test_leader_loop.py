@@ -17,6 +17,7 @@ from mlplane.operator.leader_loop import (
     KubernetesLeases,
     LeaderElector,
     LeadershipLost,
+    LeaseUnavailable,
     run_leader_elected,
 )
 
@@ -155,3 +156,45 @@ async def test_a_lost_lease_ends_the_work(emulator, kubeconfig):
     assert code == 1
     assert lost and "renew deadline" in lost[0]
     await wait_for(stopped.is_set, message="the work to be stopped")
+
+
+async def test_health_answers_for_leader_and_standby(unused_tcp_port):
+    """A standby must be ready too, or a rolling update would wait for it forever."""
+    import aiohttp
+
+    from mlplane.operator.leader_loop import health_server
+
+    class Offline:
+        async def read(self, *_: Any) -> None:
+            raise AssertionError("not called")
+
+    elector = candidate("pod-a_1", Offline())
+    runner = await health_server(f"http://127.0.0.1:{unused_tcp_port}/healthz", elector)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{unused_tcp_port}/healthz"
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert await response.json() == {"role": "standby", "identity": "pod-a_1"}
+            elector.renewed_at = time.monotonic()  # as if it had just taken the lease
+            async with session.get(url) as response:
+                assert (await response.json())["role"] == "leader"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_missing_namespace_is_said_loudly(emulator, kubeconfig, caplog):
+    """Standing by because the lease cannot be written is a warning naming the lease."""
+
+    class NoNamespace(KubernetesLeases):
+        async def create(self, body: dict, timeout: float) -> Any:
+            raise LeaseUnavailable("namespace 'ops' not found")
+
+    a = candidate("a", NoNamespace())
+    stop = asyncio.Event()
+    trying = asyncio.create_task(a.acquire(stop))
+    await wait_for(lambda: any("cannot read or take lease ops/mlplane-operator" in r.message
+                               and r.levelname == "WARNING" for r in caplog.records),
+                   message="the warning")  # fmt: skip
+    stop.set()
+    assert not await trying
