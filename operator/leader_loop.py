@@ -299,6 +299,23 @@ def exit_now(reason: str) -> NoReturn:
 Work = Callable[[threading.Event], None]
 
 
+def kopf_work(**operator_kwargs: Any) -> Work:
+    """Kopf (``kopf.operator(**operator_kwargs)``, standalone) as the leader's work.
+
+    The release after it relies on "returned" meaning "nothing of Kopf's is left to write":
+    Kopf waits for a sync handler's thread even when it cancels the handler, and
+    ``asyncio.run`` waits for the default executor (``asyncio.to_thread``).
+    ``tests/operator/test_leader_loop.py`` checks it with a handler blocked past Kopf's
+    5 s grace."""
+
+    def work(stop: threading.Event) -> None:
+        import kopf
+
+        asyncio.run(kopf.operator(standalone=True, stop_flag=stop, **operator_kwargs))
+
+    return work
+
+
 async def run_leader_elected(
     elector: LeaderElector,
     work: Work,

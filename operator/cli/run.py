@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Annotated
 
 import typer
@@ -66,19 +65,10 @@ def run_operator(
             )
         )
         return
-    from mlplane.operator.leader_loop import run_with_leader_election
+    from mlplane.operator.leader_loop import kopf_work, run_with_leader_election
 
-    def kopf_until(stop: threading.Event) -> None:
-        asyncio.run(
-            kopf.operator(
-                clusterwide=all_namespaces,
-                namespaces=namespace or [],
-                standalone=True,
-                stop_flag=stop,
-            )
-        )
-
-    code = asyncio.run(run_with_leader_election(config, kopf_until, liveness=liveness))
+    work = kopf_work(clusterwide=all_namespaces, namespaces=namespace or [])
+    code = asyncio.run(run_with_leader_election(config, work, liveness=liveness))
     # Nothing of the operator may outlive the lease: no thread is waited for.
     logging.shutdown()
     os._exit(code)

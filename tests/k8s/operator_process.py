@@ -82,20 +82,10 @@ def main(log_path: str, leader_elect: bool = False) -> None:
         )
         return
     from mlplane.operator.config import OperatorConfig
-    from mlplane.operator.leader_loop import run_with_leader_election
+    from mlplane.operator.leader_loop import kopf_work, run_with_leader_election
 
-    def kopf_until(stop: threading.Event) -> None:
-        asyncio.run(
-            kopf.operator(
-                registry=kopf.get_default_registry(),
-                clusterwide=True,
-                standalone=True,
-                stop_flag=stop,
-                ready_flag=ready,
-            )
-        )
-
-    code = asyncio.run(run_with_leader_election(OperatorConfig.from_env(), kopf_until))
+    work = kopf_work(registry=kopf.get_default_registry(), clusterwide=True, ready_flag=ready)
+    code = asyncio.run(run_with_leader_election(OperatorConfig.from_env(), work))
     logging.shutdown()
     os._exit(code)
 

@@ -198,3 +198,39 @@ async def test_a_missing_namespace_is_said_loudly(emulator, kubeconfig, caplog):
                    message="the warning")  # fmt: skip
     stop.set()
     assert not await trying
+
+
+async def test_kopf_work_returns_only_after_its_handler_threads(emulator, kubeconfig):
+    """The release relies on it: the work returns only when nothing of Kopf's is left to
+    write, even a sync handler blocked in a call (an MLflow call, say) beyond the 5 s Kopf
+    gives its tasks at shutdown. (Kopf waits for the handler's thread; this guards that.)"""
+    import kopf
+    from k8s.harness import create
+
+    from mlplane.operator.leader_loop import kopf_work
+
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    started, release, finished = threading.Event(), threading.Event(), []
+
+    @kopf.on.create("mlplane.dev", "v1alpha1", "trainingjobs", registry=registry)
+    def blocked(**_: Any) -> None:  # sync: runs in Kopf's executor
+        started.set()
+        release.wait(timeout=30)
+        finished.append(time.monotonic())
+
+    stop = threading.Event()
+    thread = threading.Thread(target=kopf_work(registry=registry, clusterwide=True),
+                              args=(stop,), daemon=True)  # fmt: skip
+    thread.start()
+    await create(emulator, {"apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",
+                            "metadata": {"name": "slow", "namespace": "ml"},
+                            "spec": {"entrypoint": "python train.py"}})  # fmt: skip
+    await wait_for(started.is_set, message="the handler to start")
+    stop.set()
+    # Longer than Kopf's 5 s grace for its tasks: Kopf itself has given up by then.
+    await asyncio.sleep(6)
+    assert thread.is_alive(), "the work returned while a handler thread was still running"
+    release.set()
+    await wait_for(lambda: not thread.is_alive(), message="the work to return")
+    assert finished
