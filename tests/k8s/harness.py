@@ -17,7 +17,10 @@ Fixtures (function-scoped, async):
   importing ``mlplane.operator.handlers``), stopped cleanly at teardown: an
   :class:`OperatorRun`. Tests that restart it use :func:`run_operator_process`: the operator
   in a new process, stopped with SIGKILL (:class:`OperatorProcess`; ``kill_after`` kills it
-  right after a given request, e.g. between creating a child and writing the status).
+  right after a given request, e.g. between creating a child and writing the status;
+  ``terminate`` sends SIGTERM). With ``leader_elect=True`` the process runs under leader
+  election (the emulator serves Leases) and ``token=...`` tells its requests apart in the
+  emulator's log (:meth:`OperatorProcess.requests`).
 
 Helpers: :func:`wait_for` (poll until a condition holds, fail at a deadline naming what was
 awaited and what was seen), :func:`create`, :func:`stored`, :func:`example`,
