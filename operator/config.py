@@ -56,6 +56,9 @@ Spot economics (``docs/spot.md``):
 - ``MLPLANE_GPU_PRICES``: JSON ``{"<accelerator>": {"Spot": <price>, "OnDemand": <price>}}``
   per GPU-hour (``"*"``: any accelerator not listed); unset: status shows hours, no cost;
   ``MLPLANE_PRICE_CURRENCY`` (default ``USD``) names the unit.
+
+Leader election (``mlplane operator --leader-elect``, ``operator/leader.py``; the chart runs two
+replicas): :class:`LeaderElectionConfig`, ``MLPLANE_LEADER_*`` (see there) and ``POD_NAME``.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mlplane.crds.common import parse_duration
@@ -123,6 +126,8 @@ class OperatorConfig:
     #: Price per GPU-hour: (accelerator or "*", (("OnDemand", p), ("Spot", p))); None: no table.
     gpu_prices: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] | None = None
     price_currency: str = "USD"
+    #: Leader election (its own block: ``MLPLANE_LEADER_*``).
+    leader: LeaderElectionConfig = field(default_factory=lambda: LeaderElectionConfig())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -194,6 +199,7 @@ class OperatorConfig:
             checkpoint_interval_max=high,
             gpu_prices=_gpu_prices(env.get("MLPLANE_GPU_PRICES", "")),
             price_currency=env.get("MLPLANE_PRICE_CURRENCY", "").strip() or cls.price_currency,
+            leader=LeaderElectionConfig.from_env(env),
         )
 
     def tracking_uri_allowed(self, uri: str | None) -> bool:
@@ -342,6 +348,97 @@ def _gpu_prices(raw: str) -> tuple[tuple[str, tuple[tuple[str, float], ...]], ..
     )
 
 
+# --- leader election ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaderElectionConfig:
+    """The Lease that makes one operator replica the only writer (``operator/leader.py``).
+
+    - ``MLPLANE_LEADER_LEASE_NAME`` (default ``mlplane-operator``) and
+      ``MLPLANE_LEADER_LEASE_NAMESPACE`` (default: ``MLPLANE_OPERATOR_NAMESPACE``, else
+      ``mlplane-system``): the ``coordination.k8s.io/v1`` Lease;
+    - ``MLPLANE_LEADER_LEASE_DURATION`` (default ``10s``, whole seconds): how long a standby
+      waits, after it last saw the Lease change, before it takes the Lease over;
+    - ``MLPLANE_LEADER_RENEW_DEADLINE`` (default ``7s``): the leader stops (exits) when it has
+      not renewed for this long. It must be shorter than the lease duration: the difference is
+      the margin for in-flight writes and clock-rate differences (never two writers);
+    - ``MLPLANE_LEADER_RETRY_PERIOD`` (default ``2s``): how often the leader renews and a
+      standby looks again; at most the renew deadline / 1.2 (as client-go);
+    - ``POD_NAME`` (the chart sets it from the downward API; default the host name): the first
+      part of the holder identity (a random suffix makes each process distinct).
+
+    Durations are ``10s``, ``500ms`` or plain seconds. The defaults replace a SIGKILLed leader
+    within about 12 s (lease duration + one retry period).
+    """
+
+    lease_name: str = "mlplane-operator"
+    #: None: the operator's namespace.
+    lease_namespace: str | None = None
+    lease_duration: int = 10
+    renew_deadline: float = 7.0
+    retry_period: float = 2.0
+    pod_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.lease_duration <= 3600:
+            raise ValueError(
+                "MLPLANE_LEADER_LEASE_DURATION must be whole seconds between 1 and 3600 "
+                f"(got {self.lease_duration!r})"
+            )
+        if not 0 < self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                "MLPLANE_LEADER_RENEW_DEADLINE must be above 0 and below "
+                f"MLPLANE_LEADER_LEASE_DURATION (got {self.renew_deadline:g}s and "
+                f"{self.lease_duration}s): the leader must stop before a standby may take over"
+            )
+        if not 0 < self.retry_period * 1.2 < self.renew_deadline:
+            raise ValueError(
+                "MLPLANE_LEADER_RETRY_PERIOD must be above 0 and at most "
+                f"MLPLANE_LEADER_RENEW_DEADLINE / 1.2 (got {self.retry_period:g}s and "
+                f"{self.renew_deadline:g}s): the leader needs more than one try per deadline"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LeaderElectionConfig:
+        """Read ``MLPLANE_LEADER_*`` and ``POD_NAME``; ``ValueError`` names a wrong variable."""
+        duration = _leader_seconds(env, "MLPLANE_LEADER_LEASE_DURATION", cls.lease_duration)
+        if duration != int(duration):
+            raise ValueError(
+                "MLPLANE_LEADER_LEASE_DURATION must be whole seconds between 1 and 3600 "
+                f"(got {env.get('MLPLANE_LEADER_LEASE_DURATION')!r})"
+            )
+        return cls(
+            lease_name=env.get("MLPLANE_LEADER_LEASE_NAME", "").strip() or cls.lease_name,
+            lease_namespace=env.get("MLPLANE_LEADER_LEASE_NAMESPACE", "").strip()
+            or env.get("MLPLANE_OPERATOR_NAMESPACE", "").strip()
+            or None,
+            lease_duration=int(duration),
+            renew_deadline=_leader_seconds(
+                env, "MLPLANE_LEADER_RENEW_DEADLINE", cls.renew_deadline
+            ),
+            retry_period=_leader_seconds(env, "MLPLANE_LEADER_RETRY_PERIOD", cls.retry_period),
+            pod_name=env.get("POD_NAME", "").strip() or None,
+        )
+
+
+def _leader_seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+    """A duration (``10s``, ``500ms``) or plain seconds."""
+    raw = env.get(variable, "").strip()
+    if not raw:
+        return float(default)
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise ValueError(
+            f"{variable} must be a duration such as 10s or 500ms, or seconds (got {raw!r})"
+        ) from None
+
+
 # --- every setting, read once at start ----------------------------------------------------------
 # The operator's loop (Kopf handlers and the local runner) reads its settings from one
 # :class:`Settings` made when it starts (Kopf's ``on.startup``, the runner's constructor), never
@@ -440,6 +537,18 @@ SETTINGS: tuple[Setting, ...] = (
             "local platform: CPUs of each Serve replica"),
     Setting("MLPLANE_LOCAL_MAX_REPLICAS", None, "`2`",
             "local platform: most replicas of a deployment"),
+    Setting("MLPLANE_LEADER_LEASE_NAME", "(`<release>-leader`)",
+            "`mlplane-operator`", "the Lease of leader election (docs/high-availability.md)"),
+    Setting("MLPLANE_LEADER_LEASE_NAMESPACE", "(the release namespace)",
+            "`MLPLANE_OPERATOR_NAMESPACE`", "where that Lease is"),
+    Setting("MLPLANE_LEADER_LEASE_DURATION", "operator.leaderElection.leaseDurationSeconds", "`10`",
+            "whole seconds a standby waits after the Lease last changed before taking it"),
+    Setting("MLPLANE_LEADER_RENEW_DEADLINE", "operator.leaderElection.renewDeadlineSeconds", "`7`",
+            "seconds without a renew after which the leader exits (below the lease duration)"),
+    Setting("POD_NAME", "(the pod's name, from the downward API)", "the host name",
+            "first part of this replica's holder identity in the Lease"),
+    Setting("MLPLANE_LEADER_RETRY_PERIOD", "operator.leaderElection.retryPeriodSeconds", "`2`",
+            "seconds between renews and between a standby's looks"),
 )  # fmt: skip
 
 

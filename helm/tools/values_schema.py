@@ -208,6 +208,43 @@ def values_schema() -> dict[str, Any]:
         operator=required(
             obj(
                 "How the operator runs and what it is told through its environment.",
+                replicas=integer(
+                    "Operator pods: one writes (the Lease holder), the others stand by. Above 1 "
+                    "needs leaderElection.enabled.",
+                    1,
+                    5,
+                ),
+                leaderElection=required(
+                    obj(
+                        "Leader election on a coordination.k8s.io/v1 Lease (MLPLANE_LEADER_*).",
+                        enabled=boolean(
+                            "Run Kopf only while holding the Lease (--leader-elect); off needs "
+                            "replicas: 1."
+                        ),
+                        leaseDurationSeconds=integer(
+                            "MLPLANE_LEADER_LEASE_DURATION: how long a standby waits after it "
+                            "last saw the Lease renewed.",
+                            1,
+                            3600,
+                        ),
+                        renewDeadlineSeconds={
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "MLPLANE_LEADER_RENEW_DEADLINE: the leader exits "
+                            "when it could not renew for this long (below leaseDurationSeconds).",
+                        },
+                        retryPeriodSeconds={
+                            "type": "number",
+                            "exclusiveMinimum": 0,
+                            "description": "MLPLANE_LEADER_RETRY_PERIOD: how often the leader "
+                            "renews and a standby looks (at most renewDeadlineSeconds / 1.2).",
+                        },
+                    ),
+                    "enabled",
+                    "leaseDurationSeconds",
+                    "renewDeadlineSeconds",
+                    "retryPeriodSeconds",
+                ),
                 watchNamespaces=array(
                     "Namespaces to watch (empty: all, with a ClusterRole).",
                     string("A namespace.", pattern=DNS_LABEL, maxLength=63),
@@ -325,7 +362,8 @@ def values_schema() -> dict[str, Any]:
                 defaultTrainingImage=string("MLPLANE_DEFAULT_TRAINING_IMAGE (empty: rayImage)."),
                 defaultServingImage=string("MLPLANE_DEFAULT_SERVING_IMAGE (empty: rayImage)."),
                 logFormat={"description": "MLPLANE_LOG_FORMAT.", "enum": ["json", "text"]},
-                healthPort=port("Port of Kopf's liveness endpoint /healthz.") | {"minimum": 1024},
+                healthPort=port("Port of the liveness endpoint /healthz (leader and standby).")
+                | {"minimum": 1024},
                 metricsPort=port("Port of the Prometheus endpoint /metrics.") | {"minimum": 1024},
                 extraEnv=array("Extra environment variables.", k8s("EnvVar")),
             ),

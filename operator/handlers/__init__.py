@@ -12,7 +12,8 @@ Importing this module registers, in Kopf's default registry (what ``kopf run`` a
   ``mlplane.dev/...`` annotations — never in ``status``, which is structural and ours (Kopf
   also marks objects with ``mlplane.dev/kopf-managed``); Events for ``kopf.info``/``kopf.warn``
   only, not for log lines (Kopf cuts an Event's message to 1 KiB; the condition keeps it
-  whole); standalone, no peering: run one replica.
+  whole); standalone, no peering: with several replicas, the Lease (``operator/leader.py``) lets
+  one run Kopf.
 - for each kind (TrainingJob, ModelDeployment, ABTest), one handler on create, update and resume
   (id ``reconcile``): it validates the object with :func:`validated` and, when the object is
   valid, hands the typed resource to the reconcilers registered for that kind with

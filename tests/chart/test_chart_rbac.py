@@ -74,12 +74,22 @@ def permissions(rules: list[dict[str, Any]]) -> Perms:
 
 
 def rbac_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The roles over users' resources (the operator's own state Role is checked apart)."""
-    return [o for o in objects if o["kind"] in {"ClusterRole", "Role"} and not is_state(o)]
+    """The roles over users' resources (the operator's own state and leader Roles are checked
+    apart)."""
+    return [o for o in objects if o["kind"] in {"ClusterRole", "Role"} and not is_own(o)]
 
 
 def is_state(obj: dict[str, Any]) -> bool:
     return obj["metadata"]["name"].endswith("-state")
+
+
+def is_leader(obj: dict[str, Any]) -> bool:
+    return obj["metadata"]["name"].endswith("-leader")
+
+
+def is_own(obj: dict[str, Any]) -> bool:
+    """The operator's own objects in its namespace (state, leader election)."""
+    return is_state(obj) or is_leader(obj)
 
 
 #: The operator's own state in its namespace: the reclaim history ConfigMap
@@ -106,6 +116,40 @@ def test_the_state_role_reaches_one_configmap_in_the_release_namespace(
                                   "name": role["metadata"]["name"]}  # fmt: skip
 
 
+def leader_rules(lease: str) -> list[dict[str, Any]]:
+    """Leader election (operator/leader.py): the release's one Lease, in its namespace. Create
+    cannot be limited by name; reading and renewing are, to that Lease."""
+    return [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [lease], "verbs": ["get", "update"]},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
+def test_the_leader_role_reaches_one_lease_in_the_release_namespace(
+    render: str, request: pytest.FixtureRequest
+) -> None:
+    objects = request.getfixturevalue(render)
+    (role,) = [o for o in by_kind(objects, "Role") if is_leader(o)]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    (binding,) = [o for o in by_kind(objects, "RoleBinding") if is_leader(o)]
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    (config,) = [
+        c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"].endswith("-config")
+    ]
+    # The Lease the operator is told to use is the one the Role lets it renew.
+    assert config["data"]["MLPLANE_LEADER_LEASE_NAMESPACE"] == NAMESPACE
+    assert role["rules"] == leader_rules(config["data"]["MLPLANE_LEADER_LEASE_NAME"])
+
+
+def test_no_leader_role_without_leader_election() -> None:
+    objects = template("--set", "operator.replicas=1",
+                       "--set", "operator.leaderElection.enabled=false")  # fmt: skip
+    assert not [o for o in objects if o["kind"] in {"Role", "RoleBinding"} and is_leader(o)]
+
+
 @pytest.mark.parametrize("render", ["rendered_default", "rendered_all"])
 def test_no_wildcards_no_secrets_no_escalation(render: str, request: pytest.FixtureRequest) -> None:
     objects = request.getfixturevalue(render)
@@ -125,7 +169,7 @@ def test_no_wildcards_no_secrets_no_escalation(render: str, request: pytest.Fixt
 def test_cluster_wide_mode_has_exactly_the_contract(rendered_default: list[dict[str, Any]]) -> None:
     role = one(rendered_default, "ClusterRole")
     assert permissions(role["rules"]) == NAMESPACED | CLUSTER
-    assert not [r for r in by_kind(rendered_default, "Role") if not is_state(r)]
+    assert not [r for r in by_kind(rendered_default, "Role") if not is_own(r)]
     binding = one(rendered_default, "ClusterRoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -158,11 +202,11 @@ def test_every_rule_says_which_code_needs_it() -> None:
 def test_namespaced_mode_scopes_the_namespaced_rules(rendered_all: list[dict[str, Any]]) -> None:
     cluster_role = one(rendered_all, "ClusterRole")
     assert permissions(cluster_role["rules"]) == CLUSTER | NAMESPACES
-    roles = [r for r in by_kind(rendered_all, "Role") if not is_state(r)]
+    roles = [r for r in by_kind(rendered_all, "Role") if not is_own(r)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-research", "ml-team"]
     for role in roles:
         assert permissions(role["rules"]) == NAMESPACED
-    bindings = [b for b in by_kind(rendered_all, "RoleBinding") if not is_state(b)]
+    bindings = [b for b in by_kind(rendered_all, "RoleBinding") if not is_own(b)]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-research", "ml-team"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"

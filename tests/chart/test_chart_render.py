@@ -35,6 +35,7 @@ STANDARD_KINDS = {
     "ClusterRoleBinding",
     "Deployment",
     "NetworkPolicy",
+    "PodDisruptionBudget",
     "Role",
     "RoleBinding",
     "Service",
@@ -241,7 +242,10 @@ def test_default_render_is_valid(rendered_default: list[dict[str, Any]]) -> None
             "ConfigMap",
             "Deployment",
             "NetworkPolicy",
+            "PodDisruptionBudget",  # two replicas: a drain takes one at a time
             "Role",  # the operator's state (the reclaim history ConfigMap)
+            "RoleBinding",
+            "Role",  # leader election (its Lease)
             "RoleBinding",
             "Service",
             "ServiceAccount",

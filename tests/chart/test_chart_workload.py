@@ -72,21 +72,58 @@ def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
-def test_one_replica_replaced_by_recreate(rendered_default: list[dict[str, Any]]) -> None:
-    """Kopf runs standalone (no peering): never two operators at once, even during a rollout."""
+def test_two_replicas_one_leader_rolling_update(rendered_default: list[dict[str, Any]]) -> None:
+    """Two pods, one writer (the Lease holder); a rollout starts the new standby before it
+    stops an old pod, and a drain takes one pod at a time."""
     deployment = one(rendered_default, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}  # fmt: skip
     container = _container(rendered_default)
     assert container["command"] == ["mlplane"]
     assert container["args"] == [
         "operator",
+        "--leader-elect",
         "--all-namespaces",
         "--liveness",
         "http://0.0.0.0:8080/healthz",
         "--metrics-port",
         "9090",
     ]
+    assert container["env"][0] == {
+        "name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}  # fmt: skip
+    budget = one(rendered_default, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    leader = OperatorConfig.from_env(_config(rendered_default)).leader
+    assert (leader.lease_name, leader.lease_namespace) == ("mlplane-leader", NAMESPACE)
+    assert (leader.lease_duration, leader.renew_deadline, leader.retry_period) == (10, 7, 2)
+
+
+def test_without_leader_election_one_replica_replaced_by_recreate() -> None:
+    objects = template("--set", "operator.replicas=1",
+                       "--set", "operator.leaderElection.enabled=false")  # fmt: skip
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert _container(objects)["args"][:2] == ["operator", "--no-leader-elect"]
+    assert not by_kind(objects, "PodDisruptionBudget")
+    assert not any(k.startswith("MLPLANE_LEADER_") for k in _config(objects))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["operator.leaderElection.enabled=false"], "replicas above 1 needs"),
+        (["operator.leaderElection.renewDeadlineSeconds=10"], "must be below leaseDuration"),
+        (["operator.leaderElection.retryPeriodSeconds=6"], r"at most renewDeadlineSeconds / 1\.2"),
+    ],
+)
+def test_unsafe_leader_election_settings_fail_clearly(values: list[str], message: str) -> None:
+    args = [a for v in values for a in ("--set", v)]
+    with pytest.raises(HelmError, match=message):
+        template(*args)
 
 
 def test_watch_namespaces_become_namespace_flags(rendered_all: list[dict[str, Any]]) -> None:
@@ -94,6 +131,7 @@ def test_watch_namespaces_become_namespace_flags(rendered_all: list[dict[str, An
     assert "--all-namespaces" not in args
     assert args == [
         "operator",
+        "--leader-elect",
         "--namespace",
         "ml-team",
         "--namespace",
@@ -205,6 +243,11 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_LOG_FORMAT": "json",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
+        "MLPLANE_LEADER_LEASE_NAME": "mlplane-leader",
+        "MLPLANE_LEADER_LEASE_NAMESPACE": NAMESPACE,
+        "MLPLANE_LEADER_LEASE_DURATION": "10",
+        "MLPLANE_LEADER_RENEW_DEADLINE": "7",
+        "MLPLANE_LEADER_RETRY_PERIOD": "2",
     }
 
 
@@ -247,6 +290,11 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_LOG_FORMAT": "text",
         "MLPLANE_OPERATOR_NAMESPACE": NAMESPACE,
         "MLPLANE_OPERATOR_POD_LABELS": OPERATOR_LABELS,
+        "MLPLANE_LEADER_LEASE_NAME": "mlplane-operator-leader",
+        "MLPLANE_LEADER_LEASE_NAMESPACE": NAMESPACE,
+        "MLPLANE_LEADER_LEASE_DURATION": "15",
+        "MLPLANE_LEADER_RENEW_DEADLINE": "10",
+        "MLPLANE_LEADER_RETRY_PERIOD": "2.5",
     }
     env = {e["name"] for e in _container(rendered_all)["env"]}
     assert env == {"AWS_REGION", "POD_NAME"}

@@ -17,7 +17,10 @@ Fixtures (function-scoped, async):
   importing ``mlplane.operator.handlers``), stopped cleanly at teardown: an
   :class:`OperatorRun`. Tests that restart it use :func:`run_operator_process`: the operator
   in a new process, stopped with SIGKILL (:class:`OperatorProcess`; ``kill_after`` kills it
-  right after a given request, e.g. between creating a child and writing the status).
+  right after a given request, e.g. between creating a child and writing the status;
+  ``terminate`` sends SIGTERM). With ``leader_elect=True`` the process runs under leader
+  election (the emulator serves Leases) and ``token=...`` tells its requests apart in the
+  emulator's log (:meth:`OperatorProcess.requests`).
 
 Helpers: :func:`wait_for` (poll until a condition holds, fail at a deadline naming what was
 awaited and what was seen), :func:`create`, :func:`stored`, :func:`example`,
@@ -54,6 +57,7 @@ from kubernetes.config import kube_config
 
 from k8s.emulator import Emulator
 from mlplane.crds import BY_KIND, GROUP, VERSION
+from mlplane.operator.leader_loop import STANDING_BY
 
 T = TypeVar("T")
 
@@ -73,6 +77,8 @@ OTHER_RESOURCES: dict[tuple[str, str], dict[str, Any]] = {
     ("v1", "Namespace"): {"plural": "namespaces", "namespaced": False},
     ("v1", "Event"): {"plural": "events", "subresources": ()},
     ("events.k8s.io/v1", "Event"): {"plural": "events", "subresources": ()},
+    # The operator's leader election (``operator/leader.py``).
+    ("coordination.k8s.io/v1", "Lease"): {"plural": "leases", "subresources": ()},
 }
 
 #: How long :func:`wait_for` waits by default. Generous for a loaded 2-core machine: a healthy
@@ -126,15 +132,16 @@ async def emulator() -> AsyncIterator[Emulator]:
         assert not crashes, f"the emulator failed on requests: {crashes!r}"
 
 
-def write_kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig with one context, no credentials, pointing at ``server``."""
+def write_kubeconfig(path: Path, server: str, token: str | None = None) -> Path:
+    """A kubeconfig with one context pointing at ``server``; no credentials, or a bearer
+    ``token`` (the emulator accepts any: a test tells its clients apart by it)."""
     path.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-                "users": [{"name": "tester", "user": {}}],
+                "users": [{"name": "tester", "user": {"token": token} if token else {}}],
                 "contexts": [
                     {
                         "name": "emulator",
@@ -314,9 +321,17 @@ class OperatorProcess:
     popen: subprocess.Popen[bytes]
     log: Path
     stderr: Path
+    #: The bearer token of its kubeconfig: its requests in the emulator's log carry it.
+    token: str | None = None
     _offset: int = 0
     _records: list[logging.LogRecord] = field(default_factory=list)
-    ready: bool = False
+    _ready: bool = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether Kopf has announced it is ready (reads the log written so far)."""
+        _ = self.records
+        return self._ready
 
     @property
     def pid(self) -> int:
@@ -337,7 +352,7 @@ class OperatorProcess:
         for line in complete.decode().splitlines():
             data = json.loads(line)
             if data.get("ready"):
-                self.ready = True
+                self._ready = True
                 continue
             record = logging.makeLogRecord({"msg": data["message"], "levelname": data["level"],
                                             "k8s_ref": {"uid": data["uid"]}})  # fmt: skip
@@ -362,6 +377,27 @@ class OperatorProcess:
         return sum(
             1 for r in self.records if r.k8s_ref.get("uid") == uid and r.getMessage() == done
         )
+
+    def said(self, prefix: str) -> bool:
+        """Whether this process logged a message starting with ``prefix`` (e.g. the leader
+        election's ``BECAME_LEADER``)."""
+        return any(r.getMessage().startswith(prefix) for r in self.records)
+
+    def said_about(self, obj: dict[str, Any]) -> list[str]:
+        """Every message this process logged about ``obj`` (for failure messages)."""
+        uid = obj["metadata"]["uid"]
+        return [r.getMessage() for r in self.records if r.k8s_ref.get("uid") == uid]
+
+    def requests(self, emulator: Emulator) -> list[kmock.Request]:
+        """Every request this process sent to ``emulator`` (told apart by :attr:`token`)."""
+        assert self.token, "start the process with a token to tell its requests apart"
+        bearer = f"Bearer {self.token}"
+        return [r for r in emulator if r.headers.get("Authorization") == bearer]
+
+    def terminate(self) -> None:
+        """SIGTERM, as Kubernetes stops a pod (a rolling update); :meth:`wait` for the exit."""
+        if self.running:
+            os.kill(self.pid, signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL, at whatever moment this is: no handler finishes, nothing is flushed."""
@@ -418,39 +454,62 @@ class OperatorProcess:
 
 @contextlib.asynccontextmanager
 async def run_operator_process(
-    *, startup_timeout: float = 90.0, tag: str = "operator"
+    *,
+    startup_timeout: float = 90.0,
+    tag: str = "operator",
+    leader_elect: bool = False,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[OperatorProcess]:
     """Start the operator in a new process (with this process's environment, so the
-    ``kubeconfig`` fixture's ``$KUBECONFIG`` and the tests' ``MLPLANE_*`` settings) and wait
-    until Kopf is ready; at the end of the block SIGKILL it if it still runs: a restart in a
-    test is a crash, never a graceful stop at a quiet moment."""
+    ``kubeconfig`` fixture's ``$KUBECONFIG`` and the tests' ``MLPLANE_*`` settings, plus
+    ``env``) and wait until Kopf is ready; at the end of the block SIGKILL it if it still
+    runs: a restart in a test is a crash, never a graceful stop at a quiet moment.
+
+    ``leader_elect``: the process runs as ``mlplane operator --leader-elect`` does (Kopf only
+    while it holds the Lease) and is ready once it either leads with Kopf ready or stands by.
+    ``token``: its kubeconfig carries this bearer token, so :meth:`OperatorProcess.requests`
+    finds what it sent."""
     handle, name = tempfile.mkstemp(prefix=f"mlplane-{tag}-", suffix=".jsonl")
     os.close(handle)
     log = Path(name)
     stderr = log.with_suffix(".stderr")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_TESTS), env.get("PYTHONPATH")) if p)
+    child_env = dict(os.environ)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_TESTS), child_env.get("PYTHONPATH")) if p
+    )
+    child_env.update(env or {})
+    kubeconfig: Path | None = None
+    if token:
+        server = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())["clusters"][0]
+        kubeconfig = write_kubeconfig(log.with_suffix(".kubeconfig"),
+                                      server["cluster"]["server"], token)  # fmt: skip
+        child_env["KUBECONFIG"] = str(kubeconfig)
+    args = [sys.executable, "-m", "k8s.operator_process", str(log)]
     with stderr.open("wb") as err:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "k8s.operator_process", str(log)],
-            env=env,
+            [*args, "--leader-elect"] if leader_elect else args,
+            env=child_env,
             stdout=err,
             stderr=err,
             start_new_session=True,
         )
-    proc = OperatorProcess(popen, log, stderr)
+    proc = OperatorProcess(popen, log, stderr, token=token)
+
+    def started() -> bool:
+        return proc.ready or (leader_elect and proc.said(STANDING_BY)) or not proc.running
+
     try:
-        await wait_for(
-            lambda: (proc.records is not None and proc.ready) or not proc.running,
-            timeout=startup_timeout,
-            message="the operator process to start",
-        )
+        await wait_for(started, timeout=startup_timeout,
+                       message="the operator process to start")  # fmt: skip
         proc.check()
         yield proc
     finally:
         proc.kill()
         log.unlink(missing_ok=True)
         stderr.unlink(missing_ok=True)
+        if kubeconfig is not None:
+            kubeconfig.unlink(missing_ok=True)
 
 
 async def wait_for(

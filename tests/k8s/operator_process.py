@@ -1,13 +1,20 @@
 """The real mlplane operator in a process of its own, for tests that SIGKILL it and start anew.
 
-Run as ``python -m k8s.operator_process LOG`` with ``tests/`` on ``PYTHONPATH`` and the
-kubeconfig in ``$KUBECONFIG`` (:func:`k8s.harness.run_operator_process` does that). A restart
+Run as ``python -m k8s.operator_process LOG [--leader-elect]`` with ``tests/`` on
+``PYTHONPATH`` and the kubeconfig in ``$KUBECONFIG`` (:func:`k8s.harness.run_operator_process`
+does that). A restart
 that is a thread of the test's process keeps every in-memory cache of the operator (last
 written status, disruption evidence, alias and drift caches); a new process keeps none.
 
 ``LOG`` receives one JSON line per record of Kopf's per-object log (``kopf.objects``:
 ``{"uid", "message", "level"}``) and ``{"ready": true}`` once Kopf has started. Each line is
 written whole and flushed at once, so a SIGKILL loses nothing that was logged before it.
+
+With ``--leader-elect`` the process runs as ``mlplane operator --leader-elect`` does
+(:func:`mlplane.operator.leader_loop.run_with_leader_election`, settings from
+``MLPLANE_LEADER_*``): Kopf runs only while it holds the Lease, ``{"ready": true}`` comes when
+Kopf is ready as the leader, and the election's own log lines (``mlplane`` logger) say when it
+stands by, leads or releases. It exits as that command does (``os._exit``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import threading
 from typing import Any, TextIO
@@ -39,8 +47,9 @@ class _JsonLines(logging.Handler):
                     "level": record.levelname})  # fmt: skip
 
 
-def main(log_path: str) -> None:
-    """Run Kopf cluster-wide and standalone with mlplane's handlers until killed."""
+def main(log_path: str, leader_elect: bool = False) -> None:
+    """Run Kopf cluster-wide and standalone with mlplane's handlers until killed (with
+    ``leader_elect``: only while holding the Lease)."""
     import kopf
 
     import mlplane.operator.handlers  # noqa: F401 - registers the handlers
@@ -62,15 +71,24 @@ def main(log_path: str) -> None:
         handler.write({"ready": True})
 
     threading.Thread(target=announce, daemon=True).start()
-    asyncio.run(
-        kopf.operator(
-            registry=kopf.get_default_registry(),
-            clusterwide=True,
-            standalone=True,
-            ready_flag=ready,
+    if not leader_elect:
+        asyncio.run(
+            kopf.operator(
+                registry=kopf.get_default_registry(),
+                clusterwide=True,
+                standalone=True,
+                ready_flag=ready,
+            )
         )
-    )
+        return
+    from mlplane.operator.config import OperatorConfig
+    from mlplane.operator.leader_loop import kopf_work, run_with_leader_election
+
+    work = kopf_work(registry=kopf.get_default_registry(), clusterwide=True, ready_flag=ready)
+    code = asyncio.run(run_with_leader_election(OperatorConfig.from_env(), work))
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], leader_elect="--leader-elect" in sys.argv[2:])

@@ -401,3 +401,29 @@ async def test_fault_hooks_run_after_a_write_is_applied_or_instead_of_it(emulato
     status, _ = await call(emulator, "PATCH", f"{TJ}/job/status",
                            {"status": {"phase": "Running"}}, MERGE)  # fmt: skip
     assert status == 200 and emulator.get_object(res, "ns", "job")["status"]["phase"] == "Running"
+
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/ops/leases"
+
+
+async def test_two_candidates_cannot_both_take_a_lease(emulator):
+    """Leader election relies on it: of two writes based on the same read, the second is a 409
+    and changes nothing (the API server's optimistic concurrency)."""
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "mlplane-operator"},
+             "spec": {"holderIdentity": "old", "leaseDurationSeconds": 10}}  # fmt: skip
+    status, created = await call(emulator, "POST", LEASES, lease)
+    assert status == 200
+    status, _ = await call(emulator, "POST", LEASES, lease)  # a second create: AlreadyExists
+    assert status == 409
+    takes = []
+    for who in ("a", "b"):
+        take = json.loads(json.dumps(created))  # both read the same version
+        take["spec"]["holderIdentity"] = who
+        takes.append(await call(emulator, "PUT", f"{LEASES}/mlplane-operator", take))
+    (first, won), (second, refused) = takes
+    assert (first, second) == (200, 409)
+    assert refused["reason"] == "Conflict"
+    assert won["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
+    stored = emulator.get_object("coordination.k8s.io/v1/leases", "ops", "mlplane-operator")
+    assert stored["spec"]["holderIdentity"] == "a"
