@@ -20,7 +20,9 @@ Faults, all drawn from ``--seed`` (the same seed gives the same schedule; timing
   ``Retry-After``, a slow answer, and a write that is *applied* but answered 503 (a timeout
   whose write landed: the client must find it, not repeat it);
 - **MLflow outages** in windows: the server stopped (SIGSTOP: calls hang until the client's
-  timeout) or killed and restarted (connections refused).
+  timeout) or killed and restarted (connections refused);
+- **watch streams cut mid-stream**: a share of the watches ends after a few events (the client
+  resumes from its last resourceVersion; the emulator replays what it missed).
 
 Invariants checked at the end, each violation printed with the seed and the resource:
 
@@ -34,8 +36,8 @@ Invariants checked at the end, each violation printed with the seed and the reso
 - the operator never exited by itself (a crash loop), and the tracebacks it logged are counted.
 
 Not covered yet (issue #17): ModelDeployments and ABTests (they need a played RayService and
-serving app), watch streams cut mid-stream (only refused at their start), S3 outages, and the
-local platform's variant (Ray worker, serving monitor and runner kills).
+serving app), S3 outages, and the local platform's variant (Ray worker, serving monitor and
+runner kills).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class Faults:
     injected: Counter[str] = field(default_factory=Counter)
     last_fault_at: float = 0.0
     enabled: bool = True
+    #: The share of watch streams cut after a few events (the client must resume from its
+    #: last resourceVersion and miss nothing).
+    watch_cut_rate: float = 0.3
 
     def api_fault(self) -> str | None:
         if not self.enabled or self.rng.random() >= self.api_rate:
@@ -95,6 +100,12 @@ class Faults:
         self.injected[f"api {kind}"] += 1
         self.last_fault_at = time.monotonic()
         return kind
+
+    def watch_cut(self) -> int | None:
+        """After how many events a new watch stream is cut mid-stream (None: not cut)."""
+        if not self.enabled or self.rng.random() >= self.watch_cut_rate:
+            return None
+        return self.rng.randint(1, 10)
 
 
 def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> type:
@@ -111,6 +122,19 @@ def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> t
 
     @attrs.define(kw_only=True)
     class ChaosEmulator(Emulator):
+        async def _serve_watch(self, request: Any) -> Any:
+            cut = faults.watch_cut()
+            sent = 0
+            async with contextlib.aclosing(super()._serve_watch(request)) as stream:
+                async for item in stream:
+                    yield item
+                    if cut is not None and isinstance(item, dict):
+                        sent += 1
+                        if sent >= cut and faults.enabled:
+                            faults.injected["watch cut mid-stream"] += 1
+                            faults.last_fault_at = time.monotonic()
+                            return
+
         async def _handle(self, request: Any) -> Any:
             res = request.resource
             is_write = request.action in (kmock.action.CREATE, kmock.action.UPDATE,
@@ -156,8 +180,10 @@ class Operator:
         self.crashes = 0
 
     def start(self) -> None:
+        # One replica, no Lease: a restarted process would wait out its predecessor's lease
+        # (a standby's takeover is tests/operator/test_leader_election_operator.py's).
         cmd = [sys.executable, "-m", "mlplane.operator.cli", "operator", "-A",
-               "--metrics-port", "0"]  # fmt: skip
+               "--metrics-port", "0", "--no-leader-elect"]  # fmt: skip
         self.starts += 1
         self.child = Child.spawn(cmd, self.env, self.workdir / f"operator-{self.starts}.log")
 
@@ -257,13 +283,24 @@ class KubeRay:
         self.plans: dict[str, Plan] = defaultdict(Plan)
         self.state: dict[str, tuple[str, float]] = {}  # rayjob -> (stage, since)
         self.trained: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.started = time.monotonic()
+        #: What this script did to each TrainingJob, when (seconds into the run): printed with
+        #: a violation about it.
+        self.timeline: dict[str, list[str]] = defaultdict(list)
 
-    def _outcome(self, tj: str, attempt: int) -> str:
+    def note(self, tj: str, what: str) -> None:
+        self.timeline[tj].append(f"{time.monotonic() - self.started:.1f}s {what}")
+
+    def _outcome(self, tj: str, attempt: int, spot: bool) -> str:
         plan = self.plans[tj]
         if attempt not in plan.outcomes:
             draw = self.rng.random()
             if draw < self.args.preempt_rate and plan.preemptions < 3:
-                outcome = self.rng.choice(("preempt-before", "preempt-after"))
+                # Evidence after the failure is a spot reclaim's; an on-demand attempt is lost
+                # only to an eviction seen first (the operator judges on-demand failures at once).
+                orders = ("preempt-before", "preempt-after") if spot else ("preempt-before",)
+                outcome = self.rng.choice(orders)
                 plan.preemptions += 1
             elif draw < self.args.preempt_rate + self.args.fail_rate:
                 outcome = "fail"
@@ -279,6 +316,16 @@ class KubeRay:
                                              {"status": {"jobStatus": job,
                                                          "jobDeploymentStatus": deployment}},
                                              subresource="status")  # fmt: skip
+
+    async def _succeed(self, name: str, run_id: str) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(_train, self.mlflow.uri, run_id)
+                break
+            except Exception:  # MLflow is out: the runtime tries again
+                await asyncio.sleep(1.0)
+        await self._status(name, "SUCCEEDED", "Complete")
+        self.state[name] = ("done", time.monotonic())
 
     async def _reclaim(self, tj: str, attempt: int) -> None:
         pod = f"{tj}-a{attempt}-worker-chaos"
@@ -312,7 +359,9 @@ class KubeRay:
                 await self._status(name, "RUNNING", "Running")
                 self.state[name] = ("running", now)
             elif stage == "running" and waited > self.args.attempt_seconds:
-                outcome = self._outcome(tj, int(attempt))
+                spot = labels.get("mlplane.dev/capacity") == "Spot"
+                outcome = self._outcome(tj, int(attempt), spot)
+                self.note(tj, f"a{attempt}: {outcome}")
                 if outcome == "preempt-before":
                     await self._reclaim(tj, int(attempt))
                     self.state[name] = ("evidence", now)
@@ -323,17 +372,18 @@ class KubeRay:
                     await self._status(name, "FAILED", "Failed")
                     self.state[name] = ("done", now)
                 else:
-                    try:
-                        await asyncio.to_thread(_train, self.mlflow.uri, _run_id(rayjob))
-                    except Exception:  # MLflow is out: the runtime tries again next step
-                        continue
-                    await self._status(name, "SUCCEEDED", "Complete")
-                    self.state[name] = ("done", now)
+                    # Training ends in a task of its own: a step waiting for MLflow (out, or
+                    # hanging until a timeout) would delay every other job's play, e.g. a
+                    # reclaim's evidence past the operator's grace.
+                    self.state[name] = ("training", now)
+                    self.tasks.add(asyncio.create_task(self._succeed(name, _run_id(rayjob))))
             elif stage == "evidence" and waited > 1.0:
                 await self._status(name, "FAILED", "Failed")
+                self.note(tj, f"a{attempt}: FAILED after its reclaim")
                 self.state[name] = ("done", now)
             elif stage == "failed-first" and waited > 1.0:
                 await self._reclaim(tj, int(attempt))
+                self.note(tj, f"a{attempt}: reclaim evidence after its failure")
                 self.state[name] = ("done", now)
 
 
@@ -371,6 +421,12 @@ def _violations(
         if int(st.get("failures") or 0) != plan.failures:
             out.append(f"{name}: status.failures {st.get('failures')} != "
                        f"{plan.failures} code failures made ({plan.outcomes})")  # fmt: skip
+        if out and out[-1].startswith(f"{name}: status."):
+            events = [f"{e.get('reason')}: {e.get('message')}"
+                      for e in emulator.list_objects("v1/events", NAMESPACE)
+                      if (e.get("involvedObject") or {}).get("name") == name]  # fmt: skip
+            out.append(f"{name}: what the script did: {kuberay.timeline[name]}; "
+                       f"the operator's events: {events}")  # fmt: skip
         runs = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
             f"tags.`mlplane.trainingjob.uid` = '{uid}'",
@@ -419,6 +475,7 @@ async def run(args: argparse.Namespace) -> int:
         k8s = emulator_class(faults, writes)()
         declare_all(k8s)
         operator: Operator | None = None
+        kuberay: KubeRay | None = None
         try:
             async with k8s, kmock.Server(k8s):
                 kubeconfig = write_kubeconfig(workdir / "kubeconfig", str(k8s.url).rstrip("/"))
@@ -507,6 +564,8 @@ async def run(args: argparse.Namespace) -> int:
                 attempts = [int((o.get("status") or {}).get("attempts") or 0)
                             for o in finished.values()]  # fmt: skip
         finally:
+            for task in kuberay.tasks if kuberay is not None else ():
+                task.cancel()
             if operator is not None:
                 await operator.stop()
             mlflow.server.stop()
