@@ -272,6 +272,12 @@ def _execute(
             log.warning("%s", exc)
             return
         log.info("%s %s", "created" if created else "found existing", obj["metadata"]["name"])
+    if plan.stop is not None:  # a return to spot ends the on-demand attempt: its RayJob goes
+        try:
+            platform.delete_owned("ray.io/v1", "RayJob", tj.metadata.namespace or "default",
+                                  plan.stop, uid)  # fmt: skip
+        except ChildOwnedByOther as exc:
+            log.warning("%s", exc)
     if plan.suspend is not None:
         name, suspend = plan.suspend
         platform.patch("ray.io/v1", "RayJob", tj.metadata.namespace or "default", name,
