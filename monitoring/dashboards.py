@@ -894,8 +894,7 @@ def training_dashboard() -> dict[str, Any]:
                     legend,
                 ),
                 (
-                    f"sum by ({by}) "
-                    f"(increase({n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL}{{{sel}}}[1h]))",
+                    f"sum by ({by}) (increase({n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL}{{{sel}}}[1h]))",
                     f"{legend} returned to spot",
                 ),
             ],
