@@ -561,6 +561,7 @@ def _move_to_spot(
         s.condition("SpotReturn", "Unknown", "EndingOnDemandAttempt",
                     f"ending attempt {number} ({name}) at checkpoint {checkpoint}; the next "
                     "attempt resumes from it on spot once it has ended")  # fmt: skip
+        st["phase"] = "Retrying"  # the next attempt is on its way, as after any attempt
         s.condition("Running", "False", "ReturningToSpot",
                     f"attempt {number} is being ended to move back to spot")  # fmt: skip
         plan.requeue_after = 5.0

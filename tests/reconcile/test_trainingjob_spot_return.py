@@ -170,6 +170,8 @@ def test_a_newer_checkpoint_ends_the_on_demand_attempt_then_starts_spot_from_it(
     assert plan.stop == "churn-a2" and plan.create == []
     assert job.status["spotReturn"]["endingAttempt"] == 2
     assert job.condition("SpotReturn")["reason"] == "EndingOnDemandAttempt"
+    assert job.status["phase"] == "Retrying"
+    assert job.condition("Running")["reason"] == "ReturningToSpot"
     # the stop is asked again while the attempt still runs (idempotent), nothing created
     plan = job.step(on_demand(41, timedelta(minutes=47)), at=timedelta(minutes=47, seconds=5))
     assert plan.stop == "churn-a2" and plan.create == []
@@ -291,13 +293,14 @@ def test_return_to_spot_needs_a_fallback_group_and_a_duration():
         parse(body({}))
 
 
-def test_env_of_the_spot_attempt_resumes_the_jobs_folder():
+def test_the_spot_attempt_resumes_from_the_jobs_own_folder():
     job = fallen_back({"minOnDemand": "10s"})
     job.step(on_demand(40, timedelta(minutes=43)), at=timedelta(minutes=45))
     job.step(on_demand(41, timedelta(minutes=47)), at=timedelta(minutes=47))
     plan = job.step(on_demand(41, timedelta(minutes=47), job_status="STOPPED"),
                     at=timedelta(minutes=48))  # fmt: skip
     (created,) = plan.create
+    assert created["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
     env = yaml.safe_load(created["spec"]["runtimeEnvYAML"])["env_vars"]
     assert env["MLPLANE_ATTEMPT"] == "3"
     assert env["MLPLANE_CHECKPOINT_URI"] == f"s3://ckpt/churn/{UID}"
