@@ -374,9 +374,11 @@ class TrainingJobStatus(StatusModel):
     attempts: int = 0
     preemptions: int = 0
     failures: int = 0
-    #: Planned moves from on-demand back to spot (spec.preemption.returnToSpot): neither a
-    #: preemption nor a failure.
-    returns_to_spot: int | None = None
+    returns_to_spot: int | None = Field(
+        None,
+        description="Planned moves from on-demand back to spot (spec.preemption.returnToSpot): "
+        "neither a preemption nor a failure; unset until the first.",
+    )
     spot_return: SpotReturnStatus | None = None
     #: Attempts lost to an MLflow/S3 outage: they spend neither budget.
     infrastructure_failures: int | None = None
