@@ -30,6 +30,9 @@ Waste = work repeated after reclaims (since the newest complete checkpoint, part
 included) + checkpoint write time, in % of the useful work. Restart time is the same for every
 policy (restarts x ``--restart``) and is left out of the comparison; the table shows it apart.
 
+``--return-to-spot``: the on-demand hours ``spec.preemption.returnToSpot`` saves after a
+``SpotWithFallback`` fallback (:func:`fallback_run` has its model; bench/README.md the table).
+
 Claims checked per row, printed as they come out (nothing here is tuned to make them hold):
 Auto's waste within 10 % of the best fixed interval's; notice + Auto's waste below every fixed
 interval's.
@@ -228,6 +231,141 @@ def run(args: argparse.Namespace) -> None:
     print(f"simulated in {time.perf_counter() - began:.1f} s")
 
 
+# --- return to spot (spec.preemption.returnToSpot) ------------------------------------------------
+
+
+@dataclass
+class Fallback:
+    """Hours of one SpotWithFallback job: on spot, on on-demand, lost to reclaims; returns."""
+
+    spot: float = 0.0
+    on_demand: float = 0.0
+    lost: float = 0.0
+    returns: int = 0
+
+    def add(self, other: Fallback) -> None:
+        self.spot += other.spot
+        self.on_demand += other.on_demand
+        self.lost += other.lost
+        self.returns += other.returns
+
+
+def quiet_from(reclaims: np.ndarray, at: float, window: float) -> float:
+    """The first moment >= ``at`` with no reclaim in the ``window`` before it."""
+    while True:
+        k = int(np.searchsorted(reclaims, at, side="right"))
+        if k == 0 or reclaims[k - 1] + window <= at:  # (not at - window: float rounding)
+            return at
+        at = float(reclaims[k - 1]) + window
+
+
+def fallback_run(
+    reclaims: np.ndarray,
+    work: float,
+    *,
+    budget: int,
+    restart: float,
+    tau: float,
+    min_on_demand: float | None,
+    sees_pool: bool,
+) -> Fallback:
+    """One job to ``work`` seconds of compute; hours in seconds until the caller divides.
+
+    A reclaim on spot loses the work since the last checkpoint (``tau / 2`` at most, the mean
+    of a uniform point in an interval; less when the attempt ran less) plus ``restart``. After
+    ``budget`` reclaims the job is on on-demand (nothing lost there). With ``min_on_demand``
+    it returns as the operator does: once on on-demand that long (doubled per return reclaimed
+    within 4x that) and, when ``sees_pool`` (other jobs of the operator run in the pool and
+    report its reclaims), no reclaim for as long; then after the next checkpoint (``tau / 2``
+    on average) and a restart. Back on spot, the first reclaim falls back again (the budget is
+    spent).
+    """
+    out = Fallback()
+    t, done, used, i, backoff = 0.0, 0.0, 0, 0, 0
+    on_spot, since, last_return = True, 0.0, None
+    n = len(reclaims)
+    while done < work:
+        if on_spot:
+            while i < n and reclaims[i] < t:
+                i += 1
+            r = float(reclaims[i]) if i < n else math.inf
+            if t + (work - done) <= r:
+                out.spot += work - done
+                break
+            ran = r - t
+            lost = min(ran, tau / 2)
+            done += ran - lost
+            out.spot += ran
+            out.lost += lost
+            used += 1
+            i += 1
+            t = r + restart
+            if used >= budget:
+                on_spot, since = False, t
+                if last_return is not None:
+                    window = 4 * min_on_demand * 2**backoff  # type: ignore[operator]
+                    backoff = backoff + 1 if t - last_return < window else 0
+            continue
+        if min_on_demand is None:
+            out.on_demand += work - done
+            break
+        wait = min(min_on_demand * 2**backoff, 7 * 86400.0)
+        back = since + wait
+        if sees_pool:
+            back = quiet_from(reclaims, back, wait)
+        move = back + tau / 2  # the next checkpoint after the decision
+        if move - t >= work - done:
+            out.on_demand += work - done
+            break
+        out.on_demand += move - t
+        done += move - t
+        t = move + restart
+        on_spot, last_return = True, t
+        out.returns += 1
+    return out
+
+
+def run_return_to_spot(args: argparse.Namespace) -> None:
+    """On-demand hours a return to spot saves, against staying on on-demand after a fallback."""
+    work = args.work_hours * 3600.0
+    horizon = work * 6 + 48 * 3600.0
+    budget, c = 3, 30.0
+    policies: dict[str, tuple[float | None, bool]] = {
+        "stay": (None, False),
+        "30m": (1800.0, False),
+        "30m+pool": (1800.0, True),
+        "2h": (7200.0, False),
+        "2h+pool": (7200.0, True),
+    }
+    print(f"\nReturn to spot: work {args.work_hours:g} h on spot x {args.seeds} seeds; "
+          f"maxPreemptions {budget}; Auto interval for C = {c:g} s; on-demand hours per job "
+          "(saved vs stay), returns per job, lost hours per job")  # fmt: skip
+    header = f"{'process':<17}" + "".join(f" | {name:>22}" for name in policies)
+    print(header)
+    print("-" * len(header))
+    for kind, process in {"poisson": poisson, "bursty": bursty}.items():
+        for label, mtbr in RATES.items():
+            streams = [process(np.random.default_rng([args.seed, s, int(mtbr)]), mtbr, horizon)
+                       for s in range(args.seeds)]  # fmt: skip
+            tau = spot.young_daly(c, mtbr, min_seconds=args.low, max_seconds=args.high)
+            totals = {name: Fallback() for name in policies}
+            for reclaims in streams:
+                for name, (wait, sees) in policies.items():
+                    totals[name].add(fallback_run(reclaims, work, budget=budget,
+                                                  restart=args.restart, tau=tau,
+                                                  min_on_demand=wait, sees_pool=sees))  # fmt: skip
+            stay = totals["stay"].on_demand
+            cells = []
+            for name, got in totals.items():
+                od = got.on_demand / 3600 / args.seeds
+                saved = ""
+                if stay and name != "stay":
+                    saved = f"-{100 * (1 - got.on_demand / stay):.0f}%"
+                cells.append(f"{od:5.1f}h {saved:>5} {got.returns / args.seeds:4.1f}r "
+                             f"{got.lost / 3600 / args.seeds:4.1f}l")  # fmt: skip
+            print(f"{kind + ' ' + label:<17}" + "".join(f" | {cell:>22}" for cell in cells))
+
+
 def _add(total: Result, one: Result) -> None:
     total.lost += one.lost
     total.overhead += one.overhead
@@ -250,7 +388,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--low", type=float, default=spot.DEFAULT_MIN_INTERVAL_SECONDS)
     parser.add_argument("--high", type=float, default=spot.DEFAULT_MAX_INTERVAL_SECONDS)
-    run(parser.parse_args())
+    parser.add_argument("--return-to-spot", action="store_true",
+                        help="only the return-to-spot table (on-demand hours saved)")  # fmt: skip
+    args = parser.parse_args()
+    if not args.return_to_spot:
+        run(args)
+    run_return_to_spot(args)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from mlplane.crds.common import (
     Timestamp,
     Toleration,
     dns_label,
+    duration_string,
     interval_string,
     name_rules,
     parse_duration,
@@ -117,6 +118,18 @@ class Checkpoint(SpecModel):
         return parse_duration(self.interval)
 
 
+class ReturnToSpot(SpecModel):
+    """Go back to spot after a SpotWithFallback fallback, at a checkpoint, once spot is quiet."""
+
+    min_on_demand: duration_string(min_seconds=10, max_seconds=7 * 86400) = Field(  # type: ignore[valid-type]
+        ...,
+        description="Least time on on-demand after a fallback before returning (10s to 7d; "
+        "30m to 2h suits most jobs), and how long the job's spot pools must have had no "
+        "reclaim the operator saw. Doubled after each return that spot reclaimed again within "
+        "four times that long (flapping); reset by a return that lasted.",
+    )
+
+
 class Preemption(SpecModel):
     """The spot-preemption budget, separate from the code-failure budget (backoffLimit)."""
 
@@ -133,6 +146,14 @@ class Preemption(SpecModel):
         le=100,
         description="Worker losses Ray Train absorbs inside one attempt by restoring from the "
         "newest checkpoint (FailureConfig.max_failures).",
+    )
+    return_to_spot: ReturnToSpot | None = Field(
+        None,
+        description="After SpotWithFallback workers fell back to on-demand, move them back to "
+        "spot: once minOnDemand has passed and no reclaim was seen in their pools for as long, "
+        "the operator waits for the running attempt's next checkpoint, ends it and starts the "
+        "next attempt on spot from that checkpoint (a planned move: no budget is spent). "
+        "Unset (the default): the job stays on on-demand after a fallback, as it always did.",
     )
 
 
@@ -216,6 +237,13 @@ class TrainingJobSpec(SpecModel):
             "worker group names must be unique",
             ".workers",
         ),
+        Rule(
+            "!has(self.preemption) || !has(self.preemption.returnToSpot) || "
+            "self.workers.exists(w, w.capacity == 'SpotWithFallback')",
+            "preemption.returnToSpot needs a worker group with capacity SpotWithFallback: only "
+            "those fall back to on-demand and can return",
+            ".preemption.returnToSpot",
+        ),
     )
 
 
@@ -297,6 +325,31 @@ class Disruption(StatusModel):
     time: Timestamp | None = None
 
 
+class SpotReturnStatus(StatusModel):
+    """Where a fallen-back job stands on its way back to spot (spec.preemption.returnToSpot)."""
+
+    on_demand_since: Timestamp | None = Field(
+        None, description="When the SpotWithFallback workers last moved to on-demand."
+    )
+    not_before: Timestamp | None = Field(
+        None, description="The earliest return: onDemandSince plus the effective minOnDemand."
+    )
+    backoff: int = Field(
+        0, ge=0, description="Doublings of minOnDemand in force (returns reclaimed soon after)."
+    )
+    decided_at: Timestamp | None = Field(
+        None, description="When the operator decided to return: it waits for a newer checkpoint."
+    )
+    checkpoint_at_decision: str | None = Field(
+        None, description="The newest checkpoint when it decided (the move waits for another)."
+    )
+    ending_attempt: int | None = Field(
+        None, description="The on-demand attempt being ended for the move."
+    )
+    last_return_time: Timestamp | None = None
+    last_return_attempt: int | None = None
+
+
 class TrainingJobStatus(StatusModel):
     """What happened, as the operator saw it."""
 
@@ -321,6 +374,12 @@ class TrainingJobStatus(StatusModel):
     attempts: int = 0
     preemptions: int = 0
     failures: int = 0
+    returns_to_spot: int | None = Field(
+        None,
+        description="Planned moves from on-demand back to spot (spec.preemption.returnToSpot): "
+        "neither a preemption nor a failure; unset until the first.",
+    )
+    spot_return: SpotReturnStatus | None = None
     #: Attempts lost to an MLflow/S3 outage: they spend neither budget.
     infrastructure_failures: int | None = None
     #: The next attempt starts no earlier (after an attempt lost to an outage), or a failed spot
@@ -357,6 +416,12 @@ class TrainingJob(Resource):
         {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
         {"name": "Preemptions", "type": "integer", "jsonPath": ".status.preemptions"},
         {"name": "Capacity", "type": "string", "jsonPath": ".status.currentAttempt.capacity"},
+        {
+            "name": "Returns",
+            "type": "integer",
+            "jsonPath": ".status.returnsToSpot",
+            "priority": 1,
+        },
         {
             "name": "Checkpoint",
             "type": "integer",

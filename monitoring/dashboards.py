@@ -887,12 +887,16 @@ def training_dashboard() -> dict[str, Any]:
             width=8,
         ),
         timeseries(
-            "Spot preemptions in the last hour",
+            "Spot preemptions and returns to spot in the last hour",
             [
                 (
                     f"sum by ({by}) (increase({n.TRAININGJOB_PREEMPTIONS_TOTAL}{{{sel}}}[1h]))",
                     legend,
-                )
+                ),
+                (
+                    f"sum by ({by}) (increase({n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL}{{{sel}}}[1h]))",
+                    f"{legend} returned to spot",
+                ),
             ],
             width=8,
         ),

@@ -44,6 +44,7 @@ Operator, training; labels ``namespace, trainingjob``:
     mlplane_trainingjob_attempts_total           counter
     mlplane_trainingjob_preemptions_total        counter
     mlplane_trainingjob_failures_total           counter
+    mlplane_trainingjob_returns_to_spot_total    counter    (planned moves back to spot)
     mlplane_trainingjob_last_checkpoint_timestamp_seconds  gauge
     mlplane_trainingjob_phase                    gauge      + phase (1 for the current one)
     mlplane_trainingjob_gpu_hours                gauge      + capacity (spot, on_demand)
@@ -125,6 +126,7 @@ SLO_LATENCY_TARGET_SECONDS = "mlplane_slo_latency_target_seconds"
 TRAININGJOB_ATTEMPTS_TOTAL = "mlplane_trainingjob_attempts_total"
 TRAININGJOB_PREEMPTIONS_TOTAL = "mlplane_trainingjob_preemptions_total"
 TRAININGJOB_FAILURES_TOTAL = "mlplane_trainingjob_failures_total"
+TRAININGJOB_RETURNS_TO_SPOT_TOTAL = "mlplane_trainingjob_returns_to_spot_total"
 TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS = (
     "mlplane_trainingjob_last_checkpoint_timestamp_seconds"
 )
@@ -357,6 +359,14 @@ METRICS: Mapping[str, Metric] = {
             _TJ,
             "operator",
             "Attempts that failed for a reason other than preemption.",
+        ),
+        Metric(
+            TRAININGJOB_RETURNS_TO_SPOT_TOTAL,
+            "counter",
+            _TJ,
+            "operator",
+            "Planned moves from on-demand back to spot (spec.preemption.returnToSpot): neither "
+            "a preemption nor a failure.",
         ),
         Metric(
             TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS,

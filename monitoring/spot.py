@@ -48,13 +48,20 @@ STORED_KEY = "history.json"
 
 @dataclass(frozen=True)
 class Exposure:
-    """Spot node-seconds observed and the reclaims seen in them."""
+    """Spot node-seconds observed and the reclaims seen in them.
+
+    ``last_reclaim`` (Unix seconds) is when the newest of those reclaims happened, when known:
+    the "is spot capacity back?" signal of a return to spot (:func:`last_reclaim`).
+    """
 
     node_seconds: float = 0.0
     reclaims: int = 0
+    last_reclaim: float | None = None
 
     def __add__(self, other: Exposure) -> Exposure:
-        return Exposure(self.node_seconds + other.node_seconds, self.reclaims + other.reclaims)
+        times = [t for t in (self.last_reclaim, other.last_reclaim) if t is not None]
+        return Exposure(self.node_seconds + other.node_seconds, self.reclaims + other.reclaims,
+                        max(times) if times else None)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,15 @@ def node_mtbr(
     return (prior_seconds * prior_reclaims + seen.node_seconds) / (prior_reclaims + seen.reclaims)
 
 
+def last_reclaim(history: ReclaimHistory, pool: str) -> float | None:
+    """When the newest reclaim recorded for ``pool`` happened (Unix seconds); None if unknown.
+
+    Only reclaims the operator counted on its own jobs' attempts are known: a pool no job of
+    this operator ran on for a while has no recent evidence either way.
+    """
+    return history.get(pool, PoolHistory()).total().last_reclaim
+
+
 def job_mtbr(pools: Iterable[tuple[float, int]]) -> float | None:
     """Mean time between reclaims of a job with ``count`` nodes at ``node_mtbr`` per pool.
 
@@ -176,8 +192,8 @@ def dump_history(history: ReclaimHistory) -> dict[str, str]:
     """The stored form: ``{"history.json": "<json>"}`` (a ConfigMap's data, a file's content)."""
     doc = {
         pool: {
-            "settled": [h.settled.node_seconds, h.settled.reclaims],
-            "recent": {k: [e.node_seconds, e.reclaims] for k, e in h.recent.items()},
+            "settled": _pair(h.settled),
+            "recent": {k: _pair(e) for k, e in h.recent.items()},
         }
         for pool, h in sorted(history.items())
     }
@@ -204,8 +220,14 @@ def load_history(data: Mapping[str, str] | None) -> dict[str, PoolHistory]:
         raise ValueError(f"stored reclaim history is not readable: {exc}") from None
 
 
+def _pair(e: Exposure) -> list[float]:
+    """``[node_seconds, reclaims]``, plus the last reclaim's time when known."""
+    out = [e.node_seconds, e.reclaims]
+    return out if e.last_reclaim is None else [*out, e.last_reclaim]
+
+
 def _exposure(pair: list[float]) -> Exposure:
-    seconds, reclaims = pair
-    if not (seconds >= 0 and int(reclaims) >= 0):
-        raise ValueError(f"negative exposure {pair}")
-    return Exposure(float(seconds), int(reclaims))
+    seconds, reclaims, *rest = pair  # a third item (the last reclaim) since returnToSpot
+    if not (seconds >= 0 and int(reclaims) >= 0) or len(rest) > 1:
+        raise ValueError(f"bad exposure {pair}")
+    return Exposure(float(seconds), int(reclaims), float(rest[0]) if rest else None)

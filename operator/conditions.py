@@ -73,12 +73,23 @@ def remove(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str
 def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     """The top-level status fields that differ (a merge patch); empty when nothing changed.
 
-    Fields present before and absent now are set to None so a merge patch removes them.
+    Fields present before and absent now are set to None so a merge patch removes them, at
+    every level: a merge patch merges objects, so a nested field left out (attempt 2's
+    ``currentAttempt.runningTime`` once attempt 3 is current) would otherwise stay stored.
     """
     old = old or {}
-    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    patch = {k: _with_removals(old.get(k), v) for k, v in new.items() if old.get(k) != v}
     patch.update({k: None for k in old if k not in new})
     return patch
+
+
+def _with_removals(old: Any, new: Any) -> Any:
+    """``new``, with None for each key of an old object that ``new`` no longer has."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out = {k: _with_removals(old.get(k), v) for k, v in new.items()}
+    out.update({k: None for k in old if k not in new})
+    return out
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ _TRAINING_COUNTERS = (
     (n.TRAININGJOB_ATTEMPTS_TOTAL, "attempts"),
     (n.TRAININGJOB_PREEMPTIONS_TOTAL, "preemptions"),
     (n.TRAININGJOB_FAILURES_TOTAL, "failures"),
+    (n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL, "returnsToSpot"),
 )
 #: TrainingJob gauges and the (section, field) of status each follows (absent: no series).
 _TRAINING_GAUGES = (

@@ -351,6 +351,8 @@ class Runner:
         )
 
         def act(_: Any, plan: Any) -> None:
+            if plan.stop is not None:  # a return to spot: the on-demand attempt ends first
+                self.platform.stop_job(namespace, plan.stop, uid)
             for rayjob in plan.create:
                 try:
                     self.platform.submit(rayjob)

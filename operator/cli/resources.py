@@ -107,6 +107,19 @@ def spot_summary(status: dict[str, Any]) -> dict[str, str]:
             )
             if cost.get("unpriced"):
                 rows["Estimated cost"] += f"; no price for {', '.join(cost['unpriced'])}"
+    back = status.get("spotReturn")
+    if back is not None or status.get("returnsToSpot"):
+        back = back or {}
+        text = f"{status.get('returnsToSpot', 0)}"
+        if back.get("lastReturnAttempt"):
+            text += f" (last: attempt {back['lastReturnAttempt']} at {back.get('lastReturnTime')})"
+        if back.get("decidedAt"):
+            text += f"; returning, decided at {back['decidedAt']}, at the next checkpoint"
+        elif back.get("notBefore"):
+            text += f"; on on-demand, next return not before {back['notBefore']}"
+        if back.get("backoff"):
+            text += f"; minOnDemand doubled {back['backoff']}x (flapping)"
+        rows["Returns to spot"] = text
     return rows
 
 

@@ -189,6 +189,18 @@ def _execute(
             log.warning("%s", exc)
             return
         log.info("%s %s", "created" if created else "found existing", obj["metadata"]["name"])
+    if plan.stop is not None:  # a return to spot ends the on-demand attempt: its RayJob goes
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            platform.delete_owned("ray.io/v1", "RayJob", tj.metadata.namespace or "default",
+                                  plan.stop, uid)  # fmt: skip
+        except ChildOwnedByOther as exc:
+            log.warning("%s", exc)
+        except ApiException as exc:  # e.g. 403 (a chart without delete on rayjobs): status
+            # still says the attempt is being ended; the next round asks again
+            log.error("RayJob %s not deleted for the return to spot: %s %s", plan.stop,
+                      exc.status, exc.reason)  # fmt: skip
     if plan.suspend is not None:
         name, suspend = plan.suspend
         platform.patch("ray.io/v1", "RayJob", tj.metadata.namespace or "default", name,

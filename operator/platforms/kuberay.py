@@ -118,6 +118,37 @@ class KubeRayPlatform(Platform):
             group, version, namespace, PLURALS[kind], name, body
         )
 
+    def delete_owned(
+        self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+    ) -> bool:
+        """Delete a namespaced custom object controlled by ``owner_uid``; False if it is gone.
+
+        Never another owner's: the object is read first and deleted with its own uid as a
+        precondition, so one replaced in between (a new object of that name) is left alone.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        found = self.get(api_version, kind, namespace, name)
+        if found is None:
+            return False
+        theirs = controller_uid(found)
+        if theirs != owner_uid:
+            raise ChildOwnedByOther(kind, namespace, name, theirs)
+        group, version = api_version.split("/")
+        uid = (found.get("metadata") or {}).get("uid")
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            self._api().delete_namespaced_custom_object(
+                group, version, namespace, PLURALS[kind], name, body=options
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> str | None:

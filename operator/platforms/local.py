@@ -453,7 +453,7 @@ class LocalPlatform(Platform):
         }
 
     def stop_job(self, namespace: str, rayjob_name: str, owner_uid: str) -> None:
-        """Stop a running attempt (when its TrainingJob is deleted)."""
+        """Stop a running attempt (its TrainingJob is deleted, or it returns to spot)."""
         with contextlib.suppress(RuntimeError):
             self._jobs().stop_job(self.submission_id(namespace, rayjob_name, owner_uid))
 

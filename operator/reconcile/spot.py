@@ -279,12 +279,15 @@ def reclaim_samples(
     current: dict[str, Any],
     reclaims: int,
     end: datetime,
+    *,
+    last_reclaim: float | None = None,
 ) -> list[ReclaimSample]:
     """The current attempt's contribution to each spot pool it runs in.
 
     Exposure is running time (from ``runningTime``: pending pods have no spot nodes yet) times
     the pool's nodes. Reclaims go to the pool with the most nodes: the evidence names a node,
-    not its pool (exact for the usual single spot group).
+    not its pool (exact for the usual single spot group), with the newest one's time
+    ``last_reclaim`` (Unix seconds; a return to spot waits for a quiet pool).
     """
     groups = spot_groups(tj, current["capacity"])
     running = _seconds(current.get("runningTime"))
@@ -298,7 +301,11 @@ def reclaim_samples(
     contribution = f"{uid}/{current['number']}"
     return [
         ReclaimSample(
-            pool, contribution, spot.Exposure(nodes * seconds, reclaims if pool == main else 0)
+            pool,
+            contribution,
+            spot.Exposure(nodes * seconds, reclaims, last_reclaim)
+            if pool == main
+            else spot.Exposure(nodes * seconds, 0),
         )
         for pool, nodes in sorted(pools.items())
     ]

@@ -66,6 +66,7 @@ from mlplane.operator.builders.rayjob import (
 from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile import spot as spot_core
+from mlplane.operator.reconcile import spot_return
 
 AttemptCapacity = Literal["OnDemand", "Spot"]
 #: Capacity loss seen at most this long before an attempt ended explains its failure.
@@ -236,6 +237,9 @@ class Plan:
     create: list[dict[str, Any]] = field(default_factory=list)
     #: (attempt Ray job name, desired ``spec.suspend``) to patch.
     suspend: tuple[str, bool] | None = None
+    #: An attempt's Ray job to end now (a return to spot): deleted on Kubernetes, stopped
+    #: through the Jobs API locally. Idempotent: one already gone is no error.
+    stop: str | None = None
     #: Create (or find) the MLflow run before anything else.
     ensure_run: bool = False
     register: Registration | None = None
@@ -392,7 +396,9 @@ def reconcile(
     # A Ray job of this name controlled by another uid (an earlier TrainingJob of the same
     # name, not yet garbage-collected) is never adopted: its result is not this job's.
     others = {a.number: a for a in observed.attempts if not a.owned_by(uid)}
-    if current == 0 and 1 in others:
+    if _spot_return(s, plan, tj, config, uid, attempts.get(current), run, observed):
+        pass  # the round's step is the move back to spot (the attempt is not followed)
+    elif current == 0 and 1 in others:
         _wait_for_other(s, tj, others[1])
     elif current == 0:
         _start_attempt(s, plan, tj, config, uid, 1, first_attempt_capacity(tj), run.run_id)
@@ -447,8 +453,155 @@ def _account(
         end = min(_parse_time(attempt.end_time) or s.now, s.now)  # type: ignore[union-attr]
     if "cost" in st:
         spot_core.account(st["cost"], tj, config, current, end, final=final)
-    reclaims = sum(1 for d in st["disruptions"] if d.get("attempt") == current["number"])
-    return spot_core.reclaim_samples(tj, uid, current, reclaims, end)
+    mine = [d for d in st["disruptions"] if d.get("attempt") == current["number"]]
+    times = [t for t in (_parse_time(d.get("time")) for d in mine) if t is not None]
+    last = max(times).timestamp() if times else None
+    return spot_core.reclaim_samples(tj, uid, current, len(mine), end, last_reclaim=last)
+
+
+def _spot_return(
+    s: _Status,
+    plan: Plan,
+    tj: TrainingJob,
+    config: OperatorConfig,
+    uid: str,
+    attempt: ObservedAttempt | None,
+    run: ObservedRun,
+    observed: Observed,
+) -> bool:
+    """``spec.preemption.returnToSpot`` (``reconcile/spot_return.py`` says when): True when
+    this round's step is the move itself (end the on-demand attempt, or start the spot one).
+
+    The decision is recorded first (``status.spotReturn.decidedAt`` with the newest checkpoint
+    then); the move goes on only once a newer checkpoint is reported. From then on it is
+    derived from status and observations alone, so a restart anywhere finishes it: the
+    on-demand attempt is ended (again) while it runs, and the spot attempt is started once it
+    has ended or is gone, never both at once.
+    """
+    st = s.new
+    current = st.get("currentAttempt")
+    if not spot_return.enabled(tj):
+        if "spotReturn" in st or conditions.find(st.get("conditions"), "SpotReturn"):
+            st.pop("spotReturn", None)
+            st["conditions"] = conditions.remove(st.get("conditions"), "SpotReturn")
+        return False
+    if not current or current["capacity"] != "OnDemand":
+        return False
+    state = st.setdefault("spotReturn", {})
+    state.setdefault("onDemandSince", current.get("startTime") or s.now_text)
+    state.setdefault("backoff", 0)
+    number, name = current["number"], current["rayJob"]
+    if attempt is not None and attempt.succeeded:
+        for key in ("decidedAt", "checkpointAtDecision", "endingAttempt", "notBefore"):
+            state.pop(key, None)
+        return False
+    if state.get("decidedAt") and spot_return.newer_checkpoint(state, st.get("lastCheckpoint")):
+        return _move_to_spot(s, plan, tj, config, uid, attempt, run, state)
+    if state.get("decidedAt"):
+        if attempt is None or attempt.failed:
+            # Ended on its own before the checkpoint: judged as usual; a later attempt decides
+            # again (with the same minimum time behind it, at its own next checkpoint).
+            for key in ("decidedAt", "checkpointAtDecision"):
+                state.pop(key, None)
+            return False
+        s.condition("SpotReturn", "Unknown", "WaitingForCheckpoint",
+                    f"returning to spot: waiting for attempt {number}'s next checkpoint (newer "
+                    f"than {state.get('checkpointAtDecision') or 'none'}) to end the attempt "
+                    "there and resume on spot from it; a loop that never checkpoints never "
+                    "returns")  # fmt: skip
+        return False
+    verdict = spot_return.due(tj, state, observed.reclaim_history, st["disruptions"], s.now)
+    if verdict.until is not None and not verdict.due:
+        state["notBefore"] = conditions.timestamp(verdict.until)
+    if not verdict.due:
+        s.condition("SpotReturn", "False", verdict.reason, verdict.message)
+        return False
+    state.pop("notBefore", None)
+    if attempt is None or not attempt.running:
+        s.condition("SpotReturn", "False", "WaitingForRunningAttempt",
+                    f"a return to spot is due ({verdict.message}): it is decided once attempt "
+                    f"{number} runs, and made at its next checkpoint")  # fmt: skip
+        return False
+    state["decidedAt"] = s.now_text
+    checkpoint = (st.get("lastCheckpoint") or {}).get("uri")
+    if checkpoint:
+        state["checkpointAtDecision"] = checkpoint
+    message = (
+        f"returning to spot ({verdict.message}): attempt {number} ({name}) ends at its next "
+        f"checkpoint (newer than {checkpoint or 'none'}) and the next attempt resumes on spot"
+    )
+    s.condition("SpotReturn", "Unknown", "WaitingForCheckpoint", message)
+    s.event("Normal", "ReturningToSpot", message)
+    return False
+
+
+def _move_to_spot(
+    s: _Status,
+    plan: Plan,
+    tj: TrainingJob,
+    config: OperatorConfig,
+    uid: str,
+    attempt: ObservedAttempt | None,
+    run: ObservedRun,
+    state: dict[str, Any],
+) -> bool:
+    """A checkpoint newer than the decision is there: end the on-demand attempt, then (once it
+    has ended or is gone) start the next one on spot from that checkpoint."""
+    st = s.new
+    current = st["currentAttempt"]
+    number, name = current["number"], current["rayJob"]
+    checkpoint = st["lastCheckpoint"]["uri"]
+    if attempt is not None and not attempt.failed:
+        if state.get("endingAttempt") != number:
+            s.event("Normal", "EndingOnDemandAttempt",
+                    f"checkpoint {checkpoint} was taken after the decision to return to spot: "
+                    f"ending attempt {number} ({name}) to resume on spot from it")  # fmt: skip
+        state["endingAttempt"] = number
+        plan.stop = name
+        s.condition("SpotReturn", "Unknown", "EndingOnDemandAttempt",
+                    f"ending attempt {number} ({name}) at checkpoint {checkpoint}; the next "
+                    "attempt resumes from it on spot once it has ended")  # fmt: skip
+        st["phase"] = "Retrying"  # the next attempt is on its way, as after any attempt
+        s.condition("Running", "False", "ReturningToSpot",
+                    f"attempt {number} is being ended to move back to spot")  # fmt: skip
+        plan.requeue_after = 5.0
+        return True
+    since = state.get("onDemandSince")
+    if "cost" in st:  # the ended attempt's last stretch is its own, not its successor's
+        ended = _parse_time(attempt.end_time) if attempt is not None else None
+        end = min(ended or s.now, s.now)
+        spot_core.account(st["cost"], tj, config, current, end, final=True)
+    _start_attempt(s, plan, tj, config, uid, number + 1, "Spot", run.run_id)
+    st["returnsToSpot"] = st.get("returnsToSpot", 0) + 1
+    for key in ("decidedAt", "checkpointAtDecision", "endingAttempt", "onDemandSince",
+                "notBefore"):  # fmt: skip
+        state.pop(key, None)
+    state["lastReturnTime"] = s.now_text
+    state["lastReturnAttempt"] = number + 1
+    message = (
+        f"attempt {number + 1} runs the SpotWithFallback workers on spot again, resuming from "
+        f"{checkpoint} (on on-demand since {since}): a planned move, counted in "
+        f"status.returnsToSpot ({st['returnsToSpot']}), not as a preemption or a failure"
+    )
+    s.condition("SpotReturn", "True", "ReturnedToSpot", message)
+    s.event("Normal", "ReturnedToSpot", message)
+    return True
+
+
+def _fell_back(s: _Status, tj: TrainingJob) -> None:
+    """A fallback to on-demand: when it happened, and the flapping back-off it leaves."""
+    if not spot_return.enabled(tj):
+        return
+    state = s.new.setdefault("spotReturn", {})
+    state["backoff"] = spot_return.backoff_after_fallback(tj, state, s.now)
+    state["onDemandSince"] = s.now_text
+    for key in ("decidedAt", "checkpointAtDecision", "endingAttempt", "notBefore"):
+        state.pop(key, None)
+    wait = spot_return.human(spot_return.min_on_demand(tj, state["backoff"]))
+    s.condition("SpotReturn", "False", "FellBack",
+                f"the SpotWithFallback workers moved to on-demand at {s.now_text}; they return "
+                f"to spot after minOnDemand ({wait} with the back-off) with no reclaim seen "
+                "as long, at a checkpoint")  # fmt: skip
 
 
 def _checkpoint_interval_status(
@@ -778,6 +931,7 @@ def _after_failure(
                       f"({budget}) and Spot workers have no on-demand fallback")  # fmt: skip
                 return
             capacity = "OnDemand"
+            _fell_back(s, tj)
             s.event("Warning", "FallbackToOnDemand",
                     f"preemption budget spent ({st['preemptions']} of {budget}): the next "
                     f"attempt runs its SpotWithFallback workers on on-demand capacity")  # fmt: skip

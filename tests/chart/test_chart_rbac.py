@@ -25,8 +25,10 @@ NAMESPACED: Perms = {
     ("mlplane.dev", "trainingjobs/status"): {"patch"},
     ("mlplane.dev", "modeldeployments/status"): {"patch"},
     ("mlplane.dev", "abtests/status"): {"patch"},
-    # kopf.index + KubeRayPlatform.create/.patch/.get; no update, no delete (ownerReferences GC).
-    ("ray.io", "rayjobs"): WATCH | {"get", "create", "patch"},
+    # kopf.index + KubeRayPlatform.create/.patch/.get; no update. RayJobs go with their owner
+    # (ownerReferences GC), except the on-demand one a return to spot ends
+    # (KubeRayPlatform.delete_owned, spec.preemption.returnToSpot).
+    ("ray.io", "rayjobs"): WATCH | {"get", "create", "patch", "delete"},
     ("ray.io", "rayservices"): WATCH | {"get", "create", "patch"},
     # Kopf on.event for pods (preemption evidence).
     ("", "pods"): WATCH,
@@ -47,7 +49,7 @@ NAMESPACES: Perms = {("", "namespaces"): {"list", "watch"}}
 
 #: Verbs the operator used to hold and no code calls: they must not come back unexplained.
 REMOVED: Perms = {
-    ("ray.io", "rayjobs"): {"update", "delete"},
+    ("ray.io", "rayjobs"): {"update"},
     ("ray.io", "rayservices"): {"update", "delete"},
     ("mlplane.dev", "modeldeployments"): {"get"},
     ("mlplane.dev", "abtests"): {"get"},

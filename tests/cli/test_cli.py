@@ -149,6 +149,9 @@ def test_get_and_describe_show_interval_c_m_hours_waste_and_cost(tmp_path):
                        "meanTimeBetweenReclaimsSeconds": 22740.0},
         "cost": {"spotGpuHours": 3.5, "onDemandGpuHours": 0.25, "lostGpuHours": 0.4,
                  "estimatedCost": 1.3, "lostCost": 0.12, "currency": "EUR"},
+        "returnsToSpot": 1,
+        "spotReturn": {"backoff": 1, "lastReturnAttempt": 2,
+                       "lastReturnTime": "2026-12-03T10:00:00Z"},
     })  # fmt: skip
     name = body["metadata"]["name"]
     got = mlplane("get", "tj", "--state-dir", str(tmp_path))
@@ -163,3 +166,5 @@ def test_get_and_describe_show_interval_c_m_hours_waste_and_cost(tmp_path):
     assert "Checkpoint write time (C)" in text and "12.5s" in text
     assert "Mean time between reclaims (M)" in text and "6h19m" in text
     assert "3.50 / 0.25" in text and "1.30 EUR (lost: 0.12)" in text
+    assert "Returns to spot" in text and "attempt 2 at 2026-12-03T10:00:00Z" in text
+    assert "RETURNS" in got.stdout

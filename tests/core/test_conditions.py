@@ -53,6 +53,35 @@ def test_status_patch_sets_removed_fields_to_none():
     assert c.status_patch(None, {"phase": "Pending"}) == {"phase": "Pending"}
 
 
+def test_status_patch_removes_nested_fields_too():
+    """A merge patch merges objects: a field left out of a nested object must be sent as
+    None, or the stored status keeps it (attempt 2's runningTime on attempt 3)."""
+    old = {"currentAttempt": {"number": 2, "runningTime": "t2", "afterPreemption": True},
+           "spotReturn": {"backoff": 0, "decidedAt": "t", "nested": {"a": 1, "b": 2}}}  # fmt: skip
+    new = {"currentAttempt": {"number": 3, "startTime": "t3"},
+           "spotReturn": {"backoff": 0, "nested": {"a": 1}}}  # fmt: skip
+    assert c.status_patch(old, new) == {
+        "currentAttempt": {"number": 3, "startTime": "t3", "runningTime": None,
+                           "afterPreemption": None},
+        "spotReturn": {"backoff": 0, "decidedAt": None, "nested": {"a": 1, "b": None}},
+    }  # fmt: skip
+    merged = _merge(old, c.status_patch(old, new))
+    assert merged == new
+
+
+def _merge(target: dict, patch: dict) -> dict:
+    """RFC 7386 merge patch, as the API server applies it to a custom object's status."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def test_timestamp_is_utc_rfc3339():
     local = datetime(2026, 11, 29, 13, 0, tzinfo=UTC).astimezone(
         __import__("datetime").timezone(timedelta(hours=1))

@@ -343,3 +343,15 @@ def test_sync_forgets_what_is_no_longer_listed(m: om.OperatorMetrics) -> None:
     assert names_of(m, deployment="a") == set()
     with pytest.raises(ValueError, match="ABTest"):
         m.sync("TrainingJob", [body("ABTest", "x")])
+
+
+def test_returns_to_spot_are_counted_apart_from_preemptions_and_failures(
+    m: om.OperatorMetrics,
+) -> None:
+    returns = n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL
+    m.trainingjob(NS, TJ, status(attempts=2, preemptions=1))
+    assert value(m, returns, namespace=NS, trainingjob=TJ) == 0  # from 0, for increase()
+    m.trainingjob(NS, TJ, status(attempts=3, preemptions=1, returnsToSpot=1))
+    assert value(m, returns, namespace=NS, trainingjob=TJ) == 1
+    assert value(m, n.TRAININGJOB_PREEMPTIONS_TOTAL, namespace=NS, trainingjob=TJ) == 1
+    assert value(m, n.TRAININGJOB_FAILURES_TOTAL, namespace=NS, trainingjob=TJ) == 0

@@ -63,6 +63,20 @@ def test_history_survives_a_restart_through_its_stored_form():
     assert spot.node_mtbr(back, POOL) == spot.node_mtbr(history, POOL)
 
 
+def test_the_newest_reclaim_time_of_a_pool_is_kept_and_stored():
+    """Return to spot waits for a pool without recent reclaims: the history keeps when the
+    newest one happened, through folding and the stored form; older stores (pairs) still load."""
+    history = spot.record({}, POOL, "uid/1", Exposure(600.0, 1, 1_000.0))
+    history = spot.record(history, POOL, "uid/2", Exposure(600.0, 1, 5_000.0))
+    history = spot.record(history, POOL, "uid/3", Exposure(600.0, 0), keep=1)  # folds 1 and 2
+    assert spot.last_reclaim(history, POOL) == 5_000.0
+    assert spot.last_reclaim(history, "cpu/*/spot") is None
+    back = spot.load_history(spot.dump_history(history))
+    assert back == history and spot.last_reclaim(back, POOL) == 5_000.0
+    old = spot.load_history({spot.STORED_KEY: '{"p": {"settled": [60, 1], "recent": {}}}'})
+    assert old["p"].total() == Exposure(60.0, 1) and spot.last_reclaim(old, "p") is None
+
+
 @pytest.mark.parametrize(
     "data", [{spot.STORED_KEY: "{not json"}, {spot.STORED_KEY: '{"p": {"settled": [1]}}'},
              {spot.STORED_KEY: '{"p": {"settled": [-5, 0], "recent": {}}}'}],

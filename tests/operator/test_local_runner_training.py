@@ -192,6 +192,60 @@ def test_reclaim_history_survives_a_runner_restart_in_the_state_dir(
 
     restarted = Runner(state)  # a new process reads the file
     history = restarted.reclaims.history()
-    assert history[pool].recent[f"{uid}/1"] == spot.Exposure(2 * 31 * 60.0, 1)
+    assert history[pool].recent[f"{uid}/1"] == spot.Exposure(2 * 31 * 60.0, 1, died.timestamp())
     assert history[pool].total().reclaims == 11
     assert spot.node_mtbr(history, pool) < spot.node_mtbr(earlier, pool)
+
+
+def test_the_local_runner_returns_to_spot_by_stopping_the_on_demand_ray_job(
+    tmp_path: Path, jobs: FakeJobs, monkeypatch: pytest.MonkeyPatch
+):
+    """returnToSpot on the local platform: the same core decides; the runner carries out its
+    stop (the Jobs API's stop_job) and submits the spot attempt only once that job stopped."""
+    from datetime import timedelta
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner = Runner(tmp_path / "state")
+    config = replace(local_config(runner.platform), allowed_tracking_uris=(uri,))
+    body = spot_job(uri)
+    body["spec"]["workers"][0]["capacity"] = "SpotWithFallback"
+    body["spec"]["preemption"] = {"maxPreemptions": 1, "returnToSpot": {"minOnDemand": "10s"}}
+    runner.store.apply(body)
+
+    def step(at: timedelta) -> dict[str, Any]:
+        runner.trainingjob(runner.store.get("TrainingJob", "ml", "spotty"), NOW + at, config)
+        return runner.store.get("TrainingJob", "ml", "spotty")["status"]
+
+    def ray_job(attempt: int) -> str:
+        return next(i for i in jobs.jobs if i.startswith(f"ml-spotty-a{attempt}-"))
+
+    def checkpoint(step_: int) -> None:
+        client = MlflowClient(uri)
+        run_id = runner.store.get("TrainingJob", "ml", "spotty")["status"]["mlflow"]["runId"]
+        client.set_tag(run_id, "mlplane.checkpoint.uri", f"{tmp_path}/ckpt/step-{step_}")
+        client.set_tag(run_id, "mlplane.checkpoint.step", str(step_))
+
+    step(timedelta(0))
+    step(timedelta(seconds=30))
+    died = NOW + timedelta(minutes=1)
+    monkeypatch.setattr(LocalPlatform, "dead_nodes", lambda self: [
+        {"node_id": "f" * 32, "end_time_ms": int(died.timestamp() * 1000)}])  # fmt: skip
+    assert step(timedelta(minutes=1, seconds=5))["preemptions"] == 1
+    jobs.jobs[ray_job(1)].status = "FAILED"
+    status = step(timedelta(minutes=2))
+    assert status["currentAttempt"]["capacity"] == "OnDemand"
+    checkpoint(10)
+    status = step(timedelta(minutes=3))
+    assert status["spotReturn"]["decidedAt"]
+    assert jobs.jobs[ray_job(2)].status == "RUNNING"
+    checkpoint(20)
+    status = step(timedelta(minutes=4))
+    assert jobs.jobs[ray_job(2)].status == "STOPPED"  # the runner carried out the stop
+    assert not any(i.startswith("ml-spotty-a3-") for i in jobs.jobs)  # not before it stopped
+    status = step(timedelta(minutes=4, seconds=5))
+    assert jobs.jobs[ray_job(3)].status == "RUNNING"
+    assert jobs.envs[ray_job(3)]["MLPLANE_ATTEMPT"] == "3"
+    assert (status["returnsToSpot"], status["preemptions"], status["failures"]) == (1, 1, 0)
+    assert status["currentAttempt"]["capacity"] == "Spot"
+    step(timedelta(minutes=5))
+    assert len(jobs.jobs) == 3

@@ -635,3 +635,77 @@ async def test_evidence_that_landed_while_the_operator_was_down_is_read_not_miss
     assert refused  # the watches really were cut off
     assert (st["preemptions"], st["failures"]) == (1, 0), st
     assert rayjob(emulator, f"{job}-a2")["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
+
+
+async def checkpoint(uri: str, run_id: str, step: int) -> None:
+    """What the runtime reports after a checkpoint: its URI, step and time on the run."""
+
+    def work() -> None:
+        client = MlflowClient(uri)
+        client.set_tag(run_id, "mlplane.checkpoint.uri", f"s3://ckpt/step-{step}")
+        client.set_tag(run_id, "mlplane.checkpoint.step", str(step))
+        client.set_tag(run_id, "mlplane.checkpoint.time",
+                       datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))  # fmt: skip
+
+    await asyncio.to_thread(work)
+
+
+async def test_fallback_then_return_to_spot_at_a_checkpoint(emulator, operator, mlflow_uri):
+    """returnToSpot: after the fallback and minOnDemand without a reclaim, the operator waits
+    for a checkpoint newer than its decision, deletes the on-demand RayJob, and only then
+    creates the next attempt on spot workers: one RayJob at a time, a planned move."""
+    name = "tj-back"
+    preemption = {"maxPreemptions": 1, "returnToSpot": {"minOnDemand": "10s"}}
+    obj = await create(emulator, trainingjob(name, preemption=preemption))
+    await wait_for(lambda: rayjob(emulator, f"{name}-a1"), timeout=TIMEOUT, message="attempt 1")
+    await set_job_status(emulator, f"{name}-a1", "RUNNING", "Running")
+    await preempt(emulator, name, 1)
+    second = await wait_for(lambda: rayjob(emulator, f"{name}-a2"), timeout=TIMEOUT,
+                            message="attempt 2", seen=lambda: status(emulator, obj))  # fmt: skip
+    assert second["metadata"]["labels"]["mlplane.dev/capacity"] == "OnDemand"
+    run_id = run_id_of(second)
+    await checkpoint(mlflow_uri, run_id, 10)
+    await set_job_status(emulator, f"{name}-a2", "RUNNING", "Running")
+    st = await wait_for(lambda: (status(emulator, obj).get("spotReturn") or {}).get("decidedAt")
+                        and status(emulator, obj), timeout=TIMEOUT, message="the decision",
+                        seen=lambda: status(emulator, obj))  # fmt: skip
+    assert st["spotReturn"]["checkpointAtDecision"] == "s3://ckpt/step-10"
+    # No checkpoint since the decision: attempt 2 goes on, nothing new is created.
+    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+    assert rayjob(emulator, f"{name}-a2") is not None and rayjob(emulator, f"{name}-a3") is None
+    await checkpoint(mlflow_uri, run_id, 20)
+    third = await wait_for(lambda: rayjob(emulator, f"{name}-a3"), timeout=TIMEOUT,
+                           message="attempt 3", seen=lambda: status(emulator, obj))  # fmt: skip
+    assert rayjob(emulator, f"{name}-a2") is None  # ended before attempt 3 was created
+    assert third["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
+    workers = str(third["spec"]["rayClusterSpec"]["workerGroupSpecs"])
+    assert "'SPOT'" in workers and "ON_DEMAND" not in workers
+    st = await wait_for(lambda: status(emulator, obj).get("returnsToSpot") == 1
+                        and status(emulator, obj), timeout=TIMEOUT, message="the return counted",
+                        seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (st["attempts"], st["preemptions"], st["failures"]) == (3, 1, 0)
+    assert st["currentAttempt"]["capacity"] == "Spot"
+    # what the stored status says, not only this process: attempt 2's fields and the spent
+    # decision are gone (a restarted operator must not take them for attempt 3's)
+    assert "runningTime" not in st["currentAttempt"], st["currentAttempt"]
+    assert "afterPreemption" not in st["currentAttempt"], st["currentAttempt"]
+    assert not {"decidedAt", "checkpointAtDecision", "endingAttempt", "onDemandSince",
+                "notBefore"} & set(st["spotReturn"]), st["spotReturn"]  # fmt: skip
+    assert st["lastCheckpoint"]["uri"] == "s3://ckpt/step-20"
+    spot_return = next(c for c in st["conditions"] if c["type"] == "SpotReturn")
+    assert (spot_return["status"], spot_return["reason"]) == ("True", "ReturnedToSpot")
+    await set_job_status(emulator, f"{name}-a3", "RUNNING", "Running")
+    await train(mlflow_uri, run_id, step=30)
+    await set_job_status(emulator, f"{name}-a3", "SUCCEEDED", "Complete")
+    final = await wait_for(lambda: status(emulator, obj).get("phase") == "Succeeded"
+                           and status(emulator, obj), timeout=TIMEOUT, message="Succeeded",
+                           seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (final["attempts"], final["returnsToSpot"], final["failures"]) == (3, 1, 0)
+    reasons = [e["reason"] for e in events_for(emulator, obj)]
+    for reason in ("FallbackToOnDemand", "ReturningToSpot", "EndingOnDemandAttempt",
+                   "ReturnedToSpot"):  # fmt: skip
+        assert reasons.count(reason) == 1, reasons
+    assert "AttemptFailed" not in reasons
+    left = sorted(j["metadata"]["name"] for j in emulator.list_objects(RAYJOBS, "ml")
+                  if j["metadata"]["name"].startswith(f"{name}-"))  # fmt: skip
+    assert left == [f"{name}-a1", f"{name}-a3"]

@@ -271,7 +271,9 @@ def test_a_running_spot_attempt_offers_its_exposure_and_reclaims():
     plan = job.step(Observed(attempts=(running(),), disruptions=(reclaim,),
                              run=ObservedRun("run-1")), at=timedelta(minutes=31))  # fmt: skip
     (sample,) = plan.reclaim_samples
-    assert sample.exposure == spot.Exposure(2 * 30 * 60.0, 1)  # 2 nodes x 30 min, 1 reclaim
+    # 2 nodes x 30 min, 1 reclaim, and when it happened (a return to spot waits for quiet)
+    reclaimed_at = (T0 + timedelta(minutes=30)).timestamp()
+    assert sample.exposure == spot.Exposure(2 * 30 * 60.0, 1, reclaimed_at)
 
 
 def test_on_demand_attempts_offer_nothing_and_zone_comes_from_the_node_selector():

@@ -110,10 +110,16 @@ no wildcards; Secrets only get/create (never list/watch). Why each rule exists i
   verbs: ["patch"]
 # RayJobs, RayServices: list+watch for the kopf.index of owned children (trainingjob.py,
 # modeldeployment.py); KubeRayPlatform.create, .patch (merge patch) and .get (after a 409, or
-# when the index lags) in operator/platforms/kuberay.py. No update (PUT) and no delete: children
-# go with their owner through ownerReferences (the garbage collector deletes them).
+# when the index lags) in operator/platforms/kuberay.py. No update (PUT). Children go with their
+# owner through ownerReferences (the garbage collector deletes them); the one delete is of a
+# TrainingJob's own on-demand RayJob when it returns to spot (KubeRayPlatform.delete_owned,
+# spec.preemption.returnToSpot), owner checked, with the RayJob's uid as a precondition.
 - apiGroups: ["ray.io"]
-  resources: ["rayjobs", "rayservices"]
+  resources: ["rayjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# RayServices: the same without delete (a ModelDeployment's RayService goes with its owner).
+- apiGroups: ["ray.io"]
+  resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch"]
 # Secrets, by name only (no list/watch: no other Secret is ever enumerated): each Ray cluster's
 # token Secret (KubeRayPlatform.ensure_cluster_access: create, get to check the owner of one that
