@@ -24,7 +24,9 @@
   ``MLPLANE_PROMETHEUS_NAMESPACE`` / ``MLPLANE_PROMETHEUS_POD_LABELS``: where Prometheus runs
   (unset: nothing scrapes Ray pods); set, it may reach Ray's metrics port (8080) on every Ray
   pod and Serve's port on serving clusters (the app's ``/metrics``). The chart sets them when
-  ``servingMonitor.enabled``. The per-cluster NetworkPolicies (``builders/access.py``) let
+  ``servingMonitor.enabled``, and ``MLPLANE_SERVING_SCRAPE_TOKEN_SHA256``: the SHA-256 of the
+  token Prometheus sends to the serving apps' ``/admin/metrics`` (``mlplane.serving.admin``).
+  The per-cluster NetworkPolicies (``builders/access.py``) let
   only these in;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
 - ``MLPLANE_MLFLOW_TIMEOUT`` (default 10 s): the longest one MLflow call may take; calls are
@@ -111,6 +113,8 @@ class OperatorConfig:
     #: Where Prometheus runs and its pods' labels (None: no scraping of Ray pods is allowed).
     prometheus_namespace: str | None = None
     prometheus_pod_labels: tuple[tuple[str, str], ...] = ()
+    #: SHA-256 (hex) of the token Prometheus sends to the serving apps' ``/admin/metrics``.
+    serving_scrape_token_sha256: str | None = None
     #: Serialisations a ModelDeployment may load without opting in (``serving/flavors.py``).
     allowed_model_flavors: tuple[str, ...] = SAFE_SERIALIZATIONS
     #: Per namespace, the model names (``name`` or ``prefix*``) its TrainingJobs may register
@@ -183,6 +187,9 @@ class OperatorConfig:
             kuberay_pod_labels=_labels(env, "MLPLANE_KUBERAY_POD_LABELS", KUBERAY_POD_LABELS),
             prometheus_namespace=env.get("MLPLANE_PROMETHEUS_NAMESPACE") or None,
             prometheus_pod_labels=_labels(env, "MLPLANE_PROMETHEUS_POD_LABELS", ()),
+            serving_scrape_token_sha256=(
+                env.get("MLPLANE_SERVING_SCRAPE_TOKEN_SHA256", "").strip().lower() or None
+            ),
             serving_client_namespaces=tuple(
                 n.strip()
                 for n in env.get("MLPLANE_SERVING_CLIENT_NAMESPACES", "").split(",")

@@ -243,7 +243,8 @@ class Runner:
         namespace, name = meta["namespace"], meta["name"]
         report = None
         if md.spec.monitoring.drift.enabled and status.get("servedVersion"):
-            report = fetch_drift(status["endpoint"], timeout=5.0)
+            token = self.serving.admin_token(namespace, name)
+            report = fetch_drift(status["endpoint"], timeout=5.0, token=token)
         retrains = [
             ObservedRetrain.from_trainingjob(tj)
             for tj in self.store.list("TrainingJob", namespace)
@@ -301,7 +302,8 @@ class Runner:
                 versions[v.name] = found if isinstance(found, md_core.Unresolved) else found.version
             endpoint = (md.status.endpoint if md.status else None) or None
             if endpoint:
-                answer = fetch_stats(endpoint, abtest=name)
+                token = self.serving.admin_token(namespace, test.spec.deployment)
+                answer = fetch_stats(endpoint, abtest=name, token=token)
                 stats = (ab_core.StatsUnavailable(answer.reason) if isinstance(answer, Unavailable)
                          else ab_core.stats_from_response(answer, name))  # fmt: skip
         competitors = [t for t in self._abtests.values() if t.metadata.namespace == namespace]

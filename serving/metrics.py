@@ -102,8 +102,12 @@ class ServingCollector(Collector):
         duration = _family(n.REQUEST_DURATION_SECONDS)
         for (version, variant), hist in sorted(self.stats.latency.items()):
             _histogram(duration, [*dep, str(version), variant], hist)
+        shed = _family(n.REQUESTS_SHED_TOTAL)
+        for (version, variant), count in sorted(self.stats.shed.items()):
+            shed.add_metric([*dep, str(version), variant], count)
         yield total
         yield duration
+        yield shed
         if self.has_slo:
             slow = _family(n.REQUESTS_SLOW_TOTAL)
             for (version, variant), count in sorted(self.stats.slow.items()):

@@ -53,7 +53,9 @@ from mlplane.operator.handlers.modeldeployment import (
     registry_for,
     resolve_model,
 )
+from mlplane.operator.handlers.signing import admin_token
 from mlplane.operator.handlers.trainingjob import plain
+from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_stats
 from mlplane.operator.reconcile.abtest import (
     FINAL_PHASES,
@@ -91,11 +93,11 @@ def stats_base_url(endpoint: str | None) -> str | None:
 
 
 def read_stats(
-    endpoint: str, abtest: str, timeout: float = STATS_TIMEOUT
+    endpoint: str, abtest: str, timeout: float = STATS_TIMEOUT, token: str | None = None
 ) -> tuple[VariantStats, ...] | StatsUnavailable:
-    """The router's cumulative per-variant counts of ``abtest`` (``GET /v1/stats``), or why
-    they could not be read. Never raises."""
-    answer = fetch_stats(endpoint, abtest, timeout=timeout)
+    """The router's cumulative per-variant counts of ``abtest`` (``GET /admin/v1/stats`` with
+    the deployment's admin ``token``), or why they could not be read. Never raises."""
+    answer = fetch_stats(endpoint, abtest, timeout=timeout, token=token)
     if isinstance(answer, Unavailable):
         return StatsUnavailable(answer.reason)
     return stats_from_response(answer, abtest)
@@ -151,6 +153,13 @@ def _deployment(index: Any, namespace: str, name: str) -> ModelDeployment | None
             continue
         md = parsed(body)
         return md if isinstance(md, ModelDeployment) else None
+    return None
+
+
+def _deployment_uid(index: Any, namespace: str, name: str) -> str | None:
+    """The ModelDeployment's uid from the index (whose signing Secret holds the admin key)."""
+    for body in (index or {}).get((namespace, name), ()):
+        return (body.get("metadata") or {}).get("uid")
     return None
 
 
@@ -243,7 +252,9 @@ def _run(
             versions = _versions(test, md, config)
         base = stats_base_url(md.status.endpoint if md.status else None)
         if base and (started or (status is not None and status.variants)):
-            stats = read_stats(base, name)
+            md_uid = _deployment_uid(deployments, namespace, test.spec.deployment)
+            token = admin_token(KubeRayPlatform(), namespace, test.spec.deployment, md_uid)
+            stats = read_stats(base, name, token=token)
     competitors = abtests_of(abtests, namespace, test.spec.deployment)
     plan = reconcile(test, Observed(md, versions, stats, competitors), now)
     if plan.set_alias is not None and pending_promotion(old) != plan.set_alias:

@@ -74,7 +74,7 @@ from mlplane.operator.handlers import (
     with_access,
     write_status,
 )
-from mlplane.operator.handlers.signing import ensure_signing_secret
+from mlplane.operator.handlers.signing import admin_token, ensure_signing_secret
 from mlplane.operator.handlers.trainingjob import plain
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
@@ -159,7 +159,7 @@ def serving_base_url(endpoint: str) -> str:
 
 
 def _drift_report(
-    key: tuple[str, str], endpoint: str, served: str, *, fresh: bool
+    key: tuple[str, str], endpoint: str, served: str, *, fresh: bool, token: str | None = None
 ) -> dict[str, Any] | Unavailable:
     """The serving app's drift report, read at most every ``MLPLANE_RESOLVE_INTERVAL``.
 
@@ -170,7 +170,7 @@ def _drift_report(
         cached = DRIFT_REPORTS.get(key, question, time.monotonic())
         if cached is not None:
             return cached
-    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT)
+    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT, token=token)
     DRIFT_REPORTS.put(key, question, report)
     return report
 
@@ -209,7 +209,8 @@ def _drift(
     endpoint, served = status.get("endpoint"), status.get("servedVersion")
     if enabled and served and endpoint:
         endpoint = serving_base_url(str(endpoint))
-        report = _drift_report((namespace, name), endpoint, str(served), fresh=fresh)
+        token = admin_token(platform, namespace, name, uid)
+        report = _drift_report((namespace, name), endpoint, str(served), fresh=fresh, token=token)
     retrains: list[ObservedRetrain] = []
     if enabled:
         try:

@@ -183,6 +183,7 @@ def test_serve_config_is_the_mlplane_app():
     assert router["autoscaling_config"]["min_replicas"] == 1
     assert router["autoscaling_config"]["max_replicas"] == 4
     assert router["max_surge_percent"] == 1
+    assert router["max_queued_requests"] == 200  # twice the models': theirs trips first
     assert router["user_config"] == {
         "variants": [
             {
@@ -206,6 +207,7 @@ def test_serve_config_is_the_mlplane_app():
     assert model == {
         "name": "model-0",
         "max_ongoing_requests": 16,
+        "max_queued_requests": 100,
         "autoscaling_config": {
             "min_replicas": 1,
             "max_replicas": 4,
