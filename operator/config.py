@@ -24,8 +24,9 @@
   ``MLPLANE_PROMETHEUS_NAMESPACE`` / ``MLPLANE_PROMETHEUS_POD_LABELS``: where Prometheus runs
   (unset: nothing scrapes Ray pods); set, it may reach Ray's metrics port (8080) on every Ray
   pod and Serve's port on serving clusters (the app's ``/metrics``). The chart sets them when
-  ``servingMonitor.enabled``, and ``MLPLANE_SERVING_SCRAPE_TOKEN_SHA256``: the SHA-256 of the
-  token Prometheus sends to the serving apps' ``/admin/metrics`` (``mlplane.serving.admin``).
+  ``servingMonitor.enabled``, and ``MLPLANE_SERVING_SCRAPE_TOKEN_FILE`` (the chart's Secret
+  ``<release>-serving-scrape`` mounted): the file holding the token Prometheus sends to the
+  serving apps' ``/admin/metrics``; the apps get its SHA-256 only (``mlplane.serving.admin``).
   The per-cluster NetworkPolicies (``builders/access.py``) let
   only these in;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
@@ -72,6 +73,7 @@ from typing import Literal
 
 from mlplane.crds.common import parse_duration
 from mlplane.monitoring.spot import DEFAULT_MAX_INTERVAL_SECONDS, DEFAULT_MIN_INTERVAL_SECONDS
+from mlplane.serving.admin import scrape_token_sha256
 from mlplane.serving.flavors import SAFE_SERIALIZATIONS
 
 CapacityLabels = Literal["eks", "karpenter", "gke"]
@@ -113,7 +115,8 @@ class OperatorConfig:
     #: Where Prometheus runs and its pods' labels (None: no scraping of Ray pods is allowed).
     prometheus_namespace: str | None = None
     prometheus_pod_labels: tuple[tuple[str, str], ...] = ()
-    #: SHA-256 (hex) of the token Prometheus sends to the serving apps' ``/admin/metrics``.
+    #: SHA-256 (hex) of the token Prometheus sends to the serving apps' ``/admin/metrics``
+    #: (``MLPLANE_SERVING_SCRAPE_TOKEN_FILE``); None: only the operator's admin tokens open it.
     serving_scrape_token_sha256: str | None = None
     #: Serialisations a ModelDeployment may load without opting in (``serving/flavors.py``).
     allowed_model_flavors: tuple[str, ...] = SAFE_SERIALIZATIONS
@@ -187,9 +190,7 @@ class OperatorConfig:
             kuberay_pod_labels=_labels(env, "MLPLANE_KUBERAY_POD_LABELS", KUBERAY_POD_LABELS),
             prometheus_namespace=env.get("MLPLANE_PROMETHEUS_NAMESPACE") or None,
             prometheus_pod_labels=_labels(env, "MLPLANE_PROMETHEUS_POD_LABELS", ()),
-            serving_scrape_token_sha256=(
-                env.get("MLPLANE_SERVING_SCRAPE_TOKEN_SHA256", "").strip().lower() or None
-            ),
+            serving_scrape_token_sha256=_token_sha256(env, "MLPLANE_SERVING_SCRAPE_TOKEN_FILE"),
             serving_client_namespaces=tuple(
                 n.strip()
                 for n in env.get("MLPLANE_SERVING_CLIENT_NAMESPACES", "").split(",")
@@ -257,6 +258,23 @@ def _base_uri(raw: str) -> str | None:
             f"(got {value!r})"
         )
     return value.rstrip("/") or "/"
+
+
+def _token_sha256(env: Mapping[str, str], name: str) -> str | None:
+    """The SHA-256 (hex) of the token in the file ``env[name]`` names, None when unset: the
+    serving apps get only the hash (their config is readable by whoever reads the RayService).
+    A named file that cannot be read, or is empty, stops the operator at start."""
+    path = env.get(name, "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {path}: {exc}") from None
+    if not token:
+        raise ValueError(f"{name}: {path} is empty")
+    return scrape_token_sha256(token)
 
 
 def _labels(
