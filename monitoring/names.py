@@ -11,6 +11,7 @@ Serving router, per request; labels ``namespace, deployment, version, variant``:
     mlplane_requests_total                       counter    + code ("2xx" | "4xx" | "5xx")
     mlplane_request_duration_seconds             histogram  buckets 5 ms ... 10 s
     mlplane_requests_slow_total                  counter    (slower than slo.latencyP99Ms)
+    mlplane_requests_shed_total                  counter    (503 + Retry-After: queue full)
 
 Serving router, A/B tests; labels ``namespace, abtest, variant``:
 
