@@ -77,7 +77,7 @@ APPLICATION = "mlplane"
 IMPORT_PATH = "mlplane.serving.app:build_app"
 ROUTE_PREFIX = "/"
 ROUTER_DEPLOYMENT = "router"
-#: The app's single aggregation replica: totals, feedback ledger, drift tap, /metrics.
+#: The app's single aggregation replica: totals, feedback ledger, drift tap, metrics.
 MONITOR_DEPLOYMENT = "monitor"
 #: The variant of a deployment without an A/B test.
 PRIMARY_VARIANT = "primary"
@@ -499,7 +499,7 @@ def _rayservice(
         md.spec.image or config.default_serving_image,
         cpu=head_resources.cpu,
         memory=head_resources.memory,
-        serve_port=True,  # the chart's serving PodMonitor scrapes the app's /metrics there
+        serve_port=True,  # the chart's serving PodMonitor scrapes the app's /admin/metrics there
     )
     metadata: dict[str, Any] = {
         "name": lbl.rayservice_name(name),

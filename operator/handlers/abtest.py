@@ -8,9 +8,10 @@ What a round looks at, and where from:
   (``abtests_by_deployment``), for who splits its traffic;
 - the variants' versions, resolved in MLflow (:func:`~.modeldeployment.resolve_model` on the
   deployment's registered model) until the split is frozen in status;
-- the router's cumulative counts, ``GET <endpoint>/v1/stats?abtest=<ABTest name>`` (the router
-  keys its A/B counts by the ``abtest`` of its ``user_config``, which is the ABTest's name:
-  :func:`read_stats`). ``MLPLANE_ABTEST_STATS_URL`` replaces every deployment's endpoint (tests
+- the router's cumulative counts, ``GET <endpoint>/admin/v1/stats?abtest=<ABTest name>`` with
+  the admin token (the router keys its A/B counts by the ``abtest`` of its ``user_config``,
+  which is the ABTest's name: :func:`read_stats`). ``MLPLANE_ABTEST_STATS_URL`` replaces every
+  deployment's endpoint (tests
   point it at a stub on 127.0.0.1; also handy when the operator runs outside the cluster).
 
 The change handler (create, update, resume) evaluates at once. A timer per ABTest ticks every
@@ -77,7 +78,7 @@ log = logging.getLogger(__name__)
 TICK = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
 #: Seconds before trying again after MLflow could not be reached.
 RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
-#: Seconds to wait for the router's /v1/stats.
+#: Seconds to wait for the router's /admin/v1/stats.
 STATS_TIMEOUT = 10.0
 
 

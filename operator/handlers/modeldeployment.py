@@ -27,9 +27,10 @@
   split changes, MLflow is asked afresh: after a promotion the deployment goes straight to the
   moved alias's version, not to a cached one.
 - Drift (``spec.monitoring.drift.enabled``, once a version serves and the status has an
-  ``endpoint``): the serving app's ``GET <endpoint>/v1/drift`` is read at most every
-  ``MLPLANE_RESOLVE_INTERVAL`` seconds per deployment (``MLPLANE_SERVING_URL`` replaces every
-  deployment's endpoint: tests point it at a stub on 127.0.0.1; also handy when the operator
+  ``endpoint``): the serving app's ``GET <endpoint>/admin/v1/drift`` (admin token) is read at
+  most every ``MLPLANE_RESOLVE_INTERVAL`` seconds per deployment (``MLPLANE_SERVING_URL``
+  replaces every deployment's endpoint: tests point it at a stub on 127.0.0.1; also handy when
+  the operator
   runs outside the cluster). The deployment's retraining TrainingJobs are listed by label
   (``builders.labels.retrain_selector``) and
   :func:`~mlplane.operator.reconcile.drift.reconcile_drift` gives ``status.drift``, the
@@ -53,7 +54,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -92,7 +93,7 @@ OBSERVE_INTERVAL = float(os.environ.get("MLPLANE_RECONCILE_INTERVAL", "5"))
 RESOLVE_INTERVAL = float(os.environ.get("MLPLANE_RESOLVE_INTERVAL", "30"))
 #: Seconds before trying again after MLflow could not be reached.
 RETRY_DELAY = float(os.environ.get("MLPLANE_RETRY_DELAY", "15"))
-#: Seconds to wait for the serving app's ``/v1/drift``.
+#: Seconds to wait for the serving app's ``/admin/v1/drift``.
 DRIFT_TIMEOUT = 5.0
 RAYSERVICE_API = "ray.io/v1"
 ROUNDS = 3
@@ -133,7 +134,7 @@ class _Resolutions:
 
 
 RESOLUTIONS = _Resolutions()
-#: The last drift report (``GET /v1/drift``) per ModelDeployment.
+#: The last drift report (``GET /admin/v1/drift``) per ModelDeployment.
 DRIFT_REPORTS = _Resolutions()
 
 
@@ -159,7 +160,12 @@ def serving_base_url(endpoint: str) -> str:
 
 
 def _drift_report(
-    key: tuple[str, str], endpoint: str, served: str, *, fresh: bool, token: str | None = None
+    key: tuple[str, str],
+    endpoint: str,
+    served: str,
+    *,
+    fresh: bool,
+    token: Callable[[], str | None] | None = None,
 ) -> dict[str, Any] | Unavailable:
     """The serving app's drift report, read at most every ``MLPLANE_RESOLVE_INTERVAL``.
 
@@ -170,7 +176,8 @@ def _drift_report(
         cached = DRIFT_REPORTS.get(key, question, time.monotonic())
         if cached is not None:
             return cached
-    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT, token=token)
+    # The admin token (a read of the signing Secret) only when the app is actually asked.
+    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT, token=token() if token else None)
     DRIFT_REPORTS.put(key, question, report)
     return report
 
@@ -209,8 +216,13 @@ def _drift(
     endpoint, served = status.get("endpoint"), status.get("servedVersion")
     if enabled and served and endpoint:
         endpoint = serving_base_url(str(endpoint))
-        token = admin_token(platform, namespace, name, uid)
-        report = _drift_report((namespace, name), endpoint, str(served), fresh=fresh, token=token)
+        report = _drift_report(
+            (namespace, name),
+            endpoint,
+            str(served),
+            fresh=fresh,
+            token=lambda: admin_token(platform, namespace, name, uid),
+        )
     retrains: list[ObservedRetrain] = []
     if enabled:
         try:
