@@ -473,8 +473,10 @@ def mlplane_app(
     ab: bool,
     batching: bool,
     drift: bool,
+    signing_keys: Path | None = None,
 ) -> dict[str, Any]:
-    """The app as the local platform deploys it, from the operator's builder."""
+    """The app as the local platform deploys it, from the operator's builder (its request-id
+    keys in ``signing_keys``, laid out as the local platform's key folder)."""
     from mlplane.crds.validate import parse
     from mlplane.operator.builders import Variant, build_rayservice
     from mlplane.operator.config import OperatorConfig
@@ -510,6 +512,7 @@ def mlplane_app(
         num_cpus=0.25,
         name=name,
         route_prefix=PREFIXES[name],
+        signing_keys=None if signing_keys is None else str(signing_keys),
     )
     app = config["applications"][0]
     if not batching:
@@ -537,12 +540,27 @@ def plain_app(tracking_uri: str, model_deployment: Mapping[str, Any], batching: 
     }
 
 
-def _ready(base: str) -> bool:
-    """Every variant of an mlplane app serves its configured version (GET /v1/models)."""
+def _signing_keys(workdir: Path) -> tuple[Path, str]:
+    """A key folder for the apps (a random ``current``, 0600) and the key, as text."""
+    folder = workdir / "signing-keys"
+    folder.mkdir(mode=0o700)
+    key = secrets.token_hex(32)
+    fd = os.open(folder / "current", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return folder, key
+
+
+def _ready(base: str, admin_token: str) -> bool:
+    """Every variant of an mlplane app serves its configured version (``GET /admin/v1/models``
+    with the app's admin token, as the operator reads it)."""
     import urllib.request
 
+    request = urllib.request.Request(
+        f"{base}/admin/v1/models", headers={"Authorization": f"Bearer {admin_token}"}
+    )
     try:
-        with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             variants = json.loads(response.read())["variants"]
     except (OSError, ValueError, KeyError):
         return False
@@ -597,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.requests < args.rounds or args.rounds < 1 or args.concurrency < 1:
         parser.error("need --rounds >= 1, --concurrency >= 1 and --requests >= --rounds")
 
+    from mlplane.serving.admin import admin_token
     from mlplane.serving.deploy import put_applications, wait_running
 
     # Short: Ray's unix socket paths must stay under ~107 characters.
@@ -612,8 +631,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = free_port()
         print(f"Ray head up ({time.monotonic() - started:.0f} s); Serve on 127.0.0.1:{port}")
         batching = not args.no_batching
+        keys, key = _signing_keys(workdir)
         single = mlplane_app(
-            tracking_uri, name="mlplane", port=port, ab=False, batching=batching, drift=args.drift
+            tracking_uri,
+            name="mlplane",
+            port=port,
+            ab=False,
+            batching=batching,
+            drift=args.drift,
+            signing_keys=keys,
         )
         applications = list(single["applications"])
         if args.ab:
@@ -624,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ab=True,
                 batching=batching,
                 drift=args.drift,
+                signing_keys=keys,
             )
             applications = ab["applications"] + applications
             targets, baseline = ["mlplane-ab", "mlplane"], "mlplane"
@@ -640,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for target in targets:
             if target != "plain":
                 deadline = time.monotonic() + 120
-                while not _ready(urls[target]):
+                while not _ready(urls[target], admin_token(key.encode(), "bench/churn")):
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{target}: models not ready after 120 s")
                     time.sleep(0.5)

@@ -63,6 +63,11 @@ class ModelRef(SpecModel):
     )
 
 
+#: Requests a router replica queues per model deployment before shedding (503 + Retry-After):
+#: at a model's usual tens of milliseconds per request, about a second of waiting.
+DEFAULT_MAX_QUEUED_REQUESTS = 100
+
+
 class Feedback(SpecModel):
     """Who may post outcomes to ``/v1/feedback`` (A/B evidence)."""
 
@@ -190,6 +195,15 @@ class ModelDeploymentSpec(SpecModel):
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = Field(None, max_length=32)
     batching: Batching | None = None
+    max_queued_requests: int = Field(
+        DEFAULT_MAX_QUEUED_REQUESTS,
+        ge=1,
+        le=100000,
+        description="Backpressure: requests each router replica lets wait for a model "
+        "deployment's replicas (Serve's max_queued_requests) beyond those they are running. "
+        "Past it a request is refused at once with 503 and Retry-After (counted in "
+        "mlplane_requests_shed_total) instead of queueing without bound.",
+    )
     slo: SLO = Field(default_factory=SLO)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     feedback: Feedback | None = None

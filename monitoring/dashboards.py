@@ -547,6 +547,14 @@ def serving_dashboard() -> dict[str, Any]:
             min_value=0,
         ),
         timeseries(
+            "Shed for overload (503 + Retry-After) by version",
+            [(f"sum by ({by}) (rate({n.REQUESTS_SHED_TOTAL}{{{sel}}}{rate}))", legend)],
+            unit="reqps",
+            min_value=0,
+            description="Requests refused at once because the model's queue was full "
+            "(spec.maxQueuedRequests); they count as 5xx. Sustained: too few replicas.",
+        ),
+        timeseries(
             "Traffic share by variant",
             [
                 (

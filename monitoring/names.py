@@ -11,6 +11,7 @@ Serving router, per request; labels ``namespace, deployment, version, variant``:
     mlplane_requests_total                       counter    + code ("2xx" | "4xx" | "5xx")
     mlplane_request_duration_seconds             histogram  buckets 5 ms ... 10 s
     mlplane_requests_slow_total                  counter    (slower than slo.latencyP99Ms)
+    mlplane_requests_shed_total                  counter    (503 + Retry-After: queue full)
 
 Serving router, A/B tests; labels ``namespace, abtest, variant``:
 
@@ -100,6 +101,8 @@ MetricType = Literal["counter", "gauge", "histogram"]
 REQUESTS_TOTAL = "mlplane_requests_total"
 REQUEST_DURATION_SECONDS = "mlplane_request_duration_seconds"
 REQUESTS_SLOW_TOTAL = "mlplane_requests_slow_total"
+#: Requests refused for overload (the model's queue full): 503 + Retry-After.
+REQUESTS_SHED_TOTAL = "mlplane_requests_shed_total"
 
 # --- A/B tests -------------------------------------------------------------------------------
 ABTEST_REQUESTS_TOTAL = "mlplane_abtest_requests_total"
@@ -244,6 +247,14 @@ METRICS: Mapping[str, Metric] = {
             _REQ,
             "serving router",
             "Requests slower than the deployment's slo.latencyP99Ms.",
+        ),
+        Metric(
+            REQUESTS_SHED_TOTAL,
+            "counter",
+            _REQ,
+            "serving router",
+            "Requests refused with 503 + Retry-After because the model's queue was full "
+            "(spec.maxQueuedRequests); also counted in mlplane_requests_total as 5xx.",
         ),
         Metric(ABTEST_REQUESTS_TOTAL, "counter", _AB, "serving router", "A/B requests by variant."),
         Metric(ABTEST_ERRORS_TOTAL, "counter", _AB, "serving router", "A/B errors by variant."),

@@ -24,7 +24,10 @@
   ``MLPLANE_PROMETHEUS_NAMESPACE`` / ``MLPLANE_PROMETHEUS_POD_LABELS``: where Prometheus runs
   (unset: nothing scrapes Ray pods); set, it may reach Ray's metrics port (8080) on every Ray
   pod and Serve's port on serving clusters (the app's ``/metrics``). The chart sets them when
-  ``servingMonitor.enabled``. The per-cluster NetworkPolicies (``builders/access.py``) let
+  ``servingMonitor.enabled``, and ``MLPLANE_SERVING_SCRAPE_TOKEN_FILE`` (the chart's Secret
+  ``<release>-serving-scrape`` mounted): the file holding the token Prometheus sends to the
+  serving apps' ``/admin/metrics``; the apps get its SHA-256 only (``mlplane.serving.admin``).
+  The per-cluster NetworkPolicies (``builders/access.py``) let
   only these in;
 - ``MLPLANE_LOG_FORMAT``: ``json`` or ``text`` (default);
 - ``MLPLANE_MLFLOW_TIMEOUT`` (default 10 s): the longest one MLflow call may take; calls are
@@ -72,6 +75,7 @@ from typing import Any, Literal
 
 from mlplane.crds.common import parse_duration
 from mlplane.monitoring.spot import DEFAULT_MAX_INTERVAL_SECONDS, DEFAULT_MIN_INTERVAL_SECONDS
+from mlplane.serving.admin import scrape_token_sha256
 from mlplane.serving.flavors import SAFE_SERIALIZATIONS
 
 CapacityLabels = Literal["eks", "karpenter", "gke"]
@@ -113,6 +117,9 @@ class OperatorConfig:
     #: Where Prometheus runs and its pods' labels (None: no scraping of Ray pods is allowed).
     prometheus_namespace: str | None = None
     prometheus_pod_labels: tuple[tuple[str, str], ...] = ()
+    #: SHA-256 (hex) of the token Prometheus sends to the serving apps' ``/admin/metrics``
+    #: (``MLPLANE_SERVING_SCRAPE_TOKEN_FILE``); None: only the operator's admin tokens open it.
+    serving_scrape_token_sha256: str | None = None
     #: Serialisations a ModelDeployment may load without opting in (``serving/flavors.py``).
     allowed_model_flavors: tuple[str, ...] = SAFE_SERIALIZATIONS
     #: Per namespace, the model names (``name`` or ``prefix*``) its TrainingJobs may register
@@ -187,6 +194,7 @@ class OperatorConfig:
             kuberay_pod_labels=_labels(env, "MLPLANE_KUBERAY_POD_LABELS", KUBERAY_POD_LABELS),
             prometheus_namespace=env.get("MLPLANE_PROMETHEUS_NAMESPACE") or None,
             prometheus_pod_labels=_labels(env, "MLPLANE_PROMETHEUS_POD_LABELS", ()),
+            serving_scrape_token_sha256=_token_sha256(env, "MLPLANE_SERVING_SCRAPE_TOKEN_FILE"),
             serving_client_namespaces=tuple(
                 n.strip()
                 for n in env.get("MLPLANE_SERVING_CLIENT_NAMESPACES", "").split(",")
@@ -255,6 +263,23 @@ def _base_uri(raw: str) -> str | None:
             f"(got {value!r})"
         )
     return value.rstrip("/") or "/"
+
+
+def _token_sha256(env: Mapping[str, str], name: str) -> str | None:
+    """The SHA-256 (hex) of the token in the file ``env[name]`` names, None when unset: the
+    serving apps get only the hash (their config is readable by whoever reads the RayService).
+    A named file that cannot be read, or is empty, stops the operator at start."""
+    path = env.get(name, "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {path}: {exc}") from None
+    if not token:
+        raise ValueError(f"{name}: {path} is empty")
+    return scrape_token_sha256(token)
 
 
 def _labels(
@@ -518,6 +543,9 @@ SETTINGS: tuple[Setting, ...] = (
             "where Prometheus runs (the chart sets it while `servingMonitor.enabled`)"),
     Setting("MLPLANE_PROMETHEUS_POD_LABELS", "prometheus.podLabels", "none",
             "labels of Prometheus's pods (the chart sets it while `servingMonitor.enabled`)"),
+    Setting("MLPLANE_SERVING_SCRAPE_TOKEN_FILE", "(set while `servingMonitor.enabled`)",
+            "none: only the operator's admin tokens open `/admin/metrics`",
+            "file with Prometheus' token for the serving apps' `/admin/metrics`"),
     Setting("MLPLANE_LOG_FORMAT", "operator.logFormat", "`text`", "`json` or `text`"),
     Setting("MLPLANE_RECONCILE_INTERVAL", "operator.reconcileIntervalSeconds", "`5`",
             "seconds between the timer rounds of each resource"),

@@ -11,11 +11,12 @@ over the stored resources (``platforms/store.py``) every ``--interval`` seconds:
   MLflow and the RayService read back from ``platforms/local_serving.py``, which keeps the
   RayService records and deploys them all as Serve applications (one PUT), translating Serve's
   status into KubeRay's shape. The endpoint is ``http://127.0.0.1:8000/<namespace>/<name>``.
-  With drift monitoring on, the app's ``/v1/drift`` goes through ``reconcile/drift.py`` into the
-  status (and a retraining TrainingJob into the store when drift persists).
-- ABTest: ``reconcile/abtest.py`` decides from the router's ``/v1/stats``; its split reaches the
-  ModelDeployment through ``routing_for``; a promotion is recorded in status first, then a
-  later pass that reads it back moves the MLflow alias, then writes Concluded.
+  With drift monitoring on, the app's ``/admin/v1/drift`` goes through ``reconcile/drift.py``
+  into the status (and a retraining TrainingJob into the store when drift persists).
+- ABTest: ``reconcile/abtest.py`` decides from the router's ``/admin/v1/stats`` (admin token);
+  its split reaches the ModelDeployment through ``routing_for``; a promotion is recorded in
+  status first, then a later pass that reads it back moves the MLflow alias, then writes
+  Concluded.
 
 After each pass the operator's series are exported (``--metrics-port``) and the serving apps
 are listed for the local Prometheus.
@@ -253,7 +254,8 @@ class Runner:
         namespace, name = meta["namespace"], meta["name"]
         report = None
         if md.spec.monitoring.drift.enabled and status.get("servedVersion"):
-            report = fetch_drift(status["endpoint"], timeout=5.0)
+            token = self.serving.admin_token(namespace, name)
+            report = fetch_drift(status["endpoint"], timeout=5.0, token=token)
         retrains = [
             ObservedRetrain.from_trainingjob(tj)
             for tj in self.store.list("TrainingJob", namespace)
@@ -311,7 +313,8 @@ class Runner:
                 versions[v.name] = found if isinstance(found, md_core.Unresolved) else found.version
             endpoint = (md.status.endpoint if md.status else None) or None
             if endpoint:
-                answer = fetch_stats(endpoint, abtest=name)
+                token = self.serving.admin_token(namespace, test.spec.deployment)
+                answer = fetch_stats(endpoint, abtest=name, token=token)
                 stats = (ab_core.StatsUnavailable(answer.reason) if isinstance(answer, Unavailable)
                          else ab_core.stats_from_response(answer, name))  # fmt: skip
         competitors = [t for t in self._abtests.values() if t.metadata.namespace == namespace]

@@ -35,6 +35,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from mlplane.serving.admin import admin_auth
 from mlplane.serving.config import AppSettings, ConfigError
 from mlplane.serving.drift_tap import load_reference_profile
 from mlplane.serving.feedback import FeedbackToken
@@ -55,7 +56,14 @@ from mlplane.serving.router import (
     RouterCore,
 )
 
-__all__ = ["Model", "Monitor", "Router", "build_app", "feedback_token", "signing_keys"]
+__all__ = [
+    "Model",
+    "Monitor",
+    "Router",
+    "build_app",
+    "feedback_token",
+    "signing_keys",
+]
 
 log = logging.getLogger("mlplane.serving.app")
 
@@ -287,14 +295,16 @@ class Router:
         settings = AppSettings.parse(args)
         keys = await asyncio.to_thread(signing_keys, settings)
         self._models = models
+        signer = RequestIdSigner(keys, settings.deployment)
         self.core = RouterCore(
             settings,
-            RequestIdSigner(keys, settings.deployment),
+            signer,
             self._call_model,
             self._call_info,
             _MonitorHandle(monitor),
             router_id=_replica_id(),
             feedback_token=await asyncio.to_thread(feedback_token, settings),
+            admin=admin_auth(settings.deployment, signer, settings.scrape_token_sha256),
         )
         self._flusher = asyncio.get_running_loop().create_task(
             self.core.run_flusher(FLUSH_INTERVAL_S)
@@ -316,7 +326,10 @@ class Router:
                     504, f"the model did not answer within {MODEL_TIMEOUT_S:g} s"
                 ) from None
             except BackPressureError:
-                raise ModelUnavailable(503, "the model is overloaded, retry") from None
+                # The model's queue is full (max_queued_requests): shed, 503 + Retry-After.
+                raise ModelUnavailable(
+                    503, "the model is overloaded, retry", overloaded=True
+                ) from None
             except (RayActorError, DeploymentUnavailableError) as exc:
                 # A replica died under the request (predict is idempotent): one retry.
                 if attempt == 1:

@@ -131,6 +131,9 @@ class AppSettings:
     #: File holding the token ``POST /v1/feedback`` requires (optional key
     #: ``feedback_token_file``; absent: feedback is not authenticated).
     feedback_token_file: str | None = None
+    #: SHA-256 (hex) of the installation's scrape token, which also opens ``/admin/metrics``
+    #: (optional key ``scrape_token_sha256``; absent: only the admin token does).
+    scrape_token_sha256: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -158,7 +161,15 @@ class AppSettings:
                 "slo_latency_p99_ms",
                 "drift",
             },
-            frozenset({"signing_keys", "model_policy", "allow_non_finite", "feedback_token_file"}),
+            frozenset(
+                {
+                    "signing_keys",
+                    "model_policy",
+                    "allow_non_finite",
+                    "feedback_token_file",
+                    "scrape_token_sha256",
+                }
+            ),
         )
         allow_non_finite = args.get("allow_non_finite", False)
         if not isinstance(allow_non_finite, bool):
@@ -195,7 +206,20 @@ class AppSettings:
             feedback_token_file=_str(
                 "args.feedback_token_file", args.get("feedback_token_file"), optional=True
             ),
+            scrape_token_sha256=_sha256(
+                "args.scrape_token_sha256", args.get("scrape_token_sha256")
+            ),
         )
+
+
+def _sha256(where: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    ):
+        raise ConfigError(f"{where} must be 64 lower-case hex digits (a SHA-256)")
+    return value
 
 
 def _model_policy(value: Any) -> ModelPolicy:

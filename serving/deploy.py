@@ -69,6 +69,7 @@ def local_serve_config(
     route_prefix: str | None = None,
     signing_keys: str | None = None,
     feedback_token: str | None = None,
+    scrape_token_sha256: str | None = None,
 ) -> dict[str, Any]:
     """A copy of a Serve config fitted to one small machine.
 
@@ -84,7 +85,9 @@ def local_serve_config(
     - ``signing_keys`` replaces ``args.signing_keys`` (the Secret's mount path in a pod) with
       the machine's key directory for this application;
     - ``feedback_token`` replaces ``args.feedback_token_file`` (where the token Secret is mounted
-      in a pod) with the machine's token file, for an application that has one.
+      in a pod) with the machine's token file, for an application that has one;
+    - ``scrape_token_sha256`` sets ``args.scrape_token_sha256``: the hash of the token this
+      machine's Prometheus sends to ``/admin/metrics`` (the chart's, on Kubernetes).
 
     Only resources, the name, the mount point and the key directory change: the rest of
     ``args`` and ``user_config`` are untouched, so zero-downtime updates behave as on
@@ -100,6 +103,8 @@ def local_serve_config(
             app["route_prefix"] = route_prefix
         if signing_keys is not None:
             app.setdefault("args", {})["signing_keys"] = signing_keys
+        if scrape_token_sha256 is not None:
+            app.setdefault("args", {})["scrape_token_sha256"] = scrape_token_sha256
         if feedback_token is not None and "feedback_token_file" in app.get("args", {}):
             app["args"]["feedback_token_file"] = feedback_token
         for deployment in app.get("deployments", []):

@@ -14,11 +14,12 @@ So router replicas record each request into an in-memory delta (:class:`~.stats.
 a few dict updates, no I/O) and ship it every flush (~0.5 s; exactly once, see
 :mod:`mlplane.serving.router`) to the single ``monitor`` replica, which merges the deltas and
 renders the contract's series from its totals at scrape time with this collector. Prometheus
-scrapes ``GET /metrics`` on the app's HTTP endpoint (any router replica forwards to the monitor):
-locally ``http://127.0.0.1:8000/metrics``, on Kubernetes the RayService's ``-serve-svc`` on port
-8000 — one target per deployment, complete whichever replica answers. A monitor restart resets
-the counters, which ``rate()``/``increase()`` handle like any process restart. ``GET /v1/stats``
-reads the same totals, so the JSON and the series agree.
+scrapes ``GET /admin/metrics`` (with the scrape token, :mod:`mlplane.serving.admin`) on the
+app's HTTP endpoint (any router replica forwards to the monitor): locally
+``http://127.0.0.1:8000/<namespace>/<name>/admin/metrics``, on Kubernetes the RayService's
+``-serve-svc`` on port 8000 — one target per deployment, complete whichever replica answers. A
+monitor restart resets the counters, which ``rate()``/``increase()`` handle like any process
+restart. ``GET /admin/v1/stats`` reads the same totals, so the JSON and the series agree.
 
 The series are exactly those of :data:`mlplane.monitoring.names.METRICS` (names, types, label
 names, buckets come from there): per-request SLO series for every (version, variant) served;
@@ -102,8 +103,12 @@ class ServingCollector(Collector):
         duration = _family(n.REQUEST_DURATION_SECONDS)
         for (version, variant), hist in sorted(self.stats.latency.items()):
             _histogram(duration, [*dep, str(version), variant], hist)
+        shed = _family(n.REQUESTS_SHED_TOTAL)
+        for (version, variant), count in sorted(self.stats.shed.items()):
+            shed.add_metric([*dep, str(version), variant], count)
         yield total
         yield duration
+        yield shed
         if self.has_slo:
             slow = _family(n.REQUESTS_SLOW_TOTAL)
             for (version, variant), count in sorted(self.stats.slow.items()):
@@ -161,7 +166,7 @@ class ServingCollector(Collector):
 
 
 def exposition(collector: ServingCollector) -> bytes:
-    """The Prometheus text format of one collector (what ``GET /metrics`` answers)."""
+    """The Prometheus text format of one collector (what ``GET /admin/metrics`` answers)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return generate_latest(registry)

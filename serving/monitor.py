@@ -7,7 +7,7 @@ that every router replica talks to off the request path:
   per ``(router id, sequence number)`` (a retried push is recognised and ignored);
 - ``feedback``: exactly-once acceptance of an outcome (:class:`~.feedback.FeedbackLedger`) and
   its attribution to the (A/B test, variant, version) carried by the signed request id;
-- ``stats`` / ``metrics`` / ``drift``: the totals as ``/v1/stats`` JSON, the Prometheus text
+- ``stats`` / ``metrics`` / ``drift``: the totals as ``/admin/v1/stats`` JSON, the Prometheus text
   (:mod:`~.metrics`) and the drift tap's report.
 
 Why one replica: the totals and the seen-set must be in one place to be exact across router

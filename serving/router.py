@@ -6,18 +6,27 @@ signed request id in the body and in ``x-mlplane-request-id`` — only when a mo
 an error carries no id, so nothing can be credited to it)::
 
     GET  /healthz         {"status": "ok", ...}: the router is up and configured
-    GET  /v1/models       what is served: variants, weights, desired and loaded versions
     POST /v1/predict      body: see mlplane.serving.inputs; 200 {"predictions", "variant",
                           "version", "model", "requestId"}; 400/413/422 for bad input
     POST /v1/feedback     {"requestId", "outcome"}: 200 accepted, 404 unknown or forged id,
                           409 duplicate, 410 too old to count exactly once, 400 malformed or
                           an outcome outside the objective's bounds, 401 without the token
                           (when the app has one: args.feedback_token_file)
-    GET  /v1/stats        per-variant requests, errors, outcomes (count, sum, sum of squares),
+
+Admin endpoints, only under ``/admin`` with ``Authorization: Bearer <admin token>`` (401
+without or with a wrong one; 404 on their public paths): see :mod:`mlplane.serving.admin`::
+
+    GET  /admin/v1/models what is served: variants, weights, desired and loaded versions
+    GET  /admin/v1/stats  per-variant requests, errors, outcomes (count, sum, sum of squares),
                           latency (p99, sum, sum of squares) of the current A/B test;
                           ?abtest=NAME for another one, ?all=1 for every (abtest, variant)
-    GET  /v1/drift        the drift tap's latest windows (for the operator's status.drift)
-    GET  /metrics         Prometheus text format (see mlplane.serving.metrics)
+    GET  /admin/v1/drift  the drift tap's latest windows (for the operator's status.drift)
+    GET  /admin/metrics   Prometheus text format (see mlplane.serving.metrics); also opened
+                          by the installation's scrape token
+
+Overload: a model deployment whose queue is full (``max_queued_requests``) makes its handle
+refuse the call; the router answers 503 with ``Retry-After`` and counts it
+(``mlplane_requests_shed_total``) instead of letting requests queue without bound.
 
 :class:`RouterCore` holds all of it without Ray (tests drive it with fake model and monitor
 calls); :class:`Router` is the thin Ray Serve deployment around it.
@@ -46,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from mlplane.serving.admin import ADMIN_PREFIX, METRICS_PATH, AdminAuth, bearer
 from mlplane.serving.bucketing import Weighted, choose
 from mlplane.serving.config import AppSettings, ConfigError, RouterConfig
 from mlplane.serving.feedback import FeedbackError, FeedbackToken, parse_feedback
@@ -88,12 +98,14 @@ class BodyTooLarge(Exception):
 
 
 class ModelUnavailable(Exception):
-    """The model deployment could not answer: ``status`` 503 (retry) or 504 (timed out)."""
+    """The model deployment could not answer: ``status`` 503 (retry) or 504 (timed out);
+    ``overloaded``: its queue was full (the request was shed, not lost)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, overloaded: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.overloaded = overloaded
 
 
 class MonitorClient(Protocol):
@@ -139,6 +151,14 @@ def _error(status: int, message: str, **extra: Any) -> HttpResponse:
     return _json(status, {"error": message, **extra})
 
 
+def _not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> HttpResponse:
+    return HttpResponse(
+        405,
+        json.dumps({"error": f"{method} is not allowed on {path}"}).encode(),
+        {"allow": ", ".join(allowed)},
+    )
+
+
 def _clean(value: Any) -> Any:
     """JSON-safe copy: non-finite floats become null (allow_nan=False would refuse them)."""
     if isinstance(value, float):
@@ -150,14 +170,18 @@ def _clean(value: Any) -> Any:
     return value
 
 
+#: The public routes: what the app's clients may call.
 _ROUTES: dict[str, tuple[str, ...]] = {
     "/healthz": ("GET",),
-    "/v1/models": ("GET",),
     "/v1/predict": ("POST",),
     "/v1/feedback": ("POST",),
+}
+#: The admin routes (under ADMIN_PREFIX, behind the admin token).
+_ADMIN_ROUTES: dict[str, tuple[str, ...]] = {
+    "/v1/models": ("GET",),
     "/v1/stats": ("GET",),
     "/v1/drift": ("GET",),
-    "/metrics": ("GET",),
+    METRICS_PATH: ("GET",),
 }
 
 
@@ -179,8 +203,11 @@ class RouterCore:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_rows: int = MAX_ROWS,
         feedback_token: FeedbackToken | None = None,
+        admin: AdminAuth | None = None,
     ) -> None:
         self.settings = settings
+        #: Who may call the admin routes; None: nobody (every admin call is a 401).
+        self.admin = admin
         #: When set, ``POST /v1/feedback`` needs ``Authorization: Bearer <token>``.
         self.feedback_token = feedback_token
         self.signer = signer
@@ -244,21 +271,40 @@ class RouterCore:
     ) -> HttpResponse:
         """Answer one HTTP request; ``headers`` with lower-case names."""
         path = path.rstrip("/") or "/"
+        if path.startswith(ADMIN_PREFIX + "/"):
+            return await self._admin(method, path.removeprefix(ADMIN_PREFIX), query, headers)
         allowed = _ROUTES.get(path)
         if allowed is None:
-            return _error(404, f"no route {path}; see GET /v1/models, POST /v1/predict")
+            return _error(404, f"no route {path}; see POST /v1/predict, POST /v1/feedback")
         if method not in allowed:
-            return HttpResponse(
-                405,
-                json.dumps({"error": f"{method} is not allowed on {path}"}).encode(),
-                {"allow": ", ".join(allowed)},
-            )
+            return _not_allowed(method, path, allowed)
         if path == "/v1/predict":
             return await self.predict(headers, read_body)
         if path == "/v1/feedback":
             return await self.feedback(read_body, headers)
-        if path == "/healthz":
-            return self.healthz()
+        return self.healthz()
+
+    async def _admin(
+        self, method: str, path: str, query: str, headers: Mapping[str, str]
+    ) -> HttpResponse:
+        """An admin route: 404 for none, 401 before anything else without the right token."""
+        allowed = _ADMIN_ROUTES.get(path)
+        if allowed is None:
+            return _error(404, f"no route {ADMIN_PREFIX}{path}")
+        token = bearer(headers)
+        if self.admin is None or not self.admin.allows(token, metrics=path == METRICS_PATH):
+            return HttpResponse(
+                401,
+                json.dumps(
+                    {
+                        "error": f"{ADMIN_PREFIX}{path} needs Authorization: Bearer <admin token>"
+                        + (" (wrong token)" if token else "")
+                    }
+                ).encode(),
+                {"www-authenticate": 'Bearer realm="mlplane-admin"'},
+            )
+        if method not in allowed:
+            return _not_allowed(method, ADMIN_PREFIX + path, allowed)
         if path == "/v1/models":
             return await self.models()
         if path == "/v1/stats":
@@ -300,6 +346,7 @@ class RouterCore:
         version = variant.version
         columns: dict[str, list[Any]] | None = None
         n_rows = 0
+        shed = False
         try:
             payload = await self._read_json(read_body)
             columns, n_rows = parse_payload(
@@ -316,7 +363,7 @@ class RouterCore:
         except InputError as exc:
             status, body = exc.status, {"error": exc.message}
         except ModelUnavailable as exc:
-            status, body = exc.status, {"error": exc.message}
+            status, body, shed = exc.status, {"error": exc.message}, exc.overloaded
         except Exception as exc:  # a bug or an unexpected Ray error: never kill the replica
             log.exception("predict failed on %s", variant.deployment)
             status, body = 500, {"error": f"internal error: {type(exc).__name__}"}
@@ -339,6 +386,7 @@ class RouterCore:
             status,
             self._timer() - started,
             self.settings.slo_s,
+            shed=shed,
         )
         if status == 200 and columns is not None and self.settings.drift.enabled:
             self._buffer(columns, n_rows, now)

@@ -161,9 +161,12 @@ class TrafficStats:
     slow: dict[tuple[int, str], int] = field(default_factory=dict)
     #: (abtest, variant) → A/B numbers
     variants: dict[tuple[str | None, str], VariantCounts] = field(default_factory=dict)
+    #: (version, variant) → requests shed: answered 503 + Retry-After because the model's
+    #: queue was full (``max_queued_requests``); also counted in ``requests`` as 5xx
+    shed: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not (self.requests or self.variants or self.slow)
+        return not (self.requests or self.variants or self.slow or self.shed)
 
     def _variant(self, abtest: str | None, variant: str) -> VariantCounts:
         key = (abtest, variant)
@@ -176,6 +179,7 @@ class TrafficStats:
         """Create a served (version, variant)'s series at zero (see names.py: "create at 0")."""
         if slo_s is not None:
             self.slow.setdefault((version, variant), 0)
+        self.shed.setdefault((version, variant), 0)
         self._variant(abtest, variant).versions.add(version)
 
     def record_request(
@@ -186,11 +190,16 @@ class TrafficStats:
         status: int,
         seconds: float,
         slo_s: float | None = None,
+        *,
+        shed: bool = False,
     ) -> None:
-        """One answered request; ``slo_s`` is the latency objective (None: none)."""
+        """One answered request; ``slo_s`` is the latency objective (None: none); ``shed``:
+        refused for overload (a 503 the model's full queue caused)."""
         code = status_class(status)
         key = (version, variant, code)
         self.requests[key] = self.requests.get(key, 0) + 1
+        if shed:
+            self.shed[(version, variant)] = self.shed.get((version, variant), 0) + 1
         hist = self.latency.get((version, variant))
         if hist is None:
             hist = self.latency[(version, variant)] = Histogram()
@@ -221,6 +230,8 @@ class TrafficStats:
             mine.merge(hist)
         for key, n in other.slow.items():
             self.slow[key] = self.slow.get(key, 0) + n
+        for key, n in other.shed.items():
+            self.shed[key] = self.shed.get(key, 0) + n
         for (abtest, variant), counts in other.variants.items():
             self._variant(abtest, variant).merge(counts)
 
@@ -231,6 +242,7 @@ class TrafficStats:
             "latency": [[v, n, h.to_wire()] for (v, n), h in self.latency.items()],
             "slow": [[v, n, k] for (v, n), k in self.slow.items()],
             "variants": [[a, n, c.to_wire()] for (a, n), c in self.variants.items()],
+            "shed": [[v, n, k] for (v, n), k in self.shed.items()],
         }
 
     @classmethod
@@ -244,6 +256,8 @@ class TrafficStats:
             out.slow[(int(v), str(n))] = int(k)
         for a, n, c in wire.get("variants", ()):
             out.variants[(None if a is None else str(a), str(n))] = VariantCounts.from_wire(c)
+        for v, n, k in wire.get("shed", ()):  # absent from a router of an earlier release
+            out.shed[(int(v), str(n))] = int(k)
         return out
 
     def snapshot(self, abtest: str | None = None, *, all_tests: bool = False) -> list[dict]:

@@ -416,6 +416,13 @@ def values_schema() -> dict[str, Any]:
             scrapeTimeout=string("Scrape timeout (at most the interval).", pattern=DURATION),
             additionalLabels=string_map("Labels your Prometheus selects monitors by."),
             rayMetrics=boolean("Also scrape Ray's metrics port (8080) of every Ray pod."),
+            scrapeTokenSecret=string(
+                "Secret (key 'token') with the bearer token Prometheus sends to the serving "
+                "apps' /admin/metrics, in the PodMonitors' and the release's namespaces. Empty: "
+                "the chart makes <release>-serving-scrape with a random token, kept across "
+                "upgrades (set this where the chart is rendered without a cluster, e.g. GitOps).",
+                pattern=NAMESPACE,
+            ),
         ),
         prometheus=obj(
             "Where Prometheus runs: MLPLANE_PROMETHEUS_NAMESPACE/_POD_LABELS (set while "

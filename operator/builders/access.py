@@ -16,13 +16,14 @@ serving cluster it can redeploy the Serve apps. So every cluster is closed twice
   own pod labels (KubeRay keeps the template's labels on the pods; ``ray.io/cluster`` changes
   with every attempt and every new serving cluster, these do not). Ingress only from: the same
   owner's Ray pods (every port: GCS, raylets, object transfer), the KubeRay operator (the
-  dashboard, and Serve's port on serving clusters: KubeRay reads Serve's status and health),
-  and on serving clusters Serve's port (8000) from the mlplane operator (``/v1/stats``,
-  ``/v1/drift``) and from the client namespaces the configuration names (default: the
-  ModelDeployment's own namespace); when the configuration names Prometheus, from it to Ray's
-  metrics port (8080) and, on serving clusters, Serve's port (the app's ``/metrics``).
-  Everything else, GCS/dashboard/client ports included, is closed. Token auth does not cover
-  Serve's HTTP port (it is the app's public face): the policy is what limits who reaches it.
+  dashboard, and Serve's port on serving clusters: KubeRay reads Serve's status and health), and
+  on serving clusters Serve's port (8000) from the mlplane operator (``/admin/v1/stats``,
+  ``/admin/v1/drift``, with the admin token) and from the client namespaces the configuration
+  names (default: the ModelDeployment's own namespace); when the configuration names Prometheus,
+  from it to Ray's metrics port (8080) and, on serving clusters, Serve's port (the app's
+  ``/admin/metrics``, with the scrape token). Everything else, GCS/dashboard/client ports
+  included, is closed. Token auth does not cover Serve's HTTP port (it is the app's public
+  face): the policy is what limits who reaches it.
 
 Pure: the token is an argument (the edge makes it with :mod:`secrets`), so the same inputs give
 the same objects.

@@ -77,7 +77,7 @@ APPLICATION = "mlplane"
 IMPORT_PATH = "mlplane.serving.app:build_app"
 ROUTE_PREFIX = "/"
 ROUTER_DEPLOYMENT = "router"
-#: The app's single aggregation replica: totals, feedback ledger, drift tap, /metrics.
+#: The app's single aggregation replica: totals, feedback ledger, drift tap, metrics.
 MONITOR_DEPLOYMENT = "monitor"
 #: The variant of a deployment without an A/B test.
 PRIMARY_VARIANT = "primary"
@@ -90,6 +90,8 @@ ROUTER_NUM_CPUS = 0.25
 MONITOR_NUM_CPUS = 0.1
 #: A router replica handles this many times a model replica's target of ongoing requests.
 ROUTER_FAN_IN = 8
+#: The routers' queue (at the Serve proxies) is this many times ``spec.maxQueuedRequests``.
+ROUTER_QUEUE_FACTOR = 2
 #: Added to each worker pod beyond the replica's own resources: a router replica, the Serve
 #: proxy and the raylet (CPU); the router, proxy, raylet and agents (memory); the object store.
 POD_EXTRA_MILLICORES = 500
@@ -232,6 +234,9 @@ def serve_args(
     }
     if md.spec.model.allow_non_finite_inputs:
         args["allow_non_finite"] = True
+    if config.serving_scrape_token_sha256:
+        # Prometheus' token for /admin/metrics (its hash only: the config is readable).
+        args["scrape_token_sha256"] = config.serving_scrape_token_sha256
     if feedback_token_secret(md) is not None:
         args["feedback_token_file"] = f"{FEEDBACK_TOKEN_PATH}/{FEEDBACK_TOKEN_KEY}"
     return args
@@ -355,6 +360,10 @@ def serve_config(
         {
             "name": ROUTER_DEPLOYMENT,
             "max_ongoing_requests": 2 * router_target,
+            # The proxies' queue in front of the routers: twice the models' bound, so that
+            # overload normally trips the model's queue first, where the router answers 503 +
+            # Retry-After and counts it (past this one Serve's proxy answers 503 itself).
+            "max_queued_requests": ROUTER_QUEUE_FACTOR * md.spec.max_queued_requests,
             "autoscaling_config": {
                 # The ingress never scales to zero: it is what receives the first request.
                 "min_replicas": 1,
@@ -388,6 +397,9 @@ def serve_config(
                 "name": model_deployment_name(index),
                 # Room for a full batch, and for queueing beyond the autoscaling target.
                 "max_ongoing_requests": max(2 * target, batch),
+                # Backpressure: each router replica queues at most this many requests for
+                # the model's replicas; beyond, the handle refuses and the router sheds (503).
+                "max_queued_requests": md.spec.max_queued_requests,
                 "autoscaling_config": {
                     "min_replicas": md.spec.replicas.min,
                     "max_replicas": md.spec.replicas.max,
@@ -487,7 +499,7 @@ def _rayservice(
         md.spec.image or config.default_serving_image,
         cpu=head_resources.cpu,
         memory=head_resources.memory,
-        serve_port=True,  # the chart's serving PodMonitor scrapes the app's /metrics there
+        serve_port=True,  # the chart's serving PodMonitor scrapes the app's /admin/metrics there
     )
     metadata: dict[str, Any] = {
         "name": lbl.rayservice_name(name),

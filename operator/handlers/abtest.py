@@ -8,9 +8,10 @@ What a round looks at, and where from:
   (``abtests_by_deployment``), for who splits its traffic;
 - the variants' versions, resolved in MLflow (:func:`~.modeldeployment.resolve_model` on the
   deployment's registered model) until the split is frozen in status;
-- the router's cumulative counts, ``GET <endpoint>/v1/stats?abtest=<ABTest name>`` (the router
-  keys its A/B counts by the ``abtest`` of its ``user_config``, which is the ABTest's name:
-  :func:`read_stats`). ``MLPLANE_ABTEST_STATS_URL`` replaces every deployment's endpoint (tests
+- the router's cumulative counts, ``GET <endpoint>/admin/v1/stats?abtest=<ABTest name>`` with
+  the admin token (the router keys its A/B counts by the ``abtest`` of its ``user_config``,
+  which is the ABTest's name: :func:`read_stats`). ``MLPLANE_ABTEST_STATS_URL`` replaces every
+  deployment's endpoint (tests
   point it at a stub on 127.0.0.1; also handy when the operator runs outside the cluster).
 
 The change handler (create, update, resume) evaluates at once. A timer per ABTest ticks every
@@ -54,6 +55,7 @@ from mlplane.operator.handlers.modeldeployment import (
     registry_for,
     resolve_model,
 )
+from mlplane.operator.handlers.signing import admin_token
 from mlplane.operator.handlers.state import (
     ObjectState,
     OperatorState,
@@ -61,6 +63,7 @@ from mlplane.operator.handlers.state import (
     operator_state,
 )
 from mlplane.operator.handlers.trainingjob import plain
+from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_stats
 from mlplane.operator.reconcile.abtest import (
     FINAL_PHASES,
@@ -78,7 +81,7 @@ from mlplane.operator.registry import RegistryError, RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for the router's /v1/stats.
+#: Seconds to wait for the router's /admin/v1/stats.
 STATS_TIMEOUT = 10.0
 
 
@@ -93,11 +96,11 @@ def stats_base_url(endpoint: str | None, settings: Settings) -> str | None:
 
 
 def read_stats(
-    endpoint: str, abtest: str, timeout: float = STATS_TIMEOUT
+    endpoint: str, abtest: str, timeout: float = STATS_TIMEOUT, token: str | None = None
 ) -> tuple[VariantStats, ...] | StatsUnavailable:
-    """The router's cumulative per-variant counts of ``abtest`` (``GET /v1/stats``), or why
-    they could not be read. Never raises."""
-    answer = fetch_stats(endpoint, abtest, timeout=timeout)
+    """The router's cumulative per-variant counts of ``abtest`` (``GET /admin/v1/stats`` with
+    the deployment's admin ``token``), or why they could not be read. Never raises."""
+    answer = fetch_stats(endpoint, abtest, timeout=timeout, token=token)
     if isinstance(answer, Unavailable):
         return StatsUnavailable(answer.reason)
     return stats_from_response(answer, abtest)
@@ -132,6 +135,13 @@ def _deployment(
             continue
         md = state.parsed(body)
         return md if isinstance(md, ModelDeployment) else None
+    return None
+
+
+def _deployment_uid(index: Any, namespace: str, name: str) -> str | None:
+    """The ModelDeployment's uid from the index (whose signing Secret holds the admin key)."""
+    for body in (index or {}).get((namespace, name), ()):
+        return (body.get("metadata") or {}).get("uid")
     return None
 
 
@@ -231,7 +241,9 @@ def _run(
             versions = _versions(test, md, config)
         base = stats_base_url(md.status.endpoint if md.status else None, settings)
         if base and (started or (status is not None and status.variants)):
-            stats = read_stats(base, name)
+            md_uid = _deployment_uid(deployments, namespace, test.spec.deployment)
+            token = admin_token(KubeRayPlatform(), namespace, test.spec.deployment, md_uid)
+            stats = read_stats(base, name, token=token)
     competitors = abtests_of(abtests, namespace, test.spec.deployment, state)
     plan = reconcile(test, Observed(md, versions, stats, competitors), now)
     if plan.set_alias is not None and pending_promotion(old) != plan.set_alias:

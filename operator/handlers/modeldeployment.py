@@ -27,9 +27,10 @@
   split changes, MLflow is asked afresh: after a promotion the deployment goes straight to the
   moved alias's version, not to a cached one.
 - Drift (``spec.monitoring.drift.enabled``, once a version serves and the status has an
-  ``endpoint``): the serving app's ``GET <endpoint>/v1/drift`` is read at most every
-  ``MLPLANE_RESOLVE_INTERVAL`` seconds per deployment (``MLPLANE_SERVING_URL`` replaces every
-  deployment's endpoint: tests point it at a stub on 127.0.0.1; also handy when the operator
+  ``endpoint``): the serving app's ``GET <endpoint>/admin/v1/drift`` (admin token) is read at
+  most every ``MLPLANE_RESOLVE_INTERVAL`` seconds per deployment (``MLPLANE_SERVING_URL``
+  replaces every deployment's endpoint: tests point it at a stub on 127.0.0.1; also handy when
+  the operator
   runs outside the cluster). The deployment's retraining TrainingJobs are listed by label
   (``builders.labels.retrain_selector``) and
   :func:`~mlplane.operator.reconcile.drift.reconcile_drift` gives ``status.drift``, the
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -74,7 +75,7 @@ from mlplane.operator.handlers import (
     with_access,
     write_status,
 )
-from mlplane.operator.handlers.signing import ensure_signing_secret
+from mlplane.operator.handlers.signing import admin_token, ensure_signing_secret
 from mlplane.operator.handlers.state import (
     ObjectState,
     OperatorState,
@@ -93,7 +94,7 @@ from mlplane.operator.registry import ResolvedModel, flavors_of, registry_for, r
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for the serving app's ``/v1/drift``.
+#: Seconds to wait for the serving app's ``/admin/v1/drift``.
 DRIFT_TIMEOUT = 5.0
 RAYSERVICE_API = "ray.io/v1"
 ROUNDS = 3
@@ -150,7 +151,13 @@ def serving_base_url(endpoint: str, settings: Settings) -> str:
 
 
 def _drift_report(
-    mine: ObjectState, endpoint: str, served: str, settings: Settings, *, fresh: bool
+    mine: ObjectState,
+    endpoint: str,
+    served: str,
+    settings: Settings,
+    *,
+    fresh: bool,
+    token: Callable[[], str | None] | None = None,
 ) -> dict[str, Any] | Unavailable:
     """The serving app's drift report, read at most every ``MLPLANE_RESOLVE_INTERVAL``.
 
@@ -160,7 +167,8 @@ def _drift_report(
     cached = _remembered(mine.drift, question, settings, fresh=fresh)
     if cached is not None:
         return cached
-    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT)
+    # The admin token (a read of the signing Secret) only when the app is actually asked.
+    report = fetch_drift(endpoint, timeout=DRIFT_TIMEOUT, token=token() if token else None)
     mine.drift.put(question, report, time.monotonic())
     return report
 
@@ -201,7 +209,14 @@ def _drift(
     endpoint, served = status.get("endpoint"), status.get("servedVersion")
     if enabled and served and endpoint:
         endpoint = serving_base_url(str(endpoint), settings)
-        report = _drift_report(mine, endpoint, str(served), settings, fresh=fresh)
+        report = _drift_report(
+            mine,
+            endpoint,
+            str(served),
+            settings,
+            fresh=fresh,
+            token=lambda: admin_token(platform, namespace, name, uid),
+        )
     retrains: list[ObservedRetrain] = []
     if enabled:
         try:

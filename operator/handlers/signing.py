@@ -17,6 +17,7 @@ from datetime import datetime
 from mlplane.operator.builders import signing
 from mlplane.operator.conditions import Event
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.platforms.serving_client import deployment_admin_token
 from mlplane.operator.reconcile.signing import written_event
 
 log = logging.getLogger(__name__)
@@ -89,3 +90,21 @@ def _written_event(
 ) -> Event:
     """What a write to an existing Secret did, for the ModelDeployment's events."""
     return written_event(f"Secret {name}", before, after, settle)
+
+
+def admin_token(
+    platform: KubeRayPlatform, namespace: str, md_name: str, md_uid: str | None
+) -> str | None:
+    """The token of the serving app's admin routes (``/admin/v1/stats``, ``/admin/v1/drift``),
+    derived from the ModelDeployment's signing Secret; None when there is none yet, it is not
+    this ModelDeployment's (never read: :func:`~mlplane.operator.builders.signing.ownership`)
+    or it cannot be read now (the read then answers 401, reported as Unavailable)."""
+    try:
+        secret = platform.get_secret(namespace, signing.secret_name(md_name))
+    except Exception as exc:  # the API unavailable: the caller reports the read as failed
+        log.warning("signing Secret of %s/%s not read: %r", namespace, md_name, exc)
+        return None
+    if secret is None or md_uid is None or signing.ownership(secret, md_uid) is not None:
+        return None
+    keys = signing.secret_keys(secret)
+    return deployment_admin_token(keys.current if keys else None, namespace, md_name)

@@ -303,6 +303,27 @@ class LocalPlatform(Platform):
         return self.prometheus_dir / "serving-targets.json"
 
     @property
+    def scrape_token_file(self) -> Path:
+        """The token this machine's Prometheus sends to the serving apps' ``/admin/metrics``
+        (made once with Prometheus' config, mode 0600; the apps get only its SHA-256)."""
+        return self.prometheus_dir / "scrape-token"
+
+    def scrape_token(self, *, create: bool = False) -> str | None:
+        """The scrape token (made now with ``create`` when there is none), else None."""
+        path = self.scrape_token_file
+        try:
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            if not create:
+                return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        os.replace(path.with_suffix(".tmp"), path)
+        return path.read_text().strip()
+
+    @property
     def prometheus_uri(self) -> str | None:
         state = self.state()
         server = state.servers.get("prometheus") if state else None
@@ -317,6 +338,7 @@ class LocalPlatform(Platform):
         self.prometheus_dir.mkdir(parents=True, exist_ok=True)
         if not self.serving_targets_file.exists():
             self.serving_targets_file.write_text("[]\n")
+        self.scrape_token(create=True)
         config = {
             "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
             "rule_files": [str(rules)],
@@ -324,6 +346,8 @@ class LocalPlatform(Platform):
                 {"job_name": "mlplane-operator",
                  "static_configs": [{"targets": [f"127.0.0.1:{self.ports.runner_metrics}"]}]},
                 {"job_name": "mlplane-serving",
+                 "authorization": {"type": "Bearer",
+                                   "credentials_file": str(self.scrape_token_file)},
                  "file_sd_configs": [{"files": [str(self.serving_targets_file)],
                                       "refresh_interval": "5s"}]},
             ],
@@ -344,7 +368,7 @@ class LocalPlatform(Platform):
         for key, endpoint in sorted(endpoints.items()):
             rest = endpoint.removeprefix("http://")
             host, _, path = rest.partition("/")
-            labels = {"__metrics_path__": f"/{path}/metrics", "instance": key}
+            labels = {"__metrics_path__": f"/{path}/admin/metrics", "instance": key}
             targets.append({"targets": [host], "labels": labels})
         text = json.dumps(targets, indent=1) + "\n"
         if self.prometheus_dir.exists() and (

@@ -17,6 +17,10 @@ there is one Ray cluster (the local platform's) and Serve's REST API, whose ``PU
   file ``secrets/<namespace>/<secret>/token`` under the state dir, the local stand-in for that
   Secret (the user writes it, as they would create the Secret; a missing file stops the
   application's routers, which say so);
+- the apps' admin routes open with each deployment's admin token (derived from its key
+  folder, :meth:`LocalServing.admin_token`, as the Kopf handlers derive it from the Secret) and
+  ``/admin/metrics`` also with this machine's Prometheus scrape token, whose hash every
+  application gets (``args.scrape_token_sha256``, the chart's token on Kubernetes);
 - Serve's application status is translated into the shape of KubeRay 1.7's RayService status
   (``Ready`` condition, ``observedGeneration``, ``activeServiceStatus``), so
   ``reconcile/modeldeployment.py`` reads it with the same code as on Kubernetes.
@@ -44,6 +48,8 @@ from mlplane.operator.builders.rayservice import (
 )
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_signing import LocalSigningKeys
+from mlplane.operator.platforms.serving_client import deployment_admin_token
+from mlplane.serving.admin import scrape_token_sha256
 from mlplane.serving.deploy import (
     DeployError,
     delete_applications,
@@ -200,7 +206,19 @@ class LocalServing:
             route_prefix=route_prefix(namespace, owner),
             signing_keys=str(self.signing.directory(namespace, owner)),
             feedback_token=self._feedback_token(record),
+            scrape_token_sha256=self._scrape_token_sha256(),
         )
+
+    def _scrape_token_sha256(self) -> str | None:
+        """The hash of this machine's Prometheus scrape token (None: no Prometheus set up)."""
+        token = self.platform.scrape_token()
+        return scrape_token_sha256(token) if token else None
+
+    def admin_token(self, namespace: str, md_name: str) -> str | None:
+        """The admin token of a ModelDeployment's app (``/admin/v1/stats``, ``/admin/v1/drift``),
+        from its key folder as the app reads it; None before the keys exist."""
+        _, keys = self.signing.read(namespace, md_name)
+        return deployment_admin_token(keys.current if keys else None, namespace, md_name)
 
     def _feedback_token(self, record: Mapping[str, Any]) -> str | None:
         """This machine's file for the record's feedback-token Secret, None without one."""

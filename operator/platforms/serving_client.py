@@ -1,8 +1,12 @@
-"""Reading a ModelDeployment's serving app: ``GET /v1/drift`` and ``GET /v1/stats``.
+"""Reading a ModelDeployment's serving app: ``GET /admin/v1/drift`` and ``/admin/v1/stats``.
 
 The operator (handler or local runner) asks the router of the deployment's Serve app, at the
 ``status.endpoint`` the ModelDeployment core computed (a route prefix included when the app is
-mounted under one). Every failure -- refused, timed out, a non-200 answer, a body that is not a
+mounted under one), on its admin routes with the deployment's admin token
+(:func:`mlplane.serving.admin.admin_token`, derived from the request-signing key the operator
+keeps: :func:`deployment_admin_token`); the public paths answer 404 to everyone.
+
+Every failure -- refused, timed out, a non-200 answer, a body that is not a
 JSON object -- comes back as an :class:`~mlplane.operator.reconcile.drift.Unavailable` with the
 reason, never as an exception: the pure core turns it into an ``Unknown`` condition and the
 caller looks again later.
@@ -21,8 +25,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 from mlplane.operator.reconcile.drift import Unavailable
+from mlplane.serving.admin import admin_path, admin_token
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_BODY_BYTES", "Unavailable", "fetch_drift", "fetch_stats"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "Unavailable",
+    "deployment_admin_token",
+    "fetch_drift",
+    "fetch_stats",
+]
 
 #: Seconds for one request: the router answers from its monitor within 5 s or says 503.
 DEFAULT_TIMEOUT = 10.0
@@ -48,10 +60,24 @@ def _error_text(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
 
 
-def get_json(url: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | Unavailable:
-    """``GET url`` answered by a JSON object, or why not."""
+def deployment_admin_token(signing_key: str | None, namespace: str, name: str) -> str | None:
+    """The admin token of ModelDeployment ``namespace/name`` from its current signing key (the
+    Secret's or the local key folder's ``current``, as text); None without a key."""
+    if not signing_key:
+        return None
+    return admin_token(signing_key.strip().encode(), f"{namespace}/{name}")
+
+
+def get_json(
+    url: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+) -> dict[str, Any] | Unavailable:
+    """``GET url`` (with ``Authorization: Bearer token`` when given) answered by a JSON
+    object, or why not."""
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        request = urllib.request.Request(url, headers=headers)
         with _OPENER.open(request, timeout=timeout) as response:
             body = response.read(MAX_BODY_BYTES + 1)
     except urllib.error.HTTPError as exc:
@@ -74,9 +100,11 @@ def get_json(url: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | Una
     return data
 
 
-def fetch_drift(endpoint: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | Unavailable:
+def fetch_drift(
+    endpoint: str, timeout: float = DEFAULT_TIMEOUT, *, token: str | None = None
+) -> dict[str, Any] | Unavailable:
     """The serving app's drift report (``DriftTap.report()``), for ``reconcile_drift``."""
-    return get_json(_url(endpoint, "/v1/drift"), timeout)
+    return get_json(_url(endpoint, admin_path("/v1/drift")), timeout, token)
 
 
 def fetch_stats(
@@ -85,6 +113,7 @@ def fetch_stats(
     *,
     all_tests: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    token: str | None = None,
 ) -> dict[str, Any] | Unavailable:
     """Per-variant counts and outcomes (``GET /v1/stats``) of the app's current A/B test, of
     ``abtest`` when given, or of every (abtest, variant) with ``all_tests``."""
@@ -93,4 +122,4 @@ def fetch_stats(
         query["abtest"] = abtest
     if all_tests:
         query["all"] = "1"
-    return get_json(_url(endpoint, "/v1/stats", query), timeout)
+    return get_json(_url(endpoint, admin_path("/v1/stats"), query), timeout, token)

@@ -2,10 +2,10 @@
 
 Pure: no I/O, no clock. The caller (the Kopf handler on Kubernetes, the runner on the local
 platform) looks up the ModelDeployment, resolves the variants' aliases in MLflow, reads the
-router's cumulative counts (``GET <endpoint>/v1/stats?abtest=<name>``) and the other ABTests of
-the namespace; :func:`reconcile` returns the whole next status, the alias move to carry out (if
-any) and the events of the transitions. Same inputs, same plan: a restart, a repeated event or a
-timer tick with nothing new writes nothing.
+router's cumulative counts (``GET <endpoint>/admin/v1/stats?abtest=<name>``) and the other
+ABTests of the namespace; :func:`reconcile` returns the whole next status, the alias move to
+carry out (if any) and the events of the transitions. Same inputs, same plan: a restart, a
+repeated event or a timer tick with nothing new writes nothing.
 
 Everything a restarted operator needs is in ``status`` and in the router's cumulative counts:
 the frozen versions and effective weights (``status.variants[].version``/``.weight``), the
@@ -128,7 +128,7 @@ Phase = Literal["Pending", "Running", "Concluded", "Failed"]
 
 @dataclass(frozen=True)
 class VariantStats:
-    """One variant's cumulative numbers, as a row of the router's ``GET /v1/stats``.
+    """One variant's cumulative numbers, as a row of the router's ``GET /admin/v1/stats``.
 
     ``weight`` is the router's current weight for the variant, None when the router's current
     split is not this test's (the row is history).
@@ -189,10 +189,10 @@ class StatsUnavailable:
 def stats_from_response(
     payload: Mapping[str, Any], abtest: str
 ) -> tuple[VariantStats, ...] | StatsUnavailable:
-    """This test's rows of a ``GET /v1/stats`` answer (other tests' rows are left out)."""
+    """This test's rows of a ``GET /admin/v1/stats`` answer (other tests' rows are left out)."""
     rows = payload.get("variants")
     if not isinstance(rows, list):
-        return StatsUnavailable("the router's /v1/stats answer has no 'variants' list")
+        return StatsUnavailable("the router's /admin/v1/stats answer has no 'variants' list")
     try:
         return tuple(
             VariantStats.from_row(r)
@@ -200,7 +200,7 @@ def stats_from_response(
             if isinstance(r, Mapping) and r.get("abtest") == abtest
         )
     except (KeyError, TypeError, ValueError) as exc:
-        return StatsUnavailable(f"the router's /v1/stats answer is malformed: {exc!r}")
+        return StatsUnavailable(f"the router's /admin/v1/stats answer is malformed: {exc!r}")
 
 
 @dataclass(frozen=True)

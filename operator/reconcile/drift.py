@@ -1,7 +1,8 @@
 """Drift: the serving app's verdicts into ``status.drift``, a ``Drifted`` condition, and retrains.
 
-Pure: no I/O, no clock. The caller (the Kopf handler, the local runner) fetches ``GET /v1/drift``
-from the deployment's endpoint (:func:`mlplane.operator.platforms.serving_client.fetch_drift`)
+Pure: no I/O, no clock. The caller (the Kopf handler, the local runner) fetches ``GET
+/admin/v1/drift`` from the deployment's endpoint
+(:func:`mlplane.operator.platforms.serving_client.fetch_drift`)
 and lists the retraining TrainingJobs this ModelDeployment created
 (``builders.labels.retrain_selector``); :func:`reconcile_drift` returns the next status, the
 TrainingJob to create if any, and the events. Same inputs, same plan.
@@ -311,7 +312,7 @@ def reconcile_drift(
 
     ``status`` is the status being built (e.g. the ModelDeployment core's plan status); it is
     not changed: :attr:`DriftPlan.status` is a new one. ``report`` is the JSON of
-    ``GET /v1/drift``, an :class:`Unavailable`, or None when nothing serves yet (no endpoint).
+    ``GET /admin/v1/drift``, an :class:`Unavailable`, or None when nothing serves yet (no endpoint).
     ``retrains`` are the TrainingJobs labelled as this deployment's retrains.
     """
     s = _State(md, status, now)

@@ -183,6 +183,7 @@ def test_serve_config_is_the_mlplane_app():
     assert router["autoscaling_config"]["min_replicas"] == 1
     assert router["autoscaling_config"]["max_replicas"] == 4
     assert router["max_surge_percent"] == 1
+    assert router["max_queued_requests"] == 200  # twice the models': theirs trips first
     assert router["user_config"] == {
         "variants": [
             {
@@ -206,6 +207,7 @@ def test_serve_config_is_the_mlplane_app():
     assert model == {
         "name": "model-0",
         "max_ongoing_requests": 16,
+        "max_queued_requests": 100,
         "autoscaling_config": {
             "min_replicas": 1,
             "max_replicas": 4,
@@ -472,3 +474,31 @@ def test_a_feedback_token_secret_is_mounted_where_the_app_reads_it():
                     "readOnly": True} in container["volumeMounts"]  # fmt: skip
     assert AppSettings.parse(args).feedback_token_file == "/etc/mlplane/feedback-token/token"
     assert_valid(rayservice)
+
+
+def test_backpressure_bounds_the_model_and_router_queues_as_serve_reads_them():
+    """spec.maxQueuedRequests is each model deployment's max_queued_requests (the routers'
+    queue at the proxies is twice it, so the models' trips first); Serve's own schema accepts
+    the config."""
+    from ray.serve.schema import ServeDeploySchema
+
+    variants = [Variant("control", 3, 50), Variant("candidate", 4, 50)]
+    serve = _serve(_build(_md(maxQueuedRequests=7), variants=variants, abtest="ab"))
+    ServeDeploySchema.model_validate(serve)
+    deployments = {d["name"]: d for d in serve["applications"][0]["deployments"]}
+    assert deployments["model-0"]["max_queued_requests"] == 7
+    assert deployments["model-1"]["max_queued_requests"] == 7
+    assert deployments["router"]["max_queued_requests"] == 14
+    assert _deployments(_build())["model-0"]["max_queued_requests"] == 100  # the default
+    with pytest.raises(ValueError, match="maxQueuedRequests"):
+        _md(maxQueuedRequests=0)
+
+
+def test_the_scrape_token_hash_reaches_the_app_args():
+    digest = "ab" * 32
+    args = _serve(_build(config=replace(CONFIG, serving_scrape_token_sha256=digest)))[
+        "applications"
+    ][0]["args"]
+    assert args["scrape_token_sha256"] == digest
+    assert AppSettings.parse(args).scrape_token_sha256 == digest
+    assert "scrape_token_sha256" not in _serve(_build())["applications"][0]["args"]

@@ -34,6 +34,7 @@ STANDARD_KINDS = {
     "ClusterRole",
     "ClusterRoleBinding",
     "Deployment",
+    "Secret",
     "NetworkPolicy",
     "PodDisruptionBudget",
     "Role",
@@ -110,6 +111,25 @@ _ENDPOINT = {
         "scrapeTimeout": _DURATION,
         "honorLabels": {"type": "boolean"},
         "relabelings": {"type": "array", "items": _RELABELING},
+        # monitoring.coreos.com/v1 SafeAuthorization: a bearer token from a Secret key.
+        "authorization": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["credentials"],
+            "properties": {
+                "type": {"type": "string"},
+                "credentials": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "key"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "key": {"type": "string", "minLength": 1},
+                        "optional": {"type": "boolean"},
+                    },
+                },
+            },
+        },
     },
 }
 

@@ -17,6 +17,7 @@ its monitors on and plays the Prometheus Operator's part for the questions that 
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ from mlplane.operator.builders.access import build_network_policy
 from mlplane.operator.builders.rayjob import build_rayjob
 from mlplane.operator.builders.rayservice import build_rayservice
 from mlplane.operator.config import OperatorConfig
+from mlplane.serving.admin import admin_auth
+from mlplane.serving.config import AppSettings
+from mlplane.serving.deploy import serve_config_of
+from mlplane.serving.request_id import RequestIdSigner
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "crds" / "examples"
@@ -45,6 +50,9 @@ TARGET_LABELS = {"instance", "pod", "container", "endpoint", "service"}
 #: Exporters (``Metric.exporter``) and where they run on a cluster.
 OPERATOR_EXPORTERS = {"operator", "operator/runner"}
 SERVING_EXPORTERS = {"serving router", "drift tap"}
+#: Where each exporter answers: the serving app's metrics are an admin endpoint (the public
+#: /metrics is a 404; see test_the_serving_monitor_sends_the_token_the_apps_accept...).
+METRICS_PATH = dict.fromkeys(SERVING_EXPORTERS, "/admin/metrics")
 #: What KubeRay adds to the labels of the pods it makes from a head group's template.
 KUBERAY_HEAD_LABELS = {"ray.io/node-type": "head", "ray.io/is-ray-node": "yes"}
 #: A series selector: a contract or recorded series name (or ``up``), and its matchers if any.
@@ -68,7 +76,10 @@ def rendered() -> list[dict[str, Any]]:
 
 def _config(objects: list[dict[str, Any]]) -> OperatorConfig:
     (cm,) = [o for o in objects if o["kind"] == "ConfigMap" and "config" in o["metadata"]["name"]]
-    return OperatorConfig.from_env(cm["data"])
+    # The scrape token's file exists in the operator's pod only (its mounted Secret): see
+    # test_the_serving_monitor_sends_the_token_the_apps_accept_on_the_admin_path.
+    env = {k: v for k, v in cm["data"].items() if k != "MLPLANE_SERVING_SCRAPE_TOKEN_FILE"}
+    return OperatorConfig.from_env(env)
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -148,7 +159,8 @@ def _scrapes(objects: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], d
             for m in monitors
             if _selects(m["spec"]["selector"], labels) and _in_namespaces(m, namespace)
             for e in _endpoints(m)
-            if _port(e, containers) is not None and e.get("path", "/metrics") == "/metrics"
+            if _port(e, containers) is not None
+            and e.get("path", "/metrics") == METRICS_PATH.get(exporter, "/metrics")
             and (exporter in OPERATOR_EXPORTERS or e.get("port") == "serve")
         ]  # fmt: skip
         assert len(hits) == 1, (
@@ -257,3 +269,63 @@ def test_no_monitor_and_no_prometheus_peer_by_default():
     objects = template()
     assert not [o for o in objects if o["kind"] in ("PodMonitor", "ServiceMonitor")]
     assert _config(objects).prometheus_namespace is None
+
+
+def _secret_value(objects: list[dict[str, Any]], namespace: str, name: str, key: str) -> str:
+    (secret,) = [
+        o
+        for o in objects
+        if o["kind"] == "Secret" and o["metadata"]["name"] == name
+        and o["metadata"]["namespace"] == namespace
+    ]  # fmt: skip
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+@pytest.mark.parametrize("monitors_namespace", ["", PROMETHEUS_NS])
+def test_the_serving_monitor_sends_the_token_the_apps_accept_on_the_admin_path(
+    monitors_namespace: str, tmp_path: Path
+) -> None:
+    """The serving apps answer metrics only on /admin/metrics with a token (the public path is
+    a 404): the PodMonitor scrapes that path with the Secret's token, the operator reads the
+    same token from its copy of the Secret (mounted where its configuration says) and gives the
+    apps its hash, and an app built from that configuration lets exactly that token read the
+    metrics (and nothing else)."""
+    objects = template(
+        "--set", "servingMonitor.enabled=true",
+        "--set", f"servingMonitor.namespace={monitors_namespace}",
+        "--set", f"prometheus.namespace={PROMETHEUS_NS}",
+    )  # fmt: skip
+    (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"
+                  and o["metadata"]["name"].endswith("-serving")]  # fmt: skip
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("serve", "/admin/metrics")
+    assert endpoint["authorization"]["type"] == "Bearer"
+    credentials = endpoint["authorization"]["credentials"]
+    scraped_with = _secret_value(
+        objects, monitor["metadata"]["namespace"], credentials["name"], credentials["key"]
+    )
+    # The operator's pod: the Secret (in the release's namespace) mounted at the configured file.
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap" and "config" in o["metadata"]["name"]]
+    token_file = Path(cm["data"]["MLPLANE_SERVING_SCRAPE_TOKEN_FILE"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(token_file.parent)]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == token_file.name]
+    mounted = _secret_value(
+        objects, deployment["metadata"]["namespace"], volume["secret"]["secretName"], item["key"]
+    )
+    (tmp_path / "token").write_text(mounted)
+    config = OperatorConfig.from_env(
+        {**cm["data"], "MLPLANE_SERVING_SCRAPE_TOKEN_FILE": str(tmp_path / "token")}
+    )
+    md = parse(_example("modeldeployment-autoscaled-drift.yaml"))
+    rayservice = build_rayservice(md, 1, config, owner_uid="uid-1")
+    settings = AppSettings.parse(serve_config_of(rayservice)["applications"][0]["args"])
+    signer = RequestIdSigner(b"signing-key-signing-key-0123", settings.deployment)
+    auth = admin_auth(settings.deployment, signer, settings.scrape_token_sha256)
+    assert len(scraped_with) >= 32
+    assert auth.allows(scraped_with, metrics=True)
+    assert not auth.allows(scraped_with, metrics=False)  # stats, drift, models: the operator's
+    assert not auth.allows(scraped_with + "x", metrics=True)

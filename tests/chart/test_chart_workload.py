@@ -8,6 +8,8 @@ requests and limits, pod-level RuntimeDefault seccomp).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import pod_security
@@ -283,6 +285,7 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_PROMETHEUS_POD_LABELS": (
             "app.kubernetes.io/name=prometheus,prometheus=kube-prometheus-stack"
         ),
+        "MLPLANE_SERVING_SCRAPE_TOKEN_FILE": "/etc/mlplane/serving-scrape/token",
         "MLPLANE_CHECKPOINT_INTERVAL_MIN": "2m",
         "MLPLANE_CHECKPOINT_INTERVAL_MAX": "2h",
         "MLPLANE_GPU_PRICES": '{"*":{"OnDemand":3},"nvidia-l4":{"OnDemand":0.98,"Spot":0.35}}',
@@ -301,7 +304,7 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
 
 
 def test_the_operator_reads_the_rendered_config(
-    rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]]
+    rendered_default: list[dict[str, Any]], rendered_all: list[dict[str, Any]], tmp_path: Path
 ) -> None:
     """What the chart writes is what the operator's parser accepts, with the same meaning."""
     default = OperatorConfig.from_env(_config(rendered_default))
@@ -311,7 +314,14 @@ def test_the_operator_reads_the_rendered_config(
     assert default.serving_client_namespaces == ()
     assert (default.checkpoint_interval_min, default.checkpoint_interval_max) == (60.0, 14400.0)
     assert default.gpu_prices is None
-    full = OperatorConfig.from_env(_config(rendered_all))
+    assert default.serving_scrape_token_sha256 is None
+    # The scrape token's file is its Secret mounted in the operator's pod: a stand-in here.
+    (tmp_path / "token").write_text("scrape-token\n")
+    full_env = _config(rendered_all)
+    assert full_env["MLPLANE_SERVING_SCRAPE_TOKEN_FILE"] == "/etc/mlplane/serving-scrape/token"
+    full_env["MLPLANE_SERVING_SCRAPE_TOKEN_FILE"] = str(tmp_path / "token")
+    full = OperatorConfig.from_env(full_env)
+    assert full.serving_scrape_token_sha256 == hashlib.sha256(b"scrape-token").hexdigest()
     assert (full.checkpoint_interval_min, full.checkpoint_interval_max) == (120.0, 7200.0)
     assert full.gpu_price("nvidia-l4", "Spot") == 0.35
     assert full.gpu_price("nvidia-a100", "OnDemand") == 3.0

@@ -122,3 +122,20 @@ def test_price_table_with_a_fallback_accelerator():
     assert config.gpu_price(None, "OnDemand") == 2.0
     assert config.gpu_price("nvidia-h100", "Spot") is None
     assert config.price_currency == "EUR"
+
+
+def test_the_scrape_token_file_gives_the_apps_its_hash_or_stops_the_operator(tmp_path):
+    """MLPLANE_SERVING_SCRAPE_TOKEN_FILE (the chart mounts its Secret there): the apps get the
+    token's SHA-256; a named file that is missing or empty is refused at start, naming it."""
+    import hashlib
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    config = OperatorConfig.from_env({"MLPLANE_SERVING_SCRAPE_TOKEN_FILE": str(token)})
+    assert config.serving_scrape_token_sha256 == hashlib.sha256(b"s3cret-token").hexdigest()
+    assert OperatorConfig.from_env({}).serving_scrape_token_sha256 is None
+    for bad in (tmp_path / "missing", tmp_path / "empty"):
+        if bad.name == "empty":
+            bad.write_text("\n")
+        with pytest.raises(ValueError, match="MLPLANE_SERVING_SCRAPE_TOKEN_FILE"):
+            OperatorConfig.from_env({"MLPLANE_SERVING_SCRAPE_TOKEN_FILE": str(bad)})

@@ -1,5 +1,6 @@
-"""fetch_drift / fetch_stats against a stub serving router on 127.0.0.1: answers pass through,
-every failure comes back as Unavailable with the reason (never an exception)."""
+"""fetch_drift / fetch_stats against a stub serving router on 127.0.0.1: the admin paths with the
+deployment's admin token, answers pass through, every failure comes back as Unavailable with the
+reason (never an exception)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from mlplane.operator.platforms.serving_client import fetch_drift, fetch_stats
+from mlplane.operator.platforms.serving_client import (
+    deployment_admin_token,
+    fetch_drift,
+    fetch_stats,
+)
 from mlplane.operator.reconcile.drift import Unavailable
+from mlplane.serving.admin import admin_token
+
+TOKEN = deployment_admin_token("0123456789abcdef0123456789abcdef", "team", "churn")
 
 DRIFT = {"enabled": True, "status": "Ok", "referenceVersion": 3, "history": [],
          "consecutiveDriftedWindows": 0, "lastEvaluation": None}  # fmt: skip
@@ -26,6 +34,7 @@ class Router(BaseHTTPRequestHandler):
 
     release: threading.Event
     seen: list[str]
+    tokens: list[str | None]
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -40,20 +49,28 @@ class Router(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         self.seen.append(self.path)
-        if url.path == "/churn/v1/drift":
+        self.tokens.append(self.headers.get("authorization"))
+        if (
+            url.path.startswith("/churn/")
+            and self.headers.get("authorization") != f"Bearer {TOKEN}"
+        ):
+            self._send(
+                401, b'{"error":"/admin/v1/drift needs Authorization: Bearer <admin token>"}'
+            )
+        elif url.path == "/churn/admin/v1/drift":
             self._send(200, json.dumps(DRIFT).encode())
-        elif url.path == "/churn/v1/stats":
+        elif url.path == "/churn/admin/v1/stats":
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             self._send(200, json.dumps({"variants": [], "query": query}).encode())
-        elif url.path == "/down/v1/drift":
+        elif url.path == "/down/admin/v1/drift":
             self._send(503, b'{"error":"the monitor is unavailable, retry"}')
-        elif url.path == "/html/v1/drift":
+        elif url.path == "/html/admin/v1/drift":
             self._send(502, b"<html>bad gateway</html>", "text/html")
-        elif url.path == "/garbage/v1/drift":
+        elif url.path == "/garbage/admin/v1/drift":
             self._send(200, b"{not json")
-        elif url.path == "/list/v1/drift":
+        elif url.path == "/list/admin/v1/drift":
             self._send(200, b"[1, 2]")
-        elif url.path == "/slow/v1/drift":
+        elif url.path == "/slow/admin/v1/drift":
             self.release.wait(30)
             with contextlib.suppress(OSError):  # the client gave up: that is the test
                 self._send(200, b"{}")
@@ -63,7 +80,9 @@ class Router(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def router() -> Iterator[tuple[str, type[Router]]]:
-    handler = type("StubRouter", (Router,), {"release": threading.Event(), "seen": []})
+    handler = type(
+        "StubRouter", (Router,), {"release": threading.Event(), "seen": [], "tokens": []}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -79,17 +98,32 @@ def router() -> Iterator[tuple[str, type[Router]]]:
 
 def test_drift_report_under_a_route_prefix(router: tuple[str, type[Router]]) -> None:
     base, handler = router
-    assert fetch_drift(f"{base}/churn/", timeout=5) == DRIFT
-    assert handler.seen == ["/churn/v1/drift"]
+    assert fetch_drift(f"{base}/churn/", timeout=5, token=TOKEN) == DRIFT
+    assert handler.seen == ["/churn/admin/v1/drift"]
+    assert handler.tokens == [f"Bearer {TOKEN}"]
+
+
+def test_the_admin_token_is_the_apps(router: tuple[str, type[Router]]) -> None:
+    """The operator's token is the one the app derives from the same signing key (the text of
+    the Secret's ``current``, as the mounted file holds it), for that deployment only."""
+    key = "0123456789abcdef0123456789abcdef"
+    assert admin_token(key.encode(), "team/churn") == TOKEN
+    assert deployment_admin_token(key, "team", "other") != TOKEN
+    assert deployment_admin_token(None, "team", "churn") is None
+    base, handler = router
+    for token in (None, "wrong"):
+        answer = fetch_drift(f"{base}/churn", timeout=5, token=token)
+        assert isinstance(answer, Unavailable) and "HTTP 401" in answer.reason
+    assert handler.tokens == [None, "Bearer wrong"]
 
 
 def test_stats_query(router: tuple[str, type[Router]]) -> None:
     base, _ = router
-    answer = fetch_stats(f"{base}/churn", "ab-1", timeout=5)
+    answer = fetch_stats(f"{base}/churn", "ab-1", timeout=5, token=TOKEN)
     assert isinstance(answer, dict) and answer["query"] == {"abtest": "ab-1"}
-    answer = fetch_stats(f"{base}/churn", None, timeout=5)
+    answer = fetch_stats(f"{base}/churn", None, timeout=5, token=TOKEN)
     assert isinstance(answer, dict) and answer["query"] == {}
-    answer = fetch_stats(f"{base}/churn", all_tests=True, timeout=5)
+    answer = fetch_stats(f"{base}/churn", all_tests=True, timeout=5, token=TOKEN)
     assert isinstance(answer, dict) and answer["query"] == {"all": "1"}
 
 
@@ -109,7 +143,7 @@ def test_bad_answers_are_unavailable(
     base, _ = router
     answer = fetch_drift(base + prefix, timeout=5)
     assert isinstance(answer, Unavailable)
-    assert expected in answer.reason and f"{prefix}/v1/drift" in answer.reason
+    assert expected in answer.reason and f"{prefix}/admin/v1/drift" in answer.reason
 
 
 def test_timeout_is_unavailable(router: tuple[str, type[Router]]) -> None:

@@ -174,6 +174,22 @@ def test_deployment_becomes_ready_and_predicts(platform: LocalPlatform, deployed
     # Bad input is the caller's problem, named, never a 500.
     code, answer = post(deployed["endpoint"] + "/v1/predict", {"records": [{"tenure": 1.0}]})
     assert code == 422 and "spend" in json.dumps(answer)
+    # The admin endpoints are off the public path; a client without the token gets nothing.
+    for path in ("/v1/stats", "/v1/models", "/v1/drift", "/metrics"):
+        assert _get_status(deployed["endpoint"] + path) == 404, path
+        assert _get_status(deployed["endpoint"] + "/admin" + path) == 401, path
+    token = LocalServing(platform).admin_token("default", "churn")
+    admin = f"{deployed['endpoint']}/admin/v1/models"
+    assert _get_status(admin, {"Authorization": f"Bearer {token}"}) == 200
+
+
+def _get_status(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=30) as response:  # fmt: skip
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def test_get_md_shows_the_endpoint(platform: LocalPlatform, deployed: dict) -> None:

@@ -589,3 +589,21 @@ def events_for(
         if same and (type_ is None or event.get("type") == type_):
             found.append(event)
     return found
+
+
+def admin_tokens(emulator: Emulator, namespace: str) -> set[str]:
+    """The admin tokens the serving apps in ``namespace`` accept: each derived from the key of
+    the signing Secret the operator made for its ModelDeployment (what the replicas mount), as
+    :mod:`mlplane.serving.admin` derives it. For stub routers that answer as the app does."""
+    import base64
+
+    from mlplane.serving.admin import admin_token
+
+    tokens = set()
+    for secret in emulator.list_objects("v1/secrets", namespace):
+        name = secret["metadata"]["name"]
+        if name.endswith("-request-signing") and "current" in (secret.get("data") or {}):
+            current = base64.b64decode(secret["data"]["current"]).decode().strip()
+            md_name = name.removesuffix("-request-signing")
+            tokens.add(admin_token(current.encode(), f"{namespace}/{md_name}"))
+    return tokens

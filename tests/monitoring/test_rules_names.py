@@ -16,6 +16,7 @@ def test_the_brief_names_exactly():
         "mlplane_requests_total",
         "mlplane_request_duration_seconds",
         "mlplane_requests_slow_total",
+        "mlplane_requests_shed_total",
         "mlplane_abtest_requests_total",
         "mlplane_abtest_errors_total",
         "mlplane_abtest_outcomes_total",

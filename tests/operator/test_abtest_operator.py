@@ -1,7 +1,8 @@
 """ABTest through the real Kopf operator against the in-memory API server, with a real MLflow
 registry (SQLite): the test plays KubeRay (RayService status) and the deployment's router — a
 stub ``GET /v1/stats`` on 127.0.0.1 that ``MLPLANE_ABTEST_STATS_URL`` points the operator at,
-answering the cumulative per-variant counts the test sets.
+answering the cumulative per-variant counts the test sets, only on the admin path and only with the
+admin token derived from the deployment's signing Secret (as the serving app does).
 
 Covers what issue 6 asks of the operator: the split reaches the ModelDeployment's RayService
 (the router's ``user_config`` carries the variants); a promotion moves the MLflow alias and the
@@ -22,7 +23,15 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from k8s.harness import create, events_for, run_operator, run_operator_process, stored, wait_for
+from k8s.harness import (
+    admin_tokens,
+    create,
+    events_for,
+    run_operator,
+    run_operator_process,
+    stored,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 
 from mlplane.operator import conditions
@@ -59,11 +68,13 @@ def mlflow_uri(tmp_path_factory) -> Iterator[str]:
 
 
 class Router:
-    """The deployment's router as far as the operator reads it: ``GET /v1/stats``."""
+    """The deployment's router as far as the operator reads it: ``GET /admin/v1/stats`` with
+    the deployment's admin token (401 otherwise, as the app answers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected_tokens: Any = None) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.reads: list[str] = []
+        self.refused = 0
         router = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,8 +82,14 @@ class Router:
                 url = urlparse(self.path)
                 abtest = parse_qs(url.query).get("abtest", [""])[-1]
                 router.reads.append(abtest)
-                if url.path != "/v1/stats":
+                if url.path != "/admin/v1/stats":
                     self.send_error(404)
+                    return
+                given = self.headers.get("authorization") or ""
+                accepted = expected_tokens() if expected_tokens else set()
+                if given.removeprefix("Bearer ") not in accepted:
+                    router.refused += 1
+                    self.send_error(401)
                     return
                 body = json.dumps({"since": 1.0, "abtests": sorted(router.rows),
                                    "variants": router.rows.get(abtest, [])}).encode()  # fmt: skip
@@ -100,8 +117,8 @@ class Router:
 
 
 @pytest.fixture
-def router(monkeypatch) -> Iterator[Router]:
-    stub = Router()
+def router(monkeypatch, emulator) -> Iterator[Router]:
+    stub = Router(lambda: admin_tokens(emulator, NAMESPACE))
     stub.thread.start()
     monkeypatch.setenv("MLPLANE_ABTEST_STATS_URL", stub.url)
     monkeypatch.setenv("MLPLANE_ABTEST_INTERVAL", "1")

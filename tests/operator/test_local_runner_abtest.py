@@ -21,6 +21,7 @@ from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.store import Store
 from mlplane.operator.registry import RegistryError, ResolvedModel
 from mlplane.operator.runner import Runner
+from mlplane.serving.admin import admin_token
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 CONFIG = OperatorConfig(mlflow_tracking_uri="http://127.0.0.1:5000")
@@ -117,8 +118,14 @@ class Platform:
 def world(store: Store, monkeypatch: pytest.MonkeyPatch) -> tuple[Registry, dict]:
     registry = Registry(store)
     router: dict[str, Any] = {"variants": rows((0, 0, 0), (0, 0, 0))}
-    monkeypatch.setattr(runner_module, "fetch_stats",
-                        lambda endpoint, abtest: copy.deepcopy(router))  # fmt: skip
+    tokens: list[str | None] = []
+
+    def fetch_stats(endpoint: str, abtest: str, token: str | None = None) -> dict[str, Any]:
+        tokens.append(token)  # the admin token the runner sends (checked below)
+        return copy.deepcopy({k: v for k, v in router.items() if k != "tokens"})
+
+    router["tokens"] = tokens
+    monkeypatch.setattr(runner_module, "fetch_stats", fetch_stats)
     monkeypatch.setattr(runner_module, "resolve_model",
                         lambda registry, ref: registry.resolve(MODEL, alias=ref.alias))  # fmt: skip
     return registry, router
@@ -206,3 +213,10 @@ def test_a_deployment_split_by_an_abtest_is_deployed_with_the_split(tmp_path, st
     assert router_config["abtest"] == "ab"
     assert [(v["name"], v["version"], v["weight"]) for v in router_config["variants"]] == [
         ("control", 1, 50), ("candidate", 2, 50)]  # fmt: skip
+    # Once the deployment's key folder exists, the stats are read with its admin token: the
+    # one the app derives from the same key (mlplane.serving.admin).
+    _, keys = runner.serving.signing.read("team", "churn")
+    assert keys is not None
+    expected = admin_token(keys.current.encode(), "team/churn")
+    platform.step(NOW + timedelta(minutes=1))
+    assert router["tokens"][-1] == expected

@@ -249,3 +249,48 @@ def test_a_feedback_token_secret_is_a_file_under_the_state_dir(serving: LocalSer
     assert args["feedback_token_file"] == str(expected)
     plain = serving.app_config(desired(1))["applications"][0]["args"]
     assert "feedback_token_file" not in plain
+
+
+def test_local_prometheus_scrapes_the_admin_path_with_the_token_the_apps_accept(
+    serving: LocalServing,
+) -> None:
+    """The apps' metrics are an admin endpoint: this machine's Prometheus scrapes
+    ``<prefix>/admin/metrics`` with its scrape token (a 0600 file made once), every app gets
+    the token's hash, and an app built from that config lets that token read only /metrics.
+    The operator's own token (stats, drift) is derived from the deployment's key folder."""
+    import hashlib
+    import stat
+
+    from mlplane.operator.builders.signing import SigningKeys
+    from mlplane.serving.admin import admin_auth, admin_token
+    from mlplane.serving.config import AppSettings
+    from mlplane.serving.request_id import KeyFiles, RequestIdSigner
+
+    platform = serving.platform
+    platform._prometheus_command("prometheus")
+    token = platform.scrape_token()
+    assert token and len(token) >= 32
+    assert stat.S_IMODE(platform.scrape_token_file.stat().st_mode) == 0o600
+    platform._prometheus_command("prometheus")
+    assert platform.scrape_token() == token  # made once, kept
+    config = yaml.safe_load((platform.prometheus_dir / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mlplane-serving"]
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": str(platform.scrape_token_file),
+    }
+    platform.write_serving_targets({"team/churn": serving.endpoint("team", "churn")})
+    targets = yaml.safe_load(platform.serving_targets_file.read_text())
+    assert targets[0]["labels"]["__metrics_path__"] == "/team/churn/admin/metrics"
+
+    serving.signing.write("team", "churn", UID, SigningKeys("k" * 64))
+    args = serving.app_config(desired(1))["applications"][0]["args"]
+    settings = AppSettings.parse(args)
+    assert settings.scrape_token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    signer = RequestIdSigner(KeyFiles(args["signing_keys"]), settings.deployment)
+    auth = admin_auth(settings.deployment, signer, settings.scrape_token_sha256)
+    assert auth.allows(token, metrics=True) and not auth.allows(token)
+    operator_token = serving.admin_token("team", "churn")
+    assert operator_token == admin_token(b"k" * 64, "team/churn")
+    assert auth.allows(operator_token) and auth.allows(operator_token, metrics=True)
+    assert serving.admin_token("team", "nobody") is None

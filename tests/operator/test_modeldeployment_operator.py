@@ -22,7 +22,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from k8s.harness import create, events_for, run_operator_process, stored, wait_for
+from k8s.harness import admin_tokens, create, events_for, run_operator_process, stored, wait_for
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
@@ -463,18 +463,25 @@ HOUR = 3600.0
 
 
 class DriftStub:
-    """``GET /v1/drift`` of the serving app on 127.0.0.1, shaped like ``DriftTap.report()``."""
+    """``GET /admin/v1/drift`` of the serving app on 127.0.0.1, shaped like
+    ``DriftTap.report()``; 401 without one of the ``tokens()`` (as the app answers)."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, tokens: Any = None) -> None:
         self.version = version
         self.history: list[dict[str, Any]] = []
         self.reads = 0
+        self.refused = 0
         stub = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/v1/drift":
+                if self.path.split("?")[0] != "/admin/v1/drift":
                     self.send_error(404)
+                    return
+                given = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+                if given not in (tokens() if tokens else set()):
+                    stub.refused += 1
+                    self.send_error(401)
                     return
                 stub.reads += 1
                 body = json.dumps(stub.report()).encode()
@@ -548,7 +555,7 @@ def retrain_jobs(emulator) -> list[dict[str, Any]]:
 
 
 async def test_drift_fills_status_and_retrains_once(emulator, kubeconfig, mlflow_uri, monkeypatch):
-    stub = DriftStub(version=1)
+    stub = DriftStub(version=1, tokens=lambda: admin_tokens(emulator, NAMESPACE))
     monkeypatch.setenv("MLPLANE_SERVING_URL", stub.url)
     set_alias(mlflow_uri, "drift", 1)
     try:

@@ -16,8 +16,9 @@ import random
 from pathlib import Path
 
 import pytest
-from test_router_core import ARGS, KEY, Clock, Models, Monitor, body_of, split
+from test_router_core import ADMIN, ARGS, KEY, Clock, Models, Monitor, body_of, split
 
+from mlplane.serving.admin import admin_auth
 from mlplane.serving.config import AppSettings
 from mlplane.serving.feedback import FeedbackToken
 from mlplane.serving.request_id import RequestIdSigner
@@ -27,9 +28,10 @@ from mlplane.serving.router import RouterCore
 def make_router(clock: Clock, token: FeedbackToken | None = None, **args: object) -> RouterCore:
     settings = AppSettings.parse({**ARGS, **args})
     models = Models()
+    signer = RequestIdSigner(KEY, settings.deployment)
     core = RouterCore(
         settings,
-        RequestIdSigner(KEY, settings.deployment),
+        signer,
         models.predict,
         models.info,
         Monitor(settings, clock),
@@ -37,6 +39,7 @@ def make_router(clock: Clock, token: FeedbackToken | None = None, **args: object
         rng=random.Random(1),
         clock=clock,
         feedback_token=token,
+        admin=admin_auth(settings.deployment, signer),
     )
     core.configure(split())
     core.fake_models = models  # type: ignore[attr-defined]
@@ -70,7 +73,11 @@ async def feedback(router, request_id, outcome=1, headers=None):
 
 async def outcomes(router) -> dict[str, tuple[int, float]]:
     await router.flush()
-    stats = (await router.handle("GET", "/v1/stats", "", {}, body_of(b""))).json()
+    stats = (
+        await router.handle(
+            "GET", "/admin/v1/stats", "", {"authorization": f"Bearer {ADMIN}"}, body_of(b"")
+        )
+    ).json()
     return {r["variant"]: (r["outcomes"], r["outcomeSum"]) for r in stats["variants"]}
 
 
@@ -236,7 +243,11 @@ async def test_1e308_and_1e200_outcomes_never_overflow_the_sums(router):
         answer = await feedback(router, request_id, outcome=value)
         assert answer.status == (200 if value == 1e12 else 400), value
     await router.flush()
-    stats = (await router.handle("GET", "/v1/stats", "", {}, body_of(b""))).json()
+    stats = (
+        await router.handle(
+            "GET", "/admin/v1/stats", "", {"authorization": f"Bearer {ADMIN}"}, body_of(b"")
+        )
+    ).json()
     sums = [(r["outcomeSum"], r["outcomeSumSquares"]) for r in stats["variants"]]
     assert (1e12, 1e24) in sums
     assert all(isinstance(s, float) and isinstance(q, float) for s, q in sums)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlplane.monitoring.profile import build_profile
+from mlplane.serving.admin import admin_auth, admin_token, scrape_token_sha256
 from mlplane.serving.config import AppSettings, ConfigError
 from mlplane.serving.monitor import MonitorCore
 from mlplane.serving.request_id import RequestIdSigner
@@ -25,6 +26,9 @@ ARGS = {
               "window_s": 10.0, "min_samples": 50},
 }  # fmt: skip
 KEY = b"test-key-test-key-test-key"
+#: What the operator sends (derived from the signing key it keeps) and what Prometheus sends.
+ADMIN = admin_token(KEY, "ml-team/churn")
+SCRAPE = "scrape-token-of-the-installation"
 
 
 def split(weights=(50, 50), header="x-user-id", abtest="ab1", versions=(3, 4), objective=None):
@@ -117,15 +121,17 @@ def router(clock):
     settings = AppSettings.parse(ARGS)
     models = Models()
     monitor = Monitor(settings, clock)
+    signer = RequestIdSigner(KEY, settings.deployment)
     core = RouterCore(
         settings,
-        RequestIdSigner(KEY, settings.deployment),
+        signer,
         models.predict,
         models.info,
         monitor,
         router_id="router-a",
         rng=random.Random(1),
         clock=clock,
+        admin=admin_auth(settings.deployment, signer, scrape_token_sha256(SCRAPE)),
     )
     core.configure(split())
     core.fake_models, core.test_monitor = models, monitor
@@ -145,6 +151,12 @@ def body_of(data) -> object:
 
 async def call(router, method, path, data=b"", headers=None, query=""):
     return await router.handle(method, path, query, headers or {}, body_of(data))
+
+
+async def admin(router, path, token=ADMIN, query=""):
+    """An admin call (``/admin`` + path) as the operator makes it."""
+    return await call(router, "GET", "/admin" + path, headers={"authorization": f"Bearer {token}"},
+                      query=query)  # fmt: skip
 
 
 async def predict(router, user=None, xs=(1.0,)):
@@ -216,7 +228,7 @@ async def test_routes_and_methods(router):
     assert (wrong.status, wrong.headers["allow"]) == (405, "POST")
     health = await call(router, "GET", "/healthz/")
     assert health.json()["variants"] == ["control", "candidate"]
-    models = (await call(router, "GET", "/v1/models")).json()
+    models = (await admin(router, "/v1/models")).json()
     summary = [(v["name"], v["weight"], v["servedVersion"], v["ready"]) for v in models["variants"]]
     assert summary == [("control", 50, 3, True), ("candidate", 50, 4, True)]
     assert models["bucketingHeader"] == "x-user-id"
@@ -226,7 +238,7 @@ async def test_an_invalid_reconfigure_keeps_the_split(router):
     router.configure(split(weights=(50, 40)))
     assert router.config_error and "sum to 100" in router.config_error
     assert [v.weight for v in router.config.variants] == [50, 50]
-    assert (await call(router, "GET", "/v1/models")).json()["configError"]
+    assert (await admin(router, "/v1/models")).json()["configError"]
     fresh = RouterCore(router.settings, router.signer, None, None, None)
     with pytest.raises(ConfigError):
         fresh.configure(split(weights=(50, 40)))
@@ -250,7 +262,7 @@ async def test_feedback_is_counted_once_for_the_variant_that_served(router, cloc
     assert (first.json()["variant"], first.json()["abtest"]) == (served["variant"], "ab1")
     again = await feedback(router, served["requestId"])
     assert again.status == 409 and again.json()["status_detail"] == "duplicate"
-    stats = (await call(router, "GET", "/v1/stats")).json()
+    stats = (await admin(router, "/v1/stats")).json()
     rows = {r["variant"]: r for r in stats["variants"]}
     assert rows[served["variant"]]["outcomes"] == 1
     assert sum(r["outcomes"] for r in stats["variants"]) == 1
@@ -291,10 +303,10 @@ async def test_counts_ship_exactly_once_despite_lost_acks_and_outages(router):
     monitor.down = False
     await router.flush()
     await router.flush()
-    stats = (await call(router, "GET", "/v1/stats")).json()
+    stats = (await admin(router, "/v1/stats")).json()
     assert sum(r["requests"] for r in stats["variants"]) == 18
     assert {r["weight"] for r in stats["variants"]} == {50}
-    text = (await call(router, "GET", "/metrics")).body.decode()
+    text = (await admin(router, "/metrics")).body.decode()
     total = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -309,13 +321,135 @@ async def test_drift_rows_reach_the_tap_with_their_times(router, clock):
     for k in range(30):
         await predict(router, f"u{k}", tuple(rng.normal(2.0, 1, 5)))  # shifted by 2 sd
     await router.flush()
-    report = (await call(router, "GET", "/v1/drift")).json()
+    report = (await admin(router, "/v1/drift")).json()
     assert report["referenceVersion"] == 3  # the control's version
     assert report["currentWindow"]["rows"] == 150
     clock.t += 20
     await predict(router, "late", (0.0,))
     await router.flush()
-    report = (await call(router, "GET", "/v1/drift")).json()
+    report = (await admin(router, "/v1/drift")).json()
     last = report["lastEvaluation"]
     assert (last["rows"], last["drifted"]) == (150, ["x"])
     assert report["consecutiveDriftedWindows"] == 1
+
+
+# --- admin endpoints off the public path -----------------------------------------------------
+
+ADMIN_ENDPOINTS = ("/v1/stats", "/v1/models", "/v1/drift", "/metrics")
+
+
+@pytest.mark.parametrize("path", ADMIN_ENDPOINTS)
+async def test_the_public_path_refuses_admin_endpoints_even_with_the_token(router, path):
+    for headers in ({}, {"authorization": f"Bearer {ADMIN}"}):
+        answer = await call(router, "GET", path, headers=headers)
+        assert answer.status == 404, (path, headers)
+        assert "no route" in answer.json()["error"]
+        assert b"variants" not in answer.body and b"mlplane_" not in answer.body
+
+
+@pytest.mark.parametrize("path", ADMIN_ENDPOINTS)
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer",
+        "Bearer wrong-token",
+        f"Basic {ADMIN}",
+        # The token of another deployment under the same key, and of this one under another key.
+        f"Bearer {admin_token(KEY, 'ml-team/other')}",
+        f"Bearer {admin_token(b'another-key-another-key', 'ml-team/churn')}",
+        f"Bearer {ADMIN}x",
+    ],
+)
+async def test_admin_without_or_with_a_wrong_token_is_401(router, path, authorization):
+    headers = {} if authorization is None else {"authorization": authorization}
+    answer = await call(router, "GET", "/admin" + path, headers=headers)
+    assert answer.status == 401
+    assert answer.headers["www-authenticate"] == 'Bearer realm="mlplane-admin"'
+    assert "Authorization: Bearer <admin token>" in answer.json()["error"]
+    assert b"variants" not in answer.body and b"mlplane_" not in answer.body
+
+
+async def test_the_admin_token_opens_every_admin_endpoint(router):
+    await predict(router, "u1")
+    await router.flush()
+    assert (await admin(router, "/v1/models")).json()["deployment"] == "ml-team/churn"
+    assert sum(r["requests"] for r in (await admin(router, "/v1/stats")).json()["variants"]) == 1
+    assert "currentWindow" in (await admin(router, "/v1/drift")).json()
+    metrics = await admin(router, "/metrics")
+    assert metrics.status == 200 and b"mlplane_requests_total{" in metrics.body
+    assert (await admin(router, "/nope")).status == 404
+    wrong_method = await call(router, "POST", "/admin/v1/stats",
+                              headers={"authorization": f"Bearer {ADMIN}"})  # fmt: skip
+    assert (wrong_method.status, wrong_method.headers["allow"]) == (405, "GET")
+
+
+async def test_the_scrape_token_opens_only_the_metrics(router):
+    assert (await admin(router, "/metrics", token=SCRAPE)).status == 200
+    for path in ("/v1/stats", "/v1/models", "/v1/drift"):
+        assert (await admin(router, path, token=SCRAPE)).status == 401
+    plain = RouterCore(router.settings, router.signer, None, None, router.test_monitor,
+                       admin=admin_auth("ml-team/churn", router.signer))  # fmt: skip
+    assert (await admin(plain, "/metrics", token=SCRAPE)).status == 401  # no scrape hash given
+
+
+async def test_no_admin_check_means_no_admin_access(router):
+    bare = RouterCore(router.settings, router.signer, None, None, router.test_monitor)
+    assert (await admin(bare, "/v1/stats")).status == 401
+
+
+async def test_admin_tokens_of_a_rotation_are_accepted(tmp_path, router):
+    """The operator derives from ``current``; a replica accepts current, next and previous, and
+    rereads its key files when a token does not match (a rotation it has not seen yet)."""
+    from mlplane.serving.request_id import KeyFiles
+
+    old, new = b"old-key-old-key-old-key", b"new-key-new-key-new-key"
+    (tmp_path / "current").write_bytes(old)
+    files = KeyFiles(tmp_path, recheck_s=3600)  # no periodic reread: only the forced one
+    signer = RequestIdSigner(files, "ml-team/churn")
+    core = RouterCore(router.settings, signer, None, None, router.test_monitor,
+                      admin=admin_auth("ml-team/churn", signer))  # fmt: skip
+    core.configure(split())
+    assert (await admin(core, "/v1/stats", token=admin_token(old, "ml-team/churn"))).status == 200
+    assert (await admin(core, "/v1/stats", token=admin_token(new, "ml-team/churn"))).status == 401
+    (tmp_path / "next").write_bytes(new)  # staged: the operator may already derive from it
+    assert (await admin(core, "/v1/stats", token=admin_token(new, "ml-team/churn"))).status == 200
+    (tmp_path / "current").write_bytes(new)
+    (tmp_path / "previous").write_bytes(old)
+    (tmp_path / "next").unlink()
+    assert (await admin(core, "/v1/stats", token=admin_token(old, "ml-team/churn"))).status == 200
+
+
+# --- backpressure ------------------------------------------------------------------------------
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
+async def test_overload_is_503_with_retry_after_and_counted(router):
+    await predict(router, "u1")  # served: the series exist at 0 before any overload
+    router.fake_models.raise_ = ModelUnavailable(503, "the model is overloaded, retry",
+                                                 overloaded=True)  # fmt: skip
+    for user in ("u1", "u1", "u1"):
+        answer = await predict(router, user)
+        assert (answer.status, answer.headers["retry-after"]) == (503, "1")
+        assert "overloaded" in answer.json()["error"] and "requestId" not in answer.json()
+    # A replica that died under the request is a 503 too, but not shed for overload.
+    router.fake_models.raise_ = ModelUnavailable(503, "the model is unavailable: died")
+    assert (await predict(router, "u1")).status == 503
+    await router.flush()
+    text = (await admin(router, "/metrics")).body.decode()
+    shed = _samples(text, "mlplane_requests_shed_total")
+    variant = (await predict(router, "u1")).json()["variant"]  # the variant u1 meets
+    version = 3 if variant == "control" else 4
+    labels = (f'mlplane_requests_shed_total{{deployment="churn",namespace="ml-team",'
+              f'variant="{variant}",version="{version}"}}')  # fmt: skip
+    assert shed[labels] == 3
+    assert sum(shed.values()) == 3  # the other variant's series exists, at 0
+    errors = _samples(text, "mlplane_requests_total")
+    assert sum(v for k, v in errors.items() if 'code="5xx"' in k) == 4

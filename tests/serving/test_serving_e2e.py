@@ -38,6 +38,7 @@ from mlplane.operator.builders.signing import SigningKeys
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.platforms.local_signing import LocalSigningKeys
 from mlplane.operator.registry import process_uris
+from mlplane.serving.admin import admin_token
 from mlplane.serving.deploy import (
     get_applications,
     local_serve_config,
@@ -310,8 +311,16 @@ class App:
         wait_for(self.ready, 120, "every variant to serve its configured version")
 
     def ready(self) -> bool:
-        answer = http("GET", f"{self.base}/v1/models")
+        answer = self.admin("/v1/models")
         return answer.status == 200 and all(v["ready"] for v in answer.json()["variants"])
+
+    def admin(self, path: str) -> Answer:
+        """An admin endpoint, as the operator reads it: ``/admin`` + path with the admin
+        token derived from the deployment's signing key."""
+        _, keys = self.keys.read("e2e", "churn")
+        assert keys is not None
+        token = admin_token(keys.current.encode(), "e2e/churn")
+        return http("GET", f"{self.base}/admin{path}", headers={"authorization": f"Bearer {token}"})
 
     def predict(self, rows, headers=None) -> Answer:
         return http("POST", f"{self.base}/v1/predict", {"records": rows}, headers)
@@ -355,8 +364,12 @@ def test_predict_answers_with_version_variant_and_request_id(app):
     assert split.json()["predictions"] == columnar.json()["predictions"] == body["predictions"]
     health = http("GET", f"{app.base}/healthz")
     assert (health.status, health.json()["status"]) == (200, "ok")
-    (variant,) = http("GET", f"{app.base}/v1/models").json()["variants"]
+    (variant,) = app.admin("/v1/models").json()["variants"]
     assert (variant["name"], variant["version"], variant["servedVersion"]) == ("primary", 1, 1)
+    # The admin endpoints are off the public path, and refuse a caller without the token.
+    for path in ("/v1/models", "/v1/stats", "/v1/drift", "/metrics"):
+        assert http("GET", f"{app.base}{path}").status == 404, path
+        assert http("GET", f"{app.base}/admin{path}").status == 401, path
 
 
 @pytest.mark.parametrize(
@@ -390,7 +403,7 @@ def test_malformed_and_oversized_bodies(app):
 
 
 def test_version_change_is_in_place_with_zero_failed_requests(app):
-    before = http("GET", f"{app.base}/v1/models").json()["variants"][0]["replica"]
+    before = app.admin("/v1/models").json()["variants"][0]["replica"]
     config = app.serve_config(2)
     with Traffic(app) as traffic:
         put_applications(app.dashboard, config)
@@ -405,7 +418,7 @@ def test_version_change_is_in_place_with_zero_failed_requests(app):
     assert versions[0] == 1 and versions[-1] == 2
     assert set(versions) == {1, 2}
     wait_running(app.dashboard, config, timeout=60)
-    after = http("GET", f"{app.base}/v1/models").json()["variants"][0]
+    after = app.admin("/v1/models").json()["variants"][0]
     assert (after["servedVersion"], after["replica"]) == (2, before), "replica was restarted"
 
 
@@ -455,7 +468,7 @@ def ab(app):
         app.deploy(config)
     app.redeploy_traffic = traffic
     # Counts from here on: wait until the redeploy traffic has been shipped to the monitor.
-    app.baseline = wait_for(lambda: stable_scrape(app.base), 60, "settled counters")
+    app.baseline = wait_for(lambda: stable_scrape(app), 60, "settled counters")
     app.sent = 0
     return app
 
@@ -486,14 +499,14 @@ def test_ab_split_is_sticky_and_a_weight_change_restarts_nothing(ab):
     anonymous = {_predict_counted(ab, seed=k).json()["variant"] for k in range(30)}
     assert anonymous == {"control", "candidate"}
 
-    models = http("GET", f"{ab.base}/v1/models").json()
+    models = ab.admin("/v1/models").json()
     replicas = {v["name"]: v["replica"] for v in models["variants"]}
     config = ab.serve_config(
         2, ab.ab_variants((30, 70)), bucketing_header="x-user-id", abtest="ab-e2e"
     )
     put_applications(ab.dashboard, config)
     wait_running(ab.dashboard, config, timeout=DEPLOY_TIMEOUT)
-    models = http("GET", f"{ab.base}/v1/models").json()
+    models = ab.admin("/v1/models").json()
     assert [v["weight"] for v in models["variants"]] == [30, 70]
     assert {v["name"]: v["replica"] for v in models["variants"]} == replicas
     after = {
@@ -517,15 +530,15 @@ def test_feedback_is_counted_once_for_the_serving_variant(ab):
     assert http("POST", url, {"requestId": forged, "outcome": 1}).status == 404
     bad = http("POST", url, {"requestId": request_id, "outcome": "yes"})
     assert bad.status == 400 and "'outcome'" in bad.json()["error"]
-    stats = http("GET", f"{ab.base}/v1/stats").json()
+    stats = ab.admin("/v1/stats").json()
     by_variant = {row["variant"]: row for row in stats["variants"]}
     assert by_variant[variant]["outcomes"] == 1
     assert by_variant[variant]["outcomeSum"] == 1.0
     assert sum(row["outcomes"] for row in stats["variants"]) == 1
 
 
-def _scrape(base: str) -> dict[tuple[str, tuple], float]:
-    text = http("GET", f"{base}/metrics").body.decode()
+def _scrape(app: App) -> dict[tuple[str, tuple], float]:
+    text = app.admin("/metrics").body.decode()
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -533,11 +546,11 @@ def _scrape(base: str) -> dict[tuple[str, tuple], float]:
     return out
 
 
-def stable_scrape(base: str):
+def stable_scrape(app: App):
     """A scrape whose request total did not move over two flush intervals (else None)."""
-    first = _scrape(base)
+    first = _scrape(app)
     time.sleep(1.2)  # the routers ship counts every 0.5 s
-    second = _scrape(base)
+    second = _scrape(app)
     same = _total(first, "mlplane_requests_total") == _total(second, "mlplane_requests_total")
     return second if same else None
 
@@ -558,7 +571,7 @@ def test_metrics_and_stats_count_every_request_once(ab):
         return _total(samples, name, **labels) - _total(ab.baseline, name, **labels)
 
     def counted():
-        samples = _scrape(ab.base)
+        samples = _scrape(ab)
         return samples if new(samples, "mlplane_requests_total") == ab.sent else None
 
     samples = wait_for(counted, 30, f"{ab.sent} more requests in mlplane_requests_total")
@@ -569,7 +582,7 @@ def test_metrics_and_stats_count_every_request_once(ab):
     assert new(samples, "mlplane_abtest_requests_total", abtest="ab-e2e") == ab.sent
     assert new(samples, "mlplane_abtest_outcomes_total", abtest="ab-e2e") == 1
     assert _total(samples, "mlplane_abtest_errors_total", abtest="ab-e2e") == 0
-    stats = http("GET", f"{ab.base}/v1/stats").json()
+    stats = ab.admin("/v1/stats").json()
     assert sum(row["requests"] for row in stats["variants"]) == _total(
         samples, "mlplane_abtest_requests_total", abtest="ab-e2e"
     )
@@ -583,7 +596,7 @@ def test_drift_tap_evaluates_windows_against_the_reference(ab):
     def evaluated():
         for k in range(10):
             ab.predict(rows(5, seed=1000 + k, shift=1.0))
-        report = http("GET", f"{ab.base}/v1/drift").json()
+        report = ab.admin("/v1/drift").json()
         last = report["lastEvaluation"]
         # A window holding only shifted traffic (earlier ones mix in the tests above).
         fresh = last is not None and last["windowStart"] >= shifted_from
@@ -593,7 +606,7 @@ def test_drift_tap_evaluates_windows_against_the_reference(ab):
     assert report["status"] == "Ok"
     assert report["referenceVersion"] == 2
     assert "tenure" in report["lastEvaluation"]["drifted"]
-    samples = _scrape(ab.base)
+    samples = _scrape(ab)
     assert _total(samples, "mlplane_feature_drifted", feature="tenure") == 1
     assert _total(samples, "mlplane_feature_drift_score", feature="tenure", method="psi") > 0
     assert _total(samples, "mlplane_drift_last_evaluation_timestamp_seconds") > 0

@@ -190,3 +190,8 @@ Prometheus' pod labels as k=v,k=v (MLPLANE_PROMETHEUS_POD_LABELS).
 {{- end }}
 {{- join "," $pairs }}
 {{- end }}
+
+{{/* The Secret holding the token Prometheus sends to the serving apps' /admin/metrics. */}}
+{{- define "mlplane.scrapeTokenSecret" -}}
+{{- default (printf "%s-serving-scrape" (include "mlplane.fullname" .)) .Values.servingMonitor.scrapeTokenSecret -}}
+{{- end -}}
