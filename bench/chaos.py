@@ -13,7 +13,9 @@ each RayJob through Initializing, Running and an end, reclaims spot workers (a p
 happen in production), fails some attempts as code failures, and does what the training runtime
 does on success (checkpoint tags and a model logged into the attempt's MLflow run).
 
-Faults, all drawn from ``--seed`` (the same seed gives the same schedule; timing still varies):
+Faults, all drawn from ``--seed`` (the same seed gives the same schedule; timing still varies),
+within the first ``--chaos-seconds`` (``--faults`` is the most injected; the table says how many
+were), then none while convergence is measured:
 
 - **operator SIGKILL** at random moments, then a new process (kills land mid-reconcile too);
 - **API faults** on a fraction of the operator's requests: 409 Conflict, 500, 503, 429 with
@@ -289,6 +291,10 @@ class KubeRay:
         #: a violation about it.
         self.timeline: dict[str, list[str]] = defaultdict(list)
 
+    def stages(self, tj: str) -> dict[str, str]:
+        """Where this script's play of each of the TrainingJob's RayJobs stands."""
+        return {job: stage for job, (stage, _) in self.state.items() if job.startswith(f"{tj}-a")}
+
     def note(self, tj: str, what: str) -> None:
         self.timeline[tj].append(f"{time.monotonic() - self.started:.1f}s {what}")
 
@@ -406,7 +412,8 @@ def _violations(
         if phase not in ("Succeeded", "Failed"):
             last = max(st.get("conditions") or [{}], key=lambda c: c.get("lastTransitionTime", ""))
             out.append(f"{name}: did not converge (phase {phase}; {last.get('type')} "
-                       f"{last.get('reason')}: {last.get('message')})")  # fmt: skip
+                       f"{last.get('reason')}: {last.get('message')}); what the script did: "
+                       f"{kuberay.timeline[name]}; RayJobs: {kuberay.stages(name)}")  # fmt: skip
             continue
         rayjobs = [
             r
@@ -526,7 +533,9 @@ async def run(args: argparse.Namespace) -> int:
                                 mlflow.outage(rng, rng.uniform(2, 8), faults)
                             )
                     api_done = sum(v for k, v in faults.injected.items() if k.startswith("api "))
-                    if api_done >= api_budget:
+                    if api_done >= api_budget or elapsed > args.chaos_seconds:
+                        # Faults stop with the chaos window, whatever of the budget is left:
+                        # then only convergence is measured (from the last fault).
                         faults.enabled = False
                     done = all((k8s.get_object(TRAININGJOBS, NAMESPACE, n) or {})
                                .get("status", {}).get("phase") in ("Succeeded", "Failed")
