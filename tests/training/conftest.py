@@ -43,6 +43,11 @@ def clean_env(monkeypatch, tmp_path):
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    # ``log_model`` activates the run's experiment (process-wide too): a later
+    # ``start_run(run_id=...)`` of another experiment in this process would be refused.
+    from mlflow.tracking import fluent
+
+    monkeypatch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
     monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_tracking_uri exports them
         if name in os.environ:
