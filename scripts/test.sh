@@ -18,7 +18,12 @@ echo "== types (mypy: mlplane.operator, mlplane.crds)"
 .venv/bin/mypy || rc=$?
 
 echo "== unit and integration tests"
-.venv/bin/pytest -m "not e2e" -p no:cacheprovider "$@" || rc=$?
+# Two worker processes, a whole module each at a time (module fixtures such as an emulator and
+# its operator stay in one process); MLPLANE_TEST_WORKERS=0 runs them in this process.
+workers=${MLPLANE_TEST_WORKERS:-2}
+xdist=()
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
+.venv/bin/pytest -m "not e2e" -p no:cacheprovider "${xdist[@]}" "$@" || rc=$?
 
 echo "== end-to-end tests (local platform: real Ray and MLflow, private network namespace)"
 # Modules in a shuffled order (the seed is printed; `-p no:random_order` to turn it off):
