@@ -49,7 +49,8 @@ Conditions:
 
 - ``Running``: True (reason ``Analysing``) while the split is served and evaluated, (reason
   ``Promoting``) while a decided promotion is carried out; Unknown
-  (reason ``StatsUnavailable``) while Running but the counts could not be read; False while
+  (reason ``StatsUnavailable``) while Running but the counts could not be read, or came from a
+  count epoch already closed (``status.closedEpochs``); False while
   Pending (reason ``DeploymentNotFound``, ``DeploymentNotReady``, ``WaitingForDeployment``,
   ``VariantUnresolved``, ``RegistryUnavailable``, ``WaitingForRouter``) and once final
   (``Concluded``, ``Failed``).
@@ -65,8 +66,9 @@ Conditions:
   (``ObservedSplitDiffers``: phase Failed, Concluded False with reason ``SampleRatioMismatch``).
 
 Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
-``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
-backwards: its monitor restarted), ``GuardrailBreached``, ``Promoting`` (decided, recorded),
+``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's count epoch
+changed, or its totals went backwards: the old epoch's totals are carried, see
+:func:`_carry_over`), ``GuardrailBreached``, ``Promoting`` (decided, recorded),
 ``Promoted`` / ``WinnerFound`` (the alias moved / ``promote: false``), ``RolledBack``,
 ``NoDifference``, ``Failed``.
 
