@@ -925,7 +925,7 @@ def test_folded_totals_equal_every_epochs_last_read_and_never_go_back():
     live = [0, 0]
     previous = (0, 0)
     now = T0
-    for step in range(200):
+    for step in range(100):
         now += timedelta(minutes=1)
         roll = rng.random()
         if roll < 0.1:  # the state is lost: a new epoch from zero
