@@ -89,6 +89,15 @@ class Journal:
                 except ValueError:
                     log.warning("journal: dropping an unreadable record (line %d)", number)
 
+    def set_aside(self) -> str:
+        """Move unreadable state out of the way (kept for a post-mortem); the name it got."""
+        self.close()
+        suffix = f".unreadable-{uuid.uuid4().hex[:8]}"
+        for path in (self.snapshot_path, self.journal_path):
+            if path.exists():
+                os.replace(path, path.with_name(path.name + suffix))
+        return suffix
+
     def save_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Replace the snapshot atomically and start an empty journal (the snapshot holds it)."""
         tmp = self.snapshot_path.with_suffix(".tmp")

@@ -97,7 +97,30 @@ class MonitorCore:
         }
 
     def _restore(self, journal: Journal) -> None:
-        """Take back the saved state (snapshot, then journal), then save a fresh snapshot."""
+        """Take back the saved state (snapshot, then journal), then save a fresh snapshot.
+
+        State that cannot be read (a damaged or foreign file) is set aside, not fatal: the
+        monitor starts a new epoch from zero (the operator keeps the old epoch's totals), where
+        failing would keep the whole app from serving."""
+        try:
+            self._replay(journal)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = journal.set_aside()
+            log.error(
+                "the saved counts in %s cannot be read (%r): set aside as %s; counting starts "
+                "afresh in a new epoch",
+                journal.directory,
+                exc,
+                aside,
+            )
+            self.epoch = new_epoch()
+            self.stats = self.collector.stats = TrafficStats()
+            self.ledger = FeedbackLedger(self.started_at)
+            self._last_seq = OrderedDict()
+            self.replayed = 0
+        journal.save_snapshot(self._snapshot())
+
+    def _replay(self, journal: Journal) -> None:
         snapshot, records = journal.load()
         if snapshot is not None:
             self.epoch = str(snapshot["epoch"])
@@ -113,7 +136,6 @@ class MonitorCore:
             elif kind == "fb":
                 self._count_outcome(record["i"], float(record["v"]), float(record["at"]))
             self.replayed += 1
-        journal.save_snapshot(self._snapshot())
         log.info(
             "counts epoch %s: %s (%d journal records replayed)",
             self.epoch,

@@ -160,6 +160,23 @@ async def test_compaction_keeps_everything(tmp_path, clock):
     assert (await feedback(router, ids[0])).status == 409
 
 
+async def test_unreadable_saved_state_is_set_aside_and_a_new_epoch_starts(tmp_path, clock):
+    router = make_router(clock)
+    restart(router, tmp_path, clock)
+    await traffic(router, clock, range(10))
+    old_epoch = (await stats(router))["epoch"]
+    (tmp_path / "snapshot.json").write_text('{"epoch": "x", "stats": [1, 2')  # damaged
+    core = restart(router, tmp_path, clock)
+    report = await stats(router)
+    assert report["epoch"] not in (old_epoch, "x") and core.replayed == 0
+    assert all(r == 0 for r, _, _ in totals(report).values())
+    assert list(tmp_path.glob("snapshot.json.unreadable-*"))
+    await traffic(router, clock, range(10, 14))
+    restart(router, tmp_path, clock)
+    assert (await stats(router))["epoch"] == report["epoch"]
+    assert sum(r for r, _, _ in totals(await stats(router)).values()) == 4
+
+
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[3])
