@@ -95,7 +95,9 @@ def local_serve_config(
     - ``scrape_token_sha256`` sets ``args.scrape_token_sha256``: the hash of the token this
       machine's Prometheus sends to ``/admin/metrics`` (the chart's, on Kubernetes);
     - ``state_dir`` sets ``args.state_dir``: where the app's monitor saves its counts and
-      feedback ledger, so that a restart of the monitor or of the whole app loses none.
+      feedback ledger, so that a restart of the monitor or of the whole app loses none; None
+      removes it (the pod's path, shared by every run on this machine, would restore another
+      run's counts).
 
     Only resources, the name, the mount point and the key directory change: the rest of
     ``args`` and ``user_config`` are untouched, so zero-downtime updates behave as on
@@ -115,6 +117,8 @@ def local_serve_config(
             app.setdefault("args", {})["scrape_token_sha256"] = scrape_token_sha256
         if state_dir is not None:
             app.setdefault("args", {})["state_dir"] = state_dir
+        else:  # the pod's path means nothing here (and would be shared by every run)
+            app.get("args", {}).pop("state_dir", None)
         if feedback_token is not None and "feedback_token_file" in app.get("args", {}):
             app["args"]["feedback_token_file"] = feedback_token
         for deployment in app.get("deployments", []):
