@@ -200,8 +200,9 @@ class VariantStatus(StatusModel):
     latency_count: int | None = None
     latency_sum_seconds: float | None = None
     latency_sum_squares_seconds: float | None = None
-    #: Totals from before the router's counts restarted (its monitor replica restarted), added
-    #: to what it reports since, so a restart loses only what it had not yet been asked for.
+    #: Totals of the router's closed count epochs (what it had reported before its monitor
+    #: started counting afresh: a new epoch, or its counts going down), added to what the live
+    #: epoch reports: the status is the durable ledger of everything counted.
     carried: CountTotals | None = None
     #: Requests counted before the current weights took effect: the sample ratio check counts
     #: the split from there (a weight change starts a new expected ratio).
@@ -246,6 +247,13 @@ class ABTestStatus(StatusModel):
     promotion: Promotion | None = None
     start_time: Timestamp | None = None
     concluded_at: Timestamp | None = None
+    #: The router's count epoch whose totals ``variants[]`` include on top of ``carried`` (one
+    #: epoch per incarnation of the app's monitor state; see README.md, "Evidence that
+    #: survives restarts").
+    counts_epoch: str | None = None
+    #: Epochs already folded into ``carried`` (the most recent ones): a closed epoch reported
+    #: again (an old cluster still answering) is never counted twice.
+    closed_epochs: list[str] | None = None
 
 
 class ABTest(Resource):

@@ -6,7 +6,8 @@ Deployments (names are the contract with ``serveConfigV2``, which sets their opt
     router      ingress (HTTP), RouterCore: variants, request ids, feedback, stats shipping
     model-<i>   one per model deployment in args.model_deployments: ModelCore, one MLflow model
                 version each, swapped in place by reconfigure(user_config)
-    monitor     exactly one replica: totals, feedback ledger, drift tap, /metrics
+    monitor     exactly one replica: totals, feedback ledger, drift tap, /metrics; with
+                args.state_dir it saves them (serving/journal.py) and takes them back at start
 
 Zero-downtime changes (see :mod:`mlplane.serving.config`): a new model version is a new
 user_config of ``model-<i>`` (the replicas load it in the background and swap); new weights, a
@@ -39,6 +40,7 @@ from mlplane.serving.admin import admin_auth
 from mlplane.serving.config import AppSettings, ConfigError
 from mlplane.serving.drift_tap import load_reference_profile
 from mlplane.serving.feedback import FeedbackToken
+from mlplane.serving.journal import Journal
 from mlplane.serving.model import ModelCore
 from mlplane.serving.monitor import MonitorCore
 from mlplane.serving.request_id import (
@@ -192,7 +194,11 @@ class Monitor:
     async def __init__(self, args: dict[str, Any]) -> None:
         _log_like_serve()
         self.settings = AppSettings.parse(args)
-        self.core = MonitorCore(self.settings, time.time())
+        journal = None if self.settings.state_dir is None else Journal(self.settings.state_dir)
+        # Replaying the saved state reads files: off the event loop.
+        self.core = await asyncio.to_thread(
+            MonitorCore, self.settings, time.time(), journal=journal
+        )
         self._drift_lock = asyncio.Lock()
         self._loading = False
         loop = asyncio.get_running_loop()

@@ -134,6 +134,9 @@ class AppSettings:
     #: SHA-256 (hex) of the installation's scrape token, which also opens ``/admin/metrics``
     #: (optional key ``scrape_token_sha256``; absent: only the admin token does).
     scrape_token_sha256: str | None = None
+    #: Directory where the monitor saves its counts and feedback ledger (optional key
+    #: ``state_dir``; absent: a monitor restart starts a new count epoch from zero).
+    state_dir: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -168,6 +171,7 @@ class AppSettings:
                     "allow_non_finite",
                     "feedback_token_file",
                     "scrape_token_sha256",
+                    "state_dir",
                 }
             ),
         )
@@ -209,6 +213,7 @@ class AppSettings:
             scrape_token_sha256=_sha256(
                 "args.scrape_token_sha256", args.get("scrape_token_sha256")
             ),
+            state_dir=_str("args.state_dir", args.get("state_dir"), optional=True),
         )
 
 

@@ -57,6 +57,10 @@ def serve_config_of(rayservice: Mapping[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
+#: Ray's resource of the head node (the RayService builder pins the monitor with it).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
 def local_serve_config(
     serve_config: Mapping[str, Any],
     *,
@@ -70,13 +74,15 @@ def local_serve_config(
     signing_keys: str | None = None,
     feedback_token: str | None = None,
     scrape_token_sha256: str | None = None,
+    state_dir: str | None = None,
 ) -> dict[str, Any]:
     """A copy of a Serve config fitted to one small machine.
 
     - ``http_options``: the proxy listens on ``host:port`` (loopback by default);
     - every replica reserves ``num_cpus`` logical CPUs (the cluster config asks for whole
       pods' worth; on two cores fractional CPUs are what lets router, monitor and models fit);
-    - ``memory`` reservations are dropped and GPUs too unless ``keep_gpus``;
+    - ``memory`` reservations are dropped and GPUs too unless ``keep_gpus``, and the monitor's
+      pin to the head node;
     - autoscaling ceilings are capped at ``max_replicas`` (None: kept);
     - ``name`` / ``route_prefix`` rename the application and mount it elsewhere, so several
       ModelDeployments can share one Ray cluster (e.g. ``ns-churn`` at ``/ns/churn``; the
@@ -87,7 +93,11 @@ def local_serve_config(
     - ``feedback_token`` replaces ``args.feedback_token_file`` (where the token Secret is mounted
       in a pod) with the machine's token file, for an application that has one;
     - ``scrape_token_sha256`` sets ``args.scrape_token_sha256``: the hash of the token this
-      machine's Prometheus sends to ``/admin/metrics`` (the chart's, on Kubernetes).
+      machine's Prometheus sends to ``/admin/metrics`` (the chart's, on Kubernetes);
+    - ``state_dir`` sets ``args.state_dir``: where the app's monitor saves its counts and
+      feedback ledger, so that a restart of the monitor or of the whole app loses none; None
+      removes it (the pod's path, shared by every run on this machine, would restore another
+      run's counts).
 
     Only resources, the name, the mount point and the key directory change: the rest of
     ``args`` and ``user_config`` are untouched, so zero-downtime updates behave as on
@@ -105,12 +115,22 @@ def local_serve_config(
             app.setdefault("args", {})["signing_keys"] = signing_keys
         if scrape_token_sha256 is not None:
             app.setdefault("args", {})["scrape_token_sha256"] = scrape_token_sha256
+        if state_dir is not None:
+            app.setdefault("args", {})["state_dir"] = state_dir
+        else:  # the pod's path means nothing here (and would be shared by every run)
+            app.get("args", {}).pop("state_dir", None)
         if feedback_token is not None and "feedback_token_file" in app.get("args", {}):
             app["args"]["feedback_token_file"] = feedback_token
         for deployment in app.get("deployments", []):
             options = deployment.setdefault("ray_actor_options", {})
             options["num_cpus"] = num_cpus
             options.pop("memory", None)
+            # The monitor's pin to the head pod (where its state is on Kubernetes): every node
+            # of one machine shares its disk, so no pin is needed.
+            resources = options.pop("resources", None) or {}
+            resources.pop(HEAD_NODE_RESOURCE, None)
+            if resources:
+                options["resources"] = resources
             if not keep_gpus:
                 options.pop("num_gpus", None)
             scaling = deployment.get("autoscaling_config")

@@ -16,9 +16,11 @@ duplicates that happen to land on the same replica). The ledger is bounded:
   evicted and the acceptance floor rises to their issue time: ids issued at or before the floor
   are refused as expired too. So an id is never counted twice — whatever could have been
   forgotten is also refused — at the price of refusing very late feedback under heavy load;
-- a restarted monitor starts with an empty ledger and a floor at its start time: feedback for
-  requests served before it started is refused (410) rather than risked twice. (Its totals
-  restart at zero as well; Prometheus' ``rate()`` handles that counter reset.)
+- a restarted monitor with a state directory (:mod:`mlplane.serving.journal`) takes the ledger
+  back from its snapshot and journal: an id counted before the restart is still refused, and
+  feedback for requests served before it is still accepted once. Without saved state it starts
+  with an empty ledger and a floor at its start time: feedback for requests served before it
+  started is refused (410) rather than risked twice (and its counts start a new epoch).
 
 Outcomes are bounded by the objective, so that no single client can swamp a variant's mean and
 the sums stay finite: under ``Conversion`` only 0 and 1 (``true``/``false``); under ``Mean`` the
@@ -202,6 +204,22 @@ class FeedbackLedger:
             issued, nonce = heapq.heappop(self._by_age)
             self._seen.discard(nonce)
             self.floor = max(self.floor, issued)
+
+    def discard(self, nonce: str) -> None:
+        """Forget an id just recorded whose outcome could not be saved (it may come again)."""
+        self._seen.discard(nonce)
+
+    def to_state(self) -> dict[str, Any]:
+        """The ledger as plain JSON (the monitor's snapshot: dedup survives its restart)."""
+        ids = [[issued, nonce] for issued, nonce in self._by_age if nonce in self._seen]
+        return {"floor": self.floor, "ids": ids}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back a saved ledger (replaces this one's ids and floor)."""
+        self.floor = float(state["floor"])
+        self._by_age = [(float(issued), str(nonce)) for issued, nonce in state["ids"]]
+        heapq.heapify(self._by_age)
+        self._seen = {nonce for _, nonce in self._by_age}
 
     def record(self, info: RequestInfo, now: float) -> tuple[Verdict, str]:
         """Count ``info`` once: ``("accepted", "")`` or a refusal with its reason."""

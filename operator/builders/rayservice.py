@@ -88,6 +88,11 @@ WORKER_GROUP = "serve"
 ROUTER_NUM_CPUS = 0.25
 #: Logical CPUs of the monitor replica (one per app; it merges counts a few times a second).
 MONITOR_NUM_CPUS = 0.1
+#: The monitor runs on the head pod (Ray's head-node resource: the head advertises no CPUs),
+#: where its saved counts are: an emptyDir that outlives the replica and container restarts.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+MONITOR_STATE_PATH = "/var/lib/mlplane/monitor"
+MONITOR_STATE_VOLUME = "monitor-state"
 #: A router replica handles this many times a model replica's target of ongoing requests.
 ROUTER_FAN_IN = 8
 #: The routers' queue (at the Serve proxies) is this many times ``spec.maxQueuedRequests``.
@@ -187,6 +192,7 @@ def serve_args(
           window_s: float          # live window length in seconds
           min_samples: int         # no verdict below this many samples per window
         signing_keys: str          # directory of the request-id keys (the mounted Secret)
+        state_dir: str             # where the monitor saves its counts (the head's emptyDir)
         feedback_token_file: str   # only with spec.feedback.tokenSecret: the mounted token
         model_policy:              # what the model deployments may load (serving/flavors.py)
           allowed: [str]           # the operator's allowed serialisations
@@ -228,6 +234,8 @@ def serve_args(
             "min_samples": drift.min_samples,
         },
         "signing_keys": SIGNING_KEYS_PATH,
+        # The monitor's saved counts and feedback ledger (an emptyDir on the head pod).
+        "state_dir": MONITOR_STATE_PATH,
         "model_policy": ModelPolicy(
             config.allowed_model_flavors, md.spec.model.allow_unsafe_deserialization
         ).to_args(),
@@ -388,7 +396,9 @@ def serve_config(
             "name": MONITOR_DEPLOYMENT,
             "num_replicas": 1,
             "max_ongoing_requests": 256,
-            "ray_actor_options": {"num_cpus": MONITOR_NUM_CPUS},
+            # On the head, beside its state directory (args.state_dir): the head has no CPUs
+            # to reserve, the head-node resource pins it there.
+            "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         },
     ]
     for index, variant in enumerate(variants):
@@ -475,6 +485,19 @@ def _with_signing_keys(rayservice: dict[str, Any], md_name: str) -> dict[str, An
     return rayservice
 
 
+def _with_monitor_state(rayservice: dict[str, Any]) -> dict[str, Any]:
+    """An emptyDir on the head pod for the monitor's saved counts: it outlives a restart of the
+    monitor replica or of the head container, and goes with the pod (then the monitor starts
+    a new count epoch and the operator keeps the old epoch's totals in the ABTest status)."""
+    spec = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    spec.setdefault("volumes", []).append({"name": MONITOR_STATE_VOLUME, "emptyDir": {}})
+    for container in spec["containers"]:
+        container.setdefault("volumeMounts", []).append(
+            {"name": MONITOR_STATE_VOLUME, "mountPath": MONITOR_STATE_PATH}
+        )
+    return rayservice
+
+
 def _rayservice(
     md: ModelDeployment,
     model_version: int,
@@ -547,7 +570,7 @@ def _rayservice(
             },
         },
     }
-    rayservice = _with_signing_keys(rayservice, name)
+    rayservice = _with_monitor_state(_with_signing_keys(rayservice, name))
     secret = feedback_token_secret(md)
     return rayservice if secret is None else _with_feedback_token(rayservice, secret)
 

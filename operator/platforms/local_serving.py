@@ -35,6 +35,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,8 @@ class LocalServing:
             owner = meta.get("labels", {}).get("mlplane.dev/modeldeployment", meta["name"])
             if (meta["namespace"], owner) not in wanted:
                 self._path(meta["namespace"], meta["name"]).unlink(missing_ok=True)
+                # Its counts go with it: a new deployment of the same name starts afresh.
+                shutil.rmtree(self.monitor_state_dir(meta["namespace"], owner), ignore_errors=True)
                 gone.append(f"{meta['namespace']}/{meta['name']}")
         return gone
 
@@ -207,7 +210,13 @@ class LocalServing:
             signing_keys=str(self.signing.directory(namespace, owner)),
             feedback_token=self._feedback_token(record),
             scrape_token_sha256=self._scrape_token_sha256(),
+            state_dir=str(self.monitor_state_dir(namespace, owner)),
         )
+
+    def monitor_state_dir(self, namespace: str, md_name: str) -> Path:
+        """Where a deployment's monitor saves its counts (``args.state_dir``): on this machine's
+        disk, so a monitor, app or Ray restart loses no counted request or outcome."""
+        return self.platform.state_dir / "serving-state" / namespace / md_name
 
     def _scrape_token_sha256(self) -> str | None:
         """The hash of this machine's Prometheus scrape token (None: no Prometheus set up)."""

@@ -49,7 +49,8 @@ Conditions:
 
 - ``Running``: True (reason ``Analysing``) while the split is served and evaluated, (reason
   ``Promoting``) while a decided promotion is carried out; Unknown
-  (reason ``StatsUnavailable``) while Running but the counts could not be read; False while
+  (reason ``StatsUnavailable``) while Running but the counts could not be read, or came from a
+  count epoch already closed (``status.closedEpochs``); False while
   Pending (reason ``DeploymentNotFound``, ``DeploymentNotReady``, ``WaitingForDeployment``,
   ``VariantUnresolved``, ``RegistryUnavailable``, ``WaitingForRouter``) and once final
   (``Concluded``, ``Failed``).
@@ -65,8 +66,9 @@ Conditions:
   (``ObservedSplitDiffers``: phase Failed, Concluded False with reason ``SampleRatioMismatch``).
 
 Events: ``Starting`` (split frozen), ``Started``, ``Waiting`` / ``DeploymentNotFound`` /
-``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's totals went
-backwards: its monitor restarted), ``GuardrailBreached``, ``Promoting`` (decided, recorded),
+``VariantUnresolved`` (Pending reasons, on change), ``CountsReset`` (the router's count epoch
+changed, or its totals went backwards: the old epoch's totals are carried, see
+:func:`_carry_over`), ``GuardrailBreached``, ``Promoting`` (decided, recorded),
 ``Promoted`` / ``WinnerFound`` (the alias moved / ``promote: false``), ``RolledBack``,
 ``NoDifference``, ``Failed``.
 
@@ -145,9 +147,12 @@ class VariantStats:
     latency_sum_squares_seconds: float = 0.0
     latency_p99_ms: float | None = None
     weight: int | None = None
+    #: The count epoch the row belongs to (the answer's ``epoch``: one per incarnation of the
+    #: app's monitor state), None from a router of an earlier release.
+    epoch: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> VariantStats:
+    def from_row(cls, row: Mapping[str, Any], epoch: str | None = None) -> VariantStats:
         """Read one JSON row (``TrafficStats.snapshot`` plus the router's ``weight``).
 
         A count or sum that is present but not a finite number (the router writes an overflowed
@@ -176,6 +181,7 @@ class VariantStats:
             latency_sum_squares_seconds=num("latencySumSquaresSeconds"),
             latency_p99_ms=float(p99) if isinstance(p99, int | float) else None,
             weight=int(weight) if isinstance(weight, int | float) else None,
+            epoch=epoch,
         )
 
 
@@ -193,9 +199,12 @@ def stats_from_response(
     rows = payload.get("variants")
     if not isinstance(rows, list):
         return StatsUnavailable("the router's /admin/v1/stats answer has no 'variants' list")
+    epoch = payload.get("epoch")
+    if epoch is not None and (not isinstance(epoch, str) or not epoch):
+        return StatsUnavailable(f"the router's /admin/v1/stats answer has a bad epoch {epoch!r}")
     try:
         return tuple(
-            VariantStats.from_row(r)
+            VariantStats.from_row(r, epoch)
             for r in rows
             if isinstance(r, Mapping) and r.get("abtest") == abtest
         )
@@ -679,19 +688,42 @@ def _evaluate(
             s.event("Warning", "StatsUnavailable", problem)
         return Plan(status=st, events=s.events, requeue_after=interval)
 
-    rows, reset, lost = _carry_over(old_variants, rows)
+    epoch = _epoch_of(rows)
+    closed = [str(e) for e in st.get("closedEpochs") or ()]
+    if epoch is not None and epoch in closed:
+        # A closed epoch answering again (an old cluster still reachable): its counts are in
+        # ``carried`` already, up to the last read; counting them again would double them.
+        st["phase"] = "Running"
+        message = (
+            f"the router of {where} answered with the counts of epoch {epoch}, which this "
+            f"test has already closed (it now counts epoch {st.get('countsEpoch')}): not "
+            "counted again; waiting for the current epoch's counts"
+        )
+        old = s.old_condition("Running")
+        s.condition("Running", "Unknown", "StatsUnavailable", message)
+        if old.get("message") != message:
+            s.event("Warning", "StatsUnavailable", message)
+        return Plan(status=st, events=s.events, requeue_after=interval)
+    rows, reset, lost, new_epoch = _carry_over(st, old_variants, rows, epoch)
     if reset:
+        why = (
+            f"a new count epoch {epoch} replaced {new_epoch} (the serving app's monitor "
+            "started without its saved counts: a new cluster, or its state was lost)"
+            if new_epoch is not None
+            else f"the router's counts went backwards for {', '.join(reset)} (its monitor "
+            "restarted without its saved counts)"
+        )
         s.event(
             "Warning",
             "CountsReset",
-            f"the router's counts went backwards for {', '.join(reset)} (its monitor "
-            "restarted): "
+            why
+            + ": "
             + (
                 "the totals kept in status could not be carried over (an older status "
                 "without sums): the evidence so far is discarded and counting goes on"
                 if lost
-                else "counting goes on from the totals kept in status (what the router had "
-                "counted since the last evaluation is lost)"
+                else "counting goes on from the totals kept in status (what the old epoch "
+                "counted after the last evaluation is lost)"
             ),
         )
     mismatch = _sample_ratio(s, test, old_variants, rows, reweighted or lost)
@@ -779,26 +811,57 @@ def _plus(r: VariantStats, totals: Mapping[str, Any]) -> VariantStats:
     )
 
 
-def _carry_over(
-    old_variants: list[dict[str, Any]], rows: Mapping[str, VariantStats]
-) -> tuple[dict[str, VariantStats], list[str], bool]:
-    """Totals since the test started: the router's rows plus what was carried over.
+#: Closed epochs remembered in ``status.closedEpochs`` (the most recent; an epoch older than
+#: that answering again would need that many cluster replacements during one test).
+MAX_CLOSED_EPOCHS = 16
 
-    The router's counts live in its monitor replica; a restart of that replica starts them from
-    zero. A row below what the status says the router had reported (status totals minus what
-    was carried already) is such a restart: the status totals become the variant's new
-    ``carried`` base. Returns the totals per variant, the variants that restarted, and whether
-    the old totals could not be carried (a status written without the sums).
+
+def _epoch_of(rows: Mapping[str, VariantStats]) -> str | None:
+    """The answer's count epoch (every row of one answer carries the same)."""
+    return next((r.epoch for r in rows.values() if r.epoch is not None), None)
+
+
+def _carry_over(
+    st: dict[str, Any],
+    old_variants: list[dict[str, Any]],
+    rows: Mapping[str, VariantStats],
+    epoch: str | None,
+) -> tuple[dict[str, VariantStats], list[str], bool, str | None]:
+    """Totals since the test started: the live epoch's rows plus the closed epochs' totals.
+
+    The status is the durable ledger. The router's counts belong to a count *epoch* (one per
+    incarnation of its monitor's state; a monitor that restarts from its saved state keeps its
+    epoch and its counts). When the answer's epoch differs from ``status.countsEpoch``, the old
+    epoch is closed: the status totals (everything read from it, plus what earlier epochs
+    carried) become the ``carried`` base of every variant, the old epoch goes into
+    ``status.closedEpochs`` (never counted again), and the new epoch counts on top. A row below
+    what the status says the router had reported within one epoch (or from a router without
+    epochs) is a restart too: the same for every variant. So totals never go down and no
+    epoch is counted twice. Returns the totals per variant, the variants whose base moved,
+    whether the old totals could not be carried (a status written without the sums), and the
+    epoch closed (None when none was).
     """
     out = dict(rows)
     reset, lost = [], False
+    recorded = st.get("countsEpoch")
+    closing = epoch is not None and recorded is not None and epoch != recorded
+    if closing:
+        closed = [*(st.get("closedEpochs") or ()), str(recorded)]
+        st["closedEpochs"] = closed[-MAX_CLOSED_EPOCHS:]
+    if epoch is not None:
+        st["countsEpoch"] = epoch
+    went_down = False
+    for item in old_variants:
+        carried = dict(item.get("carried") or {})
+        raw = rows[item["name"]]
+        reported = int(item.get("requests", 0)) - int(carried.get("requests", 0))
+        outcomes = int(item.get("outcomes", 0)) - int(carried.get("outcomes", 0))
+        went_down = went_down or raw.requests < reported or raw.outcomes < outcomes
     for item in old_variants:
         name = item["name"]
         carried = dict(item.get("carried") or {})
         raw = rows[name]
-        reported = int(item.get("requests", 0)) - int(carried.get("requests", 0))
-        outcomes = int(item.get("outcomes", 0)) - int(carried.get("outcomes", 0))
-        if raw.requests < reported or raw.outcomes < outcomes:
+        if closing or went_down:
             reset.append(name)
             if all(isinstance(item.get(key), int | float) for key in _SUMS):
                 carried = {key: item.get(key, 0) for key in _totals(raw)}
@@ -809,7 +872,7 @@ def _carry_over(
         else:
             item.pop("carried", None)
         out[name] = _plus(raw, carried)
-    return out, reset, lost
+    return out, reset, lost, str(recorded) if closing else None
 
 
 # --- sample ratio mismatch (a separate step before the analysis) -----------------------------

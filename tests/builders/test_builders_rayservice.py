@@ -156,7 +156,8 @@ def test_metadata_owner_and_labels():
 
 
 def test_serve_config_is_the_mlplane_app():
-    serve = _serve(_build(version=12))
+    rs = _build(version=12)
+    serve = _serve(rs)
     assert serve["proxy_location"] == "EveryNode"
     (app,) = serve["applications"]
     assert app["import_path"] == "mlplane.serving.app:build_app"
@@ -176,6 +177,7 @@ def test_serve_config_is_the_mlplane_app():
             "min_samples": 2000,
         },
         "signing_keys": "/etc/mlplane/request-signing",
+        "state_dir": "/var/lib/mlplane/monitor",
         "model_policy": {"allowed": ["sklearn:skops", "onnx"], "allow_unsafe": False},
     }
     router, monitor, model = app["deployments"]
@@ -202,8 +204,14 @@ def test_serve_config_is_the_mlplane_app():
         "name": "monitor",
         "num_replicas": 1,
         "max_ongoing_requests": 256,
-        "ray_actor_options": {"num_cpus": 0.1},
+        # On the head, beside the emptyDir holding its saved counts.
+        "ray_actor_options": {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
     }
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert {"name": "monitor-state", "emptyDir": {}} in head["volumes"]
+    assert {"name": "monitor-state", "mountPath": "/var/lib/mlplane/monitor"} in (
+        head["containers"][0]["volumeMounts"]
+    )
     assert model == {
         "name": "model-0",
         "max_ongoing_requests": 16,

@@ -14,6 +14,8 @@ Runs inside a private network namespace (.ci/run does it).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -278,18 +280,80 @@ def abtest() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def monitor_replica_pid(platform: LocalPlatform, app: str) -> int | None:
+    """The pid of the app's running ``monitor`` replica, from Serve's REST API (None: none)."""
+    from mlplane.serving.deploy import get_applications
+
+    token = platform.ray_headers().get("Authorization", "").removeprefix("Bearer ") or None
+    answer = get_applications(platform.ray_dashboard, token=token)
+    deployment = answer["applications"][app]["deployments"]["monitor"]
+    running = [r for r in deployment.get("replicas", ()) if r.get("state") == "RUNNING"]
+    return int(running[0]["pid"]) if len(running) == 1 and running[0].get("pid") else None
+
+
+def kill_monitor(platform: LocalPlatform, app: str) -> int:
+    """SIGKILL the app's monitor replica (the one holding the counts); its pid."""
+    pid = monitor_replica_pid(platform, app)
+    assert pid is not None, "no running monitor replica"
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"monitor" in cmdline, cmdline[:200]  # never kill anything else
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+class Evidence:
+    """What the client sent and the app accepted, per variant: predictions answered 200 and
+    outcomes counted (200; or 409 for an id whose earlier attempt got a 503 -- counted then)."""
+
+    def __init__(self) -> None:
+        self.requests = {"control": 0, "candidate": 0}
+        self.outcomes = {"control": 0, "candidate": 0}
+        self.sums = {"control": 0, "candidate": 0}
+
+    def feedback(self, ledger: RequestLedger, url: str, variant: str, body: dict) -> None:
+        """Post until counted; a 503 (the monitor away) is retried, with a deadline."""
+        deadline, retried = time.monotonic() + 120, False
+        while True:
+            sent = ledger.post(url + "/v1/feedback", body)
+            if sent.status == 200 or (sent.status == 409 and retried):
+                self.outcomes[variant] += 1
+                self.sums[variant] += body["outcome"]
+                return
+            assert sent.status == 503 and time.monotonic() < deadline, (sent.status, sent.body)
+            retried = True
+            time.sleep(0.2)
+
+    def matches(self, status: dict[str, Any]) -> bool:
+        got = {v["name"]: v for v in status.get("variants") or ()}
+        return all(
+            (got[n].get("requests"), got[n].get("outcomes"), got[n].get("outcomeSum"))
+            == (self.requests[n], self.outcomes[n], float(self.sums[n]))
+            for n in self.requests
+            if n in got
+        ) and set(got) == set(self.requests)
+
+
 def test_abtest_promotes_the_better_converting_version_with_zero_failed_requests(
     platform: LocalPlatform, deployed: dict
 ) -> None:
     """Control is champion (version 2, set here), the candidate version 1; users
-    served by the candidate convert at 0.6, the control's at 0.2 (seeded). The test concludes
-    Promote, champion moves to 1 and the deployment serves version 1 alone."""
+    served by the candidate convert at 0.6, the control's at 0.2 (seeded).
+
+    First the evidence must survive a restart: while the test cannot conclude yet
+    (``minSamplesPerVariant`` out of reach), the monitor replica holding the counts is killed
+    with SIGKILL mid-traffic; once the traffic stops, the ABTest's totals equal exactly what the
+    client sent and the app accepted (requests, outcomes and their sums per variant), in the
+    same count epoch, without a CountsReset. Then the threshold is lowered and the test
+    concludes Promote as without the restart: champion moves to 1 and the deployment serves
+    version 1 alone."""
     from mlflow.tracking import MlflowClient
 
     store = Store(platform.state_dir)
     client = MlflowClient(platform.mlflow_uri)
     champion_served(platform, 2)
-    store.apply(abtest())
+    body = abtest()
+    body["spec"]["analysis"]["minSamplesPerVariant"] = 100_000
+    store.apply(body)
     url = deployed["endpoint"]
     rng = np.random.default_rng(11)
     seen: list[tuple[int | None, str | None, int | None]] = []
@@ -298,8 +362,39 @@ def test_abtest_promotes_the_better_converting_version_with_zero_failed_requests
     def ab_status() -> dict[str, Any]:
         return store.get("ABTest", "default", "candidate").get("status") or {}
 
+    wait(lambda: ab_status().get("phase") == "Running", 120, "the ABTest to run")
+    evidence = Evidence()
+    restart_feedback = RequestLedger()  # 503s while the monitor is away, each retried
+    killed = None
+    for user in range(1, 241):
+        if user == 121:
+            killed = kill_monitor(platform, "default-churn")
+        answer = predictions.post(url + "/v1/predict", {"records": rows(1, seed=user)},
+                                  {"x-user-id": f"user-{user}"})  # fmt: skip
+        seen.append((answer.status, answer.body.get("variant"), answer.body.get("version")))
+        variant = answer.body.get("variant")
+        assert answer.status == 200 and variant in evidence.requests, answer
+        evidence.requests[variant] += 1
+        outcome = int(rng.random() < (0.6 if variant == "candidate" else 0.2))
+        evidence.feedback(restart_feedback, url, variant,
+                          {"requestId": answer.body["requestId"], "outcome": outcome})  # fmt: skip
+    restarted = wait(lambda: (pid := monitor_replica_pid(platform, "default-churn")) != killed
+                     and pid, 120, "a new monitor replica")  # fmt: skip
+    assert restarted != killed
+    epoch = wait(lambda: ab_status().get("countsEpoch"), 60, "the counts epoch in status")
+    wait(lambda: evidence.matches(ab_status()), 120,
+         f"the ABTest's totals to equal what was sent and accepted: {vars(evidence)}")  # fmt: skip
+    st = ab_status()
+    assert st["countsEpoch"] == epoch and not st.get("closedEpochs"), st
+    events = [e["reason"] for e in store.events("ABTest", "default", "candidate")]
+    assert "CountsReset" not in events
+    restart_feedback.check(ok=lambda o: o.status in (200, 409, 503))
+    assert evidence.outcomes["control"] > 0 and evidence.outcomes["candidate"] > 0
+
+    body["spec"]["analysis"]["minSamplesPerVariant"] = 100
+    store.apply(body)
     deadline = time.monotonic() + 600
-    user = 0
+    user = 240
     after_conclusion: set[int] = set()
     while time.monotonic() < deadline and len(seen) < 6000:
         user += 1
@@ -311,10 +406,10 @@ def test_abtest_promotes_the_better_converting_version_with_zero_failed_requests
             outcome = int(rng.random() < rate)
             body = {"requestId": answer.body["requestId"], "outcome": outcome}
             sent = feedback.post(url + "/v1/feedback", body)
-            if sent.status == 410 and ab_status().get("phase") == "Concluded":
-                # The test is over: serving the winner alone restarts the app's monitor, whose
-                # new ledger refuses ids issued before it (no exactly-once across a restart yet,
-                # issue #15 item 3). Before the conclusion every outcome must count.
+            if sent.status == 503 and ab_status().get("phase") == "Concluded":
+                # The test is over: serving the winner alone restarts the app (its monitor
+                # included, which takes its saved counts and ledger back); feedback meanwhile
+                # gets a 503 to retry. Before the conclusion every outcome must count.
                 after_conclusion.add(id(sent))
         if user % 25 == 0:
             st = ab_status()

@@ -73,6 +73,8 @@ class Router:
 
     def __init__(self, expected_tokens: Any = None) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        #: The count epoch the answers carry (None: left out, as an earlier release did).
+        self.epoch: str | None = None
         self.reads: list[str] = []
         self.refused = 0
         router = self
@@ -91,8 +93,11 @@ class Router:
                     router.refused += 1
                     self.send_error(401)
                     return
-                body = json.dumps({"since": 1.0, "abtests": sorted(router.rows),
-                                   "variants": router.rows.get(abtest, [])}).encode()  # fmt: skip
+                answer = {"since": 1.0, "abtests": sorted(router.rows),
+                          "variants": router.rows.get(abtest, [])}  # fmt: skip
+                if router.epoch is not None:
+                    answer["epoch"] = router.epoch
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -355,6 +360,7 @@ async def test_restart_mid_test_keeps_counts_and_decision(emulator, kubeconfig, 
         await serving(emulator, md, (None, [("primary", 1, 100)]))
         ab = await create(emulator, abtest("survivor", "restart", "steady", "next", **spec))
         await started(emulator, router, md, ab, (1, 2))
+        router.epoch = "e1"
         router.counts("survivor", control=(50, 300, 0, 300, 30), candidate=(50, 300, 0, 300, 39))
         before = await wait_for(
             lambda: "pValue" in status(emulator, ab)["variants"][1] and status(emulator, ab),
@@ -376,12 +382,18 @@ async def test_restart_mid_test_keeps_counts_and_decision(emulator, kubeconfig, 
         assert status(emulator, ab) == before
         assert len(emulator.requests_to(ABTESTS, method="PATCH", name="survivor",
                                         subresource="status")) == writes  # fmt: skip
+        # Meanwhile the serving cluster was replaced: a new count epoch from zero. The
+        # operator folds e1's totals under it (300 + 2700 = 3000 requests per variant).
+        router.epoch = "e2"
         router.counts(
-            "survivor", control=(50, 3000, 0, 3000, 300), candidate=(50, 3000, 0, 3000, 450)
+            "survivor", control=(50, 2700, 0, 2700, 270), candidate=(50, 2700, 0, 2700, 411)
         )
         st = await phase(emulator, ab, "Concluded")
         assert (st["decision"], st["winner"], st["startTime"]) == (
             "Promote", "candidate", before["startTime"])  # fmt: skip
+        assert (st["countsEpoch"], st["closedEpochs"]) == ("e2", ["e1"])
+        assert [(v["requests"], v["outcomeSum"]) for v in st["variants"]] == [
+            (3000, 300.0), (3000, 450.0)]  # fmt: skip
         assert st["variants"][1]["pValue"] <= before["variants"][1]["pValue"]
         assert alias_version(mlflow_uri, "steady") == 2
         await serving(emulator, md, (None, [("primary", 2, 100)]))

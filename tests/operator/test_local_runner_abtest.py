@@ -220,3 +220,26 @@ def test_a_deployment_split_by_an_abtest_is_deployed_with_the_split(tmp_path, st
     expected = admin_token(keys.current.encode(), "team/churn")
     platform.step(NOW + timedelta(minutes=1))
     assert router["tokens"][-1] == expected
+
+
+def test_count_epochs_are_folded_by_the_runner_across_its_own_restart(tmp_path, store, world):
+    """The router's answer carries its count epoch: the runner (restarted in between, nothing
+    in memory) folds a closed epoch into status, adds the new one on top, and does not count
+    a closed epoch answering again."""
+    registry, router = world
+    platform = Platform(tmp_path, store, registry, router)
+    platform.step(NOW)
+    router.update(epoch="e1", variants=rows((300, 0, 30), (300, 0, 60)))
+    platform.step(NOW + timedelta(minutes=1))
+    assert status(store)["countsEpoch"] == "e1"
+    router.update(epoch="e2", variants=rows((100, 0, 10), (100, 0, 20)))
+    Platform(tmp_path, store, registry, router).step(NOW + timedelta(minutes=2))
+    st = status(store)
+    assert (st["countsEpoch"], st["closedEpochs"]) == ("e2", ["e1"])
+    assert [(v["requests"], v["outcomeSum"]) for v in st["variants"]] == [(400, 40.0), (400, 80.0)]
+    router.update(epoch="e1", variants=rows((350, 0, 35), (350, 0, 70)))
+    platform.step(NOW + timedelta(minutes=3))
+    again = status(store)
+    assert again["variants"] == st["variants"] and again["phase"] == "Running"
+    running = conditions.find(again["conditions"], "Running") or {}
+    assert (running["status"], running["reason"]) == ("Unknown", "StatsUnavailable")

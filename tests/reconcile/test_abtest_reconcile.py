@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -837,3 +839,110 @@ def test_late_requests_of_the_old_weights_do_not_stop_a_test_moving_a_variant_to
     assert lab.condition("SampleRatioMismatch")["reason"] == "SplitAsConfigured"
     at(6, 7200, 5005)
     assert lab.status["phase"] == "Failed"
+
+
+# --- count epochs: the status is the durable ledger ----------------------------------------------
+
+
+def _epoch(stats: tuple[VariantStats, ...], epoch: str) -> tuple[VariantStats, ...]:
+    return tuple(replace(r, epoch=epoch) for r in stats)
+
+
+def test_a_new_epoch_is_folded_even_when_its_counts_are_higher():
+    """A cluster replacement: the new monitor counts from zero in a new epoch, and by the next
+    read it has counted MORE than the old epoch had (undetectable from the counts alone). The
+    old epoch's totals are carried, the new one counts on top, the old epoch is closed."""
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 200}))
+    lab.start()
+    lab.step(T0 + timedelta(minutes=1), stats=_epoch(rows((400, 40), (400, 50)), "e1"))
+    assert lab.status["countsEpoch"] == "e1" and lab.status.get("closedEpochs") in (None, [])
+    plan = lab.step(T0 + timedelta(minutes=2), stats=_epoch(rows((500, 50), (500, 60)), "e2"))
+    assert reasons(plan) == ["CountsReset"] and "new count epoch e2" in plan.events[0].message
+    control, candidate = lab.status["variants"]
+    assert (control["requests"], control["outcomes"]) == (3600 + 4500, 900)
+    assert (candidate["outcomes"], candidate["outcomeSum"]) == (900, 110.0)
+    assert candidate["carried"]["outcomes"] == 400
+    assert (lab.status["countsEpoch"], lab.status["closedEpochs"]) == ("e2", ["e1"])
+    # The live epoch grows: only its growth is added; a replay writes nothing.
+    lab.step(T0 + timedelta(minutes=3), stats=_epoch(rows((600, 60), (600, 70)), "e2"))
+    assert lab.status["variants"][1]["outcomes"] == 1000
+    writes = lab.writes
+    again = lab.step(T0 + timedelta(minutes=3), stats=_epoch(rows((600, 60), (600, 70)), "e2"))
+    assert again.events == [] and lab.writes == writes
+
+
+def test_a_monitor_restarted_from_its_saved_counts_keeps_its_epoch_and_nothing_is_carried():
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 200}))
+    lab.start()
+    lab.step(T0 + timedelta(minutes=1), stats=_epoch(rows((400, 40), (400, 50)), "e1"))
+    plan = lab.step(T0 + timedelta(minutes=2), stats=_epoch(rows((410, 41), (420, 52)), "e1"))
+    assert plan.events == []
+    candidate = lab.status["variants"][1]
+    assert candidate["outcomes"] == 420 and "carried" not in candidate
+
+
+def test_an_old_epoch_reported_again_is_not_counted_twice():
+    """The old cluster still answers after the new one was read: its (closed) epoch's counts
+    are refused with a StatsUnavailable condition; totals stay; the live epoch goes on."""
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 200}))
+    lab.start()
+    lab.step(T0 + timedelta(minutes=1), stats=_epoch(rows((400, 40), (400, 50)), "e1"))
+    lab.step(T0 + timedelta(minutes=2), stats=_epoch(rows((10, 1), (10, 2)), "e2"))
+    before = copy.deepcopy(lab.status["variants"])
+    plan = lab.step(T0 + timedelta(minutes=3), stats=_epoch(rows((450, 45), (450, 55)), "e1"))
+    assert reasons(plan) == ["StatsUnavailable"]
+    assert lab.condition("Running")["status"] == "Unknown"
+    assert "epoch e1" in lab.condition("Running")["message"]
+    assert lab.status["variants"] == before and lab.status["countsEpoch"] == "e2"
+    lab.step(T0 + timedelta(minutes=4), stats=_epoch(rows((20, 2), (20, 3)), "e2"))
+    assert lab.status["variants"][1]["outcomes"] == 420
+    assert lab.condition("Running")["reason"] == "Analysing"
+
+
+def test_counts_going_down_within_an_epoch_are_a_restart_of_every_variant():
+    """Within one epoch, any variant going down means the monitor lost its counts: every
+    variant is carried (one whose new counts happen to be higher would otherwise lose its
+    old ones)."""
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 200}))
+    lab.start()
+    lab.step(T0 + timedelta(minutes=1), stats=_epoch(rows((400, 40), (10, 1)), "e1"))
+    plan = lab.step(T0 + timedelta(minutes=2), stats=_epoch(rows((5, 1), (30, 3)), "e1"))
+    assert reasons(plan) == ["CountsReset"]
+    control, candidate = lab.status["variants"]
+    assert (control["outcomes"], candidate["outcomes"]) == (405, 40)
+    assert candidate["outcomeSum"] == 4.0
+
+
+def test_folded_totals_equal_every_epochs_last_read_and_never_go_back():
+    """Random epochs, restarts with and without saved counts, stale reads of closed epochs: the
+    status totals always equal the sum over epochs of the last counts read from each, and no
+    counter in status ever goes down."""
+    rng = random.Random(1515)
+    lab = Lab(abtest_body(analysis={"alpha": "0.05", "minSamplesPerVariant": 10**8}))
+    lab.start()
+    last_read: dict[str, tuple[int, int]] = {}  # epoch -> (control, candidate) outcomes
+    epochs = ["e0"]
+    live = [0, 0]
+    previous = (0, 0)
+    now = T0
+    for step in range(100):
+        now += timedelta(minutes=1)
+        roll = rng.random()
+        if roll < 0.1:  # the state is lost: a new epoch from zero
+            epochs.append(f"e{len(epochs)}")
+            live = [0, 0]
+        live = [c + rng.randrange(0, 50) for c in live]
+        epoch = epochs[-1]
+        if roll > 0.95 and len(epochs) > 1:  # an old cluster answers: refused
+            old = rng.choice(epochs[:-1])
+            lab.step(now, stats=_epoch(rows((99_999, 0), (99_999, 0)), old))
+        else:
+            lab.step(now, stats=_epoch(rows((live[0], 0), (live[1], 0)), epoch))
+            last_read[epoch] = (live[0], live[1])
+        control, candidate = lab.status["variants"]
+        got = (control["outcomes"], candidate["outcomes"])
+        want = tuple(sum(v[i] for v in last_read.values()) for i in (0, 1))
+        assert got == want, (step, got, want)
+        assert got[0] >= previous[0] and got[1] >= previous[1]
+        previous = got
+    assert len(lab.status["closedEpochs"]) <= 16

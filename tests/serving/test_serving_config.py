@@ -113,6 +113,11 @@ def test_model_config():
 def test_local_config_changes_resources_only():
     serve = {"applications": [app_config()], "proxy_location": "EveryNode"}
     local = local_serve_config(serve, port=8123, num_cpus=0.25, max_replicas=1)
+    # The pod's state path is not used on one machine (every run would share it).
+    assert "state_dir" in serve["applications"][0]["args"]
+    assert "state_dir" not in local["applications"][0]["args"]
+    kept = local_serve_config(serve, state_dir="/tmp/x")["applications"][0]["args"]["state_dir"]
+    assert kept == "/tmp/x"
     assert local["http_options"] == {"host": "127.0.0.1", "port": 8123}
     (app,) = local["applications"]
     for deployment in app["deployments"]:
@@ -121,7 +126,7 @@ def test_local_config_changes_resources_only():
             assert deployment["autoscaling_config"]["max_replicas"] == 1
             assert deployment["autoscaling_config"]["min_replicas"] <= 1
     original = serve["applications"][0]
-    assert app["args"] == original["args"]
+    assert app["args"] == {k: v for k, v in original["args"].items() if k != "state_dir"}
     assert [d.get("user_config") for d in app["deployments"]] == [
         d.get("user_config") for d in original["deployments"]
     ]
