@@ -264,7 +264,7 @@ class TrainingSession:
             self._window_until = self._window_id = None
         if self.store is None:
             return False
-        now = self.clock()
+        now = self.wall()  # not ``clock``: the interval's clock is the loop's alone
         if self._notice_read is not None and now - self._notice_read < NOTICE_POLL_SECONDS:
             return False
         self._notice_read = now
