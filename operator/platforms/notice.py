@@ -13,6 +13,7 @@ On Kubernetes the write uses the operator's own AWS credentials (boto3's chain: 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mlplane.monitoring.notice import NOTICE_FILE, encode
 from mlplane.operator.reconcile.notice import NoticeDelivery
@@ -20,17 +21,43 @@ from mlplane.operator.reconcile.notice import NoticeDelivery
 log = logging.getLogger(__name__)
 
 
-def deliver_notice(delivery: NoticeDelivery, *, local_paths: bool) -> str | None:
-    """Write the notice object; None when it landed, else why not (for the status)."""
-    from mlplane.training.checkpoints import open_store
+#: The longest the operator waits on S3 for one notice write (seconds per try, two tries): a
+#: hung object store must not hold the reconcile round; a failed write is retried next round.
+S3_TIMEOUT_SECONDS = 5.0
 
-    if not local_paths and not delivery.uri.startswith("s3://"):
+
+def _s3_client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(
+        connect_timeout=S3_TIMEOUT_SECONDS, read_timeout=S3_TIMEOUT_SECONDS,
+        retries={"total_max_attempts": 2, "mode": "standard"},
+    ))  # fmt: skip
+
+
+def deliver_notice(
+    delivery: NoticeDelivery, *, local_paths: bool, s3_client: Any = None
+) -> str | None:
+    """Write the notice object; None when it landed, else why not (for the status).
+
+    ``s3_client``: a boto3 S3 client (default: one bounded by :data:`S3_TIMEOUT_SECONDS`).
+    """
+    from mlplane.training.checkpoints import LocalCheckpointStore, S3CheckpointStore
+
+    s3 = delivery.uri.startswith("s3://")
+    if not local_paths and not s3:
         return (
             f"checkpoint folder {delivery.uri} is a path in the Ray pods, which the operator "
             "cannot write: use an s3:// checkpoint.uri for checkpoint-on-notice"
         )
     try:
-        open_store(delivery.uri).write_side(NOTICE_FILE, encode(delivery.document))
+        store = (
+            S3CheckpointStore(delivery.uri, client=s3_client or _s3_client())
+            if s3
+            else LocalCheckpointStore(delivery.uri)
+        )
+        store.write_side(NOTICE_FILE, encode(delivery.document))
     except Exception as exc:  # boto3/botocore or OS errors: said in status, retried
         log.warning("reclaim notice %s not written to %s: %s", delivery.id, delivery.uri, exc)
         return f"{type(exc).__name__}: {exc}"
