@@ -13,6 +13,9 @@ On Kubernetes the write uses the operator's own AWS credentials (boto3's chain: 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from mlplane.monitoring.notice import NOTICE_FILE, encode
@@ -36,28 +39,49 @@ def _s3_client() -> Any:
     ))  # fmt: skip
 
 
+def _write_s3(uri: str, data: bytes, client: Any) -> None:
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    key = f"{prefix}/{NOTICE_FILE}" if prefix else NOTICE_FILE
+    client.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def _write_folder(uri: str, data: bytes) -> None:
+    """Beside the checkpoints, atomically (a reader never sees half a notice)."""
+    folder = Path(uri.removeprefix("file://"))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, folder / NOTICE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def deliver_notice(
     delivery: NoticeDelivery, *, local_paths: bool, s3_client: Any = None
 ) -> str | None:
     """Write the notice object; None when it landed, else why not (for the status).
 
     ``s3_client``: a boto3 S3 client (default: one bounded by :data:`S3_TIMEOUT_SECONDS`).
+    The key is the one ``mlplane.training``'s checkpoint store reads (``read_side``); the
+    operator image has no training runtime, so the write is done here.
     """
-    from mlplane.training.checkpoints import LocalCheckpointStore, S3CheckpointStore
-
-    s3 = delivery.uri.startswith("s3://")
+    uri = delivery.uri.strip().rstrip("/")
+    s3 = uri.startswith("s3://")
     if not local_paths and not s3:
         return (
             f"checkpoint folder {delivery.uri} is a path in the Ray pods, which the operator "
             "cannot write: use an s3:// checkpoint.uri for checkpoint-on-notice"
         )
+    data = encode(delivery.document)
     try:
-        store = (
-            S3CheckpointStore(delivery.uri, client=s3_client or _s3_client())
-            if s3
-            else LocalCheckpointStore(delivery.uri)
-        )
-        store.write_side(NOTICE_FILE, encode(delivery.document))
+        if s3:
+            _write_s3(uri, data, s3_client or _s3_client())
+        else:
+            _write_folder(uri, data)
     except Exception as exc:  # boto3/botocore or OS errors: said in status, retried
         log.warning("reclaim notice %s not written to %s: %s", delivery.id, delivery.uri, exc)
         return f"{type(exc).__name__}: {exc}"

@@ -72,3 +72,22 @@ def test_the_default_client_is_bounded(monkeypatch):
     config = edge._s3_client().meta.config
     assert (config.connect_timeout, config.read_timeout) == (5.0, 5.0)
     assert config.retries["total_max_attempts"] == 2
+
+
+def test_delivery_needs_no_training_runtime(tmp_path):
+    """The operator image has no training runtime (numpy, Ray): delivering must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mlplane.operator.platforms.notice import deliver_notice\n"
+        "from mlplane.operator.reconcile.notice import NoticeDelivery\n"
+        f"assert deliver_notice(NoticeDelivery('x', {str(tmp_path)!r}, {DOC!r}),"
+        " local_paths=True) is None\n"
+        "assert not [m for m in sys.modules if m.startswith(('mlplane.training', 'numpy'))]\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / NOTICE_FILE).exists()
