@@ -30,8 +30,8 @@ S3_TIMEOUT_SECONDS = 5.0
 
 
 def _s3_client() -> Any:
-    import boto3
-    from botocore.config import Config
+    import boto3  # type: ignore[import-untyped]
+    from botocore.config import Config  # type: ignore[import-untyped]
 
     return boto3.client("s3", config=Config(
         connect_timeout=S3_TIMEOUT_SECONDS, read_timeout=S3_TIMEOUT_SECONDS,
