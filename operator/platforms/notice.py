@@ -12,6 +12,7 @@ On Kubernetes the write uses the operator's own AWS credentials (boto3's chain: 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 S3_TIMEOUT_SECONDS = 5.0
 
 
+@functools.lru_cache(maxsize=1)
 def _s3_client() -> Any:
+    """One bounded client per process: credentials are resolved once, not per notice."""
     import boto3  # type: ignore[import-untyped]
     from botocore.config import Config  # type: ignore[import-untyped]
 

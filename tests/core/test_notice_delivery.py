@@ -38,12 +38,14 @@ def test_s3_gets_the_notice(monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    edge._s3_client.cache_clear()  # made under the mock, with its keys
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="ckpt")
         assert edge.deliver_notice(NoticeDelivery("x", "s3://ckpt/job/u1", DOC),
                                    local_paths=False) is None  # fmt: skip
         body = boto3.client("s3", region_name="us-east-1").get_object(
             Bucket="ckpt", Key=f"job/u1/{NOTICE_FILE}")["Body"].read()  # fmt: skip
+    edge._s3_client.cache_clear()
     assert parse_notice(body) is not None
 
 
@@ -69,6 +71,7 @@ def test_a_failed_write_is_returned_not_raised(error):
 
 def test_the_default_client_is_bounded(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    edge._s3_client.cache_clear()
     config = edge._s3_client().meta.config
     assert (config.connect_timeout, config.read_timeout) == (5.0, 5.0)
     assert config.retries["total_max_attempts"] == 2

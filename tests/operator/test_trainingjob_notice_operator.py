@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from moto import mock_aws
 
 from mlplane.monitoring.notice import NOTICE_FILE, parse_notice
+from mlplane.operator.platforms.notice import _s3_client
 from mlplane.training import TrainingContext, TrainingSession
 from mlplane.training.checkpoints import open_store
 
@@ -48,9 +49,11 @@ def s3(monkeypatch) -> Iterator[None]:
                         ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    _s3_client.cache_clear()  # the operator's client is made under the mock, with its keys
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
         yield
+    _s3_client.cache_clear()
 
 
 def trainingjob(name: str) -> dict:
