@@ -165,6 +165,11 @@ def follow_notice(
         s.condition("ReclaimNotice", "True", "CheckpointTaken", message)
         s.event("Normal", "NoticeCheckpointTaken", message)
         return None
+    if st.get("phase") in ("Registering", "Succeeded", "Failed"):
+        s.condition("ReclaimNotice", "False", "AttemptEnded",
+                    f"attempt {number} ended ({st['phase']}) before it checkpointed on notice "
+                    f"{last['id']} ({last['signal']}): no checkpoint is needed")  # fmt: skip
+        return None
     if not checkpoint_uri:
         s.condition("ReclaimNotice", "False", "NoCheckpointUri",
                     f"notice {last['id']} ({last['signal']}) cannot reach attempt {number}: the "

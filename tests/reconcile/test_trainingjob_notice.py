@@ -177,3 +177,13 @@ def test_without_a_notice_nothing_is_delivered_or_recorded():
     assert plan.notice is None and plan.create == [] and plan.events == []
     assert "lastNotice" not in job.status and "reclaimNotices" not in job.status
     assert conditions.find(job.status["conditions"], "ReclaimNotice") is None
+
+
+def test_an_attempt_that_succeeds_before_answering_needs_no_checkpoint():
+    job = started()
+    job.step(Observed(attempts=(RUNNING,), run=RUN, notices=(ITN,)), at=10)
+    done = replace(RUNNING, job_status="SUCCEEDED", end_time="2026-12-01T12:00:20Z")
+    plan = job.step(Observed(attempts=(done,), run=RUN, notices=(ITN,)), at=20)
+    assert plan.notice is None and job.status["phase"] == "Succeeded"
+    cond = conditions.find(job.status["conditions"], "ReclaimNotice")
+    assert (cond["status"], cond["reason"]) == ("False", "AttemptEnded")
