@@ -147,6 +147,16 @@ class Preemption(SpecModel):
         description="Worker losses Ray Train absorbs inside one attempt by restoring from the "
         "newest checkpoint (FailureConfig.max_failures).",
     )
+    termination_grace_seconds: int | None = Field(
+        None,
+        ge=10,
+        le=3600,
+        description="Grace given to spot Ray worker pods when they are evicted, so the "
+        "checkpoint asked for by a reclaim notice can finish first (their "
+        "terminationGracePeriodSeconds; a preStop hook keeps Ray up while that checkpoint is "
+        "pending). Default: the capacity's notice window, 120 s on AWS (eks, karpenter), 30 s "
+        "on GKE.",
+    )
     return_to_spot: ReturnToSpot | None = Field(
         None,
         description="After SpotWithFallback workers fell back to on-demand, move them back to "
@@ -325,6 +335,43 @@ class Disruption(StatusModel):
     time: Timestamp | None = None
 
 
+class NoticeCheckpointStatus(StatusModel):
+    uri: str | None = None
+    step: int | None = None
+
+
+class LastNotice(StatusModel):
+    """The newest reclaim notice of a running attempt, and the checkpoint it asked for."""
+
+    id: str = Field(..., description="attempt-<n>-notice-<k>: what the runtime answers.")
+    attempt: int
+    sequence: int = Field(1, ge=1)
+    signal: str = Field(
+        ...,
+        description="The taint key (e.g. aws-node-termination-handler/spot-itn) or "
+        "DisruptionTarget (a pod's condition).",
+    )
+    node: str | None = None
+    pod: str | None = None
+    time: Timestamp | None = Field(None, description="When the signal was raised (or seen).")
+    seen_time: Timestamp | None = None
+    deadline: Timestamp | None = Field(
+        None, description="When the capacity goes, when the signal says (or its window does)."
+    )
+    delivered_time: Timestamp | None = Field(
+        None, description="When the operator wrote the notice where the attempt reads it."
+    )
+    checkpoint: NoticeCheckpointStatus | None = Field(
+        None, description="The checkpoint the attempt took on this notice."
+    )
+    checkpoint_time: Timestamp | None = None
+    keys: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Nodes and pods whose notices this one checkpoint answers.",
+    )
+
+
 class SpotReturnStatus(StatusModel):
     """Where a fallen-back job stands on its way back to spot (spec.preemption.returnToSpot)."""
 
@@ -379,6 +426,12 @@ class TrainingJobStatus(StatusModel):
         description="Planned moves from on-demand back to spot (spec.preemption.returnToSpot): "
         "neither a preemption nor a failure; unset until the first.",
     )
+    reclaim_notices: int | None = Field(
+        None, description="Reclaim notices the running attempt was told of; unset until the first."
+    )
+    notice_checkpoints: int | None = Field(
+        None, description="Checkpoints taken on a reclaim notice; unset until the first."
+    )
     spot_return: SpotReturnStatus | None = None
     #: Attempts lost to an MLflow/S3 outage: they spend neither budget.
     infrastructure_failures: int | None = None
@@ -387,6 +440,7 @@ class TrainingJobStatus(StatusModel):
     retry_after: Timestamp | None = None
     current_attempt: CurrentAttempt | None = None
     last_checkpoint: LastCheckpoint | None = None
+    last_notice: LastNotice | None = None
     checkpoint_uri: str | None = Field(
         None,
         description="Where this job's attempts checkpoint: its own folder, scoped by its uid "
@@ -456,6 +510,18 @@ class TrainingJob(Resource):
             "name": "Lost-GPU-h",
             "type": "number",
             "jsonPath": ".status.cost.lostGpuHours",
+            "priority": 1,
+        },
+        {
+            "name": "Notice",
+            "type": "string",
+            "jsonPath": ".status.lastNotice.signal",
+            "priority": 1,
+        },
+        {
+            "name": "Notice-Ckpt",
+            "type": "integer",
+            "jsonPath": ".status.lastNotice.checkpoint.step",
             "priority": 1,
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -895,7 +895,7 @@ def training_dashboard() -> dict[str, Any]:
             width=8,
         ),
         timeseries(
-            "Spot preemptions and returns to spot in the last hour",
+            "Spot preemptions, reclaim notices and returns to spot in the last hour",
             [
                 (
                     f"sum by ({by}) (increase({n.TRAININGJOB_PREEMPTIONS_TOTAL}{{{sel}}}[1h]))",
@@ -904,6 +904,15 @@ def training_dashboard() -> dict[str, Any]:
                 (
                     f"sum by ({by}) (increase({n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL}{{{sel}}}[1h]))",
                     f"{legend} returned to spot",
+                ),
+                (
+                    f"sum by ({by}) (increase({n.TRAININGJOB_RECLAIM_NOTICES_TOTAL}{{{sel}}}[1h]))",
+                    f"{legend} reclaim notices",
+                ),
+                (
+                    f"sum by ({by}) (increase({n.TRAININGJOB_NOTICE_CHECKPOINTS_TOTAL}{{{sel}}}"
+                    "[1h]))",
+                    f"{legend} checkpointed on notice",
                 ),
             ],
             width=8,

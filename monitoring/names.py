@@ -46,6 +46,8 @@ Operator, training; labels ``namespace, trainingjob``:
     mlplane_trainingjob_preemptions_total        counter
     mlplane_trainingjob_failures_total           counter
     mlplane_trainingjob_returns_to_spot_total    counter    (planned moves back to spot)
+    mlplane_trainingjob_reclaim_notices_total    counter    (notices the attempt was told of)
+    mlplane_trainingjob_notice_checkpoints_total counter    (checkpoints taken on a notice)
     mlplane_trainingjob_last_checkpoint_timestamp_seconds  gauge
     mlplane_trainingjob_phase                    gauge      + phase (1 for the current one)
     mlplane_trainingjob_gpu_hours                gauge      + capacity (spot, on_demand)
@@ -130,6 +132,8 @@ TRAININGJOB_ATTEMPTS_TOTAL = "mlplane_trainingjob_attempts_total"
 TRAININGJOB_PREEMPTIONS_TOTAL = "mlplane_trainingjob_preemptions_total"
 TRAININGJOB_FAILURES_TOTAL = "mlplane_trainingjob_failures_total"
 TRAININGJOB_RETURNS_TO_SPOT_TOTAL = "mlplane_trainingjob_returns_to_spot_total"
+TRAININGJOB_RECLAIM_NOTICES_TOTAL = "mlplane_trainingjob_reclaim_notices_total"
+TRAININGJOB_NOTICE_CHECKPOINTS_TOTAL = "mlplane_trainingjob_notice_checkpoints_total"
 TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS = (
     "mlplane_trainingjob_last_checkpoint_timestamp_seconds"
 )
@@ -378,6 +382,21 @@ METRICS: Mapping[str, Metric] = {
             "operator",
             "Planned moves from on-demand back to spot (spec.preemption.returnToSpot): neither "
             "a preemption nor a failure.",
+        ),
+        Metric(
+            TRAININGJOB_RECLAIM_NOTICES_TOTAL,
+            "counter",
+            _TJ,
+            "operator",
+            "Reclaim notices (a node's termination taint, a pod's DisruptionTarget) the running "
+            "attempt was asked to checkpoint for.",
+        ),
+        Metric(
+            TRAININGJOB_NOTICE_CHECKPOINTS_TOTAL,
+            "counter",
+            _TJ,
+            "operator",
+            "Checkpoints the attempts took on a reclaim notice, before the capacity went.",
         ),
         Metric(
             TRAININGJOB_LAST_CHECKPOINT_TIMESTAMP_SECONDS,

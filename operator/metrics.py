@@ -60,6 +60,8 @@ _TRAINING_COUNTERS = (
     (n.TRAININGJOB_PREEMPTIONS_TOTAL, "preemptions"),
     (n.TRAININGJOB_FAILURES_TOTAL, "failures"),
     (n.TRAININGJOB_RETURNS_TO_SPOT_TOTAL, "returnsToSpot"),
+    (n.TRAININGJOB_RECLAIM_NOTICES_TOTAL, "reclaimNotices"),
+    (n.TRAININGJOB_NOTICE_CHECKPOINTS_TOTAL, "noticeCheckpoints"),
 )
 #: TrainingJob gauges and the (section, field) of status each follows (absent: no series).
 _TRAINING_GAUGES = (

@@ -26,8 +26,14 @@ from datetime import datetime
 from typing import Any
 
 from mlplane.crds import TrainingJob, TrainingJobStatus
+from mlplane.monitoring.notice import (
+    TAG_NOTICE_CHECKPOINT_STEP,
+    TAG_NOTICE_CHECKPOINT_URI,
+    TAG_NOTICE_ID,
+)
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile.modeldeployment import Unresolved
+from mlplane.operator.reconcile.notice import NoticeDelivery
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
     ObservedRun,
@@ -263,6 +269,9 @@ class Registry:
                 checkpoint_write_seconds=_number(tags.get(TAG_CHECKPOINT_WRITE_SECONDS)),
                 checkpoint_interval_seconds=_number(tags.get(TAG_CHECKPOINT_INTERVAL_SECONDS)),
                 checkpoint_interval_attempt=_whole(tags.get(TAG_CHECKPOINT_INTERVAL_ATTEMPT)),
+                notice_id=tags.get(TAG_NOTICE_ID),
+                notice_checkpoint_uri=tags.get(TAG_NOTICE_CHECKPOINT_URI),
+                notice_checkpoint_step=_whole(tags.get(TAG_NOTICE_CHECKPOINT_STEP)),
             )
         except Exception as exc:
             raise _classify(exc, f"MLflow at {self.tracking_uri}") from None
@@ -452,20 +461,28 @@ def trainingjob_rounds(
     *,
     observe: Callable[[TrainingJob], Observed],
     act: Callable[[TrainingJob, Plan], None],
+    deliver: Callable[[NoticeDelivery], str | None] | None = None,
 ) -> tuple[TrainingJob, Plan, Observed]:
     """Observe, reconcile, act; again after an MLflow write (to see it) or its failure (to
     write it into status). Both platforms run this; they differ only in ``observe`` (attempts,
     disruption evidence, and :func:`observe_trainingjob`) and ``act`` (children, events).
 
+    ``deliver`` writes a reclaim notice the plan carries (``reconcile/notice.py``) where the
+    attempt reads it and returns None, or why it could not; tried once per call, its outcome
+    goes into one more round so the status records the delivery (or its failure) at once.
+
     Returns the job with its new status, the last plan and what it was planned from. At most
-    four rounds: create the run, start attempt 1; or register, then see it (or its failure).
+    five rounds: create the run, start attempt 1; or register, then see it (or its failure);
+    and a notice delivery.
     """
     observed = observe(tj)
-    for _ in range(4):
+    tried_notice = False
+    for _ in range(5):
         plan = reconcile(tj, observed, now, config, uid=uid)
         act(tj, plan)
         outcome = act_trainingjob(registry, tj, uid, plan)
         tj = tj.model_copy(update={"status": TrainingJobStatus.model_validate(plan.status)})
+        again = True
         if outcome.unavailable or outcome.refused:
             observed = replace(
                 observed, registry_error=outcome.unavailable, registry_refused=outcome.refused
@@ -473,6 +490,13 @@ def trainingjob_rounds(
         elif outcome.wrote:
             observed = observe(tj)
         else:
+            again = False
+        if plan.notice is not None and deliver is not None and not tried_notice:
+            tried_notice = again = True
+            error = deliver(plan.notice)
+            observed = replace(observed, notice_delivered=None if error else plan.notice.id,
+                               notice_error=error)  # fmt: skip
+        if not again:
             break
     return tj, plan, observed
 

@@ -50,12 +50,14 @@ from mlplane.operator.config import OperatorConfig, Settings
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.local import LocalPlatform
 from mlplane.operator.platforms.local_serving import LocalServing
+from mlplane.operator.platforms.notice import deliver_notice
 from mlplane.operator.platforms.reclaim_history import file_keeper
 from mlplane.operator.platforms.serving_client import Unavailable, fetch_drift, fetch_stats
 from mlplane.operator.platforms.store import NotFound, Store
 from mlplane.operator.reconcile import abtest as ab_core
 from mlplane.operator.reconcile import modeldeployment as md_core
 from mlplane.operator.reconcile.drift import ObservedRetrain, reconcile_drift
+from mlplane.operator.reconcile.notice import ObservedNotice
 from mlplane.operator.reconcile.trainingjob import (
     AttemptCapacity,
     Observed,
@@ -367,6 +369,7 @@ class Runner:
         tj, plan, observed = trainingjob_rounds(
             tj, uid, now, config, registry,
             observe=lambda job: self._observe_trainingjob(job, registry, uid), act=act,
+            deliver=lambda notice: deliver_notice(notice, local_paths=True),
         )  # fmt: skip
         self.store.write_status(body, plan.status)
         self.reclaims.offer(plan.reclaim_samples)
@@ -394,7 +397,35 @@ class Runner:
         disruptions = self._disruptions(current)
         look = observe_trainingjob(registry, tj, uid)
         return Observed(tuple(attempts), disruptions, look.run, look.unavailable, look.refused,
-                        reclaim_history=self.reclaims.history())  # fmt: skip
+                        reclaim_history=self.reclaims.history(),
+                        notices=self._notices(current))  # fmt: skip
+
+    def _notices(self, current: Any) -> tuple[ObservedNotice, ...]:
+        """Reclaims announced (``mlplane local reclaim --notice``) since the current attempt
+        started: the local stand-in for a spot node's termination taint. Like a dead spot node
+        (:meth:`_disruptions`), a notice reaches the current attempt of every job."""
+        if current is None or not current.start_time:
+            return ()
+        started = datetime.fromisoformat(current.start_time.replace("Z", "+00:00"))
+        out = []
+        for notice in self.platform.notices():
+            try:
+                said = datetime.fromisoformat(str(notice["time"]).replace("Z", "+00:00"))
+                window = float(notice["window_seconds"])
+                node = str(notice["node_id"])[:16]
+            except (KeyError, TypeError, ValueError):
+                continue
+            if said >= started:
+                out.append(
+                    ObservedNotice(
+                        current.number,
+                        str(notice.get("signal")),
+                        node=node,
+                        time=str(notice["time"]),
+                        window_seconds=window,
+                    )
+                )
+        return tuple(out)
 
     def _disruptions(self, current: Any) -> tuple[ObservedDisruption, ...]:
         """Spot-resource Ray nodes that died while the current attempt ran."""

@@ -15,6 +15,8 @@
 #   serving  <ns>  read        artifacts/<ns>/*
 #   operator       read        checkpoints/* (finds the newest checkpoint an attempt resumes from,
 #                              for every namespace: the operator is the platform, not a tenant)
+#                  write       checkpoints/*/_mlplane_notice.json only: the reclaim notice it
+#                              hands the running attempt (docs/spot.md), never a checkpoint
 # So a training cluster in one namespace can neither read, overwrite nor delete another team's
 # checkpoints or models. No policy grants a wildcard action or s3 actions on "*".
 
@@ -22,6 +24,8 @@ locals {
   bucket_arn      = module.artifact_bucket.bucket_arn
   kms_key_arn     = module.artifact_bucket.kms_key_arn
   checkpoints_arn = "${local.bucket_arn}/${local.checkpoints_prefix}/*"
+  # The reclaim notice the operator writes in a job's checkpoint folder (monitoring/notice.py).
+  notice_object = "_mlplane_notice.json"
   # ListBucket is a bucket action; its s3:prefix condition keeps listings inside the prefixes.
   checkpoints_listing = [local.checkpoints_prefix, "${local.checkpoints_prefix}/*"]
 
@@ -182,7 +186,7 @@ data "aws_iam_policy_document" "serving" {
   }
 }
 
-# --- Operator: read checkpoints ---------------------------------------------------------------
+# --- Operator: read checkpoints, write reclaim notices ---------------------------------------------------------------
 
 data "aws_iam_policy_document" "operator" {
   statement {
@@ -213,9 +217,16 @@ data "aws_iam_policy_document" "operator" {
   }
 
   statement {
+    sid       = "WriteReclaimNotices"
+    effect    = "Allow"
+    actions   = ["s3:PutObject"]
+    resources = ["${local.bucket_arn}/${local.checkpoints_prefix}/*/${local.notice_object}"]
+  }
+
+  statement {
     sid       = "DecryptWithBucketKey"
     effect    = "Allow"
-    actions   = ["kms:Decrypt"]
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [local.kms_key_arn]
 
     condition {

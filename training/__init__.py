@@ -35,6 +35,14 @@ All are optional, so a script also runs by hand (:class:`TrainingContext`):
   default 2) and whether each takes a GPU (``true``/``false``).
 - ``AWS_ENDPOINT_URL`` and the other ``AWS_*``: boto3's and pyarrow's usual S3 settings.
 
+**In: the reclaim notice.** The operator writes ``_mlplane_notice.json`` at the root of
+``MLPLANE_CHECKPOINT_URI`` when the attempt's capacity is announced to go
+(:mod:`mlplane.monitoring.notice`); :meth:`TrainingSession.notice_due` reads it at step
+boundaries (at most every 2 s) and asks for a checkpoint at the next one and at each one until
+the notice's deadline. The checkpoint answering it carries the notice id in its marker
+metadata and in the run tags ``mlplane.notice.id``, ``mlplane.notice.checkpoint_uri`` and
+``mlplane.notice.checkpoint_step``.
+
 **Out: MLflow, the operator's only channel to a job running on Kubernetes.** On the run
 ``MLFLOW_RUN_ID``:
 

@@ -219,6 +219,26 @@ class CheckpointStore(ABC):
             trainingjob_uid=str(uid) if uid else None,
         )
 
+    # --- side objects (beside the checkpoints: the reclaim notice) ---------------------------
+
+    @staticmethod
+    def _side_key(name: str) -> str:
+        if "/" in name or name.startswith(STEP_PREFIX) or name in ("", ".", "..") or name == MARKER:
+            raise ValueError(f"invalid side object name {name!r}: one plain name, not step-*")
+        return name
+
+    def write_side(self, name: str, data: bytes) -> None:
+        """Write a small object at the store's root, beside the step folders (never listed
+        as a checkpoint: :meth:`checkpoints` reads ``step-*`` folders only)."""
+        self._put(self._side_key(name), data)
+
+    def read_side(self, name: str) -> bytes | None:
+        """A side object's bytes, or None when there is none."""
+        try:
+            return self._get(self._side_key(name))
+        except FileNotFoundError:
+            return None
+
     def checkpoints(self) -> list[CheckpointInfo]:
         """Every complete checkpoint, oldest step first."""
         return self._scan()[0]

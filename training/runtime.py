@@ -40,9 +40,21 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from mlplane.monitoring import spot
+from mlplane.monitoring.notice import (
+    METADATA_NOTICE,
+    NOTICE_FILE,
+    NOTICE_PENDING_FILE,
+    TAG_NOTICE_CHECKPOINT_STEP,
+    TAG_NOTICE_CHECKPOINT_URI,
+    TAG_NOTICE_ID,
+    NoticeDoc,
+    parse_notice,
+)
 from mlplane.monitoring.profile import Profile
 from mlplane.training.checkpoints import (
     CheckpointInfo,
@@ -60,6 +72,15 @@ from mlplane.training.mlflow_run import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The most often :meth:`TrainingSession.notice_due` reads the notice object (seconds): an
+#: S3 GET per two seconds at most, and the runtime learns of a notice within 2 s plus a step.
+NOTICE_POLL_SECONDS = 2.0
+#: How long steps keep checkpointing after a notice that gives no deadline (the AWS window).
+NOTICE_DEFAULT_WINDOW_SECONDS = 120.0
+#: Steps keep checkpointing this long past a notice's deadline: deadlines are approximate
+#: (whole seconds, clocks of different machines), and a step lost is a step repeated.
+NOTICE_DEADLINE_MARGIN_SECONDS = 10.0
 
 #: Run tags of an explicit warm start (``spec.checkpoint.resumeFrom``): what was restored.
 TAG_WARM_START_URI = "mlplane.warm_start.uri"
@@ -108,6 +129,18 @@ class TrainingSession:
         #: checkpoint), on this process's clock: None until the loop runs, so a session
         #: pickled to a Ray worker never compares clocks of two machines.
         self._since: float | None = None
+        #: The reclaim notice: when it was last read, the one to answer, the last answered.
+        self._notice_read: float | None = None
+        self._notice: NoticeDoc | None = None
+        self._notice_answered: str | None = None
+        #: After the notice checkpoint, every step boundary checkpoints until the capacity is
+        #: due to go (wall-clock seconds), so the loss repeats at most one step.
+        self._window_until: float | None = None
+        self._window_id: str | None = None
+        #: Wall-clock seconds (notice deadlines are wall-clock times); replaced in tests.
+        self.wall: Callable[[], float] = time.time
+        #: Marked while a notice checkpoint is pending: the pod's preStop hook waits for it.
+        self.notice_pending_file: Path | None = Path(NOTICE_PENDING_FILE)
 
     @classmethod
     def start(
@@ -154,6 +187,8 @@ class TrainingSession:
         if info is not None:
             assert self.store is not None
             files = self.store.read_all(info)
+            # A checkpoint that answered a notice: the retried task does not answer it again.
+            self._notice_answered = info.metadata.get(METADATA_NOTICE) or self._notice_answered
             log.info("resuming from checkpoint %s (step %d)", info.uri, info.step)
             if self.reporter is not None:
                 _best_effort(self.reporter.resumed, info.step)
@@ -199,6 +234,8 @@ class TrainingSession:
         """
         if last_step is not None and step == last_step:
             return True
+        if self.notice_due():
+            return True
         if self._interval is None:
             return False
         now = self.clock()
@@ -206,6 +243,69 @@ class TrainingSession:
             self._since = now
             return False
         return now - self._since >= self._interval
+
+    def notice_due(self) -> bool:
+        """True when a reclaim notice for this attempt waits for its checkpoint, and at every
+        step boundary after it until the notice's deadline (without one,
+        :data:`NOTICE_DEFAULT_WINDOW_SECONDS`): the node may go at any of them, and each
+        checkpoint then bounds the loss to one step.
+
+        Reads the notice object the operator writes in the checkpoint folder
+        (``mlplane.monitoring.notice``) at most every :data:`NOTICE_POLL_SECONDS`; a notice of
+        another attempt, or one already answered, is ignored. :meth:`checkpoint_due` asks this
+        first; a loop with its own cadence (:meth:`due`) should ask it too at each step. A read
+        that fails is logged and counts as no notice: the loop is never stopped by it.
+        """
+        if self._notice is not None:
+            return True
+        if self._window_until is not None:
+            if self.wall() < self._window_until:
+                return True
+            self._window_until = self._window_id = None
+        if self.store is None:
+            return False
+        now = self.wall()  # not ``clock``: the interval's clock is the loop's alone
+        if self._notice_read is not None and now - self._notice_read < NOTICE_POLL_SECONDS:
+            return False
+        self._notice_read = now
+        try:
+            data = self.store.read_side(NOTICE_FILE)
+        except Exception as exc:  # S3 or disk trouble: the regular cadence goes on
+            log.warning("reading the reclaim notice failed: %s", exc)
+            return False
+        doc = parse_notice(data) if data is not None else None
+        if doc is None or doc.attempt != self.context.attempt or doc.id == self._notice_answered:
+            return False
+        log.warning("reclaim notice %s (%s, deadline %s): checkpointing at this step",
+                    doc.id, doc.signal, doc.deadline or "unknown")  # fmt: skip
+        self._notice = doc
+        self._mark_pending(True)
+        return True
+
+    def _notice_end(self, notice: NoticeDoc) -> float:
+        """Until when steps checkpoint after a notice: its deadline, else a default window
+        (at most an hour either way: a notice that never ends must not checkpoint forever)."""
+        now = self.wall()
+        end = now + NOTICE_DEFAULT_WINDOW_SECONDS
+        if notice.deadline:
+            try:
+                end = datetime.fromisoformat(notice.deadline.replace("Z", "+00:00")).timestamp()
+                end += NOTICE_DEADLINE_MARGIN_SECONDS
+            except ValueError:
+                pass
+        return min(end, now + 3600.0)
+
+    def _mark_pending(self, pending: bool) -> None:
+        path = self.notice_pending_file
+        if path is None:
+            return
+        try:
+            if pending:
+                path.write_text(self._notice.id if self._notice else "")
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:  # best effort: only the preStop hook's wait depends on it
+            log.warning("notice marker %s: %s", path, exc)
 
     def _measured(self, seconds: float) -> None:
         """A checkpoint took ``seconds`` to write: update C and, when Auto, the interval."""
@@ -232,6 +332,10 @@ class TrainingSession:
         """Save, prune to ``keep``, then publish the checkpoint tags (None without a store)."""
         if self.store is None:
             return None
+        notice = self._notice
+        answers = notice.id if notice is not None else self._window_id
+        if answers is not None:  # it answers a notice: marked, so a retried task does not
+            metadata = {**(metadata or {}), METADATA_NOTICE: answers}
         began = self.clock()
         info = self.store.save(
             step,
@@ -240,6 +344,11 @@ class TrainingSession:
             metadata=metadata,
             trainingjob_uid=self.context.trainingjob_uid,
         )
+        if notice is not None:
+            self._notice, self._notice_answered = None, notice.id
+            self._window_until, self._window_id = self._notice_end(notice), notice.id
+            self._mark_pending(False)
+            log.warning("notice checkpoint %s taken for %s", info.uri, notice.id)
         done = self.clock()
         self._measured(done - began)
         self._since = done
@@ -252,6 +361,9 @@ class TrainingSession:
             if self._interval is not None:
                 extra[TAG_CHECKPOINT_INTERVAL_SECONDS] = f"{self._interval:.3f}"
                 extra[TAG_CHECKPOINT_INTERVAL_ATTEMPT] = str(self.context.attempt)
+            if notice is not None:
+                extra.update({TAG_NOTICE_ID: notice.id, TAG_NOTICE_CHECKPOINT_URI: info.uri,
+                              TAG_NOTICE_CHECKPOINT_STEP: str(info.step)})  # fmt: skip
             _best_effort(self.reporter.checkpoint_saved, info.uri, info.step, info.time,
                          extra=extra)  # fmt: skip
         return info

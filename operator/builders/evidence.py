@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 #: (label, value) pairs that mark spot (or preemptible) capacity.
@@ -187,3 +188,97 @@ def pod_disruption(pod: Mapping[str, Any]) -> PodDisruption | None:
 def is_disrupted_pod(pod: Mapping[str, Any]) -> bool:
     """Whether the pod carries disruption evidence (see :func:`pod_disruption`)."""
     return pod_disruption(pod) is not None
+
+
+# --- notices: capacity about to go (before the loss) ------------------------------------------
+
+#: Taint keys that announce a node's end *before* it goes, with the notice window in seconds
+#: (how long the provider gives between the signal and the loss; None: no fixed window).
+#: AWS gives a spot instance two minutes, GKE a spot/preemptible VM 30 s. Karpenter's taint
+#: covers spot interruption (two minutes on AWS) as well as consolidation, drift and expiry,
+#: which wait for the pods' grace period: no fixed window.
+NOTICE_TAINTS: Mapping[str, float | None] = {
+    "aws-node-termination-handler/spot-itn": 120.0,
+    "cloud.google.com/impending-node-termination": 30.0,
+    "karpenter.sh/disrupted": None,
+    "karpenter.sh/disruption": None,
+}
+#: Any other AWS Node Termination Handler taint (rebalance recommendation, scheduled
+#: maintenance, ASG lifecycle termination) is a notice with no fixed window.
+NOTICE_TAINT_PREFIXES: tuple[str, ...] = ("aws-node-termination-handler/",)
+#: The signal name of a pod's ``DisruptionTarget`` condition.
+POD_NOTICE = "DisruptionTarget"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Capacity announced to go: the running work has until ``deadline`` (when known).
+
+    ``time`` is when the signal was raised, when the object says (a taint's ``timeAdded``, the
+    condition's ``lastTransitionTime``); ``deadline`` is ``time`` plus the signal's window, or a
+    pod's ``deletionTimestamp``. Either may be None: the caller then counts from when it saw it.
+    """
+
+    signal: str
+    node: str | None
+    pod: str | None = None
+    time: str | None = None
+    window_seconds: float | None = None
+    deadline: str | None = None
+
+
+def _plus(stamp: str | None, seconds: float | None) -> str | None:
+    if stamp is None or seconds is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def notice_window(key: str) -> float | None:
+    """The notice window of a notice taint key (None: no fixed window, or not a notice)."""
+    return NOTICE_TAINTS.get(key)
+
+
+def is_notice_taint(key: str) -> bool:
+    """Whether a taint key announces the node's end before it goes."""
+    return key in NOTICE_TAINTS or key.startswith(NOTICE_TAINT_PREFIXES)
+
+
+def node_notice(node: Mapping[str, Any]) -> Notice | None:
+    """The first notice taint of a Node (in node order), or None.
+
+    Spot or not: a node being disrupted by Karpenter or drained by the termination handler
+    ends the work on it either way, and a checkpoint first is worth it on any capacity.
+    """
+    name = str((node.get("metadata") or {}).get("name", "")) or None
+    for taint in (node.get("spec") or {}).get("taints") or ():
+        key = str(taint.get("key", ""))
+        if is_notice_taint(key):
+            window = notice_window(key)
+            added = taint.get("timeAdded")
+            return Notice(signal=key, node=name, time=added, window_seconds=window,
+                          deadline=_plus(added, window))  # fmt: skip
+    return None
+
+
+def pod_notice(pod: Mapping[str, Any]) -> Notice | None:
+    """A pod's ``DisruptionTarget=True`` condition as a notice, or None.
+
+    The condition is set before the pod is deleted (eviction, preemption, taint manager, node
+    shutdown); a pod already deleting gives its ``deletionTimestamp`` as the deadline.
+    """
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return Notice(
+                signal=POD_NOTICE,
+                node=(pod.get("spec") or {}).get("nodeName"),
+                pod=str(meta.get("name", "")) or None,
+                time=condition.get("lastTransitionTime"),
+                deadline=meta.get("deletionTimestamp"),
+            )
+    return None

@@ -47,6 +47,7 @@ import yaml
 from mlplane.crds import Resource, TrainingJob
 from mlplane.crds.trainingjob import WorkerGroup
 from mlplane.crds.validate import Problem
+from mlplane.monitoring.notice import NOTICE_PENDING_FILE
 from mlplane.operator.builders import labels as lbl
 from mlplane.operator.builders.access import auth_options
 from mlplane.operator.builders.placement import NodeCapacity, head_placement, place
@@ -94,6 +95,43 @@ def worker_capacity(group: WorkerGroup, attempt: AttemptCapacity) -> NodeCapacit
     if group.capacity == "SpotWithFallback":
         return attempt
     return group.capacity
+
+
+#: The notice window of each capacity-label convention (seconds): AWS gives a spot instance two
+#: minutes, GKE a spot VM 30 s. The default grace of spot Ray worker pods.
+NOTICE_WINDOW_SECONDS = {"eks": 120, "karpenter": 120, "gke": 30}
+#: What the preStop hook waits for: the runtime's notice being read (seconds), and the file it
+#: keeps while the notice checkpoint is being written (``mlplane.monitoring.notice``).
+PRESTOP_NOTICE_WAIT_SECONDS = 15
+
+
+def spot_grace_seconds(tj: TrainingJob, config: OperatorConfig) -> int:
+    """The grace of spot Ray worker pods: ``spec.preemption.terminationGraceSeconds``, else
+    the capacity convention's notice window."""
+    asked = tj.spec.preemption.termination_grace_seconds
+    return asked if asked is not None else NOTICE_WINDOW_SECONDS.get(config.capacity_labels, 120)
+
+
+def notice_grace(template: dict[str, Any], grace: int) -> None:
+    """Let an evicted spot worker finish the checkpoint a reclaim notice asked for.
+
+    A drain (the termination handler's, Karpenter's) evicts the pods right after tainting the
+    node, and ``ray start`` stops Ray at once on SIGTERM: the grace period alone would not
+    keep the training task alive. So a preStop hook (which runs before SIGTERM, within the
+    grace) waits up to :data:`PRESTOP_NOTICE_WAIT_SECONDS` for the runtime to mark a notice
+    checkpoint as pending, then while it is pending, and returns at once when there is none to
+    wait for; every pod deletion costs at most that first wait.
+    """
+    wait = min(PRESTOP_NOTICE_WAIT_SECONDS, max(grace - 10, 0))
+    pending = NOTICE_PENDING_FILE
+    script = (
+        f"i=0; while [ ! -e {pending} ] && [ $i -lt {wait} ]; do sleep 1; i=$((i+1)); done; "
+        f"while [ -e {pending} ] && [ $i -lt {max(grace - 5, 0)} ]; do sleep 1; i=$((i+1)); done"
+    )
+    spec = template["spec"]
+    spec["terminationGracePeriodSeconds"] = grace
+    for container in spec["containers"]:
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["/bin/sh", "-c", script]}}}
 
 
 def namespace_of(tj: TrainingJob) -> str:
@@ -282,6 +320,9 @@ def _rayjob(
             memory=group.resources.memory,
             gpus=group.resources.gpu,
         )
+        template = pod_template(labels, container, placement, config.training_service_account)
+        if worker_capacity(group, capacity) == "Spot":
+            notice_grace(template, spot_grace_seconds(tj, config))
         workers.append(
             {
                 "groupName": group.name,
@@ -289,9 +330,7 @@ def _rayjob(
                 "minReplicas": int32(low, f"workers[{group.name}].minReplicas"),
                 "maxReplicas": int32(high, f"workers[{group.name}].maxReplicas"),
                 "rayStartParams": {},
-                "template": pod_template(
-                    labels, container, placement, config.training_service_account
-                ),
+                "template": template,
             }
         )
     has_worker_capacity = any(w["maxReplicas"] > 0 for w in workers)

@@ -104,3 +104,34 @@ def local_status(
         out.print(table)
     if not healthy:
         raise typer.Exit(1)
+
+
+@local_app.command("reclaim")
+@one_line_errors
+def local_reclaim(
+    node: Annotated[str, typer.Argument(help="The spot worker node: a prefix of its Ray node id.")],
+    notice: Annotated[
+        float,
+        typer.Option(min=0, max=3600, help="Seconds between the notice and the kill (0: none)."),
+    ] = 0.0,
+    state_dir: StateDir = Path(".mlplane"),
+) -> None:
+    """Reclaim a Ray worker node with the `spot` resource, as a spot VM is: announce it
+    `--notice` seconds ahead (what the runner reads, as the operator reads a termination taint
+    on Kubernetes), then kill it with no goodbye. Waits for the kill."""
+    import time
+
+    from mlplane.operator.platforms.local import LocalPlatform, LocalPlatformError
+
+    platform = LocalPlatform(state_dir)
+    try:
+        found = platform.spot_node(node)
+        node_id = str(found["node_id"])
+        if notice > 0:
+            platform.announce_reclaim(node_id, notice)
+            out.print(f"node {node_id[:16]}: reclaim notice, killed in {notice:g}s")
+            time.sleep(notice)  # the notice window itself: the kill is due then, not sooner
+        killed = platform.kill_node(node_id)
+    except LocalPlatformError as exc:
+        raise UserError(str(exc)) from None
+    out.print(f"node {node_id[:16]} killed ({len(killed)} processes)")

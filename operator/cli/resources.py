@@ -120,7 +120,35 @@ def spot_summary(status: dict[str, Any]) -> dict[str, str]:
         if back.get("backoff"):
             text += f"; minOnDemand doubled {back['backoff']}x (flapping)"
         rows["Returns to spot"] = text
+    notice = status.get("lastNotice")
+    if notice:
+        rows["Last reclaim notice"] = notice_summary(notice)
     return rows
+
+
+def notice_summary(notice: dict[str, Any]) -> str:
+    """``status.lastNotice`` in one line: when, which signal, where, and its checkpoint."""
+    where = " on ".join(
+        x
+        for x in (
+            notice.get("pod") and f"pod {notice['pod']}",
+            notice.get("node") and f"node {notice['node']}",
+        )
+        if x
+    )
+    text = f"{notice.get('signal')} at {notice.get('time')}"
+    text += f" ({where})" if where else ""
+    text += f", attempt {notice.get('attempt')}"
+    if notice.get("deadline"):
+        text += f", deadline {notice['deadline']}"
+    checkpoint = notice.get("checkpoint")
+    if checkpoint:
+        text += f"; checkpoint taken: step {checkpoint.get('step')} ({checkpoint.get('uri')})"
+    elif notice.get("deliveredTime"):
+        text += f"; attempt told at {notice['deliveredTime']}, no checkpoint yet"
+    else:
+        text += "; not delivered yet"
+    return text
 
 
 def _at(body: dict[str, Any], json_path: str) -> Any:

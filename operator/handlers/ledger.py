@@ -12,8 +12,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlplane.operator.builders import labels as lbl
-from mlplane.operator.builders.evidence import node_evidence, pod_disruption
+from mlplane.operator.builders.evidence import (
+    Notice,
+    node_evidence,
+    node_notice,
+    pod_disruption,
+    pod_notice,
+)
+from mlplane.operator.reconcile.notice import ObservedNotice
 from mlplane.operator.reconcile.trainingjob import ObservedDisruption
+
+
+def _observed(attempt: int, notice: Notice, pod: str | None) -> ObservedNotice:
+    return ObservedNotice(attempt, notice.signal, notice.node, pod, notice.time,
+                          notice.window_seconds, notice.deadline)  # fmt: skip
 
 
 class DisruptionLedger:
@@ -29,6 +41,8 @@ class DisruptionLedger:
 
     #: Reclaimed nodes remembered (a pod event may arrive after its node's): the newest win.
     MAX_NODES = 1000
+    #: Reclaim notices kept per TrainingJob (the newest win; status records what it answered).
+    MAX_NOTICES = 50
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -37,6 +51,10 @@ class DisruptionLedger:
         self._live: dict[tuple[str, str], tuple[str, int, str]] = {}
         #: Spot nodes being taken away (or gone) → the reason recorded for their pods.
         self._terminating_nodes: dict[str, str] = {}
+        #: Reclaim notices (before the loss) per TrainingJob, by node (or pod), and the nodes
+        #: that carry a notice taint now.
+        self._notices: dict[tuple[str, str], dict[str, ObservedNotice]] = {}
+        self._notice_nodes: dict[str, Notice] = {}
 
     def pod(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
         """Record a pod's own disruption, and where it runs while it is live (node evidence)."""
@@ -54,10 +72,17 @@ class DisruptionLedger:
             if found is not None:
                 self._add(namespace, job, ObservedDisruption(
                     int(attempt), found.reason, found.pod, found.node, found.time))  # fmt: skip
+            notice = pod_notice(pod)
+            if notice is not None and not over:
+                self._notice(namespace, job, _observed(int(attempt), notice, name))
             if over or not node:
                 self._live.pop((namespace, name), None)
                 return
             self._live[namespace, name] = (job, int(attempt), node)
+            if node in self._notice_nodes:
+                self._notice(
+                    namespace, job, _observed(int(attempt), self._notice_nodes[node], name)
+                )
             if node in self._terminating_nodes:
                 self._add(namespace, job, ObservedDisruption(
                     int(attempt), self._terminating_nodes[node], name, node))  # fmt: skip
@@ -65,7 +90,17 @@ class DisruptionLedger:
     def node(self, node: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A spot node that is going away (or went away) disrupts the live pods on it."""
         evidence = node_evidence(node)
+        notice = None if deleted else node_notice(node)
         with self._lock:
+            if notice is None:
+                self._notice_nodes.pop(evidence.name, None)
+            else:
+                self._notice_nodes[evidence.name] = notice
+                while len(self._notice_nodes) > self.MAX_NODES:
+                    del self._notice_nodes[next(iter(self._notice_nodes))]
+                for (namespace, pod), (job, attempt, on) in self._live.items():
+                    if on == evidence.name:
+                        self._notice(namespace, job, _observed(attempt, notice, pod))
             if not evidence.spot or not (evidence.terminating or deleted):
                 # Not (or no longer) going away: a NotReady blip that healed disrupts nothing
                 # scheduled there later.
@@ -80,6 +115,17 @@ class DisruptionLedger:
                 if on == evidence.name:
                     self._add(namespace, job,
                               ObservedDisruption(attempt, reason, pod, evidence.name))  # fmt: skip
+
+    def _notice(self, namespace: str, job: str, notice: ObservedNotice) -> None:
+        found = self._notices.setdefault((namespace, job), {})
+        found.setdefault(notice.key(), notice)
+        while len(found) > self.MAX_NOTICES:
+            del found[next(iter(found))]
+
+    def notices(self, namespace: str, job: str) -> tuple[ObservedNotice, ...]:
+        """Reclaim notices seen for a TrainingJob's live pods (the core answers each once)."""
+        with self._lock:
+            return tuple(self._notices.get((namespace, job), {}).values())
 
     def _add(self, namespace: str, job: str, disruption: ObservedDisruption) -> None:
         self._seen.setdefault((namespace, job), {}).setdefault(disruption.key(), disruption)
@@ -102,5 +148,6 @@ class DisruptionLedger:
         """Everything of a deleted TrainingJob: a new one of the same name starts clean."""
         with self._lock:
             self._seen.pop((namespace, job), None)
+            self._notices.pop((namespace, job), None)
             for key in [k for k, (j, _, _) in self._live.items() if k[0] == namespace and j == job]:
                 del self._live[key]

@@ -50,6 +50,7 @@ from mlplane.operator.handlers.ledger import DisruptionLedger
 from mlplane.operator.handlers.state import OperatorState, object_state, operator_state
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
+from mlplane.operator.platforms.notice import deliver_notice
 from mlplane.operator.platforms.reclaim_history import ReclaimHistoryKeeper
 from mlplane.operator.reconcile.trainingjob import (
     Observed,
@@ -132,7 +133,8 @@ def _observe(
             and all(d.attempt != failed.number for d in disruptions)):  # fmt: skip
         disruptions = _read_evidence(namespace, name, failed.number, platform, ledger)
     return Observed(attempts, disruptions, look.run, look.unavailable, look.refused,
-                    reclaim_history=reclaims.history())  # fmt: skip
+                    reclaim_history=reclaims.history(),
+                    notices=ledger.notices(namespace, name))  # fmt: skip
 
 
 def _read_evidence(
@@ -261,7 +263,7 @@ def _run_reconcile(
     current, plan, observed = trainingjob_rounds(
         current, uid, now, config, registry,
         observe=lambda tj: _observe(tj, uid, index, registry, platform, reclaims, ledger),
-        act=act,
+        act=act, deliver=lambda notice: deliver_notice(notice, local_paths=False),
     )  # fmt: skip
     why = blocked[-1] if blocked else None
     status, new = with_access(plan.status, why, now, body["metadata"].get("generation"))

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -41,6 +42,8 @@ RUNNER_STALE_SECONDS = 60.0
 _MAX_RAY_TEMP_DIR = 40
 #: Ray job metadata: the uid of the TrainingJob that submitted it.
 OWNER_KEY = "mlplane.dev/owner-uid"
+#: The signal of a reclaim announced with ``mlplane local reclaim --notice``.
+LOCAL_NOTICE_SIGNAL = "mlplane.dev/local-reclaim-notice"
 
 
 def _iso(epoch_ms: int | None) -> str | None:
@@ -496,6 +499,78 @@ class LocalPlatform(Platform):
             n for n in self.nodes()
             if n["state"] == "DEAD" and resource in (n.get("resources_total") or {})
         ]  # fmt: skip
+
+    # --- reclaim notices (the local stand-in for a spot node's termination taint) ---------------
+
+    @property
+    def notices_dir(self) -> Path:
+        """``<state-dir>/notices/<node id>.json``: Ray nodes announced to go."""
+        return self.state_dir / "notices"
+
+    def spot_node(self, node: str) -> dict[str, Any]:
+        """The ALIVE Ray worker node with the ``spot`` resource whose id starts with ``node``.
+
+        Raises :class:`LocalPlatformError` naming the candidates otherwise (never the head).
+        """
+        spot = [
+            n
+            for n in self.nodes()
+            if n["state"] == "ALIVE" and "spot" in (n.get("resources_total") or {})
+        ]
+        found = [n for n in spot if str(n["node_id"]).startswith(node)] if node else []
+        if len(found) != 1:
+            names = ", ".join(str(n["node_id"])[:16] for n in spot) or "none"
+            what = "matches no" if not found else "matches more than one"
+            raise LocalPlatformError(
+                f"node {node!r} {what} live spot worker node (they are: {names}); give a "
+                "longer prefix of the node id (`ray list nodes`)"
+            )
+        return found[0]
+
+    def announce_reclaim(
+        self, node_id: str, seconds: float, *, now: datetime | None = None
+    ) -> dict[str, Any]:
+        """Record that the node goes in ``seconds``: the notice the runner reads (as the
+        operator reads a node's termination taint on Kubernetes)."""
+        moment = now or datetime.now(UTC)
+        notice = {
+            "node_id": node_id,
+            "signal": LOCAL_NOTICE_SIGNAL,
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "window_seconds": seconds,
+        }
+        self.notices_dir.mkdir(parents=True, exist_ok=True)
+        target = self.notices_dir / f"{node_id}.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(notice))
+        os.replace(tmp, target)
+        return notice
+
+    def notices(self) -> list[dict[str, Any]]:
+        """Every announced reclaim (unreadable files are skipped: a write in progress)."""
+        out = []
+        for path in sorted(self.notices_dir.glob("*.json")) if self.notices_dir.is_dir() else ():
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def kill_node(self, node_id: str) -> list[int]:
+        """SIGKILL a Ray worker node's raylet and every process under it, as a reclaimed VM
+        goes: no goodbye to the head. Returns the PIDs signalled."""
+        raylets = [
+            pid
+            for pid, cmd in processes.commands().items()
+            if "raylet" in cmd.split(" ", 1)[0] and f"--node_id={node_id}" in cmd
+        ]
+        if not raylets:
+            raise LocalPlatformError(f"no raylet process of node {node_id[:16]} on this machine")
+        doomed = [pid for raylet in raylets for pid in (raylet, *processes.descendants(raylet))]
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return doomed
 
     # --- health --------------------------------------------------------------------------------
 

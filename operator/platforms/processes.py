@@ -48,6 +48,41 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _table() -> dict[int, tuple[int, str]]:
+    """Live processes: pid → (parent pid, command line), read from /proc."""
+    found: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[1]), command.strip())
+    return found
+
+
+def commands() -> dict[int, str]:
+    """Command lines of the live processes, by pid."""
+    return {pid: command for pid, (_, command) in _table().items()}
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs of the live processes under ``root`` (children, their children, ...)."""
+    table = _table()
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _) in table.items():
+            if ppid == parent and pid not in found:
+                found.append(pid)
+                frontier.append(pid)
+    return found
+
+
 def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:

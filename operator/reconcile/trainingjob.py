@@ -67,6 +67,12 @@ from mlplane.operator.conditions import Event
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.reconcile import spot as spot_core
 from mlplane.operator.reconcile import spot_return
+from mlplane.operator.reconcile.notice import (
+    NoticeCheckpoint,
+    NoticeDelivery,
+    ObservedNotice,
+    follow_notice,
+)
 
 AttemptCapacity = Literal["OnDemand", "Spot"]
 #: Capacity loss seen at most this long before an attempt ended explains its failure.
@@ -203,6 +209,10 @@ class ObservedRun:
     #: The checkpoint interval the runtime uses, and the attempt that reported it.
     checkpoint_interval_seconds: float | None = None
     checkpoint_interval_attempt: int | None = None
+    #: The checkpoint the runtime took on a reclaim notice: the notice's id, where, which step.
+    notice_id: str | None = None
+    notice_checkpoint_uri: str | None = None
+    notice_checkpoint_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,11 @@ class Observed:
     registry_refused: str | None = None
     #: The operator's reclaim history (``monitoring/spot.py``), for M; empty: the prior.
     reclaim_history: Mapping[str, PoolHistory] = field(default_factory=dict)
+    #: Reclaim notices seen on the attempts' pods and nodes (``reconcile/notice.py``).
+    notices: tuple[ObservedNotice, ...] = ()
+    #: The notice the edge wrote to the attempt this pass (its id), or why it could not.
+    notice_delivered: str | None = None
+    notice_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,8 @@ class Plan:
     requeue_after: float | None = POLL_SECONDS
     #: The current spot attempt's contributions to the reclaim history (store when worth it).
     reclaim_samples: list[spot_core.ReclaimSample] = field(default_factory=list)
+    #: A reclaim notice to write where the running attempt reads it (idempotent).
+    notice: NoticeDelivery | None = None
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -424,6 +441,8 @@ def reconcile(
             )
     else:
         _follow_attempt(s, plan, tj, config, uid, attempts[current], run)
+    plan.notice = _notice(s, attempts.get((st.get("currentAttempt") or {}).get("number", 0)),
+                          run, observed)  # fmt: skip
     _checkpoint_interval_status(s, tj, config, run, observed)
     if plan.register is None:
         # A round that asks MLflow for nothing has seen MLflow answer every question: only then
@@ -602,6 +621,21 @@ def _fell_back(s: _Status, tj: TrainingJob) -> None:
                 f"the SpotWithFallback workers moved to on-demand at {s.now_text}; they return "
                 f"to spot after minOnDemand ({wait} with the back-off) with no reclaim seen "
                 "as long, at a checkpoint")  # fmt: skip
+
+
+def _notice(
+    s: _Status, attempt: ObservedAttempt | None, run: ObservedRun, observed: Observed
+) -> NoticeDelivery | None:
+    """A reclaim notice for the current attempt: tell it, then record its checkpoint."""
+    taken = None
+    if run.notice_id:
+        taken = NoticeCheckpoint(run.notice_id, run.notice_checkpoint_uri,
+                                 run.notice_checkpoint_step)  # fmt: skip
+    return follow_notice(
+        s, observed.notices, running=attempt is not None and attempt.running,
+        checkpoint_uri=s.new.get("checkpointUri"), taken=taken,
+        delivered=observed.notice_delivered, delivery_error=observed.notice_error,
+    )  # fmt: skip
 
 
 def _checkpoint_interval_status(

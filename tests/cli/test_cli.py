@@ -168,3 +168,35 @@ def test_get_and_describe_show_interval_c_m_hours_waste_and_cost(tmp_path):
     assert "3.50 / 0.25" in text and "1.30 EUR (lost: 0.12)" in text
     assert "Returns to spot" in text and "attempt 2 at 2026-12-03T10:00:00Z" in text
     assert "RETURNS" in got.stdout
+
+
+def test_get_and_describe_show_the_last_reclaim_notice(tmp_path):
+    """When, which signal, where, and the checkpoint it was answered with."""
+    from mlplane.operator.platforms.store import Store
+
+    store = Store(tmp_path)
+    body = yaml.safe_load((REPO / "crds/examples/trainingjob-local-sklearn.yaml").read_text())
+    body["metadata"]["namespace"] = "default"
+    store.apply(body)
+    stored = store.get("TrainingJob", "default", body["metadata"]["name"])
+    store.write_status(stored, {
+        "phase": "Running", "attempts": 1,
+        "currentAttempt": {"number": 1, "rayJob": "x-a1", "capacity": "Spot"},
+        "lastNotice": {"id": "attempt-1-notice-1", "attempt": 1, "sequence": 1,
+                       "signal": "aws-node-termination-handler/spot-itn", "node": "ip-10-0-1-7",
+                       "time": "2026-12-03T10:00:00Z", "deadline": "2026-12-03T10:02:00Z",
+                       "deliveredTime": "2026-12-03T10:00:03Z",
+                       "checkpoint": {"uri": "s3://ckpt/x/step-000000000417", "step": 417}},
+    })  # fmt: skip
+    name = body["metadata"]["name"]
+    got = mlplane("get", "tj", "--state-dir", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert "NOTICE-CKPT" in got.stdout
+    row = next(line for line in got.stdout.splitlines() if line.startswith(name))
+    assert "417" in row
+    described = mlplane("describe", "tj", name, "--state-dir", str(tmp_path))
+    assert described.returncode == 0, described.stderr
+    text = " ".join(described.stdout.split())
+    assert "Last reclaim notice" in text
+    assert "aws-node-termination-handler/spot-itn at 2026-12-03T10:00:00Z" in text
+    assert "checkpoint taken: step 417" in text

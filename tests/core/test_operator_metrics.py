@@ -355,3 +355,14 @@ def test_returns_to_spot_are_counted_apart_from_preemptions_and_failures(
     assert value(m, returns, namespace=NS, trainingjob=TJ) == 1
     assert value(m, n.TRAININGJOB_PREEMPTIONS_TOTAL, namespace=NS, trainingjob=TJ) == 1
     assert value(m, n.TRAININGJOB_FAILURES_TOTAL, namespace=NS, trainingjob=TJ) == 0
+
+
+def test_reclaim_notices_and_their_checkpoints_are_counted(m: om.OperatorMetrics) -> None:
+    notices, answered = n.TRAININGJOB_RECLAIM_NOTICES_TOTAL, n.TRAININGJOB_NOTICE_CHECKPOINTS_TOTAL
+    m.trainingjob(NS, TJ, status(attempts=1))
+    assert value(m, notices, namespace=NS, trainingjob=TJ) == 0  # from 0, for increase()
+    m.trainingjob(NS, TJ, status(attempts=1, reclaimNotices=1))
+    assert value(m, notices, namespace=NS, trainingjob=TJ) == 1
+    assert value(m, answered, namespace=NS, trainingjob=TJ) == 0
+    m.trainingjob(NS, TJ, status(attempts=1, reclaimNotices=1, noticeCheckpoints=1))
+    assert value(m, answered, namespace=NS, trainingjob=TJ) == 1

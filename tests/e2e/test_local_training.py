@@ -12,6 +12,8 @@
    registers a second version with its own weights, not the old final checkpoint's.
 4. A TrainingJob with a Spot worker group and no ``checkpoint.uri`` runs, checkpointing under
    the local platform's default base ``<state-dir>/checkpoints/<namespace>/<name>/<uid>/``.
+5. ``mlplane local reclaim --notice 20``: the notice checkpoint lands before the kill and the
+   task retried on the replacement node repeats at most one step.
 
 Runs inside a private network namespace (.ci/run does it).
 """
@@ -295,3 +297,58 @@ def test_auto_checkpoint_interval_shows_c_and_m_from_a_real_run(platform, tmp_pa
     # C is milliseconds here: sqrt(2*C*M) is below the lower bound, which the runtime reports
     assert checkpoint["intervalSeconds"] == 60.0
     assert final["lastCheckpoint"]["step"] == 20
+
+
+def test_reclaim_notice_checkpoint_lands_before_the_kill_and_at_most_one_step_repeats(
+    platform, tmp_path
+):
+    """``mlplane local reclaim --notice 20``: the runner sees the notice, writes it into the
+    job's checkpoint folder, the runtime checkpoints at its next step (marked) and at every
+    step until the node goes; the task retried on the replacement repeats at most one step,
+    although the loop's own cadence (every 1000 steps) would have lost everything."""
+    node = WorkerNode(platform, tmp_path / "worker-notice.log")
+    replacement: WorkerNode | None = None
+    try:
+        wait(lambda: alive_spot_nodes(platform) == 1, 60, "the spot worker node to join")
+        (spot,) = [n for n in platform.nodes() if n["state"] == "ALIVE"
+                   and "spot" in (n.get("resources_total") or {})]  # fmt: skip
+        env = {"MLPLANE_WORKER_RESOURCES": json.dumps({"spot": 0.1})}
+        args = "--steps 80 --checkpoint-every 1000 --step-seconds 0.5 --cpus 0.5"
+        folder = tmp_path / "checkpoints" / "noticed"
+        Store(platform.state_dir).apply(trainingjob("noticed", args, env, str(folder)))
+        client = MlflowClient(platform.mlflow_uri)
+        run_id = wait(lambda: (status(platform, "noticed").get("mlflow") or {}).get("runId"),
+                      180, "the job's run")  # fmt: skip
+        wait(lambda: len(client.get_metric_history(run_id, "val_accuracy")) >= 5, 180,
+             "five steps trained")  # fmt: skip
+        reclaim = subprocess.Popen(
+            [str(BIN / "mlplane"), "local", "reclaim", "--notice", "20", spot["node_id"][:12],
+             "--state-dir", str(platform.state_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        # KubeRay's new pod joins during the notice window: Ray retries the task on it at once.
+        replacement = WorkerNode(platform, tmp_path / "worker-notice-b.log")
+        try:
+            notice = wait(lambda: (status(platform, "noticed").get("lastNotice") or {})
+                          .get("checkpoint") and status(platform, "noticed")["lastNotice"],
+                          20, "the notice checkpoint, before the kill")  # fmt: skip
+            assert reclaim.poll() is None, "the node was killed before the notice checkpoint"
+        finally:
+            output, _ = reclaim.communicate(timeout=60)
+        assert reclaim.returncode == 0, output
+        assert notice["signal"] == "mlplane.dev/local-reclaim-notice"
+        assert notice["node"] == spot["node_id"][:16]
+        final = finished(platform, "noticed", 420)
+        assert final["phase"] == "Succeeded", final
+        assert (final["attempts"], final["preemptions"]) == (1, 1), final
+        assert final["lastNotice"]["checkpoint"] == notice["checkpoint"]
+        assert notice["checkpoint"]["uri"].startswith(final["checkpointUri"])
+        # The loop's cadence saved nothing before the kill: the resume came from the notice
+        # window's checkpoints, and the replacement repeated at most the step cut mid-way.
+        resumed = client.get_run(run_id).data.tags.get("mlplane.resumed_from_step")
+        assert resumed is not None and int(resumed) >= notice["checkpoint"]["step"]
+        assert repeated_steps(client, run_id) <= 1
+    finally:
+        for worker in (node, replacement):
+            if worker is not None:
+                processes.stop_group(worker.pid, grace=5)

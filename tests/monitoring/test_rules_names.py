@@ -36,6 +36,8 @@ def test_the_brief_names_exactly():
         "mlplane_trainingjob_preemptions_total",
         "mlplane_trainingjob_failures_total",
         "mlplane_trainingjob_returns_to_spot_total",
+        "mlplane_trainingjob_reclaim_notices_total",
+        "mlplane_trainingjob_notice_checkpoints_total",
         "mlplane_trainingjob_last_checkpoint_timestamp_seconds",
         "mlplane_trainingjob_phase",
         "mlplane_trainingjob_gpu_hours",

@@ -249,3 +249,44 @@ def test_the_local_runner_returns_to_spot_by_stopping_the_on_demand_ray_job(
     assert status["currentAttempt"]["capacity"] == "Spot"
     step(timedelta(minutes=5))
     assert len(jobs.jobs) == 3
+
+
+def test_the_local_runner_delivers_an_announced_reclaim_through_the_checkpoint_folder(
+    tmp_path: Path, jobs: FakeJobs
+):
+    """`mlplane local reclaim --notice` records the notice in the state dir; the runner reads
+    it as the operator reads a node taint and writes the notice object where the attempt's
+    runtime reads it (the same core and channel as on Kubernetes)."""
+    from datetime import timedelta
+
+    from mlplane.monitoring.notice import NOTICE_FILE, parse_notice
+    from mlplane.training.checkpoints import open_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner = Runner(tmp_path / "state")
+    config = replace(local_config(runner.platform), allowed_tracking_uris=(uri,))
+    runner.store.apply(spot_job(uri))
+
+    def step(at: timedelta) -> dict[str, Any]:
+        runner.trainingjob(runner.store.get("TrainingJob", "ml", "spotty"), NOW + at, config)
+        return runner.store.get("TrainingJob", "ml", "spotty")["status"]
+
+    step(timedelta(0))
+    status = step(timedelta(seconds=4))
+    assert status["phase"] == "Running" and "lastNotice" not in status  # no notice: as before
+    folder = status["checkpointUri"]
+    assert open_store(folder).read_side(NOTICE_FILE) is None
+    # An old notice (before the attempt started) reaches nobody; a new one reaches it.
+    runner.platform.announce_reclaim("a" * 32, 20, now=NOW - timedelta(minutes=5))
+    assert "lastNotice" not in step(timedelta(seconds=6))
+    runner.platform.announce_reclaim("b" * 32, 20, now=NOW + timedelta(seconds=7))
+    status = step(timedelta(seconds=8))
+    notice = parse_notice(open_store(folder).read_side(NOTICE_FILE) or b"")
+    assert notice is not None
+    assert (notice.attempt, notice.node, notice.signal) == (
+        1,
+        "b" * 16,
+        "mlplane.dev/local-reclaim-notice",
+    )
+    assert notice.deadline == "2026-12-03T12:00:27Z"  # the announced 20 s
+    assert status["lastNotice"]["deliveredTime"] == "2026-12-03T12:00:08Z"

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from mlplane.monitoring.notice import NOTICE_FILE
+
 try:
     import hcl2
     from hcl2.utils import SerializationOptions
@@ -636,11 +638,14 @@ def test_serving_role_of_a_namespace_only_reads_its_own_artifacts(ns):
     assert _listing_prefixes("serving", ns) == {f"artifacts/{ns}", f"artifacts/{ns}/*"}
 
 
-def test_operator_only_reads_checkpoints():
+def test_operator_reads_checkpoints_and_writes_only_reclaim_notices():
     grants = _s3_grants("operator")
     assert grants["${local.checkpoints_arn}"] == {"s3:GetObject"}
     assert "${local.artifacts_arn}" not in grants
-    assert not any(WRITE & actions for actions in grants.values())
+    notices = "${local.bucket_arn}/${local.checkpoints_prefix}/*/${local.notice_object}"
+    assert grants[notices] == {"s3:PutObject"}  # the notice object, nothing else
+    assert not any(WRITE & actions for where, actions in grants.items() if where != notices)
+    assert locals_of(ROOT)["notice_object"] == NOTICE_FILE
 
 
 def test_object_arns_are_scoped_to_prefixes():

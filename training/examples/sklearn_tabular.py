@@ -191,6 +191,7 @@ def train(session: TrainingSession, config: Config) -> Pipeline:
             session.checkpoint_due(step, last_step=config.steps)
             if session.checkpoint_interval is not None
             else session.due(step, config.checkpoint_every, last_step=config.steps)
+            or session.notice_due()  # a reclaim notice: checkpoint now
         )
         if due:
             session.checkpoint(
