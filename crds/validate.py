@@ -15,6 +15,7 @@ earliest layer that sees it, with the field named.
 from __future__ import annotations
 
 import copy
+import re
 import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,6 +201,27 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[str, str]:
     return path, error.message[:300]
 
 
+@lru_cache(maxsize=256)
+def _end_anchored(pattern: str) -> re.Pattern[str]:
+    """The pattern with ``$`` meaning the end of the text, as in the API server's regular
+    expressions (Go's RE2): Python's ``$`` also matches before a final newline, so ``"1h\\n"``
+    passed the duration pattern here and was refused there."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if isinstance(instance, str) and not _end_anchored(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{_shown(instance)} does not match {pattern!r}")
+
+
+#: Draft 7 with the API server's ``pattern`` semantics (see :func:`_end_anchored`).
+SchemaValidator = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _pattern})
+
+
 def _pydantic_problems(error: ValidationError) -> Iterator[Problem]:
     for item in error.errors():
         path = ""
@@ -235,7 +257,7 @@ def check(obj: Any) -> list[Problem]:
         return problems
 
     defaulted = apply_defaults(schema, copy.deepcopy(obj))
-    validator = jsonschema.Draft7Validator(schema)
+    validator = SchemaValidator(schema)
     problems = [
         Problem(*_schema_message(e))
         for e in sorted(validator.iter_errors(defaulted), key=lambda e: list(e.absolute_path))

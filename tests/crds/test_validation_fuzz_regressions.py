@@ -119,3 +119,33 @@ def test_parse_still_reads_objects_from_the_api_server():
     body["metadata"].update(labels={"team": "ml"}, annotations={"a": "b"}, uid="u",
                             managedFields=[{"manager": "kubectl"}])  # fmt: skip
     assert parse(copy.deepcopy(body)).metadata.labels == {"team": "ml"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        (
+            {"activeDeadlineSeconds": 60, "checkpoint": {"interval": "1h\n"}},
+            "spec.checkpoint.interval",
+        ),
+        (
+            {"workers": [{"name": "g", "resources": {"cpu": "2\n"}}]},
+            "spec.workers[0].resources.cpu",
+        ),
+        ({"workers": [{"name": "g\n"}]}, "spec.workers[0].name"),
+        ({"queueName": "q\n"}, "spec.queueName"),
+    ],
+    ids=["duration", "quantity", "dns-label", "queue"],
+)
+def test_a_trailing_newline_breaks_every_pattern(spec, path):
+    """Was accepted: Python's ``$`` matches before a final newline, the API server's does not
+    (so ``mlplane validate`` said valid to what ``kubectl apply`` refuses, and a quantity
+    ``"2\\n"`` reached the pods)."""
+    assert [p.path for p in check(job(**spec))] == [path]
+
+
+def test_a_trailing_newline_in_a_decimal_is_refused():
+    spec = {"model": {"name": "m", "alias": "a"}, "slo": {"availability": "50\n"}}
+    body = {"apiVersion": "mlplane.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "md"}, "spec": spec}  # fmt: skip
+    assert [p.path for p in check(body)] == ["spec.slo.availability"]
