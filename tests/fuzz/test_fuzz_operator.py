@@ -31,7 +31,8 @@ MODEL = "fuzz-model"
 #: Objects of each kind through the one operator (more with MLPLANE_FUZZ_EXAMPLES).
 PER_KIND = int(os.environ.get("MLPLANE_FUZZ_OPERATOR_OBJECTS", "4"))
 EXAMPLES = int(os.environ.get("MLPLANE_FUZZ_EXAMPLES", "0"))
-TIMEOUT = 60
+#: The operator settles a dozen objects a second here; the bound only stops a stuck run.
+TIMEOUT = max(60, 15 * PER_KIND)
 CHILDREN = {"TrainingJob": "ray.io/v1/rayjobs", "ModelDeployment": "ray.io/v1/rayservices"}
 
 
@@ -172,13 +173,20 @@ async def test_generated_objects_through_the_operator(emulator, kubeconfig, mlfl
     assert sum(m is None for _, m in objects) == PER_KIND * len(KINDS)
     assert sum(m is not None for _, m in objects) >= PER_KIND  # most survive the filters
     async with run_operator_process(tag="fuzz") as operator:
+        uids = {}
         for body, _ in objects:
-            await create(emulator, body)
+            uids[body["kind"], body["metadata"]["name"]] = (await create(emulator, body))[
+                "metadata"
+            ]["uid"]
+
+        def said(o: dict[str, Any]) -> list[str]:
+            uid = uids[o["kind"], o["metadata"]["name"]]
+            return operator.said_about({"metadata": {"uid": uid}})[-3:]
 
         def pending() -> list[str]:
             operator.check()
-            return [f"{o['kind']}/{o['metadata']['name']} ({m})" for o, m in objects
-                    if not settled(o, m)]  # fmt: skip
+            return [f"{o['kind']}/{o['metadata']['name']} ({m}): {said(o)}"
+                    for o, m in objects if not settled(o, m)]  # fmt: skip
 
         await wait_for(lambda: not pending(), timeout=TIMEOUT, message="every object to settle",
                        seen=pending)  # fmt: skip
