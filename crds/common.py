@@ -305,7 +305,12 @@ class Metadata(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     name: str | None = Field(None, max_length=MAX_NAME_LENGTH, pattern=DNS_LABEL)
-    namespace: str | None = None
+    #: Checked as the API server checks it: the local platform files objects under it (a
+    #: namespace such as ``../..`` must not become a path outside its store).
+    namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL)
+    #: String to string, as on every Kubernetes object (children copy the labels).
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
 
 
 def name_rules() -> tuple[Rule, ...]:

@@ -1,6 +1,9 @@
 """Check an mlplane object the way the API server and then the operator would, in that order.
 
-1. structure: apiVersion/kind known, no unknown fields (as ``kubectl --validate=strict``);
+1. structure: apiVersion/kind known, no unknown fields (as ``kubectl --validate=strict``), no
+   value nested deeper than :data:`MAX_DEPTH` below a field and no integer beyond int64 (what
+   the API server cannot decode; deeper values would also exhaust Python's recursion in the
+   layers below);
 2. schema: types, bounds, enums and patterns of the generated CRD, after its defaults;
 3. CEL: the CRD's ``x-kubernetes-validations`` (``crds/cel.py``);
 4. models: what neither can express (durations, decimal bounds), by the pydantic types.
@@ -12,6 +15,8 @@ earliest layer that sees it, with the field named.
 from __future__ import annotations
 
 import copy
+import re
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -84,6 +89,63 @@ def unknown_fields(schema: dict[str, Any], value: Any, path: str = "") -> Iterat
             yield from unknown_fields(schema["items"], item, _join(path, index))
 
 
+#: Levels of nesting a value may have below the field that holds it (free-form fields such as
+#: ``runtimeEnv`` included): far beyond any real use, far below Python's recursion limit.
+MAX_DEPTH = 32
+INT64 = (-(2**63), 2**63 - 1)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 3, 60, 60, 4, 4
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: short (a megabyte string or a deep list is not echoed)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    return _SHORT.repr(value)
+
+
+def _leaf_problems(value: Any, path: str) -> Iterator[Problem]:
+    """Nesting deeper than MAX_DEPTH and integers beyond int64 in a value the schema does not
+    break down further (a scalar field, or free-form content), iteratively."""
+    level: list[tuple[str, Any]] = [(path, value)]
+    for _ in range(MAX_DEPTH + 1):
+        below: list[tuple[str, Any]] = []
+        for where, item in level:
+            if isinstance(item, bool):
+                continue
+            if isinstance(item, int) and not INT64[0] <= item <= INT64[1]:
+                yield Problem(where, f"must be a 64-bit integer (got {_shown(item)})")
+            elif isinstance(item, dict):
+                below.extend((_join(where, str(k)), v) for k, v in item.items())
+            elif isinstance(item, list):
+                below.extend((_join(where, i), v) for i, v in enumerate(item))
+        if not below:
+            return
+        level = below
+    yield Problem(path, f"is nested more than {MAX_DEPTH} levels deep")
+
+
+def shape_problems(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[Problem]:
+    """What the API server cannot decode: too deep, or integers it cannot hold (see MAX_DEPTH)."""
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            sub = schema["properties"].get(key)
+            if sub is None:
+                yield from _leaf_problems(item, _join(path, key))
+            else:
+                yield from shape_problems(sub, item, _join(path, key))
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():
+            yield from shape_problems(schema["additionalProperties"], item, _join(path, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from shape_problems(schema["items"], item, _join(path, index))
+    else:
+        yield from _leaf_problems(value, path)
+
+
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     """Fill defaults level by level, as the API server does before validating."""
     if isinstance(value, dict) and "properties" in schema:
@@ -119,10 +181,10 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[str, str]:
     if kind == "enum":
         values = error.validator_value
         allowed = ", ".join(map(str, values)) if isinstance(values, list | tuple) else str(values)
-        return path, f"must be one of: {allowed} (got {error.instance!r})"
+        return path, f"must be one of: {allowed} (got {_shown(error.instance)})"
     if kind in ("minimum", "maximum"):
         word = "at least" if kind == "minimum" else "at most"
-        return path, f"must be {word} {error.validator_value} (got {error.instance!r})"
+        return path, f"must be {word} {error.validator_value} (got {_shown(error.instance)})"
     if kind in ("minLength", "maxLength", "minItems", "maxItems"):
         word = "at least" if kind.startswith("min") else "at most"
         unit = "characters" if kind.endswith("Length") else "items"
@@ -130,12 +192,34 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[str, str]:
     if kind == "pattern":
         hint = PATTERN_HINTS.get(str(error.validator_value))
         if hint:
-            return path, f"{hint} (got {error.instance!r})"
-        return path, f"{error.instance!r} does not match the pattern {error.validator_value}"
+            return path, f"{hint} (got {_shown(error.instance)})"
+        return path, f"{_shown(error.instance)} does not match the pattern {error.validator_value}"
     if kind in ("type", "anyOf"):
         expected = error.validator_value if kind == "type" else "an integer or a string"
-        return path, f"must be {expected} (got {type(error.instance).__name__} {error.instance!r})"
-    return path, error.message
+        return path, f"must be {expected} (got {type(error.instance).__name__} " \
+                     f"{_shown(error.instance)})"  # fmt: skip
+    return path, error.message[:300]
+
+
+@lru_cache(maxsize=256)
+def _end_anchored(pattern: str) -> re.Pattern[str]:
+    """The pattern with ``$`` meaning the end of the text, as in the API server's regular
+    expressions (Go's RE2): Python's ``$`` also matches before a final newline, so ``"1h\\n"``
+    passed the duration pattern here and was refused there."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if isinstance(instance, str) and not _end_anchored(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{_shown(instance)} does not match {pattern!r}")
+
+
+#: Draft 7 with the API server's ``pattern`` semantics (see :func:`_end_anchored`).
+SchemaValidator = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _pattern})
 
 
 def _pydantic_problems(error: ValidationError) -> Iterator[Problem]:
@@ -152,15 +236,19 @@ def check(obj: Any) -> list[Problem]:
     if not isinstance(obj, dict):
         return [Problem("", f"expected a mapping (an object), got {type(obj).__name__}")]
     if obj.get("apiVersion") != API_VERSION:
-        return [Problem("apiVersion", f"must be {API_VERSION} (got {obj.get('apiVersion')!r})")]
+        got = _shown(obj.get("apiVersion"))
+        return [Problem("apiVersion", f"must be {API_VERSION} (got {got})")]
     kind = obj.get("kind")
-    if kind not in BY_KIND:
+    if not isinstance(kind, str) or kind not in BY_KIND:
         known = ", ".join(BY_KIND)
-        return [Problem("kind", f"unknown kind {kind!r} (mlplane kinds: {known})")]
+        return [Problem("kind", f"unknown kind {_shown(kind)} (mlplane kinds: {known})")]
     # What users write has no status; what the API server returns does and it is ours.
     obj = {k: v for k, v in obj.items() if k != "status"}
     schema = _schemas()[kind]
 
+    problems = list(shape_problems(schema, obj))
+    if problems:
+        return problems
     problems = list(unknown_fields(schema, obj))
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict) or not metadata.get("name"):
@@ -169,7 +257,7 @@ def check(obj: Any) -> list[Problem]:
         return problems
 
     defaulted = apply_defaults(schema, copy.deepcopy(obj))
-    validator = jsonschema.Draft7Validator(schema)
+    validator = SchemaValidator(schema)
     problems = [
         Problem(*_schema_message(e))
         for e in sorted(validator.iter_errors(defaulted), key=lambda e: list(e.absolute_path))

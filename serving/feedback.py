@@ -112,7 +112,14 @@ def parse_feedback(
     if isinstance(raw, bool):
         value = 1.0 if raw else 0.0
     elif isinstance(raw, int | float):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer beyond the float range (JSON allows any length)
+            raise FeedbackError(
+                400,
+                f"field 'outcome' must be at most {MAX_OUTCOME:g} (got a {len(str(raw))}-digit "
+                "integer)",
+            ) from None
     else:
         raise FeedbackError(400, f"field 'outcome' must be a number or a boolean, not {raw!r}")
     if not math.isfinite(value) or value < 0:

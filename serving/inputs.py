@@ -51,6 +51,7 @@ __all__ = [
     "InputError",
     "InputSchema",
     "check_finite",
+    "check_text",
     "decode_json",
     "parse_payload",
     "to_frame",
@@ -241,14 +242,50 @@ def check_finite(columns: Columns) -> None:
                 )
 
 
+def _has_surrogate(value: Any) -> bool:
+    """Whether a lone UTF-16 surrogate (JSON ``"\\ud800"``) is anywhere in ``value``'s strings
+    or keys (iterative: any nesting depth)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii() and any("\ud800" <= c <= "\udfff" for c in v):
+                return True
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+    return False
+
+
+def check_text(columns: Columns) -> None:
+    """Refuse strings that are not text (400 naming the column and row): JSON may escape a lone
+    UTF-16 surrogate (``"\\ud800"``), which no UTF-8 encoder takes, so pandas and the model
+    failed deep inside (a 500) on what is bad input."""
+    for name, values in columns.items():
+        if _has_surrogate(name):
+            raise InputError(400, f"column name {name!r} is not text: it holds a lone UTF-16 "
+                             "surrogate (\\ud800-\\udfff)")  # fmt: skip
+        for i, v in enumerate(values):
+            if _has_surrogate(v):
+                raise InputError(
+                    400,
+                    f"column {name!r} row {i}: a string holds a lone UTF-16 surrogate "
+                    "(\\ud800-\\udfff): not text",
+                )
+
+
 def parse_payload(
     payload: Any, max_rows: int = DEFAULT_MAX_ROWS, *, allow_non_finite: bool = False
 ) -> tuple[Columns, int]:
     """``(columns, n_rows)`` from a decoded JSON body in one of the accepted shapes.
 
-    ``allow_non_finite=False`` refuses NaN/Infinity values (:func:`check_finite`).
+    ``allow_non_finite=False`` refuses NaN/Infinity values (:func:`check_finite`); strings
+    that are not text are always refused (:func:`check_text`).
     """
     columns, n = _parse_shape(payload, max_rows)
+    check_text(columns)
     if not allow_non_finite:
         check_finite(columns)
     return columns, n

@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mlplane.crds.validate import Document, load
 
@@ -54,7 +55,10 @@ class UserError(Exception):
 
 
 def one_line_errors(func: F) -> F:
-    """Report :class:`UserError` and ``ValueError``/``OSError`` as ``error: ...`` and exit 1."""
+    """Report :class:`UserError` and ``ValueError``/``OSError`` as ``error: ...`` and exit 1.
+
+    Messages carry user input (field names, file names): printed as text, never as rich
+    markup, so ``[/x]`` in a field name neither vanishes nor crashes the command."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,10 +67,10 @@ def one_line_errors(func: F) -> F:
         except typer.Exit:
             raise
         except UserError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.code) from None
         except (ValueError, OSError, RuntimeError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

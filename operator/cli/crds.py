@@ -91,12 +91,13 @@ def validate(
         if problems:
             bad += 1
             for problem in problems:
-                err.print(f"{document.label}: {problem}", highlight=False, soft_wrap=True)
+                err.print(f"{document.label}: {problem}", highlight=False, soft_wrap=True,
+                          markup=False)  # fmt: skip
         else:
-            out.print(f"{document.label}: valid", highlight=False)
+            out.print(f"{document.label}: valid", highlight=False, markup=False)
             for warning in warnings_for(parse(document.body)):
                 err.print(f"{document.label}: warning: {warning}", highlight=False,
-                          soft_wrap=True)  # fmt: skip
+                          soft_wrap=True, markup=False)  # fmt: skip
     if bad:
         raise UserError(f"{bad} of {len(documents)} resources are invalid")
 

@@ -195,7 +195,7 @@ def apply(
     bad = [(d, p) for d, p in bad if p]
     for document, problems in bad:
         for problem in problems:
-            err.print(f"{document.label}: {problem}", highlight=False)
+            err.print(f"{document.label}: {problem}", highlight=False, markup=False)
     if bad:
         raise UserError(f"{len(bad)} of {len(documents)} resources are invalid; nothing applied")
     store = store_at(state_dir)
@@ -204,7 +204,7 @@ def apply(
         result = store.apply(document.body)
         meta = document.body["metadata"]
         applied.append((document.body["kind"], meta.get("namespace") or "default", meta["name"]))
-        out.print(f"{document.body['kind']}/{meta['name']} {result}", highlight=False)
+        out.print(f"{document.body['kind']}/{meta['name']} {result}", highlight=False, markup=False)
     if wait:
         _wait(store, applied, timeout, state_dir)
 
@@ -229,7 +229,7 @@ def _wait(store: Any, applied: list[tuple[str, str, str]], timeout: float, state
             line = " ".join(f"{c.lower()}={v}" for c, v in pairs if v and c != "AGE")
             if line != last.get(key):
                 last[key] = line
-                out.print(f"{kind}/{name}: {line}", highlight=False)
+                out.print(f"{kind}/{name}: {line}", highlight=False, markup=False)
             if status.get("phase") in TERMINAL[kind]:
                 pending.discard(key)
                 if status.get("phase") == "Failed":
