@@ -421,8 +421,11 @@ def bad_pattern(draw: st.DrawFn, obj: dict, sites: list[_Site]) -> tuple[dict, M
     value = site.parent[site.key]
     suffix = draw(st.sampled_from(BAD_PATTERN_SUFFIXES))
     mutated = draw(st.sampled_from([value + suffix, suffix + value]))
-    if re.fullmatch(site.schema["pattern"].removeprefix("^").removesuffix("$"), mutated):
+    pattern = site.schema["pattern"].removeprefix("^").removesuffix("$")
+    if re.fullmatch(pattern, mutated):
         mutated = value + "\n"
+    if re.fullmatch(pattern, mutated, flags=re.DOTALL):  # e.g. ``[^:]+`` takes a newline too
+        return wrong_type(draw, obj, sites)
     site.parent[site.key] = mutated
     return obj, Mutation(f"pattern broken ({mutated[-12:]!r})", site.path)
 
