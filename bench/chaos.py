@@ -126,7 +126,7 @@ class Faults:
 
 def emulator_class(
     faults: Faults,
-    writes: dict[str, list[dict[str, int]]],
+    writes: dict[str, list[dict[str, Any]]],
     senders: list[str],
     lease_readers: set[str],
 ) -> type:
@@ -193,7 +193,12 @@ def emulator_class(
                 found = self.get_object(TRAININGJOBS, request.namespace, request.name)
                 if found is not None:
                     st = found.get("status") or {}
-                    writes[request.name].append({c: int(st.get(c) or 0) for c in COUNTERS})
+                    write: dict[str, Any] = {c: int(st.get(c) or 0) for c in COUNTERS}
+                    # Who wrote what, for the violation's story (not compared).
+                    write["by"] = sender.removeprefix("Bearer ")
+                    write["phase"] = st.get("phase")
+                    write["rv"] = found["metadata"].get("resourceVersion")
+                    writes[request.name].append(write)
             if kind == "applied503" and is_write:
                 return status_answer(503, "ServiceUnavailable")  # the write did land
             return answer
@@ -510,7 +515,7 @@ class KubeRay:
 
 
 def _violations(
-    emulator: Any, kuberay: KubeRay, writes: dict[str, list[dict[str, int]]], uri: str,
+    emulator: Any, kuberay: KubeRay, writes: dict[str, list[dict[str, Any]]], uri: str,
     names: list[str], uids: dict[str, str],
 ) -> list[str]:  # fmt: skip
     from mlflow.tracking import MlflowClient
@@ -568,12 +573,17 @@ def _violations(
         elif mine:
             out.append(f"{name}: Failed but registered {len(mine)} versions")
         previous = {c: 0 for c in COUNTERS}
-        for write in writes.get(name, []):
+        history = writes.get(name, [])
+        for i, write in enumerate(history):
             back = [c for c in COUNTERS if write[c] < previous[c]]
             if back:
-                out.append(f"{name}: status counters went back: {previous} -> {write}")
+                story = [f"{w['by']} rv {w['rv']} {w['phase']} "
+                         + "/".join(str(w[c]) for c in COUNTERS)
+                         for w in history[max(0, i - 6) : i + 1]]  # fmt: skip
+                out.append(f"{name}: status counters went back: {previous} -> {write}; "
+                           f"the writes up to it (by, rv, phase, counters): {story}")  # fmt: skip
                 break
-            previous = write
+            previous = {c: write[c] for c in COUNTERS}
     return out
 
 
@@ -605,7 +615,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     rng = random.Random(args.seed)
     faults = Faults(random.Random(args.seed + 1), api_rate=args.api_rate)
-    writes: dict[str, list[dict[str, int]]] = defaultdict(list)
+    writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
     senders: list[str] = []
     lease_readers: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="mlplane-chaos-") as tmp:
