@@ -47,8 +47,9 @@ Invariants checked at the end, each violation printed with the seed and the reso
   after another one started is a split brain).
 
 Not covered yet (issue #17): ModelDeployments and ABTests (they need a played RayService and
-serving app), S3 outages, and the local platform's variant (Ray worker, serving monitor and
-runner kills).
+serving app), deletions during the chaos, S3 outages, Node objects in the played reclaims, and
+the local platform's variant (Ray worker, serving monitor and runner kills). API faults are
+drawn per request, so ``--faults`` is a ceiling: the table says how many landed.
 """
 
 from __future__ import annotations
@@ -527,6 +528,13 @@ def _violations(
         st = obj.get("status") or {}
         phase, uid = st.get("phase"), uids[name]
         plan = kuberay.plans[name]
+        # Checked whether or not the job converged (a job stuck creating runs shows here).
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"tags.`mlplane.trainingjob.uid` = '{uid}'",
+        )
+        if len(runs) > 1 or (len(runs) == 0 and phase in ("Succeeded", "Failed")):
+            out.append(f"{name}: {len(runs)} MLflow runs for uid {uid}")
         if phase not in ("Succeeded", "Failed"):
             last = max(st.get("conditions") or [{}], key=lambda c: c.get("lastTransitionTime", ""))
             out.append(f"{name}: did not converge (phase {phase}; {last.get('type')} "
@@ -552,12 +560,6 @@ def _violations(
                       if (e.get("involvedObject") or {}).get("name") == name]  # fmt: skip
             out.append(f"{name}: what the script did: {kuberay.timeline[name]}; "
                        f"the operator's events: {events}")  # fmt: skip
-        runs = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            f"tags.`mlplane.trainingjob.uid` = '{uid}'",
-        )
-        if len(runs) != 1:
-            out.append(f"{name}: {len(runs)} MLflow runs for uid {uid}")
         versions = client.search_model_versions(f"name = '{name}'")
         mine = [v for v in versions if (v.tags or {}).get("mlplane.trainingjob.uid") == uid]
         if phase == "Succeeded":
