@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chaos.py --seed 7 --resources 200 --faults 500
     .venv/bin/python bench/chaos.py --quick          # 8 TrainingJobs, 60 faults
+    .venv/bin/python bench/chaos.py --quick --replicas 2   # leader election, leader kills
 
 The seeded subset in the test suite: ``tests/chaos/test_chaos_seeded.py``.
 
@@ -18,6 +19,9 @@ within the first ``--chaos-seconds`` (``--faults`` is the most injected; the tab
 were), then none while convergence is measured:
 
 - **operator SIGKILL** at random moments, then a new process (kills land mid-reconcile too);
+  with ``--replicas 2`` (or more) the replicas run with leader election, as the chart deploys
+  them, and each kill hits the leader once it leads with the standby up (the killed one comes
+  back as a standby); convergence is still measured from the last fault;
 - **API faults** on a fraction of the operator's requests: 409 Conflict, 500, 503, 429 with
   ``Retry-After``, a slow answer, and a write that is *applied* but answered 503 (a timeout
   whose write landed: the client must find it, not repeat it);
@@ -35,17 +39,24 @@ Invariants checked at the end, each violation printed with the seed and the reso
   uid, its alias points there, and its status names it; a Failed job registered nothing;
 - the counters in status never went back in any status write the emulator saw;
 - after every TrainingJob is deleted, none of their RayJobs, Secrets or NetworkPolicies remain;
-- the operator never exited by itself (a crash loop), and the tracebacks it logged are counted.
+- the operator never exited by itself (a crash loop; a leader that exits because it could not
+  renew its Lease is counted apart: that is the design), and the tracebacks it logged are
+  counted;
+- never two writers: the processes that sent the operator's requests (other than the Lease's),
+  in the order the API server received them, take turns once each (a process that resumes
+  after another one started is a split brain).
 
 Not covered yet (issue #17): ModelDeployments and ABTests (they need a played RayService and
-serving app), S3 outages, and the local platform's variant (Ray worker, serving monitor and
-runner kills).
+serving app), deletions during the chaos, S3 outages, Node objects in the played reclaims, and
+the local platform's variant (Ray worker, serving monitor and runner kills). API faults are
+drawn per request, so ``--faults`` is a ceiling: the table says how many landed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import random
@@ -67,7 +78,11 @@ NAMESPACE = "chaos"
 TRAININGJOBS = "mlplane.dev/v1alpha1/trainingjobs"
 RAYJOBS = "ray.io/v1/rayjobs"
 PODS = "v1/pods"
+LEASES = "coordination.k8s.io/v1/leases"
+#: What a leader that could not renew logs before it exits (``operator/leader_loop.py``).
+LOST = "Leader election: lost the lease"
 COUNTERS = ("attempts", "preemptions", "failures")
+MLFLOW_HTTP = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 API_FAULTS = ("conflict", "error500", "unavailable503", "throttle429", "slow", "applied503")
 
 
@@ -110,8 +125,16 @@ class Faults:
         return self.rng.randint(1, 10)
 
 
-def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> type:
-    """The harness's emulator with faults on the operator's requests, recording status writes."""
+def emulator_class(
+    faults: Faults,
+    writes: dict[str, list[dict[str, Any]]],
+    senders: list[str],
+    lease_readers: set[str],
+) -> type:
+    """The harness's emulator with faults on the operator's requests, recording status writes;
+    in ``senders``, each change of the process that sends the operator's requests other than
+    the Lease's (its bearer token), in the order they arrive; in ``lease_readers``, the
+    processes that have asked for the Lease (a standby that is up)."""
     import aiohttp.web
     import attrs
     import kmock
@@ -139,6 +162,13 @@ def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> t
 
         async def _handle(self, request: Any) -> Any:
             res = request.resource
+            sender = request.headers.get("Authorization") or ""
+            if res is not None and res.plural == "leases":
+                lease_readers.add(sender.removeprefix("Bearer "))
+            operators = res is not None and res.plural != "leases" and sender.startswith("Bearer")
+            # Recorded as it arrives (a slow answer below must not reorder it).
+            if operators and (not senders or senders[-1] != sender):
+                senders.append(sender)
             is_write = request.action in (kmock.action.CREATE, kmock.action.UPDATE,
                                           kmock.action.DELETE)  # fmt: skip
             kind = faults.api_fault() if res is not None and res.plural else None
@@ -164,7 +194,12 @@ def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> t
                 found = self.get_object(TRAININGJOBS, request.namespace, request.name)
                 if found is not None:
                     st = found.get("status") or {}
-                    writes[request.name].append({c: int(st.get(c) or 0) for c in COUNTERS})
+                    write: dict[str, Any] = {c: int(st.get(c) or 0) for c in COUNTERS}
+                    # Who wrote what, for the violation's story (not compared).
+                    write["by"] = sender.removeprefix("Bearer ")
+                    write["phase"] = st.get("phase")
+                    write["rv"] = found["metadata"].get("resourceVersion")
+                    writes[request.name].append(write)
             if kind == "applied503" and is_write:
                 return status_answer(503, "ServiceUnavailable")  # the write did land
             return answer
@@ -172,38 +207,118 @@ def emulator_class(faults: Faults, writes: dict[str, list[dict[str, int]]]) -> t
     return ChaosEmulator
 
 
-class Operator:
-    """``mlplane operator -A`` in a child process, killed and restarted on demand."""
+#: Lease settings of the replicas: a SIGKILLed leader is replaced within about 7 s.
+LEASE_SETTINGS = {
+    "MLPLANE_LEADER_LEASE_DURATION": "6",
+    "MLPLANE_LEADER_RENEW_DEADLINE": "4",
+    "MLPLANE_LEADER_RETRY_PERIOD": "1",
+}
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env, self.workdir = env, workdir
-        self.child: Child | None = None
+
+class Operator:
+    """The operator's replicas: ``mlplane operator -A`` in child processes, killed and restarted.
+
+    One replica runs without a Lease (``--no-leader-elect``: a restarted process need not wait
+    out its predecessor's lease). Two or more run as the chart deploys them (``--leader-elect``,
+    short lease settings): a kill hits the replica that holds the Lease, with the standby
+    running, and the killed one comes back as a standby (what Kubernetes does with its pod).
+    Each process has a kubeconfig of its own whose bearer token names it, so the emulator tells
+    apart which process sent what (the "never two writers" invariant).
+    """
+
+    def __init__(self, env: dict[str, str], workdir: Path, server: str, replicas: int = 1) -> None:
+        self.env, self.workdir, self.server, self.replicas = env, workdir, server, replicas
+        #: Slot -> its current process, that process's log, and its name (the bearer token
+        #: of its requests and the first part of its Lease holder identity).
+        self.children: dict[int, tuple[Child, Path, str]] = {}
+        #: Seconds from each leader kill to a live replica holding the Lease.
+        self.takeovers: list[float] = []
+        self._killed_leader: tuple[str, float] | None = None
         self.starts = 0
         self.crashes = 0
+        #: Leaders that exited because they could not renew the Lease in time (API faults on
+        #: the Lease): the designed reaction (the pod restarts as a standby), not a crash.
+        self.lease_lost = 0
+        self.leader_kills = 0
 
     def start(self) -> None:
-        # One replica, no Lease: a restarted process would wait out its predecessor's lease
-        # (a standby's takeover is tests/operator/test_leader_election_operator.py's).
-        cmd = [sys.executable, "-m", "mlplane.operator.cli", "operator", "-A",
-               "--metrics-port", "0", "--no-leader-elect"]  # fmt: skip
-        self.starts += 1
-        self.child = Child.spawn(cmd, self.env, self.workdir / f"operator-{self.starts}.log")
+        """Start every replica that has no running process."""
+        for slot in range(self.replicas):
+            if slot not in self.children:
+                self._spawn(slot)
 
-    async def kill(self) -> None:
-        assert self.child is not None
-        self.child.proc.send_signal(signal.SIGKILL)
-        await self.child.reap()
+    def _spawn(self, slot: int) -> None:
+        from k8s.harness import write_kubeconfig
+
+        self.starts += 1
+        token = f"chaos-op{slot}-{self.starts}"
+        env = dict(self.env)
+        cmd = [sys.executable, "-m", "mlplane.operator.cli", "operator", "-A",
+               "--metrics-port", "0"]  # fmt: skip
+        if self.replicas == 1:
+            cmd.append("--no-leader-elect")
+        else:
+            cmd.append("--leader-elect")
+            env.update(LEASE_SETTINGS, POD_NAME=token)
+        kubeconfig = self.workdir / f"kubeconfig-{token}"
+        env["KUBECONFIG"] = str(write_kubeconfig(kubeconfig, self.server, token))
+        log = self.workdir / f"operator-{self.starts}.log"
+        self.children[slot] = (Child.spawn(cmd, env, log), log, token)
+
+    def leader(self, emulator: Any) -> int | None:
+        """The slot of the live replica holding the Lease (None: the Lease is free or names a
+        killed process, i.e. a takeover is pending)."""
+        if self.replicas == 1:
+            return 0
+        lease = emulator.get_object(LEASES, "mlplane-system", "mlplane-operator") or {}
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "").split("_")[0]
+        for slot, (_, _, name) in self.children.items():
+            if name == holder:
+                if self._killed_leader is not None:
+                    self.takeovers.append(time.monotonic() - self._killed_leader[1])
+                    self._killed_leader = None
+                return slot
+        return None
+
+    async def kill(self, emulator: Any, lease_readers: set[str]) -> bool:
+        """SIGKILL the leader and start its replacement (as a standby). With replicas, only
+        once a live replica leads and every other one is up and looking at the Lease (the
+        standby running); False: not now (the caller tries again a little later)."""
+        slot = self.leader(emulator)
+        if slot is None:
+            return False
+        if self.replicas > 1:
+            if any(name not in lease_readers for _, _, name in self.children.values()):
+                return False
+            self.leader_kills += 1
+            self._killed_leader = (self.children[slot][2], time.monotonic())
+        child, _, _ = self.children.pop(slot)
+        child.proc.send_signal(signal.SIGKILL)
+        await child.reap()
+        self._spawn(slot)
+        return True
 
     async def check(self) -> None:
-        """Restart it if it exited by itself (counted: a crash loop is a violation)."""
-        assert self.child is not None
-        if self.child.proc.poll() is not None or await self.child.reap(0):
-            self.crashes += 1
-            self.start()
+        """Restart a replica that exited by itself: a leader that lost its Lease exits by
+        design (counted apart); any other exit is a crash (a violation)."""
+        for slot, (child, log, _) in list(self.children.items()):
+            if child.proc.poll() is not None or await child.reap(0):
+                if self.replicas > 1 and LOST in log.read_text(errors="replace"):
+                    self.lease_lost += 1
+                else:
+                    self.crashes += 1
+                del self.children[slot]
+                self._spawn(slot)
 
     async def stop(self) -> None:
-        if self.child is not None and self.child.proc.returncode is None:
-            await self.child.stop(grace=10)
+        """SIGTERM every replica at once (a leader releases the Lease), SIGKILL after 10 s."""
+
+        async def one(child: Child) -> None:
+            if child.proc.returncode is None:
+                with contextlib.suppress(ChildProcessError):  # already reaped
+                    await child.stop(grace=10)
+
+        await asyncio.gather(*(one(child) for child, _, _ in self.children.values()))
 
     def tracebacks(self) -> int:
         return sum(p.read_text(errors="replace").count("Traceback (most recent call last)")
@@ -286,6 +401,9 @@ class KubeRay:
         self.state: dict[str, tuple[str, float]] = {}  # rayjob -> (stage, since)
         self.trained: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        #: The runtime's MLflow calls run here: at the end the script does not wait for a call
+        #: that hangs on a stopped server (``asyncio.run`` would wait for its default pool).
+        self.pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="chaos-train")
         self.started = time.monotonic()
         #: What this script did to each TrainingJob, when (seconds into the run): printed with
         #: a violation about it.
@@ -326,7 +444,8 @@ class KubeRay:
     async def _succeed(self, name: str, run_id: str) -> None:
         while True:
             try:
-                await asyncio.to_thread(_train, self.mlflow.uri, run_id)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self.pool, _train, self.mlflow.uri, run_id)
                 break
             except Exception:  # MLflow is out: the runtime tries again
                 await asyncio.sleep(1.0)
@@ -397,7 +516,7 @@ class KubeRay:
 
 
 def _violations(
-    emulator: Any, kuberay: KubeRay, writes: dict[str, list[dict[str, int]]], uri: str,
+    emulator: Any, kuberay: KubeRay, writes: dict[str, list[dict[str, Any]]], uri: str,
     names: list[str], uids: dict[str, str],
 ) -> list[str]:  # fmt: skip
     from mlflow.tracking import MlflowClient
@@ -409,6 +528,13 @@ def _violations(
         st = obj.get("status") or {}
         phase, uid = st.get("phase"), uids[name]
         plan = kuberay.plans[name]
+        # Checked whether or not the job converged (a job stuck creating runs shows here).
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"tags.`mlplane.trainingjob.uid` = '{uid}'",
+        )
+        if len(runs) > 1 or (len(runs) == 0 and phase in ("Succeeded", "Failed")):
+            out.append(f"{name}: {len(runs)} MLflow runs for uid {uid}")
         if phase not in ("Succeeded", "Failed"):
             last = max(st.get("conditions") or [{}], key=lambda c: c.get("lastTransitionTime", ""))
             out.append(f"{name}: did not converge (phase {phase}; {last.get('type')} "
@@ -434,12 +560,6 @@ def _violations(
                       if (e.get("involvedObject") or {}).get("name") == name]  # fmt: skip
             out.append(f"{name}: what the script did: {kuberay.timeline[name]}; "
                        f"the operator's events: {events}")  # fmt: skip
-        runs = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            f"tags.`mlplane.trainingjob.uid` = '{uid}'",
-        )
-        if len(runs) != 1:
-            out.append(f"{name}: {len(runs)} MLflow runs for uid {uid}")
         versions = client.search_model_versions(f"name = '{name}'")
         mine = [v for v in versions if (v.tags or {}).get("mlplane.trainingjob.uid") == uid]
         if phase == "Succeeded":
@@ -455,12 +575,17 @@ def _violations(
         elif mine:
             out.append(f"{name}: Failed but registered {len(mine)} versions")
         previous = {c: 0 for c in COUNTERS}
-        for write in writes.get(name, []):
+        history = writes.get(name, [])
+        for i, write in enumerate(history):
             back = [c for c in COUNTERS if write[c] < previous[c]]
             if back:
-                out.append(f"{name}: status counters went back: {previous} -> {write}")
+                story = [f"{w['by']} rv {w['rv']} {w['phase']} "
+                         + "/".join(str(w[c]) for c in COUNTERS)
+                         for w in history[max(0, i - 6) : i + 1]]  # fmt: skip
+                out.append(f"{name}: status counters went back: {previous} -> {write}; "
+                           f"the writes up to it (by, rv, phase, counters): {story}")  # fmt: skip
                 break
-            previous = write
+            previous = {c: write[c] for c in COUNTERS}
     return out
 
 
@@ -468,36 +593,59 @@ async def run(args: argparse.Namespace) -> int:
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
+    # The played runtime's MLflow calls fail fast, as the operator's do: MLflow's client
+    # retries for minutes by default, and a call waiting on a stopped server holds the lock of
+    # process_uris, so every other job's training would wait behind it (a false "did not
+    # converge"). The runtime's loop (KubeRay._succeed) is the retry.
+    from mlplane.operator.registry import bound_http_calls
+
+    saved = {k: os.environ.get(k) for k in MLFLOW_HTTP}
+    bound_http_calls(5.0)
+    try:
+        return await _run(args)
+    finally:  # as it was (the seeded test runs this in pytest's process)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+async def _run(args: argparse.Namespace) -> int:
     import kmock
-    from k8s.harness import declare_all, write_kubeconfig
+    from k8s.harness import declare_all
 
     rng = random.Random(args.seed)
     faults = Faults(random.Random(args.seed + 1), api_rate=args.api_rate)
-    writes: dict[str, list[dict[str, int]]] = defaultdict(list)
+    writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    senders: list[str] = []
+    lease_readers: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="mlplane-chaos-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         mlflow = Mlflow(workdir)
         await mlflow.server.wait_healthy()
-        k8s = emulator_class(faults, writes)()
+        k8s = emulator_class(faults, writes, senders, lease_readers)()
         declare_all(k8s)
         operator: Operator | None = None
         kuberay: KubeRay | None = None
         try:
             async with k8s, kmock.Server(k8s):
-                kubeconfig = write_kubeconfig(workdir / "kubeconfig", str(k8s.url).rstrip("/"))
                 env = {
                     k: v
                     for k, v in os.environ.items()
                     if not k.startswith(("KUBERNETES_SERVICE_", "MLPLANE_", "MLFLOW_"))
                 }
-                env.update(KUBECONFIG=str(kubeconfig), MLPLANE_MLFLOW_TRACKING_URI=mlflow.uri,
+                # MLPLANE_RECONCILE_INTERVAL paces the operator's timers where they exist;
+                # an operator without them ignores it (nothing here relies on it).
+                env.update(MLPLANE_MLFLOW_TRACKING_URI=mlflow.uri,
                            MLPLANE_MLFLOW_TIMEOUT="3", MLPLANE_RETRY_DELAY="2",
                            MLPLANE_RECONCILE_INTERVAL="2",
                            MLPLANE_PREEMPTION_EVIDENCE_GRACE=str(args.evidence_grace))  # fmt: skip
                 print(f"seed {args.seed}: {args.resources} TrainingJobs, {args.faults} faults "
-                      f"(API fault rate {args.api_rate:.0%}); {load()}", flush=True)  # fmt: skip
-                operator = Operator(env, workdir)
+                      f"(API fault rate {args.api_rate:.0%}), {args.replicas} operator "
+                      f"replica(s); {load()}", flush=True)  # fmt: skip
+                operator = Operator(env, workdir, str(k8s.url).rstrip("/"), args.replicas)
                 operator.start()
                 kuberay = KubeRay(k8s, rng, mlflow, args)
                 names = [f"tj-{i:04d}" for i in range(args.resources)]
@@ -516,18 +664,26 @@ async def run(args: argparse.Namespace) -> int:
                 schedule = sorted(rng.uniform(0, args.chaos_seconds) for _ in range(other))
                 kinds = [rng.choice(("kill", "kill", "mlflow")) for _ in schedule]
                 outage: asyncio.Task[None] | None = None
+                #: When each TrainingJob first showed its final phase.
+                final_at: dict[str, float] = {}
                 while True:
                     elapsed = time.monotonic() - started
                     await kuberay.step()
                     await operator.check()
+                    operator.leader(k8s)  # notes a takeover
                     while schedule and schedule[0] <= elapsed:
                         schedule.pop(0)
                         kind = kinds.pop(0)
                         if kind == "kill":
-                            faults.injected["operator SIGKILL"] += 1
+                            if not await operator.kill(k8s, lease_readers):
+                                # No leader with a standby up yet (a takeover under way):
+                                # the leader is killed once there is one.
+                                schedule.insert(0, elapsed + 1.0)
+                                kinds.insert(0, kind)
+                                break
+                            label = "operator SIGKILL"
+                            faults.injected[label + (" (leader)" if args.replicas > 1 else "")] += 1
                             faults.last_fault_at = time.monotonic()
-                            await operator.kill()
-                            operator.start()
                         elif outage is None or outage.done():
                             outage = asyncio.create_task(
                                 mlflow.outage(rng, rng.uniform(2, 8), faults)
@@ -537,9 +693,12 @@ async def run(args: argparse.Namespace) -> int:
                         # Faults stop with the chaos window, whatever of the budget is left:
                         # then only convergence is measured (from the last fault).
                         faults.enabled = False
-                    done = all((k8s.get_object(TRAININGJOBS, NAMESPACE, n) or {})
-                               .get("status", {}).get("phase") in ("Succeeded", "Failed")
-                               for n in names)  # fmt: skip
+                    for n in names:
+                        if n not in final_at and (k8s.get_object(TRAININGJOBS, NAMESPACE, n)
+                                                  or {}).get("status", {}).get("phase") in (
+                                                      "Succeeded", "Failed"):  # fmt: skip
+                            final_at[n] = time.monotonic()
+                    done = len(final_at) == len(names)
                     if (not schedule and not faults.enabled and done
                             and (outage is None or outage.done())):  # fmt: skip
                         break
@@ -569,30 +728,56 @@ async def run(args: argparse.Namespace) -> int:
                         problems.append(f"after deletion, {ref} left: {left[:5]}")
                 if operator.crashes:
                     problems.append(f"the operator exited by itself {operator.crashes} times")
+                if len(senders) != len(set(senders)):
+                    problems.append(f"two operator processes wrote in turns (never two "
+                                    f"writers): senders in order {senders}")  # fmt: skip
+                last_fault = faults.last_fault_at or started
+                # Per job: how long after the last fault it showed its final phase (0: during
+                # the chaos), and how long from its creation.
+                after_fault = sorted(max(0.0, t - last_fault) for t in final_at.values())
+                from_start = sorted(t - started for t in final_at.values())
+                await operator.stop()  # while the API server still answers
                 phases = Counter((o.get("status") or {}).get("phase") for o in finished.values())
                 attempts = [int((o.get("status") or {}).get("attempts") or 0)
                             for o in finished.values()]  # fmt: skip
         finally:
             for task in kuberay.tasks if kuberay is not None else ():
                 task.cancel()
+            if kuberay is not None:
+                kuberay.pool.shutdown(wait=False, cancel_futures=True)
             if operator is not None:
                 await operator.stop()
             mlflow.server.stop()
         tracebacks = operator.tracebacks() if operator else 0
     print(f"\nfaults injected ({sum(faults.injected.values())}):")
     for kind, n in sorted(faults.injected.items()):
-        print(f"  {kind:<22} {n:>6}")
+        print(f"  {kind:<26} {n:>6}")
     print(f"resources: {args.resources} TrainingJobs -> {dict(phases)}; attempts per job "
           f"p50 {statistics.median(attempts):.0f}, max {max(attempts)}")  # fmt: skip
-    print(
-        f"operator: {operator.starts if operator else 0} starts, "
-        f"{operator.crashes if operator else 0} exits by itself, {tracebacks} tracebacks logged"
-    )
-    print(f"converged {after_last:.1f}s after the last fault")
+    assert operator is not None
+    print(f"operator: {args.replicas} replica(s), {operator.starts} process starts, "
+          f"{operator.crashes} exits by itself, {tracebacks} tracebacks logged")  # fmt: skip
+    if args.replicas > 1:
+        takeovers = sorted(operator.takeovers)
+        print(f"leader election: {operator.leader_kills} kills of the leader with a standby up, "
+              f"{operator.lease_lost} exits on a lost lease, "
+              f"{len(set(senders))} writers in turn; takeover after a leader kill "
+              f"p50 {_pct(takeovers, 50):.1f}s, max {_pct(takeovers, 100):.1f}s")  # fmt: skip
+    print(f"time to the final phase: after the last fault p50 {_pct(after_fault, 50):.1f}s, "
+          f"p99 {_pct(after_fault, 99):.1f}s; from creation p50 {_pct(from_start, 50):.1f}s, "
+          f"p99 {_pct(from_start, 99):.1f}s")  # fmt: skip
+    print(f"all converged {after_last:.1f}s after the last fault; {load()}")
     print(f"invariant violations: {len(problems)}")
     for problem in problems:
         print(f"  seed {args.seed}: {problem}")
     return 1 if problems else 0
+
+
+def _pct(values: list[float], pct: float) -> float:
+    """The ``pct`` percentile of sorted ``values`` (nearest rank; 0 when empty)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, max(0, round(pct / 100 * len(values)) - 1))]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -623,6 +808,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=15.0,
         help="MLPLANE_PREEMPTION_EVIDENCE_GRACE of the operator (15: its default)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="operator replicas: 1 runs without a Lease; 2+ with leader election, and the "
+        "kills hit the leader with the standby running",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs here")
     parser.add_argument("--quick", action="store_true", help="8 jobs, 60 faults, 60 s")

@@ -126,8 +126,11 @@ def _observe(
             attempts = (*attempts, ObservedAttempt.from_rayjob(found))
     look = observe_trainingjob(registry, tj, uid)
     disruptions = ledger.take(namespace, name)
+    # Any capacity: an on-demand attempt is judged as soon as it fails (no grace), so its
+    # eviction must be read now if the pod watch has not delivered it (the local runner reads
+    # its evidence from Ray at each pass, whatever the capacity).
     failed = next((a for a in attempts if current is not None and a.number == current.number
-                   and a.capacity == "Spot" and a.failed), None)  # fmt: skip
+                   and a.failed), None)  # fmt: skip
     recorded = {d.attempt for d in tj.status.disruptions} if tj.status else set()
     if (failed is not None and failed.number not in recorded
             and all(d.attempt != failed.number for d in disruptions)):  # fmt: skip
@@ -140,7 +143,7 @@ def _observe(
 def _read_evidence(
     namespace: str, name: str, attempt: int, platform: KubeRayPlatform, ledger: DisruptionLedger
 ) -> tuple[ObservedDisruption, ...]:
-    """A failed spot attempt the watches hold no reclaim for: read its pods and their nodes.
+    """A failed attempt the watches hold no reclaim for: read its pods and their nodes.
 
     The pod and node watches are the cheap path, but after a restart (or a watch cut) they
     may not have delivered what the API already holds, and the core would then count a

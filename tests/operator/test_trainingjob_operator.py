@@ -637,6 +637,54 @@ async def test_evidence_that_landed_while_the_operator_was_down_is_read_not_miss
     assert rayjob(emulator, f"{job}-a2")["metadata"]["labels"]["mlplane.dev/capacity"] == "Spot"
 
 
+async def test_an_on_demand_attempts_eviction_is_read_from_the_api_not_taken_for_a_failure(
+    emulator, kubeconfig, mlflow_uri
+):
+    """An on-demand attempt is judged as soon as it fails (no grace), so its eviction (the
+    pod's ``DisruptionTarget``, recorded before the RayJob failed) must be read from the API
+    when the pod watch has not delivered it: after a restart or a leader takeover, or a watch
+    lagging under load. Else the eviction spends backoffLimit (0 here: the job would fail)
+    and the same facts give other counts by timing. Found by bench/chaos.py (seed 7, 200 jobs,
+    leader kills: attempts on on-demand capacity after the fallback)."""
+    job, node = "tj-down-ondemand", "tj-down-ondemand-node"
+    spot = example("trainingjob-gpu-spot")["spec"]["workers"]
+    workers = [{**w, "capacity": "OnDemand"} for w in spot]
+    async with run_operator_process() as first:
+        obj = await create(emulator, trainingjob(job, backoffLimit=0, workers=workers))
+        created = await wait_for(lambda: rayjob(emulator, f"{job}-a1"), timeout=TIMEOUT,
+                                 message="attempt 1")  # fmt: skip
+        assert created["metadata"]["labels"]["mlplane.dev/capacity"] == "OnDemand"
+        pod = await worker_pod(emulator, job, 1, node)
+        await set_job_status(emulator, f"{job}-a1", "RUNNING", "Running")
+        await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                       message="Running")  # fmt: skip
+        first.kill()
+    await reclaim(emulator, "pod-condition", pod, node)
+    await set_job_status(emulator, f"{job}-a1", "FAILED", "Failed")
+    # The new process's pod watch gets nothing: only a request that names what it looks for
+    # (a label selector or a name) is answered.
+    refused: list[str] = []
+
+    def watch(r: Any) -> bool:
+        plural = getattr(r.resource, "plural", None)
+        if plural in ("pods", "nodes") and not r.name and not r.params.get("labelSelector"):
+            refused.append(plural)
+            return True
+        return False
+
+    emulator.before_request(watch, lambda r: None, once=False)
+    async with run_operator_process() as second:
+        # Judged: attempt 2 (a preemption) or the end (a failure spent backoffLimit 0).
+        await wait_for(lambda: status(emulator, obj).get("attempts") == 2
+                       or status(emulator, obj).get("phase") == "Failed", timeout=TIMEOUT,
+                       message="attempt 1 judged", seen=lambda: status(emulator, obj))  # fmt: skip
+        st = status(emulator, obj)
+        second.check()
+    assert refused  # the watches really were cut off
+    assert (st["preemptions"], st["failures"], st["phase"]) == (1, 0, "Retrying"), st
+    assert rayjob(emulator, f"{job}-a2") is not None
+
+
 async def checkpoint(uri: str, run_id: str, step: int) -> None:
     """What the runtime reports after a checkpoint: its URI, step and time on the run."""
 
