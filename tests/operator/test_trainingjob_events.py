@@ -50,6 +50,15 @@ async def quiet_operator(emulator, kubeconfig, mlflow_uri, monkeypatch):
 
 
 @pytest.fixture
+async def resting_operator(emulator, kubeconfig, mlflow_uri, monkeypatch):
+    """The operator with a resync of minutes; the timers of other kinds (and, before issue
+    16, of TrainingJobs) at the tests' pace of one second."""
+    monkeypatch.setenv("MLPLANE_RESYNC_INTERVAL", "600")
+    async with run_operator() as run:
+        yield run
+
+
+@pytest.fixture
 def mlflow_calls(monkeypatch) -> list[str]:
     """Every MLflow call of a TrainingJob round (the operator runs in this process)."""
     calls: list[str] = []
@@ -100,7 +109,7 @@ async def test_a_rayjob_status_change_is_reconciled_without_waiting_for_a_timer(
     assert time.monotonic() - started < 10  # an event, not the ten-minute resync
 
 
-async def test_at_rest_no_status_write_and_no_mlflow_call(emulator, quiet_operator, mlflow_calls):
+async def test_at_rest_no_status_write_and_no_mlflow_call(emulator, resting_operator, mlflow_calls):
     """Running jobs with nothing changing cost nothing: no round, so no MLflow call and no
     status write. Then a positive sign the operator was alive all along: a new job (and a
     RayJob change of a resting one) are handled at once."""
