@@ -101,6 +101,12 @@ async def test_a_rayjob_status_change_is_reconciled_without_waiting_for_a_timer(
     obj = await create(emulator, trainingjob("tj-woken"))
     await wait_for(lambda: emulator.get_object(RAYJOBS, "ml", "tj-woken-a1"), timeout=TIMEOUT,
                    message="attempt 1's RayJob")  # fmt: skip
+    await wait_for(lambda: quiet_operator.processed(obj, "creation") and
+                   status(emulator, obj).get("currentAttempt"), timeout=TIMEOUT,
+                   message="the creation handled")  # fmt: skip
+    # Past the first look a timer takes when an object appears (a timer's only look within
+    # ten minutes): from here only an event can explain a round.
+    await asyncio.sleep(2)
     await set_running(emulator, "tj-woken-a1")
     started = time.monotonic()
     await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
