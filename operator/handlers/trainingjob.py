@@ -291,7 +291,8 @@ def run_reconcile(
             raise
     schedule(mine, plan.requeue_after, state.settings.resync_interval)
     meta = body.get("metadata") or {}
-    state.wakers.nudge(("TrainingJob", meta.get("namespace") or "default", meta.get("name")))
+    state.wakers.nudge(("TrainingJob", str(meta.get("namespace") or "default"),
+                        str(meta.get("name"))))  # fmt: skip
     return plan
 
 
