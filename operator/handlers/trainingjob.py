@@ -134,8 +134,8 @@ def rayjob_event(
         return
     else:
         state.rayjob_seen[key] = seen
-        if seen[:5] == (None,) * 5 and seen[5] is not True:
-            return  # just created, nothing to say yet: the round that created it knows
+        if seen[:5] == (None,) * 5:
+            return  # just created (suspended or not), no state yet: the round that made it knows
     state.wakers.wake(("TrainingJob", namespace, labels[lbl.TRAININGJOB]))
 
 
@@ -382,7 +382,7 @@ def on_change(
     run_reconcile(resource, body, patch, now, rayjobs_by_trainingjob, memo)
 
 
-def round_once(body: kopf.Body, memo: kopf.Memo, index: Any) -> None:
+def round_once(body: Any, memo: kopf.Memo, index: Any) -> None:
     """One round of the daemon: follow the attempts. Invalid objects are the change handlers'
     to report, not ours; a finished job has nothing to follow (until its spec changes)."""
     state, mine = operator_state(memo), object_state(memo)
@@ -427,8 +427,13 @@ async def follow(
                     await waker.wait(delay, stopped)
                     continue  # woken, nudged (look at the deadline again), due or stopped
             waker.pending = False
+            # A daemon's body is live: Kopf replaces it as events arrive, also while the round
+            # runs in its thread. The round reads one snapshot, taken here on Kopf's loop (no
+            # event lands in between): a status and a resourceVersion read at two moments
+            # would pair an old status with a new version, and start attempt 1 twice.
+            snapshot = plain(body)
             try:
-                await asyncio.to_thread(round_once, body, memo, rayjobs_by_trainingjob)
+                await asyncio.to_thread(round_once, snapshot, memo, rayjobs_by_trainingjob)
             except kopf.TemporaryError as exc:
                 logger.warning("%s", exc)
             except Exception:
