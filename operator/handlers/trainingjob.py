@@ -343,7 +343,10 @@ def _run_reconcile(
     plan = replace(plan, status=status)
     if why is not None:  # no watch on Secrets and NetworkPolicies: look again for them to go
         plan = replace(plan, requeue_after=min(plan.requeue_after or POLL_SECONDS, POLL_SECONDS))
-    version = write_status(body, conditions.status_patch(old, plan.status), platform)
+    # The patch is the change from what the API server holds: our last write when the body
+    # predates it (a diff against the older body would not remove what that write added).
+    stored = written if written is not None else old
+    version = write_status(body, conditions.status_patch(stored, plan.status), platform)
     mine.wrote(plan.status, version)  # only once written: a refused write is tried again
     metrics.trainingjob(current.metadata.namespace or "default", current.metadata.name or "",
                         plan.status)  # fmt: skip
