@@ -548,7 +548,15 @@ SETTINGS: tuple[Setting, ...] = (
             "file with Prometheus' token for the serving apps' `/admin/metrics`"),
     Setting("MLPLANE_LOG_FORMAT", "operator.logFormat", "`text`", "`json` or `text`"),
     Setting("MLPLANE_RECONCILE_INTERVAL", "operator.reconcileIntervalSeconds", "`5`",
-            "seconds between the timer rounds of each resource"),
+            "seconds between the timer rounds of each ModelDeployment and ABTest (TrainingJobs "
+            "have no timer: see `MLPLANE_RESYNC_INTERVAL`)"),
+    Setting("MLPLANE_RESYNC_INTERVAL", "operator.resyncIntervalSeconds", "`300`",
+            "most seconds between two rounds of a TrainingJob nothing woke (a safety net: "
+            "its own changes, its RayJobs' events, disruption evidence and the times the "
+            "reconcile asks for wake it)"),
+    Setting("MLPLANE_API_TIMEOUT", "operator.apiTimeoutSeconds", "`30` (1 to 600)",
+            "the longest one Kubernetes API call of the operator may take, in seconds (watch "
+            "streams excepted); a call that takes longer fails and the round is tried again"),
     Setting("MLPLANE_RESOLVE_INTERVAL", "operator.resolveIntervalSeconds", "`30`",
             "seconds a ModelDeployment's MLflow answer (and drift report) is reused by its timer"),
     Setting("MLPLANE_RETRY_DELAY", "operator.retryDelaySeconds", "`15`",
@@ -589,8 +597,12 @@ class Settings:
     """
 
     config: OperatorConfig = OperatorConfig()
-    #: Seconds between timer rounds of each resource.
+    #: Seconds between timer rounds of each ModelDeployment and ABTest.
     reconcile_interval: float = 5.0
+    #: Most seconds between two rounds of a TrainingJob that nothing woke (the safety net).
+    resync_interval: float = 300.0
+    #: The longest one Kubernetes API call may take (seconds): no call blocks a round forever.
+    api_timeout: float = 30.0
     #: How old a ModelDeployment's MLflow answer (or drift report) may be before a timer asks again.
     resolve_interval: float = 30.0
     #: Seconds before a round that could not reach MLflow is tried again.
@@ -614,6 +626,8 @@ class Settings:
         return cls(
             config=OperatorConfig.from_env(env),
             reconcile_interval=_number(env, "MLPLANE_RECONCILE_INTERVAL", 5.0, 0.1, 3600),
+            resync_interval=_number(env, "MLPLANE_RESYNC_INTERVAL", 300.0, 0.1, 86400),
+            api_timeout=_number(env, "MLPLANE_API_TIMEOUT", 30.0, 1, 600),
             resolve_interval=_number(env, "MLPLANE_RESOLVE_INTERVAL", 30.0, 0.1, 86400),
             retry_delay=_number(env, "MLPLANE_RETRY_DELAY", 15.0, 0.1, 3600),
             signing_key_settle=_number(env, "MLPLANE_SIGNING_KEY_SETTLE", 150.0, 0, 86400),

@@ -1,7 +1,8 @@
 """The local platform's operator: the same reconcile cores, acting on this machine's Ray.
 
 ``mlplane local up`` starts it as a server (``python -m mlplane.operator.runner``); it passes
-over the stored resources (``platforms/store.py``) every ``--interval`` seconds:
+over the stored resources (``platforms/store.py``) every ``--interval`` seconds (sooner when a
+TrainingJob's reconcile asks to come back sooner, ``Plan.requeue_after``):
 
 - TrainingJob: the pure ``reconcile/trainingjob.py`` decides; a planned RayJob becomes a Ray
   job submitted through the Jobs API under the RayJob's deterministic name; a dead Ray worker
@@ -121,14 +122,20 @@ class Runner:
         #: This pass's valid ABTests by uid (their statuses as this pass leaves them).
         self._abtests: dict[str, Any] = {}
         self._due: dict[str, float] = {}
+        #: The soonest ``requeue_after`` a TrainingJob's plan asked for in this pass.
+        self.soonest: float | None = None
 
     def registry(self, tracking_uri: str) -> Registry:
         """One MLflow client per server for the runner's life."""
         return registry_for(tracking_uri, timeout=self.settings.config.mlflow_timeout)
 
-    def pass_once(self, now: datetime | None = None) -> None:
-        """Reconcile everything once; never raises for one resource's trouble."""
+    def pass_once(self, now: datetime | None = None) -> float | None:
+        """Reconcile everything once; never raises for one resource's trouble.
+
+        Returns the soonest ``requeue_after`` a TrainingJob asked for (None: none did), so
+        the loop comes back then when it is sooner than its interval."""
         now = now or datetime.now(UTC)
+        self.soonest = None
         config = local_config(self.platform)
         for body in self.store.list("TrainingJob"):
             self._guarded(self.trainingjob, body, now, config)
@@ -152,6 +159,7 @@ class Runner:
                 log.info("signing keys of %s: its ModelDeployment is gone, removed", gone)
         self._export(deployments)
         self.platform.heartbeat_file.touch()
+        return self.soonest
 
     def _export(self, deployments: list[dict[str, Any]]) -> None:
         """The operator's series for Prometheus, and where it finds the serving apps."""
@@ -372,6 +380,8 @@ class Runner:
             deliver=lambda notice: deliver_notice(notice, local_paths=True),
         )  # fmt: skip
         self.store.write_status(body, plan.status)
+        if plan.requeue_after is not None:
+            self.soonest = min(self.soonest or plan.requeue_after, plan.requeue_after)
         self.reclaims.offer(plan.reclaim_samples)
         if observed.registry_error or observed.registry_refused:
             log.warning("TrainingJob %s/%s: MLflow: %s", namespace, name,
@@ -463,10 +473,11 @@ def main(argv: list[str] | None = None) -> None:
     runner = Runner(args.state_dir, settings)
     while True:
         started = time.monotonic()
-        runner.pass_once()
+        soonest = runner.pass_once()
         if args.once:
             return
-        time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        wait = args.interval if soonest is None else min(args.interval, max(0.1, soonest))
+        time.sleep(max(0.0, wait - (time.monotonic() - started)))
 
 
 if __name__ == "__main__":

@@ -267,9 +267,23 @@ def values_schema() -> dict[str, Any]:
                 ),
                 reconcileIntervalSeconds=number(
                     "MLPLANE_RECONCILE_INTERVAL: seconds between the timer rounds of each "
-                    "resource.",
+                    "ModelDeployment and ABTest (TrainingJobs are event-driven).",
                     0.1,
                     3600,
+                ),
+                resyncIntervalSeconds=number(
+                    "MLPLANE_RESYNC_INTERVAL: most seconds between two rounds of a TrainingJob "
+                    "that nothing woke (its changes, its RayJobs' events, disruption evidence "
+                    "and the times its reconcile asks for wake it): the safety net.",
+                    0.1,
+                    86400,
+                ),
+                apiTimeoutSeconds=number(
+                    "MLPLANE_API_TIMEOUT: the longest one Kubernetes API call of the operator "
+                    "may take, in seconds (watch streams excepted); a call that takes longer "
+                    "fails and its round is tried again.",
+                    1,
+                    600,
                 ),
                 resolveIntervalSeconds=number(
                     "MLPLANE_RESOLVE_INTERVAL: seconds a ModelDeployment's MLflow answer (and "

@@ -7,7 +7,9 @@ Importing this module registers, in Kopf's default registry (what ``kopf run`` a
   (:class:`~mlplane.operator.config.Settings`; a bad value fails the start naming the
   variable) into Kopf's operator-level ``memo`` (:mod:`mlplane.operator.handlers.state`: what
   the handlers share, and each object's own state in its memo; nothing per object at module
-  level), and sets the timers' interval (``MLPLANE_RECONCILE_INTERVAL``); the finalizer
+  level), sets the timers' interval (``MLPLANE_RECONCILE_INTERVAL``: ModelDeployment and
+  ABTest; a TrainingJob has an event-driven daemon instead) and the timeout of every API
+  call (``MLPLANE_API_TIMEOUT``); the finalizer
   ``mlplane.dev/finalizer``; Kopf's progress and last-handled configuration kept in
   ``mlplane.dev/...`` annotations — never in ``status``, which is structural and ours (Kopf
   also marks objects with ``mlplane.dev/kopf-managed``); Events for ``kopf.info``/``kopf.warn``
@@ -46,6 +48,7 @@ resume or a repeated event costs no write. The operator never writes ``spec``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -365,6 +368,13 @@ def configure(
         memo[MEMO_KEY] = OperatorState(mine)
         if registry is not None:
             pace_timers(registry, mine.reconcile_interval)
+        # Every API call is bounded: the kubernetes client's (handlers, platforms) and Kopf's
+        # own (patches, events; its watch streams have their own timeouts).
+        from mlplane.operator.platforms.kuberay import KubeRayPlatform
+
+        KubeRayPlatform.default_timeout = mine.api_timeout
+        settings.networking.request_timeout = mine.api_timeout
+        settings.networking.connect_timeout = min(10.0, mine.api_timeout)
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATIONS_PREFIX
@@ -378,9 +388,29 @@ def configure(
     settings.posting.event_name_prefix = "mlplane-"
     settings.peering.standalone = True
     settings.peering.mandatory = False
-    # Every kind runs a sync timer; a deletion waits for a running round to end, and Kopf looks
+    # Kinds run a sync timer or daemon; a deletion waits for a running round to end, and Kopf looks
     # again only every `cancellation_polling` seconds (60 by default): look every second.
     settings.background.cancellation_polling = 1.0
+    # At exit Kopf drains the events still queued (2 s by default): nothing in them is lost
+    # (the next start resumes every object from the API), and the time counts against the
+    # pod's grace period.
+    settings.queueing.exit_timeout = 0.5
+
+
+async def release_watch_waiters(logger: logging.Logger | logging.LoggerAdapter, **_: Any) -> None:
+    """Exit: end the watch streams' pause-waiter tasks Kopf leaves behind.
+
+    When Kopf stops a watcher in the middle of its stream (a busy stream at SIGTERM), the
+    stream's ``pause-waiter`` task is never cancelled, and Kopf then waits 5 s for such
+    leftover tasks before it exits: that alone would break the 5 s budget of a pod's stop.
+    Cleanup handlers run after every watcher has stopped, so nothing still needs them.
+    """
+    leftovers = [t for t in asyncio.all_tasks()
+                 if not t.done() and t.get_name().startswith("pause-waiter for ")]  # fmt: skip
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        logger.debug("ended %d watch pause-waiters left by stopped watchers", len(leftovers))
 
 
 async def handle(
@@ -432,6 +462,7 @@ def register_validation(registry: kopf.OperatorRegistry) -> kopf.OperatorRegistr
     kopf.on.startup(registry=registry, id="configure")(
         functools.partial(configure, registry=registry)
     )
+    kopf.on.cleanup(registry=registry, id="release-watch-waiters")(release_watch_waiters)
     for kind in KINDS:
         for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
             on(group=GROUP, version=VERSION, plural=kind.plural, id=HANDLER_ID, registry=registry)(

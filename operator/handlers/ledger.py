@@ -56,41 +56,55 @@ class DisruptionLedger:
         self._notices: dict[tuple[str, str], dict[str, ObservedNotice]] = {}
         self._notice_nodes: dict[str, Notice] = {}
 
-    def pod(self, pod: Mapping[str, Any], *, deleted: bool = False) -> None:
-        """Record a pod's own disruption, and where it runs while it is live (node evidence)."""
+    def pod(self, pod: Mapping[str, Any], *, deleted: bool = False) -> set[tuple[str, str]]:
+        """Record a pod's own disruption, and where it runs while it is live (node evidence).
+
+        Returns the (namespace, TrainingJob) that got evidence not seen before: the jobs to
+        wake (evidence already held wakes nobody, however often a pod's events repeat it).
+        """
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         namespace, job = meta.get("namespace", ""), labels.get(lbl.TRAININGJOB)
         attempt = labels.get(lbl.ATTEMPT, "")
         if not job or not attempt.isdigit():
-            return
+            return set()
         name = meta.get("name", "")
+        new: set[tuple[str, str]] = set()
         node = (pod.get("spec") or {}).get("nodeName")
         over = deleted or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         with self._lock:
             found = pod_disruption(pod)
-            if found is not None:
-                self._add(namespace, job, ObservedDisruption(
-                    int(attempt), found.reason, found.pod, found.node, found.time))  # fmt: skip
+            if found is not None and self._add(namespace, job, ObservedDisruption(
+                    int(attempt), found.reason, found.pod, found.node, found.time)):  # fmt: skip
+                new.add((namespace, job))
             notice = pod_notice(pod)
-            if notice is not None and not over:
-                self._notice(namespace, job, _observed(int(attempt), notice, name))
+            if (
+                notice is not None
+                and not over
+                and self._notice(namespace, job, _observed(int(attempt), notice, name))
+            ):
+                new.add((namespace, job))
             if over or not node:
                 self._live.pop((namespace, name), None)
-                return
+                return new
             self._live[namespace, name] = (job, int(attempt), node)
-            if node in self._notice_nodes:
-                self._notice(
-                    namespace, job, _observed(int(attempt), self._notice_nodes[node], name)
-                )
-            if node in self._terminating_nodes:
-                self._add(namespace, job, ObservedDisruption(
-                    int(attempt), self._terminating_nodes[node], name, node))  # fmt: skip
+            if node in self._notice_nodes and self._notice(
+                namespace, job, _observed(int(attempt), self._notice_nodes[node], name)
+            ):
+                new.add((namespace, job))
+            if node in self._terminating_nodes and self._add(namespace, job, ObservedDisruption(
+                    int(attempt), self._terminating_nodes[node], name, node)):  # fmt: skip
+                new.add((namespace, job))
+        return new
 
-    def node(self, node: Mapping[str, Any], *, deleted: bool = False) -> None:
-        """A spot node that is going away (or went away) disrupts the live pods on it."""
+    def node(self, node: Mapping[str, Any], *, deleted: bool = False) -> set[tuple[str, str]]:
+        """A spot node that is going away (or went away) disrupts the live pods on it.
+
+        Returns the (namespace, TrainingJob) that got new evidence (see :meth:`pod`).
+        """
         evidence = node_evidence(node)
         notice = None if deleted else node_notice(node)
+        new: set[tuple[str, str]] = set()
         with self._lock:
             if notice is None:
                 self._notice_nodes.pop(evidence.name, None)
@@ -99,36 +113,49 @@ class DisruptionLedger:
                 while len(self._notice_nodes) > self.MAX_NODES:
                     del self._notice_nodes[next(iter(self._notice_nodes))]
                 for (namespace, pod), (job, attempt, on) in self._live.items():
-                    if on == evidence.name:
-                        self._notice(namespace, job, _observed(attempt, notice, pod))
+                    if on == evidence.name and self._notice(
+                        namespace, job, _observed(attempt, notice, pod)
+                    ):
+                        new.add((namespace, job))
             if not evidence.spot or not (evidence.terminating or deleted):
                 # Not (or no longer) going away: a NotReady blip that healed disrupts nothing
                 # scheduled there later.
                 self._terminating_nodes.pop(evidence.name, None)
-                return
+                return new
             reason = "SpotNodeDeleted" if deleted else f"NodeTerminating:{evidence.taints[0]}"
             self._terminating_nodes.pop(evidence.name, None)
             self._terminating_nodes[evidence.name] = reason
             while len(self._terminating_nodes) > self.MAX_NODES:
                 del self._terminating_nodes[next(iter(self._terminating_nodes))]
             for (namespace, pod), (job, attempt, on) in self._live.items():
-                if on == evidence.name:
-                    self._add(namespace, job,
-                              ObservedDisruption(attempt, reason, pod, evidence.name))  # fmt: skip
+                if on == evidence.name and self._add(
+                    namespace, job, ObservedDisruption(attempt, reason, pod, evidence.name)
+                ):
+                    new.add((namespace, job))
+        return new
 
-    def _notice(self, namespace: str, job: str, notice: ObservedNotice) -> None:
+    def _notice(self, namespace: str, job: str, notice: ObservedNotice) -> bool:
+        """Keep ``notice``; True when it is new (the job is woken to deliver it)."""
         found = self._notices.setdefault((namespace, job), {})
-        found.setdefault(notice.key(), notice)
+        if notice.key() in found:
+            return False
+        found[notice.key()] = notice
         while len(found) > self.MAX_NOTICES:
             del found[next(iter(found))]
+        return True
 
     def notices(self, namespace: str, job: str) -> tuple[ObservedNotice, ...]:
         """Reclaim notices seen for a TrainingJob's live pods (the core answers each once)."""
         with self._lock:
             return tuple(self._notices.get((namespace, job), {}).values())
 
-    def _add(self, namespace: str, job: str, disruption: ObservedDisruption) -> None:
-        self._seen.setdefault((namespace, job), {}).setdefault(disruption.key(), disruption)
+    def _add(self, namespace: str, job: str, disruption: ObservedDisruption) -> bool:
+        """Keep ``disruption``; True when it is new (its key was not held)."""
+        seen = self._seen.setdefault((namespace, job), {})
+        if disruption.key() in seen:
+            return False
+        seen[disruption.key()] = disruption
+        return True
 
     def take(self, namespace: str, job: str) -> tuple[ObservedDisruption, ...]:
         """Everything seen for a TrainingJob (kept until :meth:`forget`)."""

@@ -20,7 +20,11 @@ differs, someone else wrote after us (another replica, a restore): the body wins
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +107,9 @@ class ObjectState:
     written: Written | None = None
     #: ABTest: when a running test is due for its next evaluation (``time.monotonic()``).
     due: float = 0.0
+    #: TrainingJob: when its daemon runs the next round (``time.monotonic()``; None: not set
+    #: yet). Each round sets it from the plan's ``requeue_after`` capped by the resync.
+    next_round: float | None = None
     #: ModelDeployment: the split it was last reconciled with (``routed_known``: there was one).
     routed: Any = None
     routed_known: bool = False
@@ -136,6 +143,86 @@ class ObjectState:
         self.written = Written(status, str(version), stored=False)
 
 
+class Waker:
+    """What wakes one object's daemon: a thread-safe "look again now" and "see when".
+
+    Set from any thread (Kopf runs sync event handlers in its executor): the asyncio event is
+    set on the daemon's own loop. ``pending`` says a round is wanted (something changed);
+    :meth:`nudge` only makes the daemon look at its deadline again (a change handler moved it).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+        self.pending = False
+
+    def wake(self) -> None:
+        """Something the object depends on changed: run a round as soon as the daemon can."""
+        self.pending = True
+        self.nudge()
+
+    def nudge(self) -> None:
+        # RuntimeError: the loop is closed (the operator is exiting): nothing to wake.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float, stopped: Any = None) -> None:
+        """Until :meth:`wake` or :meth:`nudge`, ``stopped`` (Kopf's daemon stop flag) is set,
+        or ``timeout`` seconds: a daemon told to stop leaves at once, not at its deadline."""
+        waits = {asyncio.ensure_future(self._event.wait())}
+        if stopped is not None:
+            waits.add(asyncio.ensure_future(stopped.wait()))
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, timeout),
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for task in waits:
+                task.cancel()
+        self._event.clear()
+
+
+class Wakers:
+    """Each followed object's :class:`Waker`, by ``(kind, namespace, name)``: how a child's
+    event, disruption evidence or a change handler reaches the object's daemon."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, str, str], Waker] = {}
+
+    def register(self, key: tuple[str, str, str], waker: Waker) -> None:
+        with self._lock:
+            self._by_key[key] = waker
+
+    def unregister(self, key: tuple[str, str, str], waker: Waker) -> None:
+        with self._lock:
+            if self._by_key.get(key) is waker:
+                del self._by_key[key]
+
+    def wake(self, key: tuple[str, str, str]) -> bool:
+        """Wake the object's daemon; False when it has none (not followed, or gone)."""
+        with self._lock:
+            waker = self._by_key.get(key)
+        if waker is None:
+            return False
+        waker.wake()
+        return True
+
+    def nudge(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            waker = self._by_key.get(key)
+        if waker is not None:
+            waker.nudge()
+
+
+def schedule(mine: ObjectState, after: float | None, resync: float) -> float:
+    """Set ``mine.next_round`` ``after`` seconds from now, never later than ``resync``
+    (None: nothing time-bound is pending, only the resync); returns the delay set."""
+    # Spread the resyncs of objects created together (a burst of 1,000 jobs) over a tenth.
+    delay = resync * random.uniform(0.9, 1.0) if after is None else max(0.0, min(after, resync))
+    mine.next_round = time.monotonic() + delay
+    return delay
+
+
 class OperatorState:
     """What one operator shares across its objects (Kopf's operator-level memo)."""
 
@@ -143,9 +230,27 @@ class OperatorState:
         self.settings = settings
         #: Preemption evidence from pod and node events, until status records it.
         self.ledger = DisruptionLedger()
+        #: Each followed object's daemon waker (TrainingJob: RayJob and evidence events).
+        self.wakers = Wakers()
+        #: Set when the operator exits: a daemon Kopf spawns after that (an event still in its
+        #: queue) leaves at once instead of holding the exit.
+        self.stopping = False
+        #: The last RayJob state that woke a TrainingJob, per RayJob (wake only on a change).
+        self.rayjob_seen: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._guard = threading.Lock()
         self._reclaims: ReclaimHistoryKeeper | None = None
+        self._platform: Any = None
         self._parsed: dict[tuple[str, str], Resource | None] = {}
+
+    def platform(self) -> Any:
+        """One :class:`KubeRayPlatform` (one API client, its connection pool) for every round:
+        building a client per round reads the kubeconfig and opens new connections each time."""
+        from mlplane.operator.platforms.kuberay import KubeRayPlatform
+
+        with self._guard:
+            if self._platform is None:
+                self._platform = KubeRayPlatform()
+            return self._platform
 
     def reclaims(self) -> ReclaimHistoryKeeper:
         """The keeper of the reclaim history (M of Auto checkpoint intervals), in a ConfigMap of

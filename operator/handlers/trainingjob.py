@@ -12,10 +12,21 @@ What the operator watches, and how it reaches the reconcile without an API call 
   (:func:`~mlplane.operator.registry.observe_trainingjob`, ``act_trainingjob``): an MLflow
   outage or refusal during an action goes back into the reconcile, so it lands in status.
 
-A timer per TrainingJob (``MLPLANE_RECONCILE_INTERVAL`` seconds, default 5) runs the reconcile;
-the change handlers (create, update, resume) validate and run it too, so a new job starts at
-once. Both are idempotent (``reconcile/trainingjob.py`` says why), so overlapping runs can only
-try to create what already exists; they take turns on the object's lock.
+No timer: each TrainingJob has a Kopf daemon (:func:`follow`) that sleeps until something
+changed or a round is due, then runs the reconcile in a worker thread. It wakes on
+
+- the job's own changes: the change handlers (create, update, resume) validate and reconcile
+  at once, and set when the next round is due;
+- its RayJobs' events (:func:`rayjob_event`), when the state the reconcile reads changed;
+- new disruption evidence of its pods or their nodes (:func:`pod_event`, :func:`node_event`);
+- the time the reconcile asks to come back (``Plan.requeue_after``: an evidence grace, an
+  outage backoff, a registration to see, a return to spot waiting for a checkpoint);
+- and at the latest every ``MLPLANE_RESYNC_INTERVAL`` seconds (default 300): the safety net,
+  also what refreshes a running job's progress from MLflow (``status.lastCheckpoint``).
+
+An idle job costs nothing between those: no MLflow call, no status write. Rounds are
+idempotent (``reconcile/trainingjob.py`` says why), so a change handler and the daemon that
+overlap can only try to create what already exists; they take turns on the object's lock.
 
 Settings come from the operator's state in Kopf's ``memo`` (read once at start), and so do the
 disruption ledger and the reclaim history; each TrainingJob's lock and last written status
@@ -24,7 +35,9 @@ are in its own memo (:mod:`mlplane.operator.handlers.state`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -40,19 +53,25 @@ from mlplane.operator.handlers import (
     AccessBlocked,
     access_blocked_message,
     assess,
-    paced_timer,
     post_event,
     reconciler,
     with_access,
     write_status,
 )
 from mlplane.operator.handlers.ledger import DisruptionLedger
-from mlplane.operator.handlers.state import OperatorState, object_state, operator_state
+from mlplane.operator.handlers.state import (
+    OperatorState,
+    Waker,
+    object_state,
+    operator_state,
+    schedule,
+)
 from mlplane.operator.platforms.base import ChildOwnedByOther
 from mlplane.operator.platforms.kuberay import KubeRayPlatform
 from mlplane.operator.platforms.notice import deliver_notice
 from mlplane.operator.platforms.reclaim_history import ReclaimHistoryKeeper
 from mlplane.operator.reconcile.trainingjob import (
+    POLL_SECONDS,
     Observed,
     ObservedAttempt,
     ObservedDisruption,
@@ -66,9 +85,11 @@ from mlplane.operator.registry import (
     trainingjob_rounds,
 )
 
-__all__ = ["DisruptionLedger", "on_change", "on_timer", "plain", "run_reconcile"]
+__all__ = ["DisruptionLedger", "follow", "on_change", "plain", "round_once", "run_reconcile"]
 
 log = logging.getLogger(__name__)
+#: Why Kopf stops a daemon when the whole operator stops (or pauses: a lost leadership).
+EXITING = kopf.DaemonStoppingReason.OPERATOR_EXITING | kopf.DaemonStoppingReason.OPERATOR_PAUSING
 _OWNED: dict[str, Any] = {  # label filters: values or kopf.PRESENT
     lbl.MANAGED_BY: lbl.MANAGED_BY_VALUE,
     lbl.TRAININGJOB: kopf.PRESENT,
@@ -85,16 +106,54 @@ def rayjobs_by_trainingjob(
     }
 
 
+def _rayjob_state(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a RayJob the reconcile reads (``ObservedAttempt``): a change here is news."""
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    return (status.get("jobStatus"), status.get("jobDeploymentStatus"), status.get("message"),
+            status.get("reason"), status.get("endTime"), spec.get("suspend"),
+            (body.get("metadata") or {}).get("uid"))  # fmt: skip
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels=_OWNED)
+def rayjob_event(
+    body: kopf.Body, type: str | None, namespace: str | None, labels: Mapping[str, str],
+    memo: kopf.Memo, **_: Any,
+) -> None:  # fmt: skip
+    """An attempt's RayJob changed state (or went): wake its TrainingJob's daemon.
+
+    Only a change of what the reconcile reads wakes it: the RayJob a round has just created
+    (no status yet) and KubeRay's repeated writes of the same state cost no round.
+    """
+    state = operator_state(memo)
+    namespace = namespace or "default"
+    key = (namespace, str((body.get("metadata") or {}).get("name")))
+    seen = _rayjob_state(body)
+    if type == "DELETED":
+        state.rayjob_seen.pop(key, None)
+    elif state.rayjob_seen.get(key) == seen:
+        return
+    else:
+        state.rayjob_seen[key] = seen
+        if seen[:5] == (None,) * 5:
+            return  # just created (suspended or not), no state yet: the round that made it knows
+    state.wakers.wake(("TrainingJob", namespace, labels[lbl.TRAININGJOB]))
+
+
 @kopf.on.event("", "v1", "pods", labels={lbl.TRAININGJOB: kopf.PRESENT})
 def pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Pods of training clusters: disruption conditions and the node they run on."""
-    operator_state(memo).ledger.pod(body, deleted=type == "DELETED")
+    state = operator_state(memo)
+    for namespace, job in state.ledger.pod(body, deleted=type == "DELETED"):
+        state.wakers.wake(("TrainingJob", namespace, job))
 
 
 @kopf.on.event("", "v1", "nodes")
 def node_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Nodes: spot capacity being reclaimed (taints) or gone (deleted)."""
-    operator_state(memo).ledger.node(body, deleted=type == "DELETED")
+    state = operator_state(memo)
+    for namespace, job in state.ledger.node(body, deleted=type == "DELETED"):
+        state.wakers.wake(("TrainingJob", namespace, job))
 
 
 # --- the reconcile loop ---------------------------------------------------------------------
@@ -223,9 +282,23 @@ def run_reconcile(
     memo: kopf.Memo,
     platform: KubeRayPlatform | None = None,
 ) -> Plan:
-    """Observe, reconcile, act (``trainingjob_rounds``), then patch the status once."""
-    with object_state(memo).lock:
-        return _run_reconcile(tj, body, patch, now, index, memo, platform)
+    """Observe, reconcile, act (``trainingjob_rounds``), then patch the status once; then set
+    when the daemon runs the next round (the plan's ``requeue_after``, at most the resync)."""
+    state, mine = operator_state(memo), object_state(memo)
+    with mine.lock:
+        try:
+            plan = _run_reconcile(tj, body, patch, now, index, memo, platform)
+        except kopf.TemporaryError as exc:
+            schedule(mine, exc.delay, state.settings.resync_interval)
+            raise
+        except Exception:
+            schedule(mine, state.settings.retry_delay, state.settings.resync_interval)
+            raise
+    schedule(mine, plan.requeue_after, state.settings.resync_interval)
+    meta = body.get("metadata") or {}
+    state.wakers.nudge(("TrainingJob", str(meta.get("namespace") or "default"),
+                        str(meta.get("name"))))  # fmt: skip
+    return plan
 
 
 def _run_reconcile(
@@ -240,7 +313,7 @@ def _run_reconcile(
     state: OperatorState = operator_state(memo)
     mine = object_state(memo)
     config = state.settings.config
-    platform = platform or KubeRayPlatform()
+    platform = platform or state.platform()
     uid = body["metadata"]["uid"]
     old = plain(body.get("status"))
     # The body a timer or handler gets may predate the status the previous round wrote (Kopf
@@ -273,7 +346,12 @@ def _run_reconcile(
     if new:
         post_event(body, "Warning", "RayClusterAccessBlocked", str(why), platform)
     plan = replace(plan, status=status)
-    version = write_status(body, conditions.status_patch(old, plan.status), platform)
+    if why is not None:  # no watch on Secrets and NetworkPolicies: look again for them to go
+        plan = replace(plan, requeue_after=min(plan.requeue_after or POLL_SECONDS, POLL_SECONDS))
+    # The patch is the change from what the API server holds: our last write when the body
+    # predates it (a diff against the older body would not remove what that write added).
+    stored = written if written is not None else old
+    version = write_status(body, conditions.status_patch(stored, plan.status), platform)
     mine.wrote(plan.status, version)  # only once written: a refused write is tried again
     metrics.trainingjob(current.metadata.namespace or "default", current.metadata.name or "",
                         plan.status)  # fmt: skip
@@ -312,23 +390,70 @@ def on_change(
     run_reconcile(resource, body, patch, now, rayjobs_by_trainingjob, memo)
 
 
-@paced_timer(GROUP, VERSION, "trainingjobs", id="observe")
-def on_timer(
+def round_once(body: Any, memo: kopf.Memo, index: Any) -> None:
+    """One round of the daemon: follow the attempts. Invalid objects are the change handlers'
+    to report, not ours; a finished job has nothing to follow (until its spec changes)."""
+    state, mine = operator_state(memo), object_state(memo)
+    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        schedule(mine, None, state.settings.resync_interval)
+        return
+    now = datetime.now(UTC)
+    verdict = assess("TrainingJob", body, now, state.settings.config)
+    if verdict.resource is None or verdict.status:
+        schedule(mine, None, state.settings.resync_interval)
+        return  # invalid, or a verdict change pending: the change handler writes it
+    with metrics.reconciling("TrainingJob"):
+        run_reconcile(verdict.resource, body, kopf.Patch(), now, index, memo)  # type: ignore[arg-type]
+
+
+@kopf.daemon(GROUP, VERSION, "trainingjobs", id="follow", cancellation_timeout=1.0)
+async def follow(
     body: kopf.Body,
-    patch: kopf.Patch,
     memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter,
     rayjobs_by_trainingjob: Any = None,
     **_: Any,
 ) -> None:
-    """Follow the attempts. Invalid objects are the change handlers' to report, not ours."""
-    if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    """Sleep until something wakes this TrainingJob or its next round is due; run the round in
+    a worker thread (its MLflow and API calls are bounded by their timeouts). Kopf cancels
+    the wait at shutdown or deletion: nothing to finish, the next start resumes."""
+    state, mine = operator_state(memo), object_state(memo)
+    if state.stopping:
         return
-    now = datetime.now(UTC)
-    verdict = assess("TrainingJob", body, now, operator_state(memo).settings.config)
-    if verdict.resource is None or verdict.status:
-        return  # invalid, or a verdict change pending: the change handler writes it
-    with metrics.reconciling("TrainingJob"):
-        run_reconcile(verdict.resource, body, patch, now, rayjobs_by_trainingjob, memo)  # type: ignore[arg-type]
+    meta = body.get("metadata") or {}
+    key = ("TrainingJob", meta.get("namespace") or "default", str(meta.get("name")))
+    waker = Waker(asyncio.get_running_loop())
+    state.wakers.register(key, waker)
+    if mine.next_round is None:  # the change handlers set it when they run first
+        schedule(mine, None, state.settings.resync_interval)
+    try:
+        while not stopped:
+            if not waker.pending:
+                delay = (mine.next_round or 0.0) - time.monotonic()
+                if delay > 0:
+                    await waker.wait(delay, stopped)
+                    continue  # woken, nudged (look at the deadline again), due or stopped
+            waker.pending = False
+            # A daemon's body is live: Kopf replaces it as events arrive, also while the round
+            # runs in its thread. The round reads one snapshot, taken here on Kopf's loop (no
+            # event lands in between): a status and a resourceVersion read at two moments
+            # would pair an old status with a new version, and start attempt 1 twice.
+            snapshot = plain(body)
+            try:
+                await asyncio.to_thread(round_once, snapshot, memo, rayjobs_by_trainingjob)
+            except kopf.TemporaryError as exc:
+                logger.warning("%s", exc)
+            except Exception:
+                logger.exception("a TrainingJob round failed; tried again in %.0f s",
+                                 state.settings.retry_delay)  # fmt: skip
+            logger.info("Round 'follow' done.")  # what tests wait for: a round after a moment
+            if (mine.next_round or 0.0) <= time.monotonic():  # a round that set no deadline
+                schedule(mine, state.settings.retry_delay, state.settings.resync_interval)
+    finally:
+        state.wakers.unregister(key, waker)
+        if stopped.reason is not None and stopped.reason & EXITING:
+            state.stopping = True
 
 
 @kopf.on.event(GROUP, VERSION, "trainingjobs")

@@ -46,6 +46,25 @@ BUILTIN = {
 TOKEN_BYTES = 32
 
 
+def bounded(api_client: Any) -> Any:
+    """``api_client`` whose every request without a ``_request_timeout`` gets
+    :attr:`KubeRayPlatform.default_timeout` (the kubernetes client's default is none at all:
+    a request to an API server that stopped answering waits forever)."""
+    rest = getattr(api_client, "rest_client", None)
+    if rest is None or getattr(rest, "_mlplane_bounded", False):
+        return api_client
+    request = rest.request
+
+    def request_with_timeout(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = KubeRayPlatform.default_timeout
+        return request(*args, **kwargs)
+
+    rest.request = request_with_timeout
+    rest._mlplane_bounded = True
+    return api_client
+
+
 class KubeRayPlatform(Platform):
     """Kubernetes with KubeRay, reached through the kubernetes client's configuration.
 
@@ -54,9 +73,13 @@ class KubeRayPlatform(Platform):
     """
 
     name = "kuberay"
+    #: The longest one API call may take (seconds) when the caller gives none: every call of
+    #: this process is bounded, so a hung API server cannot hold a round, another object or
+    #: the operator's shutdown. ``MLPLANE_API_TIMEOUT``, set once by the operator's start.
+    default_timeout: float = 30.0
 
     def __init__(self, api_client: Any = None) -> None:
-        self._api_client = api_client
+        self._api_client = bounded(api_client) if api_client is not None else None
 
     def _client(self) -> Any:
         if self._api_client is None:
@@ -66,7 +89,7 @@ class KubeRayPlatform(Platform):
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            self._api_client = client.ApiClient()
+            self._api_client = bounded(client.ApiClient())
         return self._api_client
 
     def _api(self) -> Any:

@@ -79,7 +79,8 @@ AttemptCapacity = Literal["OnDemand", "Spot"]
 PREEMPTION_WINDOW = timedelta(minutes=15)
 #: How many counted disruptions the status keeps (the count itself is never truncated).
 MAX_DISRUPTIONS = 50
-#: How often to look again while an attempt runs (watch events come sooner).
+#: How soon to ask MLflow again when it failed or said no, or for a checkpoint a decided
+#: return to spot waits for (what no Kubernetes event announces).
 POLL_SECONDS = 30.0
 #: What the training runtime prints (last) when its attempt ended because MLflow or S3 could
 #: not be reached; the Ray job's message carries the driver's last log lines. The same text is
@@ -259,8 +260,11 @@ class Plan:
     ensure_run: bool = False
     register: Registration | None = None
     events: list[Event] = field(default_factory=list)
-    #: Seconds until the next look, or None when the job is finished.
-    requeue_after: float | None = POLL_SECONDS
+    #: Seconds until the next look when something time-bound is pending (an evidence grace,
+    #: an outage backoff, MLflow to ask again, a registration to see, a return to spot
+    #: waiting for a checkpoint or its time). None: nothing is; the job's own changes, its
+    #: RayJobs' events, new disruption evidence (and a slow resync) bring it back.
+    requeue_after: float | None = None
     #: The current spot attempt's contributions to the reclaim history (store when worth it).
     reclaim_samples: list[spot_core.ReclaimSample] = field(default_factory=list)
     #: A reclaim notice to write where the running attempt reads it (idempotent).
@@ -444,6 +448,8 @@ def reconcile(
     plan.notice = _notice(s, attempts.get((st.get("currentAttempt") or {}).get("number", 0)),
                           run, observed)  # fmt: skip
     _checkpoint_interval_status(s, tj, config, run, observed)
+    if plan.requeue_after is None:
+        plan.requeue_after = _come_back(st, s.now)
     if plan.register is None:
         # A round that asks MLflow for nothing has seen MLflow answer every question: only then
         # are "reachable" and "not stalled" claims true (a round that plans an MLflow write
@@ -452,6 +458,18 @@ def reconcile(
         _unstall(s)
     plan.events = s.events
     return plan
+
+
+def _come_back(st: dict[str, Any], now: datetime) -> float | None:
+    """When a round must look again though no event may come: a return to spot decided and
+    waiting for a checkpoint (reported to MLflow only), or one not allowed before a time."""
+    state = st.get("spotReturn") or {}
+    if state.get("decidedAt"):
+        return POLL_SECONDS
+    not_before = _parse_time(state.get("notBefore"))
+    if not_before is not None:
+        return max(1.0, (not_before - now).total_seconds())
+    return None
 
 
 def _account(

@@ -234,6 +234,8 @@ def test_default_config(rendered_default: list[dict[str, Any]]) -> None:
         "MLPLANE_DEFAULT_SERVING_IMAGE": "ghcr.io/mlplane/mlplane-ray:0.1.0",
         "MLPLANE_MLFLOW_TIMEOUT": "10",
         "MLPLANE_RECONCILE_INTERVAL": "5",
+        "MLPLANE_RESYNC_INTERVAL": "300",
+        "MLPLANE_API_TIMEOUT": "30",
         "MLPLANE_RESOLVE_INTERVAL": "30",
         "MLPLANE_RETRY_DELAY": "15",
         "MLPLANE_PREEMPTION_EVIDENCE_GRACE": "15",
@@ -273,6 +275,8 @@ def test_all_config(rendered_all: list[dict[str, Any]]) -> None:
         "MLPLANE_CHECKPOINT_BASE_URI": "s3://ml-checkpoints/mlplane",
         "MLPLANE_MLFLOW_TIMEOUT": "30",
         "MLPLANE_RECONCILE_INTERVAL": "10",
+        "MLPLANE_RESYNC_INTERVAL": "600",
+        "MLPLANE_API_TIMEOUT": "20",
         "MLPLANE_RESOLVE_INTERVAL": "60",
         "MLPLANE_RETRY_DELAY": "20",
         "MLPLANE_PREEMPTION_EVIDENCE_GRACE": "30",
@@ -338,6 +342,7 @@ def test_the_operator_reads_the_rendered_config(
     assert Settings.from_env(_config(rendered_default)) == Settings(config=default)
     loop = Settings.from_env(_config(rendered_all))
     assert (loop.reconcile_interval, loop.resolve_interval, loop.retry_delay) == (10, 60, 20)
+    assert (loop.resync_interval, loop.api_timeout) == (600, 20)
     assert (loop.signing_key_settle, loop.config.preemption_evidence_grace) == (300, 30)
 
 

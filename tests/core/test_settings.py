@@ -58,12 +58,13 @@ def test_reads_every_loop_setting():
         "MLPLANE_ABTEST_INTERVAL": "4", "MLPLANE_ABTEST_STATS_URL": "http://127.0.0.1:1",
         "MLPLANE_SERVING_URL": "https://serving.example", "MLPLANE_LOCAL_REPLICA_CPUS": "0.25",
         "MLPLANE_LOCAL_MAX_REPLICAS": "3", "MLPLANE_CAPACITY_LABELS": "gke",
+        "MLPLANE_RESYNC_INTERVAL": "120", "MLPLANE_API_TIMEOUT": "7",
     })  # fmt: skip
     assert settings == Settings(
         config=OperatorConfig(capacity_labels="gke"), reconcile_interval=1.0,
         resolve_interval=2.5, retry_delay=3.0, signing_key_settle=0.0, abtest_interval=4.0,
         abtest_stats_url="http://127.0.0.1:1", serving_url="https://serving.example",
-        local_replica_cpus=0.25, local_max_replicas=3,
+        local_replica_cpus=0.25, local_max_replicas=3, resync_interval=120.0, api_timeout=7.0,
     )  # fmt: skip
 
 
@@ -72,6 +73,8 @@ def test_reads_every_loop_setting():
     [
         ("MLPLANE_RECONCILE_INTERVAL", "fast"),
         ("MLPLANE_RECONCILE_INTERVAL", "0"),
+        ("MLPLANE_RESYNC_INTERVAL", "soon"),
+        ("MLPLANE_API_TIMEOUT", "0"),
         ("MLPLANE_RESOLVE_INTERVAL", "-1"),
         ("MLPLANE_RETRY_DELAY", "nan"),
         ("MLPLANE_SIGNING_KEY_SETTLE", "2m"),

@@ -201,13 +201,13 @@ class OperatorRun:
         )
 
     def timer_runs(self, obj: dict[str, Any], timer: str) -> int:
-        """How many runs of the timer ``timer`` the operator finished for ``obj``."""
+        """How many runs of timer (or daemon rounds) ``timer`` the operator finished for ``obj``."""
         uid = obj["metadata"]["uid"]
-        done = f"Timer {timer!r} succeeded."
+        done = (f"Timer {timer!r} succeeded.", f"Round {timer!r} done.")  # timer or daemon
         return sum(
             1
             for r in list(self.records)
-            if getattr(r, "k8s_ref", {}).get("uid") == uid and r.getMessage() == done
+            if getattr(r, "k8s_ref", {}).get("uid") == uid and r.getMessage() in done
         )
 
     def check(self) -> None:
@@ -373,9 +373,9 @@ class OperatorProcess:
     def timer_runs(self, obj: dict[str, Any], timer: str) -> int:
         """How many runs of the timer ``timer`` this process finished for ``obj``."""
         uid = obj["metadata"]["uid"]
-        done = f"Timer {timer!r} succeeded."
+        done = (f"Timer {timer!r} succeeded.", f"Round {timer!r} done.")  # timer or daemon
         return sum(
-            1 for r in self.records if r.k8s_ref.get("uid") == uid and r.getMessage() == done
+            1 for r in self.records if r.k8s_ref.get("uid") == uid and r.getMessage() in done
         )
 
     def said(self, prefix: str) -> bool:

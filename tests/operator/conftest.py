@@ -8,6 +8,11 @@ from pathlib import Path
 # second, not every five, in tests.
 os.environ.setdefault("MLPLANE_RECONCILE_INTERVAL", "1")
 os.environ.setdefault("MLPLANE_RETRY_DELAY", "2")
+# TrainingJobs have no timer: events wake them, and the resync (default 300 s) is the safety
+# net. Tests that wait for "a round after this moment", or for MLflow progress (which no
+# Kubernetes event announces), get one every 2 s; tests of the event-driven loop itself set
+# a resync of minutes.
+os.environ.setdefault("MLPLANE_RESYNC_INTERVAL", "2")
 # ModelDeployments ask MLflow again every second, so a moved alias shows within a test.
 os.environ.setdefault("MLPLANE_RESOLVE_INTERVAL", "1")
 # A failed spot attempt waits this long for late preemption evidence (default 15 s).

@@ -132,6 +132,16 @@ def test_a_refused_tracking_uri_is_not_contacted_by_the_local_runner(
     assert not evil.exists()
 
 
+def test_the_local_runner_comes_back_when_the_core_asks(tmp_path: Path, jobs: FakeJobs):
+    """``Plan.requeue_after`` reaches the runner's loop (issue 16: neither platform acted on
+    it): a held job asks to be looked at again in 30 s, and the pass says so."""
+    runner = Runner(tmp_path / "state")
+    runner.store.apply(trainingjob(f"sqlite:///{tmp_path / 'elsewhere.db'}"))  # refused URI
+    assert runner.pass_once(NOW) == 30.0
+    runner.store.delete("TrainingJob", "ml", "churn")
+    assert runner.pass_once(NOW) is None  # nothing asked: the loop's own interval
+
+
 def spot_job(tracking_uri: str) -> dict[str, Any]:
     return {
         "apiVersion": "mlplane.dev/v1alpha1", "kind": "TrainingJob",

@@ -82,7 +82,7 @@ async def test_environment_changed_after_start_changes_nothing(
     await wait_for(lambda: emulator.get_object(RAYJOBS, "ml", "tj-settled-a1"), timeout=TIMEOUT,
                    message="attempt 1 under the settings read at start",
                    seen=lambda: status(emulator, obj))  # fmt: skip
-    await more_timer_runs(operator, obj, "observe")
+    await more_timer_runs(operator, obj, "follow")
     assert "Admitted" not in {c["type"] for c in status(emulator, obj).get("conditions", [])}
     assert operator.running and not operator.error
     assert paced_intervals() == {1.0}  # tests/operator/conftest.py's, read at start
@@ -138,13 +138,13 @@ async def test_a_newer_status_written_by_someone_else_wins(emulator, operator, m
                                 subresource="status")  # fmt: skip
     await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
                    message="the job Running", seen=lambda: status(emulator, obj))  # fmt: skip
-    await more_timer_runs(operator, obj, "observe")  # settled: rounds write nothing new
+    await more_timer_runs(operator, obj, "follow")  # settled: rounds write nothing new
     assert status(emulator, obj)["preemptions"] == 0
 
     await emulator.patch_object(
         TRAININGJOBS, "ml", "tj-otherwriter", {"status": {"preemptions": 1}}, subresource="status"
     )
-    await more_timer_runs(operator, obj, "observe", count=3)
+    await more_timer_runs(operator, obj, "follow", count=3)
     assert status(emulator, obj)["preemptions"] == 1, status(emulator, obj)
     assert status(emulator, obj)["phase"] == "Running"
 

@@ -158,7 +158,7 @@ async def test_attempt_lost_to_an_outage_spends_no_backoff_limit(emulator, opera
     assert waiting["retryAfter"] > just_now
     assert condition(emulator, obj, "Running")["reason"] == "WaitingForInfrastructure"
     # Two more reconciles of the waiting job: nothing starts early, nothing counted twice.
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)
     assert emulator.get_object(RAYJOBS, "ml", "tj-outage-a3") is None
     assert (status(emulator, obj)["failures"], status(emulator, obj)["phase"]) == (0, "Retrying")
     assert status(emulator, obj)["infrastructureFailures"] == 2

@@ -131,7 +131,7 @@ async def test_success_registers_one_version(emulator, operator, mlflow_uri):
     client = MlflowClient(mlflow_uri)
     assert str(client.get_model_version_by_alias("tj-ok", "candidate").version) == "1"
     # Two more timer runs that saw the Succeeded job: nothing may be registered again.
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)
     assert len(client.search_model_versions("name = 'tj-ok'")) == 1
     reasons = [e["reason"] for e in events_for(emulator, obj)]
     assert {"AttemptCreated", "Running", "ModelRegistered", "Succeeded"} <= set(reasons)
@@ -187,7 +187,7 @@ async def test_code_failures_exhaust_backoff_limit_not_preemptions(emulator, ope
     assert (final["failures"], final["preemptions"]) == (2, 0)
     succeeded = next(c for c in final["conditions"] if c["type"] == "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("False", "BackoffLimitExceeded")
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)  # looked at it again
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)  # looked at it again
     assert rayjob(emulator, "tj-bug-a3") is None
     assert events_for(emulator, obj, "Warning")
 
@@ -220,7 +220,7 @@ async def test_restart_mid_attempt_creates_no_duplicate(emulator, kubeconfig, ml
         # twice (reading the RayJob each time); only then "nothing more happened" means it.
         await wait_for(lambda: second.processed(obj, "resuming"), timeout=TIMEOUT,
                        message="the resume")  # fmt: skip
-        await wait_for(lambda: second.timer_runs(obj, "observe") >= 2, timeout=TIMEOUT,
+        await wait_for(lambda: second.timer_runs(obj, "follow") >= 2, timeout=TIMEOUT,
                        message="two timer runs after the restart")  # fmt: skip
         jobs = [j for j in emulator.list_objects(RAYJOBS, "ml")
                 if j["metadata"]["name"].startswith("tj-restart-")]  # fmt: skip
@@ -254,8 +254,8 @@ async def test_kill_between_rayjob_create_and_status_write(emulator, kubeconfig,
         final = await wait_for(lambda: status(emulator, obj).get("phase") == "Succeeded"
                                and status(emulator, obj), timeout=TIMEOUT, message="Succeeded",
                                seen=lambda: status(emulator, obj))  # fmt: skip
-        mark = second.timer_runs(obj, "observe")
-        await wait_for(lambda: second.timer_runs(obj, "observe") >= mark + 2, timeout=TIMEOUT,
+        mark = second.timer_runs(obj, "follow")
+        await wait_for(lambda: second.timer_runs(obj, "follow") >= mark + 2, timeout=TIMEOUT,
                        message="two timer runs after Succeeded")  # fmt: skip
     assert (final["attempts"], final["preemptions"], final["failures"]) == (1, 0, 0)
     assert [j["metadata"]["name"] for j in emulator.list_objects(RAYJOBS, "ml")
@@ -345,7 +345,7 @@ async def test_rayjob_of_an_earlier_incarnation_is_not_adopted(emulator, operato
     assert "tj-again-a1" in condition["message"]
     assert "uid-of-the-deleted-one" in condition["message"]
     # Two more reconciles that saw the old RayJob: its result is never taken for this job's.
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)
     assert status(emulator, obj).get("phase") == "Pending"
     assert blocked() is not None
     assert MlflowClient(mlflow_uri).search_model_versions("name = 'tj-again'") == []
@@ -400,7 +400,7 @@ async def test_queued_rayjob_is_left_to_kueue(emulator, operator, mlflow_uri):
     await wait_for(lambda: running_reason() == "WaitingForKueue", timeout=TIMEOUT,
                    message="Running=False WaitingForKueue",
                    seen=lambda: status(emulator, obj))  # fmt: skip
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)  # nothing may unsuspend it
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)  # nothing may unsuspend it
     assert rayjob(emulator, "tj-queued-a1")["spec"]["suspend"] is True
     assert status(emulator, obj)["phase"] == "Pending"
     # Kueue admits the Workload: it clears suspend, KubeRay starts the job
@@ -482,7 +482,7 @@ async def test_token_secret_of_another_owner_is_not_adopted(emulator, operator, 
     assert "uid-of-someone-else" in condition["message"]
     assert "Delete that Secret" in condition["message"]
     # Two more reconciles: still no cluster, the Secret untouched.
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)
     assert rayjob(emulator, "tj-taken-a1") is None
     kept = emulator.get_object(SECRETS, "ml", "tj-taken-ray-auth")
     assert kept["metadata"]["ownerReferences"][0]["uid"] == "uid-of-someone-else"
@@ -570,7 +570,7 @@ async def test_spot_reclaim_counts_as_one_preemption_in_either_order(
         await set_job_status(emulator, f"{job}-a1", "FAILED", "Failed")
         # The operator has looked at the failed job (a whole timer run after the failure)
         # before the evidence arrives.
-        await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+        await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)
         await reclaim(emulator, how, pod, node)
     second = await wait_for(lambda: rayjob(emulator, f"{job}-a2"), timeout=TIMEOUT,
                             message="attempt 2", seen=lambda: status(emulator, obj))  # fmt: skip
@@ -719,7 +719,7 @@ async def test_fallback_then_return_to_spot_at_a_checkpoint(emulator, operator, 
                         seen=lambda: status(emulator, obj))  # fmt: skip
     assert st["spotReturn"]["checkpointAtDecision"] == "s3://ckpt/step-10"
     # No checkpoint since the decision: attempt 2 goes on, nothing new is created.
-    await more_timer_runs(operator, obj, "observe", timeout=TIMEOUT)
+    await more_timer_runs(operator, obj, "follow", timeout=TIMEOUT)
     assert rayjob(emulator, f"{name}-a2") is not None and rayjob(emulator, f"{name}-a3") is None
     await checkpoint(mlflow_uri, run_id, 20)
     third = await wait_for(lambda: rayjob(emulator, f"{name}-a3"), timeout=TIMEOUT,
