@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from k8s.harness import create, events_for, example, stored, wait_for
+from k8s.harness import create, events_for, example, run_operator, stored, wait_for
 from mlflow.tracking import MlflowClient
 from moto import mock_aws
 
@@ -109,6 +109,38 @@ SIGNALS = [
     ("karpenter.sh/disruption", None),
     ("cloud.google.com/impending-node-termination", "2026-12-01T12:00:30Z"),
 ]
+
+
+@pytest.fixture
+async def quiet_operator(emulator, kubeconfig, monkeypatch):
+    """The operator with no resync (or timer) due within the test: only events wake a job."""
+    monkeypatch.setenv("MLPLANE_RESYNC_INTERVAL", "600")
+    monkeypatch.setenv("MLPLANE_RECONCILE_INTERVAL", "600")
+    async with run_operator() as run:
+        yield run
+
+
+async def test_a_notice_taint_wakes_the_job_at_once_not_at_the_resync(
+    emulator, quiet_operator, mlflow_uri, s3
+):
+    """The notice is delivered from the node's event: a resync of minutes would miss the
+    reclaim window (the runtime must know within seconds)."""
+    job = "tj-n-wake"
+    obj = await create(emulator, trainingjob(job))
+    await running_attempt(emulator, job, f"{job}-node")
+    await wait_for(lambda: status(emulator, obj).get("phase") == "Running", timeout=TIMEOUT,
+                   message="Running", seen=lambda: status(emulator, obj))  # fmt: skip
+    uri = status(emulator, obj)["checkpointUri"]
+    taint = {"key": SIGNALS[0][0], "effect": "NoSchedule", "timeAdded": "2026-12-01T12:00:00Z"}
+    # A node with no capacity-type label: its taint is a notice, not (yet) reclaim evidence,
+    # so only the notice can wake the job.
+    labels = {"karpenter.sh/capacity-type": None}
+    change = {"metadata": {"labels": labels}, "spec": {"taints": [taint]}}
+    await emulator.patch_object(NODES, None, f"{job}-node", change)
+    notice = await wait_for(lambda: notice_in_s3(uri), timeout=TIMEOUT,
+                            message="the notice object (a 600 s resync is not due)",
+                            seen=lambda: status(emulator, obj))  # fmt: skip
+    assert (notice.attempt, notice.signal) == (1, SIGNALS[0][0])
 
 
 @pytest.mark.parametrize(("signal", "deadline"), SIGNALS)
