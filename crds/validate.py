@@ -330,8 +330,10 @@ class Document:
         if isinstance(self.body, dict):
             found = self.body.get("metadata")
             meta = found if isinstance(found, dict) else {}
-            name = meta.get("name") or "?"
-            return f"{self.source}: {self.body.get('kind', '?')}/{name}"
+            name, kind = str(meta.get("name") or "?"), str(self.body.get("kind", "?"))
+            # One line per problem: a name with a newline (refused anyway) must not split it.
+            name, kind = (v if v.isprintable() else repr(v) for v in (name, kind))
+            return f"{self.source}: {kind}/{name}"
         return self.source
 
 

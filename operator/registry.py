@@ -62,7 +62,8 @@ _GLOBAL_URI = threading.Lock()
 
 @contextmanager
 def process_uris(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URIs set to ``uri``, then exactly as before.
+    """MLflow's process-wide tracking and registry URIs set to ``uri``, then exactly as before
+    (the active experiment too).
 
     Also for tests and tools that log through MLflow's fluent API: restoring by hand with
     ``set_registry_uri(get_registry_uri())`` pins a stale registry for every later caller.
@@ -73,12 +74,15 @@ def process_uris(uri: str) -> Iterator[None]:
     they were (``mlflow`` is pinned to 3.17 in pyproject.toml; these are its names).
     """
     import mlflow
+    from mlflow.tracking import fluent
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     with _GLOBAL_URI:
         saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        # ``set_experiment`` inside the block is about that server: it must not outlive it.
+        saved_experiment = fluent._active_experiment_id
         saved_env = {name: os.environ.get(name) for name in names}
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
@@ -88,6 +92,7 @@ def process_uris(uri: str) -> Iterator[None]:
             # None (nothing was set) is what was saved and what set_tracking_uri restores.
             mlflow.set_tracking_uri(saved[0])  # type: ignore[arg-type]
             registry_utils._registry_uri = saved[1]
+            fluent._active_experiment_id = saved_experiment
             for name, value in saved_env.items():
                 if value is None:
                     os.environ.pop(name, None)

@@ -149,3 +149,12 @@ def test_a_trailing_newline_in_a_decimal_is_refused():
     body = {"apiVersion": "mlplane.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": "md"}, "spec": spec}  # fmt: skip
     assert [p.path for p in check(body)] == ["spec.slo.availability"]
+
+
+def test_a_label_with_a_newline_in_the_name_stays_on_one_line() -> None:
+    """Found by the fuzz: ``metadata.name: "ab\\n"`` split the CLI's problem line in two."""
+    from mlplane.crds.validate import Document
+
+    label = Document("f.yaml", {"kind": "ModelDeployment", "metadata": {"name": "ab\n"}}).label
+    assert "\n" not in label
+    assert label == "f.yaml: ModelDeployment/'ab\\n'"
